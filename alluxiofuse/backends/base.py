@@ -1,0 +1,41 @@
+"""The interface every backend offers to the file layer."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from alluxiofuse.model import FileStatus, FsStats, Version
+
+
+class Backend(Protocol):
+    """Read access to a tree of files, by mount-relative path (``""`` is the root).
+
+    Every method raises only :mod:`alluxiofuse.errors` exceptions for conditions it
+    understands; each call is bounded by a deadline.
+    """
+
+    description: str
+
+    async def stat(self, path: str) -> FileStatus:
+        """The status of ``path`` (``NotFound`` if there is none)."""
+        ...
+
+    async def list(self, path: str) -> list[FileStatus]:
+        """The entries of directory ``path``, without ``.`` and ``..``."""
+        ...
+
+    async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        """``length`` bytes at ``offset`` of ``version`` of the file (fewer only at EOF).
+
+        Raises ``StaleFile`` when the file is no longer that version.
+        """
+        ...
+
+    async def readlink(self, path: str) -> str:
+        ...
+
+    async def statfs(self) -> FsStats:
+        ...
+
+    async def aclose(self) -> None:
+        ...

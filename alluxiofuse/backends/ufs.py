@@ -1,0 +1,244 @@
+"""The under-storage through fsspec (any URL), with a direct fast path for local directories.
+
+Every call runs in a worker thread under the daemon's limiter and a deadline, so a slow or
+hung under-storage costs a timeout (EIO), never a blocked event loop. fsspec's own
+listing caches are invalidated before each call: the metadata cache above is the single
+authority on freshness, with the TTLs the user chose.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import logging
+import os
+import stat as statmod
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import fsspec
+import trio
+
+from alluxiofuse.errors import (
+    BackendError,
+    BackendTimeout,
+    ConfigError,
+    InvalidArgument,
+    StaleFile,
+    from_oserror,
+)
+from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, Version, valid_name
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def open_ufs(
+    source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float,
+) -> UfsBackend:
+    """The backend for ``source``: a local path, ``file://`` URL or any fsspec URL."""
+    protocol, sep, rest = source.partition("://")
+    if not sep or protocol == "file":
+        if options:
+            raise ConfigError("--ufs-option has no meaning for a local source")
+        root = os.path.abspath(rest if sep else source)
+        return LocalUfs(root, limiter, timeout, description=source)
+    try:
+        fs, root = fsspec.core.url_to_fs(source, skip_instance_cache=True, **options)
+    except ImportError as e:
+        raise ConfigError(f"{protocol}:// needs a package that is not installed: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot use source {source!r}: {e}") from None
+    return UfsBackend(fs, root.rstrip("/"), limiter, timeout, description=source)
+
+
+class UfsBackend:
+    """A directory of any fsspec filesystem."""
+
+    def __init__(
+        self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
+        description: str,
+    ) -> None:
+        self.fs = fs
+        self.root = root
+        self.description = description
+        self._limiter = limiter
+        self._timeout = timeout
+
+    def full_path(self, path: str) -> str:
+        return f"{self.root}/{path}" if path else self.root
+
+    async def stat(self, path: str) -> FileStatus:
+        return await self._call(self._stat_sync, path)
+
+    async def list(self, path: str) -> builtins.list[FileStatus]:
+        return await self._call(self._list_sync, path)
+
+    async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        return await self._call(self._read_sync, path, offset, length, version)
+
+    async def readlink(self, path: str) -> str:
+        raise InvalidArgument(f"{path!r} is not a symbolic link")
+
+    async def statfs(self) -> FsStats:
+        return FsStats(name_max=NAME_MAX)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread, under the limiter and the deadline."""
+        try:
+            with trio.fail_after(self._timeout):
+                return await trio.to_thread.run_sync(
+                    fn, *args, limiter=self._limiter, abandon_on_cancel=True,
+                )
+        except trio.TooSlowError:
+            raise BackendTimeout(f"{self.description}: no answer within {self._timeout}s") from None
+        except OSError as e:
+            raise from_oserror(e) from e
+
+    def _stat_sync(self, path: str) -> FileStatus:
+        full = self.full_path(path)
+        self.fs.invalidate_cache(full)
+        return status_from_info(path.rpartition("/")[2], self.fs.info(full))
+
+    def _list_sync(self, path: str) -> builtins.list[FileStatus]:
+        full = self.full_path(path)
+        self.fs.invalidate_cache(full)
+        entries = []
+        for info in self.fs.ls(full, detail=True):
+            entry_path = str(info.get("name", "")).rstrip("/")
+            name = entry_path.rpartition("/")[2]
+            if entry_path == full.rstrip("/") or not valid_name(name):
+                log.debug("skipping entry %r of %r: not a usable file name", name, path)
+                continue
+            entries.append(status_from_info(name, info))
+        return entries
+
+    def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        expected = max(0, min(length, version.size - offset))
+        data = self.fs.cat_file(self.full_path(path), start=offset, end=offset + expected)
+        if len(data) != expected:
+            raise StaleFile(f"{path}: {len(data)} bytes at {offset}, expected {expected}")
+        return bytes(data)
+
+
+class LocalUfs(UfsBackend):
+    """A local directory, read with ``os`` directly: the embedded default's fast path.
+
+    Reads check the file's size and mtime after ``pread`` on the same descriptor, so a
+    page is never taken from a different version of the file than the one opened.
+    """
+
+    def __init__(
+        self, root: str, limiter: trio.CapacityLimiter, timeout: float, *, description: str,
+    ) -> None:
+        super().__init__(None, root, limiter, timeout, description=description)
+
+    def _stat_sync(self, path: str) -> FileStatus:
+        full = self.full_path(path)
+        st = os.lstat(full) if path else os.stat(full)
+        status = status_from_stat(path.rpartition("/")[2], st)
+        if status is None:
+            raise InvalidArgument(f"{path!r} is a special file, which is not served")
+        return status
+
+    def _list_sync(self, path: str) -> builtins.list[FileStatus]:
+        entries = []
+        with os.scandir(self.full_path(path)) as it:
+            for entry in it:
+                try:
+                    status = status_from_stat(entry.name, entry.stat(follow_symlinks=False))
+                except FileNotFoundError:  # removed while listing
+                    continue
+                if status is not None:
+                    entries.append(status)
+        return entries
+
+    def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        fd = os.open(self.full_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while length > 0:
+                chunk = os.pread(fd, length, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+                length -= len(chunk)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if st.st_size != version.size or st.st_mtime_ns != version.mtime_ns:
+            raise StaleFile(f"{path} changed while open")
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def readlink(self, path: str) -> str:
+        return await self._call(os.readlink, self.full_path(path))
+
+    async def statfs(self) -> FsStats:
+        st = await self._call(os.statvfs, self.root)
+        return FsStats(
+            block_size=st.f_frsize, blocks=st.f_blocks, blocks_free=st.f_bfree,
+            blocks_avail=st.f_bavail, files=st.f_files, files_free=st.f_ffree,
+            name_max=st.f_namemax,
+        )
+
+
+def status_from_stat(name: str, st: os.stat_result) -> FileStatus | None:
+    """A local ``stat`` result as a status; ``None`` for sockets, FIFOs and devices."""
+    if statmod.S_ISDIR(st.st_mode):
+        kind = Kind.DIRECTORY
+    elif statmod.S_ISREG(st.st_mode):
+        kind = Kind.FILE
+    elif statmod.S_ISLNK(st.st_mode):
+        kind = Kind.SYMLINK
+    else:
+        return None
+    return FileStatus(
+        name=name, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
+        atime_ns=st.st_atime_ns, mode=statmod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+        nlink=st.st_nlink, blocks=st.st_blocks,
+    )
+
+
+_MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+_ETAG_KEYS = ("ETag", "etag", "md5Hash", "content_md5", "generation")
+
+
+def status_from_info(name: str, info: Mapping[str, Any]) -> FileStatus:
+    """An fsspec ``info()``/``ls(detail=True)`` dict as a status; missing facts stay None."""
+    kind = Kind.DIRECTORY if info.get("type") == "directory" else Kind.FILE
+    mtime = next((info[k] for k in _MTIME_KEYS if info.get(k) is not None), None)
+    etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k) not in (None, "")), None)
+    mode = info.get("mode")
+    try:
+        size = int(info.get("size") or 0)
+    except (TypeError, ValueError):
+        bad = info.get("size")
+        raise BackendError(f"{name!r}: the under-storage reported size {bad!r}") from None
+    return FileStatus(
+        name=name, kind=kind, size=0 if kind is Kind.DIRECTORY else size,
+        mtime_ns=_time_ns(mtime), etag=etag,
+        mode=statmod.S_IMODE(mode) if isinstance(mode, int) else None,
+    )
+
+
+def _time_ns(value: Any) -> int | None:
+    """Epoch nanoseconds from the time formats fsspec implementations use."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return int(value * 1_000_000_000)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return int(value.timestamp() * 1_000_000) * 1000
+    return None

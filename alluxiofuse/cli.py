@@ -1,0 +1,238 @@
+"""The ``alluxiofuse`` command: ``mount`` and ``umount``.
+
+``alluxiofuse mount SOURCE MOUNTPOINT`` returns only once the mount is live (exit 0), or
+prints one line saying why not (exit 1) and leaves nothing mounted. Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from alluxiofuse import __version__
+from alluxiofuse.config import (
+    LOG_LEVELS,
+    OPTION_NAMES,
+    MountConfig,
+    build_config,
+    load_config_file,
+    parse_ufs_option,
+)
+from alluxiofuse.errors import ConfigError
+
+# (option, metavar, help); every option is also a config-file key with '_' for '-'.
+_VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("attr-timeout", "SECONDS", "how long file attributes are cached (default 1)"),
+    ("entry-timeout", "SECONDS", "how long name lookups are cached (default 1)"),
+    ("negative-timeout", "SECONDS", "how long a missing name is cached (default 1)"),
+    ("dir-timeout", "SECONDS", "how long directory listings are cached (default 1)"),
+    ("metadata-cache-entries", "N", "bound of the metadata caches in entries (default 100000)"),
+    ("page-size", "SIZE", "page size of the page cache (default 1MiB)"),
+    ("page-cache-size", "SIZE", "page cache bound (default: 1/8 of the memory limit, "
+     "64MiB-4GiB)"),
+    ("max-readahead", "SIZE", "largest read-ahead window of one open file (default 64MiB)"),
+    ("prefetch-budget", "SIZE", "read-ahead bytes in flight, all files together "
+     "(default: page cache / 4, at most 256MiB)"),
+    ("io-threads", "N", "under-storage calls at once (default 16)"),
+    ("io-timeout", "SECONDS", "deadline of one under-storage call (default 60)"),
+    ("uid", "UID", "owner of every file (default: from the source, else the mounting user)"),
+    ("gid", "GID", "group of every file (default: from the source, else the mounting user)"),
+    ("file-mode", "OCTAL", "permission bits of every file (default: from the source, else 0644)"),
+    ("dir-mode", "OCTAL", "permission bits of every directory (default: from the source, "
+     "else 0755)"),
+    ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
+    ("log-file", "PATH", "log here (default: stderr in the foreground, syslog in the background)"),
+)
+_FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("allow-other", "let other users access the mount (as root, or with user_allow_other)"),
+    ("strict", "crash on unexpected exceptions instead of answering EIO (for tests)"),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alluxiofuse",
+        description="Mount an Alluxio namespace or any fsspec under-storage as a directory.",
+    )
+    p.add_argument("--version", action="version", version=f"alluxiofuse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount SOURCE at MOUNTPOINT (read-only)")
+    m.add_argument("source", metavar="SOURCE",
+                   help="a local directory, file:///dir, or any fsspec URL (s3://bucket/prefix)")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    m.add_argument("-f", "--foreground", action="store_true", default=None,
+                   help="stay in the foreground (default: return once mounted)")
+    m.add_argument("--config", metavar="FILE", help="TOML file of options and [ufs_options]")
+    m.add_argument("--ufs-option", metavar="KEY=VALUE", action="append", default=[],
+                   help="an under-storage option (repeatable); values are JSON or strings")
+    for name, metavar, help_text in _VALUE_OPTIONS:
+        m.add_argument(f"--{name}", metavar=metavar, help=help_text)
+    for name, help_text in _FLAG_OPTIONS:
+        m.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
+
+    u = sub.add_parser("umount", help="unmount MOUNTPOINT")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-z", "--lazy", action="store_true",
+                   help="detach now even if busy (the daemon exits when the last user lets go)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return cmd_mount(args)
+        return cmd_umount(args.mountpoint, lazy=args.lazy)
+    except ConfigError as e:
+        print(f"alluxiofuse: {e}", file=sys.stderr)
+        return 1
+
+
+def config_from_args(args: argparse.Namespace) -> MountConfig:
+    """Config file values, overridden by command-line values, validated."""
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for name in OPTION_NAMES:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    values["mountpoint"] = os.path.abspath(args.mountpoint)
+    ufs = dict(parse_ufs_option(item) for item in args.ufs_option)
+    return build_config(values, ufs)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    check_mountpoint(config.mountpoint)
+    from alluxiofuse import daemon  # imports pyfuse3: only once the options are known good
+
+    if config.foreground:
+        return daemon.run(config)
+    return _start_in_background(config)
+
+
+def check_mountpoint(path: str) -> None:
+    """Fail early, with a clear reason, for a mountpoint FUSE cannot use."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"mountpoint does not exist: {path}") from None
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise ConfigError(
+                f"mountpoint {path} is a dead mount: run 'alluxiofuse umount {path}' first"
+            ) from None
+        raise ConfigError(f"cannot use mountpoint {path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"mountpoint is not a directory: {path}")
+    if os.path.ismount(path):
+        raise ConfigError(f"already mounted: {path}")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise ConfigError("cannot open /dev/fuse: is the fuse kernel module loaded "
+                          "(modprobe fuse), or, in a container, is /dev/fuse passed in?")
+
+
+def _start_in_background(config: MountConfig) -> int:
+    """Fork the daemon, wait until it says the mount is live, and check that it is."""
+    from alluxiofuse import daemon
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_fd)
+        os.setsid()
+        _detach_stdio()
+        os._exit(daemon.run(config, notify_fd=write_fd))
+    os.close(write_fd)
+    deadline = time.monotonic() + config.io_timeout + 30
+    message = _read_message(read_fd, deadline)
+    os.close(read_fd)
+    if message == "ready" and _wait_mounted(config.mountpoint, deadline):
+        return 0
+    if message.startswith("error: "):
+        reason = message.removeprefix("error: ")
+    elif message == "ready":
+        reason = f"the mount at {config.mountpoint} did not answer"
+    else:
+        reason = "the daemon exited or hung during start-up"
+    _stop_daemon(pid, config.mountpoint)
+    print(f"alluxiofuse: {reason}", file=sys.stderr)
+    return 1
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _read_message(fd: int, deadline: float) -> str:
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def _wait_mounted(mountpoint: str, deadline: float) -> bool:
+    """Whether ``mountpoint`` is a live mount; asked in a thread, as a hung mount blocks stat."""
+    result: list[bool] = []
+    probe = threading.Thread(target=lambda: result.append(os.path.ismount(mountpoint)),
+                             daemon=True)
+    probe.start()
+    probe.join(max(1.0, deadline - time.monotonic()))
+    return result == [True]
+
+
+def _stop_daemon(pid: int, mountpoint: str) -> None:
+    """Leave nothing behind after a failed start: no process, no dead mount."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        for _ in range(50):
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                break
+            time.sleep(0.1)
+        else:
+            continue
+        break
+    _fusermount(mountpoint, lazy=True, quiet=True)
+
+
+def cmd_umount(mountpoint: str, *, lazy: bool) -> int:
+    path = os.path.abspath(mountpoint)
+    result = _fusermount(path, lazy=lazy, quiet=False)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["unmount failed"])[-1]
+        print(f"alluxiofuse: cannot unmount {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fusermount(path: str, *, lazy: bool, quiet: bool) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u"] if tool else ["umount"]
+    if lazy:
+        cmd.append("-z" if tool else "-l")
+    if quiet and tool:
+        cmd.append("-q")
+    return subprocess.run([*cmd, path], capture_output=True, text=True, timeout=60, check=False)

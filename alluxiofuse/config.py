@@ -1,0 +1,281 @@
+"""Mount options: parsing, defaults, validation, and the merge of config file and command line.
+
+Every option has one name (``page_cache_size``), spelled ``--page-cache-size`` on the
+command line and ``page_cache_size`` (or ``page-cache-size``) in the TOML config file. The
+command line wins over the file. Under-storage options (credentials, endpoints) go in the
+file's ``[ufs_options]`` table or in repeatable ``--ufs-option key=value``, so that secrets
+need not appear in ``ps``.
+
+Sizes take binary units (``1MiB``, ``1M`` and ``1MB`` are all 1,048,576 bytes, as in
+Alluxio's own properties); durations take seconds or a unit (``500ms``, ``2s``, ``1m``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alluxiofuse.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Everything the daemon needs to know; built by :func:`build_config`."""
+
+    source: str
+    mountpoint: str
+    foreground: bool = False
+    ufs_options: Mapping[str, Any] = field(default_factory=dict)
+    # Metadata caches (seconds; 0 turns a cache off).
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    negative_timeout: float = 1.0
+    dir_timeout: float = 1.0
+    metadata_cache_entries: int = 100_000
+    # Data path.
+    page_size: int = 1 * MiB
+    page_cache_size: int = 0  # 0 = derived from the memory limit, see default_page_cache_size
+    max_readahead: int = 64 * MiB
+    prefetch_budget: int = 0  # 0 = page_cache_size // 4, at most 256 MiB
+    io_threads: int = 16
+    io_timeout: float = 60.0
+    # Presentation.
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    file_mode: int | None = None
+    dir_mode: int | None = None
+    # Process.
+    log_level: str = "info"
+    log_file: str | None = None
+    strict: bool = False
+
+    @property
+    def logging_level(self) -> int:
+        return int(getattr(logging, self.log_level.upper()))
+
+
+# How each option's value is parsed; the key set is also the set of known option names.
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def parse_size(value: Any) -> int:
+    """``"1MiB"`` → 1048576; plain integers are bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            raise ValueError(f"not a size: {value!r} (try 512KiB, 1MiB, 2GiB)")
+        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if size < 0:
+        raise ValueError(f"size must not be negative: {value!r}")
+    return size
+
+
+def parse_duration(value: Any) -> float:
+    """``"500ms"`` → 0.5; plain numbers are seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(str(value))
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (try 1, 0.5, 500ms, 2s, 1m)")
+        seconds = float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative: {value!r}")
+    return seconds
+
+
+def parse_mode(value: Any) -> int:
+    """``"0644"``, ``"644"`` or ``0o644`` → 0o644."""
+    mode = value if isinstance(value, int) else int(str(value), 8)
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"not a permission mode: {value!r}")
+    return mode
+
+
+def _parse_id(value: Any) -> int:
+    ident = int(value)
+    if not 0 <= ident < 2**32:
+        raise ValueError(f"not a uid/gid: {value!r}")
+    return ident
+
+
+def _parse_count(value: Any) -> int:
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"must not be negative: {value!r}")
+    return count
+
+
+def _parse_level(value: Any) -> str:
+    level = str(value).lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"not a log level: {value!r} (one of {', '.join(LOG_LEVELS)})")
+    return level
+
+
+_PARSERS: dict[str, Any] = {
+    "source": str,
+    "mountpoint": str,
+    "foreground": _parse_bool,
+    "attr_timeout": parse_duration,
+    "entry_timeout": parse_duration,
+    "negative_timeout": parse_duration,
+    "dir_timeout": parse_duration,
+    "metadata_cache_entries": _parse_count,
+    "page_size": parse_size,
+    "page_cache_size": parse_size,
+    "max_readahead": parse_size,
+    "prefetch_budget": parse_size,
+    "io_threads": _parse_count,
+    "io_timeout": parse_duration,
+    "allow_other": _parse_bool,
+    "uid": _parse_id,
+    "gid": _parse_id,
+    "file_mode": parse_mode,
+    "dir_mode": parse_mode,
+    "log_level": _parse_level,
+    "log_file": str,
+    "strict": _parse_bool,
+}
+OPTION_NAMES = frozenset(_PARSERS)
+
+
+def parse_ufs_option(item: str) -> tuple[str, Any]:
+    """``"key=value"`` → (key, value); the value is JSON when it parses (``true``, ``3``),
+    otherwise the literal string, so ``anon=true`` gives a bool and ``region=eu-1`` a str."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--ufs-option needs key=value, got {item!r}")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file into option names → raw values (``ufs_options`` as a dict)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "ufs_options":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [ufs_options] must be a table")
+            values[name] = dict(value)
+        elif name in OPTION_NAMES:
+            values[name] = value
+        else:
+            raise ConfigError(f"{path}: unknown option {key!r}")
+    return values
+
+
+def memory_limit() -> int:
+    """The memory this process may use: the cgroup limit when there is one, else RAM."""
+    limits = [_read_meminfo_total()]
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits)
+
+
+def _read_meminfo_total() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * GiB
+
+
+def default_page_cache_size(limit: int) -> int:
+    """An eighth of the memory limit, between 64 MiB and 4 GiB: room for the program itself."""
+    return max(64 * MiB, min(4 * GiB, limit // 8))
+
+
+def build_config(
+    values: Mapping[str, Any], ufs_options: Mapping[str, Any] | None = None,
+) -> MountConfig:
+    """Parse and validate raw option values into a :class:`MountConfig`.
+
+    ``values`` maps option names to raw values (strings from the command line, typed
+    values from TOML); ``ufs_options`` are merged over any ``ufs_options`` in ``values``.
+    Raises :class:`ConfigError` with a one-line message naming the bad option.
+    """
+    parsed: dict[str, Any] = {}
+    for name, raw in values.items():
+        if raw is None or name == "ufs_options":
+            continue
+        if name not in _PARSERS:
+            raise ConfigError(f"unknown option {name!r}")
+        try:
+            parsed[name] = _PARSERS[name](raw)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
+    for name in ("source", "mountpoint"):
+        if not parsed.get(name):
+            raise ConfigError(f"missing {name.upper()}")
+    merged_ufs = {**dict(values.get("ufs_options") or {}), **dict(ufs_options or {})}
+    config = MountConfig(**parsed, ufs_options=merged_ufs)
+    return _with_derived_defaults(_validated(config))
+
+
+def _validated(c: MountConfig) -> MountConfig:
+    if c.page_size < 4 * KiB or c.page_size > 64 * MiB or c.page_size & (c.page_size - 1):
+        raise ConfigError("--page-size must be a power of two between 4KiB and 64MiB")
+    if c.page_cache_size and c.page_cache_size < 4 * c.page_size:
+        raise ConfigError("--page-cache-size must hold at least 4 pages")
+    if not 1 <= c.io_threads <= 1024:
+        raise ConfigError("--io-threads must be between 1 and 1024")
+    if c.io_timeout <= 0:
+        raise ConfigError("--io-timeout must be positive")
+    return c
+
+
+def _with_derived_defaults(c: MountConfig) -> MountConfig:
+    cache = c.page_cache_size or default_page_cache_size(memory_limit())
+    cache = max(cache, 4 * c.page_size)
+    budget = c.prefetch_budget or min(256 * MiB, cache // 4)
+    return dataclasses.replace(c, page_cache_size=cache, prefetch_budget=max(budget, c.page_size))

@@ -1,0 +1,155 @@
+"""The daemon process: builds every part, mounts, serves until unmounted, then shuts down.
+
+The composition root: the only place that creates the metrics registry, the thread
+limiter, the backend and the filesystem, and passes each to what needs it. Nothing here
+is global, except what pyfuse3 itself keeps (one mount per process).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+from prometheus_client import CollectorRegistry
+
+from alluxiofuse.backends.base import Backend
+from alluxiofuse.backends.ufs import open_ufs
+from alluxiofuse.config import MountConfig
+from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
+from alluxiofuse.fs import Filesystem
+from alluxiofuse.metrics import Metrics
+from alluxiofuse.model import FileStatus, Kind
+from alluxiofuse.ops import Operations
+
+log = logging.getLogger(__name__)
+
+# FUSE requests served at once; each waits on the page cache or a worker thread.
+MAX_FUSE_TASKS = 128
+
+
+class StartupError(Exception):
+    """The mount could not be set up; the message is one line for the user."""
+
+
+def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
+    """Serve ``config`` until unmounted; the process exit code.
+
+    With ``notify_fd`` (background mode), ``ready`` or ``error: <reason>`` is written to
+    it once, so the starting process can return only when the mount is live.
+    """
+    setup_logging(config, background=notify_fd is not None)
+
+    def notify(message: str) -> None:
+        nonlocal notify_fd
+        if notify_fd is not None:
+            os.write(notify_fd, message.encode("utf-8", "replace") + b"\n")
+            os.close(notify_fd)
+            notify_fd = None
+
+    try:
+        trio.run(serve, config, lambda: notify("ready"))
+    except (ConfigError, StartupError) as e:
+        log.error("%s", e)
+        if notify_fd is None:
+            print(f"alluxiofuse: {e}", file=sys.stderr)
+        notify(f"error: {e}")
+        return 1
+    except Exception as e:
+        log.critical("daemon failed: %s", e, exc_info=True)
+        notify(f"error: daemon failed: {type(e).__name__}: {e}")
+        return 1
+    return 0
+
+
+async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
+    """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled."""
+    metrics = Metrics(CollectorRegistry(auto_describe=True))
+    limiter = trio.CapacityLimiter(config.io_threads)
+    backend = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout)
+    try:
+        root = await check_source(backend)
+        async with trio.open_nursery() as nursery:
+            fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon)
+            mount(Operations(fs, config, metrics), config)
+            try:
+                nursery.start_soon(_terminate_on_signal)
+                log.info("mounted %s at %s", config.source, config.mountpoint)
+                ready()
+                await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
+            finally:
+                pyfuse3.close(unmount=True)
+                nursery.cancel_scope.cancel()
+        log.info("unmounted %s", config.mountpoint)
+    finally:
+        await backend.aclose()
+
+
+async def check_source(backend: Backend) -> FileStatus:
+    """The source's root status; a clear StartupError if it is missing or unreachable."""
+    try:
+        root = await backend.stat("")
+    except NotFound:
+        raise StartupError(f"source does not exist: {backend.description}") from None
+    except AlluxioFuseError as e:
+        raise StartupError(f"cannot read source {backend.description}: {e}") from None
+    except Exception as e:  # credentials missing, bad endpoint: say what the library said
+        raise StartupError(
+            f"cannot reach source {backend.description}: {type(e).__name__}: {e}"
+        ) from None
+    if root.kind is not Kind.DIRECTORY:
+        raise StartupError(f"source is not a directory: {backend.description}")
+    return root
+
+
+def mount_options(config: MountConfig) -> set[str]:
+    """libfuse mount options: read-only, kernel permission checks, our name in /proc/mounts."""
+    source = config.source.replace("\\", "\\\\").replace(",", "\\,")
+    options = {"ro", "default_permissions", "subtype=alluxiofuse", f"fsname={source}"}
+    if config.allow_other:
+        options.add("allow_other")
+    return options
+
+
+def mount(ops: Operations, config: MountConfig) -> None:
+    try:
+        pyfuse3.init(ops, config.mountpoint, mount_options(config))
+    except RuntimeError as e:
+        raise StartupError(f"cannot mount at {config.mountpoint}: {e}") from None
+
+
+async def _terminate_on_signal() -> None:
+    """SIGTERM or SIGINT: stop serving; ``serve`` then unmounts."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def setup_logging(config: MountConfig, *, background: bool) -> None:
+    """One line per event to ``--log-file``, else stderr (foreground) or syslog (background)."""
+    handler: logging.Handler
+    if config.log_file:
+        handler = logging.FileHandler(config.log_file)
+    elif not background:
+        handler = logging.StreamHandler()
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.NullHandler()
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if isinstance(handler, logging.handlers.SysLogHandler):
+        fmt = "alluxiofuse[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.logging_level)
+    # Per-request INFO lines from HTTP clients would drown ours.
+    for noisy in ("httpx", "httpcore", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, config.logging_level))

@@ -1,0 +1,136 @@
+"""Open files: reads through the page cache, with adaptive sequential read-ahead.
+
+A handle pins the file version it was opened with: every page it reads is keyed by that
+version and fetched as that version, so one open file never mixes bytes of two versions
+(a change underneath makes the read fail with ESTALE instead).
+
+Read-ahead: a read that stays on the current page or moves to the next one is sequential
+and doubles the handle's window (up to ``max_readahead``) each time it enters a new page;
+any other read is random and resets the window to zero. The pages of the window that are
+neither cached nor being fetched are prefetched in the background, but only while the
+bytes in flight stay under the daemon-wide prefetch budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alluxiofuse.backends.base import Backend
+from alluxiofuse.errors import StaleFile
+from alluxiofuse.inodes import Inode
+from alluxiofuse.model import FileStatus, Version
+from alluxiofuse.pages import PageCache, PageKey
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[..., object]  # nursery.start_soon
+
+
+@dataclass
+class Prefetcher:
+    """The shared read-ahead budget and the nursery prefetches run in."""
+
+    spawn: Spawn
+    budget: int
+    in_flight: int = 0
+
+    def try_reserve(self, size: int) -> bool:
+        if self.in_flight + size > self.budget:
+            return False
+        self.in_flight += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_flight -= size
+
+
+class FileHandle:
+    """One open of a file at one version."""
+
+    def __init__(
+        self, inode: Inode, version: Version, *, backend: Backend, pages: PageCache,
+        page_size: int, max_readahead: int, prefetcher: Prefetcher,
+    ) -> None:
+        self.inode = inode
+        self.ino = inode.ino
+        self.path = inode.path
+        self.version = version
+        self._backend = backend
+        self._pages = pages
+        self._page_size = page_size
+        self._max_window = max_readahead // page_size
+        self._prefetcher = prefetcher
+        self._last_page = -1
+        self.window = 0  # in pages
+
+    @property
+    def size(self) -> int:
+        return self.version.size
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; fewer only at the end of the file.
+
+        Raises ``StaleFile`` once the file is known to have changed since the open.
+        """
+        if self.inode.status.version != self.version:
+            raise StaleFile(f"{self.path} changed since it was opened")
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        ps = self._page_size
+        first, last = offset // ps, (end - 1) // ps
+        self._advance_window(first, last)
+        parts = []
+        for index in range(first, last + 1):
+            start = max(offset, index * ps) - index * ps
+            stop = min(end, (index + 1) * ps) - index * ps
+            page = await self._page(index, served=stop - start)
+            parts.append(page[start:stop] if (start, stop) != (0, len(page)) else page)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _advance_window(self, first: int, last: int) -> None:
+        if first in (self._last_page, self._last_page + 1):
+            if last > self._last_page:
+                self.window = min(self._max_window, max(1, self.window * 2))
+        else:
+            self.window = 0
+        self._last_page = last
+        self._schedule_prefetch(last + 1, last + self.window)
+
+    def _schedule_prefetch(self, first: int, last: int) -> None:
+        last = min(last, (self.size - 1) // self._page_size)
+        for index in range(first, last + 1):
+            key = PageKey(self.ino, self.version, index)
+            if key in self._pages:
+                continue
+            if not self._prefetcher.try_reserve(self._page_size):
+                return
+            self._prefetcher.spawn(self._prefetch, key)
+
+    async def _prefetch(self, key: PageKey) -> None:
+        try:
+            await self._pages.get(key, lambda: self._fetch(key.page), prefetch=True)
+        except Exception as e:  # the demand read fetches again and reports it
+            log.debug("prefetch of %s page %d failed: %r", self.path, key.page, e)
+        finally:
+            self._prefetcher.release(self._page_size)
+
+    async def _page(self, index: int, *, served: int) -> bytes:
+        key = PageKey(self.ino, self.version, index)
+        return await self._pages.get(key, lambda: self._fetch(index), served=served)
+
+    async def _fetch(self, index: int) -> bytes:
+        offset = index * self._page_size
+        return await self._backend.read(self.path, offset, self._page_size, self.version)
+
+
+class DirHandle:
+    """One open of a directory: a snapshot of its entries, so offsets stay meaningful."""
+
+    def __init__(self, ino: int, path: str, entries: list[FileStatus]) -> None:
+        self.ino = ino
+        self.path = path
+        self.entries = entries
+

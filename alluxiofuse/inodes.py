@@ -1,0 +1,100 @@
+"""Inode table: kernel-visible inode numbers, their paths, statuses and lookup counts.
+
+An inode number is a 63-bit hash of the mount-relative path, so the same path keeps the
+same number for the mount's whole life (and across remounts), even after the kernel has
+forgotten it, without the table having to remember every path it ever saw. If two live
+paths hash alike, the later one probes on to the next free number. When a path changes
+kind (a file replaced by a directory) it gets a fresh number, because the kernel treats an
+inode whose type changes as broken.
+
+The kernel holds a reference per successful lookup (and per readdirplus entry); it gives
+them back with ``forget``. An inode leaves the table when its count reaches zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from alluxiofuse.errors import StaleFile
+from alluxiofuse.model import FileStatus, Version
+
+ROOT_INODE = 1
+_INO_MASK = (1 << 63) - 1
+
+
+@dataclass(slots=True)
+class Inode:
+    ino: int
+    path: str
+    status: FileStatus
+    lookups: int = 0
+    # The file version whose pages the kernel may still hold, for FOPEN_KEEP_CACHE.
+    kernel_version: Version | None = None
+
+
+def inode_number(path: str, probe: int = 0) -> int:
+    """The ``probe``-th candidate inode number for ``path`` (never 0 or the root's 1)."""
+    data = path.encode("utf-8", "surrogateescape") + (b"\0%d" % probe if probe else b"")
+    number = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & _INO_MASK
+    return number if number > ROOT_INODE else number + 2
+
+
+class InodeTable:
+    """Live inodes by number and by path. Pure state: no I/O, no awaits."""
+
+    def __init__(self, root_status: FileStatus) -> None:
+        root = Inode(ROOT_INODE, "", root_status, lookups=1)
+        self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
+        self._by_path: dict[str, Inode] = {"": root}
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def get(self, ino: int) -> Inode:
+        """The live inode ``ino``; a number the table does not hold is a stale handle."""
+        try:
+            return self._by_ino[ino]
+        except KeyError:
+            raise StaleFile(f"inode {ino} is not known") from None
+
+    def by_path(self, path: str) -> Inode | None:
+        return self._by_path.get(path)
+
+    def learn(self, path: str, status: FileStatus) -> Inode:
+        """The inode for ``path``, created or updated with ``status``; lookups unchanged."""
+        inode = self._by_path.get(path)
+        if inode is not None and inode.status.kind is status.kind:
+            inode.status = status
+            return inode
+        if inode is not None:  # changed kind: detach the old inode, it lives on until forgotten
+            del self._by_path[path]
+        inode = Inode(self._free_number(path), path, status)
+        self._by_ino[inode.ino] = inode
+        self._by_path[path] = inode
+        return inode
+
+    def remember(self, inode: Inode) -> None:
+        """The kernel was handed ``inode`` once more (a lookup or a readdirplus entry)."""
+        inode.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self._by_ino.get(ino)
+        if inode is None or ino == ROOT_INODE:
+            return
+        inode.lookups -= count
+        self.discard_if_unused(inode)
+
+    def discard_if_unused(self, inode: Inode) -> None:
+        """Drop ``inode`` if the kernel holds no reference to it."""
+        if inode.lookups > 0 or inode.ino == ROOT_INODE:
+            return
+        self._by_ino.pop(inode.ino, None)
+        if self._by_path.get(inode.path) is inode:
+            del self._by_path[inode.path]
+
+    def _free_number(self, path: str) -> int:
+        probe = 0
+        while (number := inode_number(path, probe)) in self._by_ino:
+            probe += 1
+        return number

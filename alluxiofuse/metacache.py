@@ -1,0 +1,117 @@
+"""Metadata cache: file statuses, known-missing paths and directory listings, each with a TTL.
+
+All three are bounded by entries (a listing counts one entry per child) and expire on
+their own timeout; a timeout of 0 turns that cache off. Paths are mount-relative
+(``""`` is the root, ``"a/b"`` a child), as everywhere above the backends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from cachetools import TTLCache
+
+from alluxiofuse.model import FileStatus
+
+
+def join(parent: str, name: str) -> str:
+    """The mount-relative path of ``name`` inside ``parent``."""
+    return f"{parent}/{name}" if parent else name
+
+
+def parent_and_name(path: str) -> tuple[str, str]:
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+class _Ttl:
+    """A TTLCache that is simply absent when its ttl or size is zero."""
+
+    def __init__(
+        self, maxsize: int, ttl: float, timer: Callable[[], float],
+        getsizeof: Callable[[object], int] | None = None,
+    ) -> None:
+        self._cache: TTLCache[str, object] | None = None
+        if ttl > 0 and maxsize > 0:
+            self._cache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer, getsizeof=getsizeof)
+
+    def get(self, key: str) -> object | None:
+        return None if self._cache is None else self._cache.get(key)
+
+    def put(self, key: str, value: object) -> None:
+        if self._cache is None:
+            return
+        try:
+            self._cache[key] = value
+        except ValueError:  # larger than the whole cache: not cached at all
+            self._cache.pop(key, None)
+
+    def pop(self, key: str) -> None:
+        if self._cache is not None:
+            self._cache.pop(key, None)
+
+
+class MetadataCache:
+    """Statuses (``attr_ttl``), missing paths (``negative_ttl``), listings (``dir_ttl``)."""
+
+    def __init__(
+        self, *, attr_ttl: float, negative_ttl: float, dir_ttl: float, max_entries: int,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._status = _Ttl(max_entries, attr_ttl, timer)
+        self._missing = _Ttl(max_entries, negative_ttl, timer)
+        self._listing = _Ttl(max_entries, dir_ttl, timer, getsizeof=_listing_size)
+
+    def status(self, path: str) -> FileStatus | None:
+        value = self._status.get(path)
+        return value if isinstance(value, FileStatus) else None
+
+    def is_missing(self, path: str) -> bool:
+        """True when ``path`` is known not to exist: a negative entry, or a fresh listing of
+        its parent that does not name it."""
+        if self._missing.get(path) is not None:
+            return True
+        if not path:
+            return False
+        parent, name = parent_and_name(path)
+        names = self._listing.get(parent)
+        return isinstance(names, _Listing) and name not in names.by_name
+
+    def listing(self, path: str) -> Sequence[FileStatus] | None:
+        value = self._listing.get(path)
+        return value.entries if isinstance(value, _Listing) else None
+
+    def put_status(self, path: str, status: FileStatus) -> None:
+        self._missing.pop(path)
+        self._status.put(path, status)
+
+    def put_missing(self, path: str) -> None:
+        self._status.pop(path)
+        self._missing.put(path, True)
+
+    def put_listing(self, path: str, entries: Sequence[FileStatus]) -> None:
+        """Cache a listing and, since it carries them, each child's status."""
+        self._listing.put(path, _Listing(entries))
+        for entry in entries:
+            self.put_status(join(path, entry.name), entry)
+
+    def invalidate(self, path: str) -> None:
+        self._status.pop(path)
+        self._missing.pop(path)
+        self._listing.pop(path)
+
+
+def _listing_size(value: object) -> int:
+    return len(value) + 1 if isinstance(value, _Listing) else 1
+
+
+class _Listing:
+    __slots__ = ("by_name", "entries")
+
+    def __init__(self, entries: Sequence[FileStatus]) -> None:
+        self.entries = entries
+        self.by_name = {e.name for e in entries}
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -1,0 +1,74 @@
+"""Plain data shared by every layer: what a backend says about a file."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+NAME_MAX = 255  # bytes in one path component, as on Linux
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be a directory entry: no ``/`` or NUL, not ``.``/``..``, ≤ 255 bytes."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        return False
+    return len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """What identifies one content of a file: if any part changes, cached bytes are stale."""
+
+    size: int
+    mtime_ns: int
+    etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileStatus:
+    """One entry as the backend reports it; ``None`` means the backend does not know.
+
+    ``name`` is the last path component ("" for the mount's root). Fields the backend
+    cannot supply (mode, owner, times) are filled in by the inode layer from fixed
+    config values, never invented per call.
+    """
+
+    name: str
+    kind: Kind
+    size: int = 0
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    atime_ns: int | None = None
+    mode: int | None = None  # permission bits only (0o7777)
+    uid: int | None = None
+    gid: int | None = None
+    nlink: int | None = None
+    blocks: int | None = None  # 512-byte blocks, when the backend knows real allocation
+    etag: str | None = None
+
+    @property
+    def version(self) -> Version:
+        return Version(self.size, self.mtime_ns or 0, self.etag)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is Kind.DIRECTORY
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    """Capacity figures for statfs; all zero when the backend has no notion of capacity."""
+
+    block_size: int = 4096
+    blocks: int = 0
+    blocks_free: int = 0
+    blocks_avail: int = 0
+    files: int = 0
+    files_free: int = 0
+    name_max: int = 255

@@ -1,0 +1,240 @@
+"""The kernel adapter: pyfuse3 requests in, :class:`~alluxiofuse.fs.Filesystem` calls down.
+
+This is the one place exceptions become ``FUSEError``. Each handler times itself, calls
+down and lets :meth:`Operations._call` map what comes back: a domain error becomes its
+errno; anything else becomes EIO with a log line and a metric, or is re-raised under
+``--strict`` so that tests see the bug.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyfuse3
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
+
+from alluxiofuse.config import MountConfig
+from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
+from alluxiofuse.fs import Filesystem
+from alluxiofuse.inodes import Inode
+from alluxiofuse.metrics import Metrics
+from alluxiofuse.model import FileStatus, Kind
+
+log = logging.getLogger(__name__)
+
+_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
+_DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777}
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 handlers; a few lines each."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: Filesystem, config: MountConfig, metrics: Metrics) -> None:
+        super().__init__()
+        self.fs = fs
+        self._config = config
+        self._metrics = metrics
+        # Fixed stand-ins for what a backend does not know: never "now" at each call.
+        self._mount_time_ns = time.time_ns()
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    @contextmanager
+    def _call(self, op: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        except AlluxioFuseError as e:
+            self._metrics.fuse_errors.labels(op, errno.errorcode.get(e.errno, str(e.errno))).inc()
+            if isinstance(e, BackendError):
+                self._metrics.backend_errors.labels(e.reason).inc()
+                log.warning("%s: %s: %s", op, type(e).__name__, e)
+            else:
+                log.debug("%s: %s: %s", op, type(e).__name__, e)
+            raise FUSEError(e.errno) from None
+        except FUSEError:
+            raise
+        except Exception as e:
+            self._metrics.unexpected_errors.labels(op, type(e).__name__).inc()
+            self._metrics.fuse_errors.labels(op, "EIO").inc()
+            log.error("%s: unexpected %s: %s", op, type(e).__name__, e, exc_info=True)
+            if self._config.strict:
+                raise
+            raise FUSEError(errno.EIO) from None
+        finally:
+            self._metrics.fuse_op_seconds.labels(op).observe(time.perf_counter() - start)
+
+    def _attrs(self, inode: Inode) -> EntryAttributes:
+        return self._entry(inode.ino, inode.status)
+
+    def _entry(self, ino: int, s: FileStatus) -> EntryAttributes:
+        c = self._config
+        a = EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = c.entry_timeout
+        a.attr_timeout = c.attr_timeout
+        override = c.dir_mode if s.kind is Kind.DIRECTORY else c.file_mode
+        if s.kind is Kind.SYMLINK:
+            override = None
+        perm = override if override is not None else s.mode
+        a.st_mode = _TYPE_BITS[s.kind] | (perm if perm is not None else _DEFAULT_MODES[s.kind])
+        a.st_nlink = s.nlink or (2 if s.kind is Kind.DIRECTORY else 1)
+        a.st_uid = c.uid if c.uid is not None else s.uid if s.uid is not None else self._uid
+        a.st_gid = c.gid if c.gid is not None else s.gid if s.gid is not None else self._gid
+        a.st_rdev = 0
+        a.st_size = s.size
+        a.st_blksize = c.page_size
+        a.st_blocks = s.blocks if s.blocks is not None else (s.size + 511) // 512
+        mtime = s.mtime_ns if s.mtime_ns is not None else self._mount_time_ns
+        a.st_mtime_ns = mtime
+        a.st_ctime_ns = s.ctime_ns if s.ctime_ns is not None else mtime
+        a.st_atime_ns = s.atime_ns if s.atime_ns is not None else mtime
+        return a
+
+    # -- names and attributes
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None,
+    ) -> EntryAttributes:
+        with self._call("lookup"):
+            try:
+                return self._attrs(await self.fs.lookup(parent_inode, os.fsdecode(name)))
+            except NotFound:
+                if self._config.negative_timeout <= 0:
+                    raise
+            # A negative entry (inode 0) lets the kernel cache the miss itself.
+            negative = EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self._config.negative_timeout
+            return negative
+
+    async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
+        with self._call("getattr"):
+            return self._attrs(await self.fs.getattr(inode))
+
+    async def forget(self, inode_list: Any) -> None:
+        with self._call("forget"):
+            for ino, count in inode_list:
+                self.fs.forget(ino, count)
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        with self._call("readlink"):
+            return os.fsencode(await self.fs.readlink(inode))
+
+    async def statfs(self, ctx: Any) -> StatvfsData:
+        with self._call("statfs"):
+            s = await self.fs.statfs()
+            out = StatvfsData()
+            out.f_bsize = out.f_frsize = s.block_size
+            out.f_blocks, out.f_bfree, out.f_bavail = s.blocks, s.blocks_free, s.blocks_avail
+            out.f_files, out.f_ffree, out.f_favail = s.files, s.files_free, s.files_free
+            out.f_namemax = s.name_max
+            return out
+
+    # -- directories
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        with self._call("opendir"):
+            return await self.fs.opendir(inode)
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        with self._call("readdir"):
+            def reply(status: FileStatus, inode: Inode, next_id: int) -> bool:
+                attrs = self._attrs(inode)
+                return bool(pyfuse3.readdir_reply(token, os.fsencode(status.name), attrs, next_id))
+
+            self.fs.readdir(fh, start_id, reply)
+
+    async def releasedir(self, fh: int) -> None:
+        with self._call("releasedir"):
+            self.fs.releasedir(fh)
+
+    # -- files
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> FileInfo:
+        with self._call("open"):
+            fh, keep_cache = await self.fs.open(inode, flags)
+            return FileInfo(fh=fh, keep_cache=keep_cache)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        with self._call("read"):
+            return await self.fs.read(fh, off, size)
+
+    async def flush(self, fh: int) -> None:
+        with self._call("flush"):
+            pass  # nothing is ever buffered for writing in a read-only mount
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        with self._call("fsync"):
+            pass
+
+    async def release(self, fh: int) -> None:
+        with self._call("release"):
+            self.fs.release(fh)
+
+    # -- mutations: all refused
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        with self._call("setattr"):
+            self.fs.refuse_write("setattr")
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        with self._call("mknod"):
+            self.fs.refuse_write("mknod")
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        with self._call("mkdir"):
+            self.fs.refuse_write("mkdir")
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with self._call("unlink"):
+            self.fs.refuse_write("unlink")
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        with self._call("rmdir"):
+            self.fs.refuse_write("rmdir")
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        with self._call("symlink"):
+            self.fs.refuse_write("symlink")
+
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: Any,
+    ) -> None:
+        with self._call("rename"):
+            self.fs.refuse_write("rename")
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        with self._call("link"):
+            self.fs.refuse_write("link")
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any,
+    ) -> Any:
+        with self._call("create"):
+            self.fs.refuse_write("create")
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with self._call("write"):
+            self.fs.refuse_write("write")
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        with self._call("setxattr"):
+            self.fs.refuse_write("setxattr")
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        with self._call("removexattr"):
+            self.fs.refuse_write("removexattr")

@@ -1,0 +1,143 @@
+"""Page cache: fixed-size pages of file content, bounded in bytes, with single-flight misses.
+
+A page is keyed by (inode, file version, page index): when a file's version changes its
+old pages can never be served again, whatever is still cached. Misses are single-flight:
+the first task to miss fetches, later ones wait for its result (or its error) instead of
+fetching the same bytes again. Pages brought in by read-ahead are marked until first read,
+so the metrics can tell read-ahead that paid off from read-ahead that was wasted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+import trio
+
+from alluxiofuse.metrics import Metrics
+from alluxiofuse.model import Version
+
+
+class PageKey(NamedTuple):
+    ino: int
+    version: Version
+    page: int
+
+
+class _Flight:
+    """One fetch in progress; waiters read ``data`` or ``error`` once ``done`` is set."""
+
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class PageCache:
+    """LRU of pages; ``used`` never exceeds ``capacity`` after an insert returns."""
+
+    def __init__(self, capacity: int, metrics: Metrics) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self._metrics = metrics
+        self._pages: OrderedDict[PageKey, bytes] = OrderedDict()
+        self._flights: dict[PageKey, _Flight] = {}
+        self._unread_prefetch: set[PageKey] = set()
+        self._by_ino: dict[int, set[PageKey]] = {}
+        metrics.page_cache_capacity_bytes.set(capacity)
+
+    def __contains__(self, key: PageKey) -> bool:
+        """Cached or being fetched."""
+        return key in self._pages or key in self._flights
+
+    async def get(
+        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], *,
+        served: int = 0, prefetch: bool = False,
+    ) -> bytes:
+        """The page ``key``, fetching it with ``fetch()`` on a miss.
+
+        ``served`` is how many of its bytes the caller will hand out, for the hit metric
+        (a miss counts the whole fetched page). A fetch error reaches every task waiting
+        for that page and is not cached. If the fetching task is cancelled, a waiter
+        fetches the page itself.
+        """
+        while True:
+            data = self._pages.get(key)
+            if data is not None:
+                self._pages.move_to_end(key)
+                if not prefetch:
+                    self._count_hit(key, served)
+                return data
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._fetch(key, fetch, prefetch)
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.data is not None:
+                if not prefetch:
+                    self._count_hit(key, served)
+                return flight.data
+            # The fetcher was cancelled before it had data: loop and fetch ourselves.
+
+    def drop_file(self, ino: int) -> None:
+        """Forget every cached page of ``ino``, all versions (its content changed)."""
+        for key in self._by_ino.pop(ino, set()):
+            data = self._pages.pop(key, None)
+            if data is not None:
+                self._release(key, data, evicted=False)
+        self._metrics.page_cache_bytes.set(self.used)
+
+    async def _fetch(
+        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], prefetch: bool,
+    ) -> bytes:
+        flight = self._flights[key] = _Flight()
+        try:
+            data = await fetch()
+        except Exception as e:
+            flight.error = e
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
+        flight.data = data
+        if not prefetch:
+            self._metrics.page_cache_miss_bytes.inc(len(data))
+        self._insert(key, data, prefetch)
+        return data
+
+    def _insert(self, key: PageKey, data: bytes, prefetch: bool) -> None:
+        if len(data) > self.capacity:
+            return
+        self._pages[key] = data
+        self.used += len(data)
+        self._by_ino.setdefault(key.ino, set()).add(key)
+        if prefetch:
+            self._unread_prefetch.add(key)
+        while self.used > self.capacity:
+            old_key, old = self._pages.popitem(last=False)
+            keys = self._by_ino.get(old_key.ino)
+            if keys is not None:
+                keys.discard(old_key)
+                if not keys:
+                    del self._by_ino[old_key.ino]
+            self._release(old_key, old, evicted=True)
+        self._metrics.page_cache_bytes.set(self.used)
+
+    def _release(self, key: PageKey, data: bytes, *, evicted: bool) -> None:
+        self.used -= len(data)
+        if evicted:
+            self._metrics.page_cache_evicted_bytes.inc(len(data))
+        if key in self._unread_prefetch:
+            self._unread_prefetch.discard(key)
+            self._metrics.readahead_wasted_bytes.inc(len(data))
+
+    def _count_hit(self, key: PageKey, served: int) -> None:
+        self._metrics.page_cache_hit_bytes.inc(served)
+        if key in self._unread_prefetch:
+            self._unread_prefetch.discard(key)
+            page = self._pages.get(key)
+            self._metrics.readahead_used_bytes.inc(len(page) if page is not None else served)

@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Read-path benchmark: alluxiofuse vs fsspec.fuse vs the source directory itself.
+
+Targets, all over one local source directory (generated once and cached under
+--data-dir: ``full/`` = 1 GiB big.bin + 10,000 files of 4-64 KiB in 100 directories,
+``quick/`` = 256 MiB + 2,000 files):
+  direct       reads of the source directory itself
+  alluxiofuse  ``python -m alluxiofuse mount SRC MNT -f --page-cache-size 256MiB``
+  fsspec.fuse  fsspec.fuse.run(file filesystem, threads=True): fusepy on libfuse2
+Workloads (each --repeat times, median reported; every one starts on a fresh mount):
+  seq_cold  sequential 1 MiB reads of big.bin after dropping kernel caches (MiB/s)
+  seq_warm  a second pass on the same mount, caches kept (MiB/s); on the first
+            repetition an extra untimed pass compares sha256(big.bin) with the source
+  small_4t  read every small file fully with 4 threads, cold caches (files/s)
+  walk      os.walk + os.stat of the whole tree, cold caches (entries/s)
+It also prints each daemon's peak RSS (VmHWM just before unmounting the mount that
+read big.bin); alluxiofuse's target is page cache + 150 MiB.
+
+It prints and does not judge, except to say whether each target is met. The exit
+status is non-zero only if the benchmark itself failed: a mount did not come up, a
+timeout, or wrong data from direct or alluxiofuse. Wrong data from fsspec.fuse (its
+threaded seek+read race corrupts concurrent reads of one handle) is only reported.
+
+Run as root (drop_caches, /dev/fuse; needs fusermount3, and libfuse2 for fusepy):
+  /tmp/venv/bin/python bench/read_bench.py --quick            # smoke run, ~1 min
+  /tmp/venv/bin/python bench/read_bench.py                    # full run
+  /tmp/venv/bin/python bench/read_bench.py --only direct,fsspec --repeat 5 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+MiB = 1 << 20
+BLOCK = 64 * MiB
+PAGE_CACHE_MIB = 256
+RSS_SLACK_MIB = 150
+MOUNT_TIMEOUT = 60.0
+SEED = 20240611
+N_DIRS = 100
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("direct", "alluxiofuse", "fsspec.fuse")
+ALIASES = {"direct": "direct", "alluxiofuse": "alluxiofuse", "alluxio": "alluxiofuse",
+           "fsspec": "fsspec.fuse", "fsspec.fuse": "fsspec.fuse"}
+# workload -> (unit, required ratio alluxiofuse / fsspec.fuse)
+WORKLOADS = {"seq_cold": ("MiB/s", 1.5), "seq_warm": ("MiB/s", 2.0),
+             "small_4t": ("files/s", 1.5), "walk": ("entries/s", 2.0)}
+FSSPEC_CODE = ("import sys, fsspec, fsspec.fuse; fsspec.fuse.run(fsspec.filesystem('file'), "
+               "sys.argv[1] + '/', sys.argv[2], foreground=True, threads=True)")
+UMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+
+
+class BenchError(Exception):
+    """The benchmark itself failed (as opposed to a target being missed)."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    big_size: int
+    small: list[tuple[str, int]]  # (relative path, size)
+    small_bytes: int = 0
+    n_entries: int = 0  # names os.walk yields: small/, dNN/, files, big.bin, manifest.json
+    big_sha256: str = ""
+
+
+def plan_dataset(data_dir: Path, quick: bool) -> Dataset:
+    rng = random.Random(SEED)
+    n = 2000 if quick else 10000
+    small = [(f"small/d{i % N_DIRS:02d}/f{i:04d}.bin", rng.randint(4096, 65536)) for i in range(n)]
+    return Dataset(data_dir / ("quick" if quick else "full"), (256 if quick else 1024) * MiB,
+                   small, sum(s for _, s in small), 1 + N_DIRS + n + 2)
+
+
+def ensure_dataset(ds: Dataset) -> None:
+    """Reuse the cached dataset if it is complete, else (re)generate it."""
+    manifest = ds.root / "manifest.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        meta = json.loads(manifest.read_text())
+        if ((meta["seed"], meta["big_size"], meta["n_small"]) == (SEED, ds.big_size, len(ds.small))
+                and (ds.root / "big.bin").stat().st_size == ds.big_size
+                and all((ds.root / p).stat().st_size == s for p, s in ds.small)):
+            ds.big_sha256 = meta["big_sha256"]
+            return
+    log(f"generating dataset in {ds.root} ...")
+    manifest.unlink(missing_ok=True)
+    shutil.rmtree(ds.root / "small", ignore_errors=True)
+    ds.root.mkdir(parents=True, exist_ok=True)
+    block, sha = bytearray(os.urandom(BLOCK)), hashlib.sha256()
+    with open(ds.root / "big.bin.tmp", "wb") as f:
+        for b in range(ds.big_size // BLOCK):  # stamp a global counter into every 4 KiB page
+            for off in range(0, BLOCK, 4096):
+                block[off:off + 8] = (b * BLOCK + off).to_bytes(8, "little")
+            f.write(block)
+            sha.update(block)
+    os.replace(ds.root / "big.bin.tmp", ds.root / "big.bin")
+    pool, rng = os.urandom(4 * MiB), random.Random(SEED + 1)
+    for d in range(N_DIRS):
+        (ds.root / f"small/d{d:02d}").mkdir(parents=True, exist_ok=True)
+    for rel, size in ds.small:
+        off = rng.randrange(len(pool) - size)
+        (ds.root / rel).write_bytes(pool[off:off + size])
+    ds.big_sha256 = sha.hexdigest()
+    manifest.write_text(json.dumps({"seed": SEED, "big_size": ds.big_size,
+                                    "n_small": len(ds.small), "big_sha256": ds.big_sha256}))
+    os.sync()
+
+
+# ------------------------------------------------------------------------ mounts
+
+@dataclass
+class Mount:
+    target: str
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    errlog: Path | None = None
+    peak_rss_mib: float | None = None
+
+    def tail(self, lines: int = 20) -> str:
+        if self.errlog is None:
+            return ""
+        with contextlib.suppress(OSError):
+            text = self.errlog.read_text(errors="replace").rstrip().splitlines()[-lines:]
+            return "\n    ".join([f"--- output tail of {self.target} ({self.errlog}):", *text])
+        return ""
+
+
+def is_mounted(path: Path) -> bool:
+    """Unlike os.path.ismount, also true for a dead (ENOTCONN) FUSE mount."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def vm_hwm_mib(pid: int) -> float | None:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def run_quiet(cmd: list[str]) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, check=False)
+
+
+@contextlib.contextmanager
+def watchdog(m: Mount, seconds: float, what: str) -> Iterator[None]:
+    """Kill the daemon if `what` overruns: the kernel then aborts the FUSE connection,
+    so readers blocked on the mount get ENOTCONN instead of hanging forever."""
+    if m.proc is None:
+        yield
+        return
+    proc, fired = m.proc, threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        proc.kill()
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    err: OSError | None = None
+    try:
+        yield
+    except OSError as exc:
+        err = exc
+    finally:
+        timer.cancel()
+    if fired.is_set() or err:
+        why = f"timed out after {seconds:g}s (daemon killed)" if fired.is_set() else repr(err)
+        raise BenchError(f"{m.target} {what}: {why}\n    {m.tail()}") from err
+
+
+def stop(proc: subprocess.Popen[bytes], mnt: Path) -> None:
+    """Unmount and reap; SIGTERM, SIGKILL and a lazy unmount are the fallbacks."""
+    if is_mounted(mnt):
+        run_quiet([UMOUNT, "-u", str(mnt)])
+    for action, wait in ((None, 20), (proc.terminate, 10), (proc.kill, 10)):
+        if action is not None:
+            log(f"warning: daemon on {mnt} still running; {action.__name__}()")
+            action()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+            break
+    if is_mounted(mnt):
+        log(f"warning: {mnt} still mounted; lazy unmount")
+        run_quiet([UMOUNT, "-uz", str(mnt)])
+    with contextlib.suppress(OSError):
+        mnt.rmdir()
+
+
+@contextlib.contextmanager
+def mounted(target: str, src: Path, extra: str) -> Iterator[Mount]:
+    """Yield a fresh mount of `src` (or `src` itself for direct); always clean up."""
+    if target == "direct":
+        yield Mount(target, src)
+        return
+    mnt = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"bench-{target}-mnt-")))
+    fd, errname = tempfile.mkstemp(prefix=f"bench-{target}-", suffix=".log")
+    cmd = [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
+    if target == "alluxiofuse":
+        cmd = [sys.executable, "-m", "alluxiofuse", "mount", str(src), str(mnt), "-f",
+               "--page-cache-size", f"{PAGE_CACHE_MIB}MiB", "--log-level", "warning",
+               *shlex.split(extra)]
+    pypath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    with os.fdopen(fd, "wb") as errf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                stdout=errf, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                env=dict(os.environ, PYTHONPATH=pypath), start_new_session=True)
+    m, clean = Mount(target, mnt, proc, Path(errname)), False
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        with watchdog(m, MOUNT_TIMEOUT + 10, "mount"):
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None:
+                    raise BenchError(f"{target} exited ({proc.returncode}) before mounting"
+                                     f"\n    {m.tail()}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{target} not mounted after {MOUNT_TIMEOUT:.0f}s"
+                                     f"\n    {m.tail()}")
+                time.sleep(0.05)
+        yield m
+        m.peak_rss_mib = vm_hwm_mib(proc.pid)
+        clean = True
+    finally:
+        stop(proc, mnt)
+        if clean and proc.returncode != 0:
+            log(f"warning: {target} exited with {proc.returncode}\n    {m.tail()}")
+        elif clean:
+            Path(errname).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------ workloads
+
+def drop_caches() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def read_seq(path: Path) -> int:
+    buf, total = bytearray(MiB), 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            total += n
+    return total
+
+
+def read_small(paths: list[str]) -> int:
+    def one(p: str) -> int:
+        with open(p, "rb", buffering=0) as f:
+            return len(f.read())
+
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        return sum(ex.map(one, paths))
+
+
+def walk_stat(root: Path) -> int:
+    def onerror(exc: OSError) -> None:
+        raise exc
+
+    n = 0
+    for dirpath, dirs, files in os.walk(root, onerror=onerror):
+        for name in files:
+            os.stat(os.path.join(dirpath, name))
+        n += len(dirs) + len(files)
+    return n
+
+
+@dataclass
+class Results:
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    rss: dict[str, list[float]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    cold: list[bool] = field(default_factory=list)
+
+
+def run_target(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res: Results) -> None:
+    """One repetition of every workload for one target (three fresh mounts)."""
+
+    def measure(m: Mount, work: str, fn: Callable[[], int], want: int, count: int = 0) -> None:
+        if work != "seq_warm":
+            res.cold.append(drop_caches())
+        with watchdog(m, args.timeout, work):
+            t0 = time.perf_counter()
+            got = fn()
+            secs = time.perf_counter() - t0
+        if got != want:
+            raise BenchError(f"{target} {work}: read {got} bytes/entries, expected {want}")
+        value = (got / MiB if work.startswith("seq") else count or got) / secs
+        res.samples.setdefault((work, target), []).append(value)
+        unit = WORKLOADS[work][0]
+        log(f"  [{rep + 1}/{args.repeat}] {target:<12} {work:<9} {value:>12,.1f} {unit}")
+
+    extra = args.alluxiofuse_args
+    with mounted(target, ds.root, extra) as m:
+        big = m.root / "big.bin"
+        measure(m, "seq_cold", lambda: read_seq(big), ds.big_size)
+        measure(m, "seq_warm", lambda: read_seq(big), ds.big_size)
+        if rep == 0:
+            with watchdog(m, args.timeout, "sha256 check"), open(big, "rb", buffering=0) as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if digest != ds.big_sha256:
+                msg = f"{target}: sha256(big.bin) via the mount is {digest}, not {ds.big_sha256}"
+                if target != "fsspec.fuse":
+                    raise BenchError(msg)
+                res.notes.append(msg + " (fsspec.fuse returned wrong data)")
+                log(f"  note: {res.notes[-1]}")
+    if m.peak_rss_mib is not None:
+        res.rss.setdefault(target, []).append(m.peak_rss_mib)
+    with mounted(target, ds.root, extra) as m:
+        paths = [str(m.root / rel) for rel, _ in ds.small]
+        measure(m, "small_4t", lambda: read_small(paths), ds.small_bytes, len(paths))
+    with mounted(target, ds.root, extra) as m:
+        measure(m, "walk", lambda: walk_stat(m.root), ds.n_entries)
+
+
+# ------------------------------------------------------------------------ report
+
+def environment() -> str:
+    info = {k.strip(): v.strip() for k, _, v in (
+        line.partition(":") for line in Path("/proc/meminfo").read_text().splitlines())}
+    cpu = next((line.split(":")[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("model name")), "?")
+    out = [f"python {platform.python_version()}"]
+    for pkg in ("alluxiofuse", "fsspec", "fusepy", "pyfuse3", "trio"):
+        try:
+            out.append(f"{pkg} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{pkg} (not installed)")
+    with contextlib.suppress(OSError, TypeError, AttributeError):
+        v = ctypes.CDLL(ctypes.util.find_library("fuse")).fuse_version()
+        out.append(f"libfuse2 API {v // 10}.{v % 10}")
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        r = subprocess.run([UMOUNT, "-V"], capture_output=True, text=True, timeout=10, check=False)
+        out.append((r.stdout or r.stderr).strip())
+    return (f"machine: nproc={len(os.sched_getaffinity(0))} MemTotal={info.get('MemTotal')} "
+            f"kernel={platform.release()} cpu={cpu}\nversions: " + ", ".join(out))
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}" if v >= 1000 else f"{v:,.1f}"
+
+
+def ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def report(res: Results, targets: list[str], markdown: bool) -> None:
+    def med(work: str, target: str) -> float | None:
+        vals = res.samples.get((work, target))
+        return statistics.median(vals) if vals else None
+
+    rows = [["workload", "direct", "alluxiofuse", "fsspec.fuse", "allux/fsspec", "allux/direct",
+             "target", "met"]]
+    for work, (unit, need) in WORKLOADS.items():
+        d, a, f = (med(work, t) for t in TARGETS)
+        r_f, r_d = (a / f if a and f else None), (a / d if a and d else None)
+        met = "n/a" if r_f is None else "yes" if r_f >= need else "no"
+        rows.append([f"{work} ({unit})", fmt(d), fmt(a), fmt(f), ratio(r_f), ratio(r_d),
+                     f">= {need}x fsspec.fuse", met])
+    peak = {t: max(v) for t, v in res.rss.items()}
+    limit, a_rss = PAGE_CACHE_MIB + RSS_SLACK_MIB, peak.get("alluxiofuse")
+    rows.append(["peak RSS (MiB)", "-", fmt(a_rss), fmt(peak.get("fsspec.fuse")), "-", "-",
+                 f"<= {limit} (cache {PAGE_CACHE_MIB} + {RSS_SLACK_MIB})",
+                 "n/a" if a_rss is None else "yes" if a_rss <= limit else "no"])
+    print()
+    if markdown:
+        for i, row in enumerate(rows):
+            print("| " + " | ".join(row) + " |" + ("\n|" + "---|" * len(row) if i == 0 else ""))
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+                            for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print()
+    if a_rss is not None:
+        print(f"alluxiofuse peak RSS (VmHWM, mount that read big.bin): {a_rss:.0f} MiB; page "
+              f"cache {PAGE_CACHE_MIB} MiB; target <= {limit} MiB met: {a_rss <= limit}")
+    for note in res.notes:
+        print(f"note: {note}")
+    for t in TARGETS:
+        status = "not selected" if t not in targets else f"FAILED: {res.failed[t]}" \
+            if t in res.failed else "ok"
+        print(f"{t}: {status}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=Path("/var/tmp/alluxiofuse-bench/data"))
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="256 MiB big file, 2,000 small files")
+    p.add_argument("--only", default="direct,alluxiofuse,fsspec.fuse",
+                   help="comma-separated targets: direct, alluxiofuse, fsspec(.fuse)")
+    p.add_argument("--alluxiofuse-args", default="", help="extra daemon arguments (one string)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = p.parse_args()
+    names = [t.strip() for t in args.only.split(",") if t.strip()]
+    if bad := [t for t in names if t not in ALIASES]:
+        p.error(f"unknown target(s) {bad}; choose from {', '.join(ALIASES)}")
+    targets = [t for t in TARGETS if t in {ALIASES[n] for n in names}]
+
+    ds = plan_dataset(args.data_dir.resolve(), args.quick)
+    ensure_dataset(ds)
+    res = Results()
+    for rep in range(args.repeat):
+        for target in targets:
+            if target in res.failed:
+                continue
+            try:
+                run_target(target, ds, args, rep, res)
+            except BenchError as exc:
+                res.failed[target] = str(exc)
+                log(f"  {target}: FAILED: {exc}")
+
+    print(environment())
+    print(f"dataset: {ds.root}: big.bin {ds.big_size // MiB} MiB, {len(ds.small)} small files "
+          f"({ds.small_bytes / MiB:.0f} MiB); repeat={args.repeat}, median shown; caches "
+          f"dropped: {'yes' if res.cold and all(res.cold) else 'NO, cold numbers are not cold'}")
+    report(res, targets, args.markdown)
+    return 1 if res.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
