@@ -142,12 +142,15 @@ class Filesystem:
         self._learn(inode.path, status)
         keep_cache = inode.kernel_version == status.version
         inode.kernel_version = status.version
-        fh = next(self._handle_ids)
-        self._files[fh] = FileHandle(
+        handle = FileHandle(
             inode, status.version, backend=self.backend, pages=self.pages,
             page_size=self.config.page_size, max_readahead=self.config.max_readahead,
             prefetcher=self._prefetcher,
         )
+        if not keep_cache:  # the kernel will ask for the first page right away
+            handle.start()
+        fh = next(self._handle_ids)
+        self._files[fh] = handle
         self._count_handles()
         return fh, keep_cache
 

@@ -90,6 +90,11 @@ class FileHandle:
             parts.append(page[start:stop] if (start, stop) != (0, len(page)) else page)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def start(self) -> None:
+        """Begin fetching the first page now: the kernel's first read follows the open."""
+        if self.size > 0:
+            self._schedule_prefetch(0, 0)
+
     def _advance_window(self, first: int, last: int) -> None:
         if first in (self._last_page, self._last_page + 1):
             if last > self._last_page:
@@ -111,7 +116,9 @@ class FileHandle:
 
     async def _prefetch(self, key: PageKey) -> None:
         try:
-            await self._pages.get(key, lambda: self._fetch(key.page), prefetch=True)
+            await self._pages.get(
+                key, lambda: self._fetch(key.page), expected=self._length(key.page), prefetch=True,
+            )
         except Exception as e:  # the demand read fetches again and reports it
             log.debug("prefetch of %s page %d failed: %r", self.path, key.page, e)
         finally:
@@ -119,11 +126,16 @@ class FileHandle:
 
     async def _page(self, index: int, *, served: int) -> bytes:
         key = PageKey(self.ino, self.version, index)
-        return await self._pages.get(key, lambda: self._fetch(index), served=served)
+        return await self._pages.get(
+            key, lambda: self._fetch(index), expected=self._length(index), served=served,
+        )
+
+    def _length(self, index: int) -> int:
+        return max(0, min(self._page_size, self.size - index * self._page_size))
 
     async def _fetch(self, index: int) -> bytes:
         offset = index * self._page_size
-        return await self._backend.read(self.path, offset, self._page_size, self.version)
+        return await self._backend.read(self.path, offset, self._length(index), self.version)
 
 
 class DirHandle:

@@ -37,11 +37,13 @@ class _Flight:
 
 
 class PageCache:
-    """LRU of pages; ``used`` never exceeds ``capacity`` after an insert returns."""
+    """LRU of pages; cached plus in-flight bytes stay within ``capacity``, except while
+    in-flight fetches alone exceed it."""
 
     def __init__(self, capacity: int, metrics: Metrics) -> None:
         self.capacity = capacity
-        self.used = 0
+        self.used = 0  # bytes of cached pages
+        self.reserved = 0  # bytes of pages being fetched
         self._metrics = metrics
         self._pages: OrderedDict[PageKey, bytes] = OrderedDict()
         self._flights: dict[PageKey, _Flight] = {}
@@ -54,15 +56,16 @@ class PageCache:
         return key in self._pages or key in self._flights
 
     async def get(
-        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], *,
+        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], *, expected: int,
         served: int = 0, prefetch: bool = False,
     ) -> bytes:
         """The page ``key``, fetching it with ``fetch()`` on a miss.
 
-        ``served`` is how many of its bytes the caller will hand out, for the hit metric
-        (a miss counts the whole fetched page). A fetch error reaches every task waiting
-        for that page and is not cached. If the fetching task is cancelled, a waiter
-        fetches the page itself.
+        ``expected`` is the page's length: a fetch reserves it in the cache up front, so
+        bytes in flight count against the bound too. ``served`` is how many of its bytes
+        the caller will hand out, for the hit metric (a miss counts the whole page). A
+        fetch error reaches every task waiting for that page and is not cached. If the
+        fetching task is cancelled, a waiter fetches the page itself.
         """
         while True:
             data = self._pages.get(key)
@@ -73,7 +76,7 @@ class PageCache:
                 return data
             flight = self._flights.get(key)
             if flight is None:
-                return await self._fetch(key, fetch, prefetch)
+                return await self._fetch(key, fetch, prefetch, expected)
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
@@ -92,18 +95,20 @@ class PageCache:
         self._metrics.page_cache_bytes.set(self.used)
 
     async def _fetch(
-        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], prefetch: bool,
+        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], prefetch: bool, expected: int,
     ) -> bytes:
         flight = self._flights[key] = _Flight()
+        self.reserved += expected
+        self._evict()
         try:
-            data = await fetch()
+            data = flight.data = await fetch()
         except Exception as e:
             flight.error = e
             raise
-        finally:
+        finally:  # also on cancellation: waiters then find neither data nor error, and retry
+            self.reserved -= expected
             del self._flights[key]
             flight.done.set()
-        flight.data = data
         if not prefetch:
             self._metrics.page_cache_miss_bytes.inc(len(data))
         self._insert(key, data, prefetch)
@@ -117,7 +122,11 @@ class PageCache:
         self._by_ino.setdefault(key.ino, set()).add(key)
         if prefetch:
             self._unread_prefetch.add(key)
-        while self.used > self.capacity:
+        self._evict()
+
+    def _evict(self) -> None:
+        """Evict least recently used pages until cached plus reserved bytes fit."""
+        while self._pages and self.used + self.reserved > self.capacity:
             old_key, old = self._pages.popitem(last=False)
             keys = self._by_ino.get(old_key.ino)
             if keys is not None:

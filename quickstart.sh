@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything alluxiofuse needs on Debian 12 (as root), then either mounts the
+# bundled example data (demo) or runs the whole test suite with the linters (test).
+#
+#   ./quickstart.sh demo [MOUNTPOINT]   # default mountpoint /mnt/alluxiofuse-demo
+#   ./quickstart.sh test [PYTEST ARGS]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev)
+
+install_system_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        echo "== installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python_packages() {
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    echo "== installing alluxiofuse and its test tools into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+}
+
+demo() {
+    local mnt=${1:-/mnt/alluxiofuse-demo}
+    mkdir -p "$mnt"
+    if mountpoint -q "$mnt"; then .venv/bin/alluxiofuse umount "$mnt"; fi
+    .venv/bin/alluxiofuse mount examples/data "$mnt"
+    echo "== mounted examples/data at $mnt (read-only); a look inside:"
+    ls -lR "$mnt"
+    echo "== $mnt/dataset.json:"
+    cat "$mnt/dataset.json"
+    echo
+    echo "== byte-for-byte check against the source:"
+    (cd examples/data && find . -type f -exec sha256sum {} + | sort -k2) > /tmp/alluxiofuse-src.sha
+    (cd "$mnt" && sha256sum -c --quiet /tmp/alluxiofuse-src.sha) && echo "all files identical"
+    echo "== still mounted; unmount with: .venv/bin/alluxiofuse umount $mnt"
+}
+
+run_tests() {
+    echo "== ruff"
+    .venv/bin/ruff check .
+    echo "== mypy"
+    .venv/bin/mypy
+    echo "== pytest (unit, component, integration; import-linter contracts included)"
+    .venv/bin/python -m pytest "$@"
+}
+
+command=${1:-demo}
+shift || true
+case "$command" in
+    demo) install_system_packages; install_python_packages; demo "$@" ;;
+    test) install_system_packages; install_python_packages; run_tests "$@" ;;
+    *) echo "usage: $0 demo [MOUNTPOINT] | test [PYTEST ARGS]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,328 @@
+"""ops.Operations driven directly, without a kernel, over a local and a generic fsspec source."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+from prometheus_client import CollectorRegistry
+
+import tests.flakyfs
+from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
+from alluxiofuse.config import build_config
+from alluxiofuse.daemon import check_source
+from alluxiofuse.fs import Filesystem
+from alluxiofuse.inodes import ROOT_INODE
+from alluxiofuse.metrics import Metrics
+from alluxiofuse.model import FileStatus
+from alluxiofuse.ops import Operations
+
+MiB = 1 << 20
+
+
+class Mounted:
+    """An Operations instance over ``source`` with the helpers tests need."""
+
+    def __init__(self, ops: Operations, metrics: Metrics, source: Path) -> None:
+        self.ops = ops
+        self.fs = ops.fs
+        self.metrics = metrics
+        self.source = source
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def lookup_path(self, path: str) -> pyfuse3.EntryAttributes:
+        ino = ROOT_INODE
+        attrs = await self.ops.getattr(ino)
+        for part in [p for p in path.split("/") if p]:
+            attrs = await self.ops.lookup(ino, os.fsencode(part))
+            ino = attrs.st_ino
+        return attrs
+
+    async def read_all(self, path: str, chunk: int = 128 * 1024) -> bytes:
+        attrs = await self.lookup_path(path)
+        info = await self.ops.open(attrs.st_ino, os.O_RDONLY, None)
+        out = bytearray()
+        try:
+            while data := await self.ops.read(info.fh, len(out), chunk):
+                out += data
+        finally:
+            await self.ops.release(info.fh)
+        return bytes(out)
+
+    def listing(self, dir_fh: int, refuse_after: int | None = None) -> list[str]:
+        """All entries of an open directory, in reply buffers of ``refuse_after`` entries."""
+        names: list[str] = []
+        start = 0
+        while True:
+            batch: list[tuple[str, int]] = []
+
+            def reply(
+                status: FileStatus, inode: Any, next_id: int, batch: list[Any] = batch,
+            ) -> bool:
+                if refuse_after is not None and len(batch) == refuse_after:
+                    return False
+                batch.append((status.name, next_id))
+                return True
+
+            self.fs.readdir(dir_fh, start, reply)
+            if not batch:
+                return names
+            names += [n for n, _ in batch]
+            start = batch[-1][1]
+
+
+async def make(
+    source: str | Path, nursery: trio.Nursery, **options: Any,
+) -> Mounted:
+    values = {"source": str(source), "mountpoint": "/unused", "page_cache_size": "8MiB",
+              "strict": True, **options}
+    ufs = values.pop("ufs_options", {})
+    config = build_config(values, ufs)
+    metrics = Metrics(CollectorRegistry())
+    backend = open_ufs(config.source, config.ufs_options, trio.CapacityLimiter(4),
+                       config.io_timeout)
+    root = await check_source(backend)
+    fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon)
+    return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "dir" / "sub").mkdir(parents=True)
+    (src / "small.txt").write_bytes(b"hello\n")
+    (src / "dir" / "three-pages.bin").write_bytes(os.urandom(3 * MiB + 5))
+    (src / "dir" / "sub" / "empty").write_bytes(b"")
+    os.symlink("small.txt", src / "link")
+    os.chmod(src / "small.txt", 0o640)
+    return src
+
+
+@pytest.fixture
+async def local(tree: Path, nursery: trio.Nursery) -> AsyncIterator[Mounted]:
+    yield await make(tree, nursery)
+
+
+async def test_local_source_uses_the_os_fast_path(local: Mounted) -> None:
+    assert isinstance(local.fs.backend, LocalUfs)
+
+
+async def test_attributes_come_from_the_source(local: Mounted, tree: Path) -> None:
+    attrs = await local.lookup_path("small.txt")
+    st = os.lstat(tree / "small.txt")
+    assert stat.S_ISREG(attrs.st_mode) and stat.S_IMODE(attrs.st_mode) == 0o640
+    assert (attrs.st_size, attrs.st_mtime_ns, attrs.st_uid, attrs.st_gid) == (
+        st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+    assert attrs.st_blocks == st.st_blocks
+    assert attrs.st_blksize == MiB  # big buffers for cp and cat
+    assert attrs.entry_timeout == 1.0 and attrs.attr_timeout == 1.0
+    link = await local.lookup_path("link")
+    assert stat.S_ISLNK(link.st_mode)
+    assert await local.ops.readlink(link.st_ino, None) == b"small.txt"
+
+
+async def test_overrides_win_over_the_source(tree: Path, nursery: trio.Nursery) -> None:
+    m = await make(tree, nursery, uid="1234", gid="99", file_mode="0444", dir_mode="0500")
+    f = await m.lookup_path("small.txt")
+    d = await m.lookup_path("dir")
+    assert (f.st_uid, f.st_gid, stat.S_IMODE(f.st_mode)) == (1234, 99, 0o444)
+    assert stat.S_ISDIR(d.st_mode) and stat.S_IMODE(d.st_mode) == 0o500
+
+
+async def test_inode_numbers_are_stable_across_forget(local: Mounted) -> None:
+    first = await local.lookup_path("dir/three-pages.bin")
+    await local.ops.forget([(first.st_ino, 1)])
+    assert local.fs.inodes.by_path("dir/three-pages.bin") is None
+    again = await local.lookup_path("dir/three-pages.bin")
+    assert again.st_ino == first.st_ino
+
+
+async def test_missing_name_is_a_cached_negative_entry(local: Mounted) -> None:
+    attrs = await local.ops.lookup(ROOT_INODE, b"nope")
+    assert attrs.st_ino == 0 and attrs.entry_timeout == 1.0
+
+
+async def test_without_negative_cache_a_missing_name_is_enoent(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, negative_timeout=0)
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await m.ops.lookup(ROOT_INODE, b"nope")
+    assert e.value.errno == errno.ENOENT
+    assert m.sample("alluxiofuse_fuse_errors_total", op="lookup", errno="ENOENT") == 1
+
+
+async def test_hostile_names(tree: Path, nursery: trio.Nursery) -> None:
+    names = ["sp ace", "ü-日本", "a%41", "p+q", "h#", "q?", "a&b=c", "x" * 255, "-dash"]
+    for n in names:
+        (tree / n).write_bytes(n.encode())
+    m = await make(tree, nursery)
+    fh = await m.ops.opendir(ROOT_INODE, None)
+    assert set(names) <= set(m.listing(fh))
+    for n in names:
+        assert await m.read_all(n) == n.encode()
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await m.ops.lookup(ROOT_INODE, b"y" * 256)
+    assert e.value.errno == errno.ENAMETOOLONG
+
+
+async def test_readdir_pages_without_skipping_or_repeating(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    many = tree / "many"
+    many.mkdir()
+    for i in range(2500):
+        (many / f"f{i:05d}").write_bytes(b"")
+    m = await make(tree, nursery)
+    dir_ino = (await m.lookup_path("many")).st_ino
+    fh = await m.ops.opendir(dir_ino, None)
+    names = m.listing(fh, refuse_after=97)
+    assert names == sorted(f"f{i:05d}" for i in range(2500))
+    # Every entry the kernel took holds exactly one lookup; refused ones hold none.
+    held = [m.fs.inodes.by_path(f"many/{n}") for n in names]
+    assert all(i is not None and i.lookups == 1 for i in held)
+    await m.ops.releasedir(fh)
+
+
+async def test_reads_return_exact_bytes_across_pages(local: Mounted, tree: Path) -> None:
+    data = (tree / "dir" / "three-pages.bin").read_bytes()
+    assert await local.read_all("dir/three-pages.bin") == data
+    attrs = await local.lookup_path("dir/three-pages.bin")
+    info = await local.ops.open(attrs.st_ino, os.O_RDONLY, None)
+    for off, size in [(MiB - 3, 10), (0, 1), (3 * MiB, 100), (3 * MiB + 5, 10), (2 * MiB, MiB)]:
+        assert await local.ops.read(info.fh, off, size) == data[off:off + size]
+    await local.ops.release(info.fh)
+
+
+async def test_keep_cache_only_while_the_version_is_unchanged(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, attr_timeout=0)
+    ino = (await m.lookup_path("small.txt")).st_ino
+    first = await m.ops.open(ino, os.O_RDONLY, None)
+    second = await m.ops.open(ino, os.O_RDONLY, None)
+    assert (first.keep_cache, second.keep_cache) == (False, True)
+    assert await m.ops.read(first.fh, 0, 100) == b"hello\n"
+    (tree / "small.txt").write_bytes(b"changed!\n")
+    third = await m.ops.open(ino, os.O_RDONLY, None)
+    assert third.keep_cache is False
+    assert await m.ops.read(third.fh, 0, 100) == b"changed!\n"
+    # The handle opened before the change never mixes versions: it is stale now.
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await m.ops.read(first.fh, 0, 100)
+    assert e.value.errno == errno.ESTALE
+
+
+async def test_every_mutation_is_erofs(local: Mounted) -> None:
+    ops = local.ops
+    ino = (await local.lookup_path("small.txt")).st_ino
+    calls = [
+        ops.setattr(ino, pyfuse3.EntryAttributes(), pyfuse3.SetattrFields(), None, None),
+        ops.mknod(ROOT_INODE, b"n", stat.S_IFREG | 0o644, 0, None),
+        ops.mkdir(ROOT_INODE, b"d", 0o755, None),
+        ops.unlink(ROOT_INODE, b"small.txt", None),
+        ops.rmdir(ROOT_INODE, b"dir", None),
+        ops.symlink(ROOT_INODE, b"s", b"t", None),
+        ops.rename(ROOT_INODE, b"small.txt", ROOT_INODE, b"x", 0, None),
+        ops.link(ino, ROOT_INODE, b"l", None),
+        ops.create(ROOT_INODE, b"c", 0o644, os.O_WRONLY | os.O_CREAT, None),
+        ops.write(1, 0, b"x"),
+        ops.setxattr(ino, b"user.a", b"b", None),
+        ops.removexattr(ino, b"user.a", None),
+        ops.open(ino, os.O_WRONLY, None),
+        ops.open(ino, os.O_RDWR, None),
+        ops.open(ino, os.O_RDONLY | os.O_TRUNC, None),
+    ]
+    for call in calls:
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == errno.EROFS
+
+
+async def test_statfs_reports_the_source_filesystem(local: Mounted, tree: Path) -> None:
+    s = await local.ops.statfs(None)
+    v = os.statvfs(tree)
+    assert (s.f_blocks, s.f_namemax, s.f_frsize) == (v.f_blocks, v.f_namemax, v.f_frsize)
+
+
+async def test_sequential_reads_prefetch_and_count_it(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    (tree / "seq.bin").write_bytes(os.urandom(16 * MiB))
+    m = await make(tree, nursery, page_cache_size="32MiB")
+    assert await m.read_all("seq.bin") == (tree / "seq.bin").read_bytes()
+    used = m.sample("alluxiofuse_readahead_used_bytes_total")
+    missed = m.sample("alluxiofuse_page_cache_miss_bytes_total")
+    assert used >= 8 * MiB, "most pages of a sequential read should come from read-ahead"
+    assert used + missed == 16 * MiB
+
+
+# -- a generic fsspec source that fails on demand
+
+
+@pytest.fixture
+async def flaky(tree: Path, tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Mounted]:
+    control = str(tmp_path / "control.json")
+    m = await make(f"flaky://{tree}", nursery, strict=False, io_timeout=1,
+                   attr_timeout=0, dir_timeout=0, negative_timeout=0,
+                   ufs_options={"control": control})
+    m.control = control  # type: ignore[attr-defined]
+    yield m
+    tests.flakyfs.clear_failure(control)
+
+
+async def test_generic_fsspec_source_reads(flaky: Mounted, tree: Path) -> None:
+    assert type(flaky.fs.backend) is UfsBackend
+    assert await flaky.read_all("dir/three-pages.bin") == (
+        tree / "dir" / "three-pages.bin").read_bytes()
+    fh = await flaky.ops.opendir((await flaky.lookup_path("dir")).st_ino, None)
+    assert flaky.listing(fh) == ["sub", "three-pages.bin"]
+
+
+@pytest.mark.allow_warnings
+@pytest.mark.parametrize("mode", ["oserror", "hang"])
+async def test_backend_failure_is_eio_and_the_mount_recovers(
+    flaky: Mounted, mode: str,
+) -> None:
+    ino = (await flaky.lookup_path("small.txt")).st_ino
+    tests.flakyfs.set_failure(flaky.control, ["info", "ls", "cat_file"], mode)  # type: ignore[attr-defined]
+    for call in (flaky.ops.getattr(ino), flaky.ops.opendir(ROOT_INODE, None),
+                 flaky.read_all("small.txt")):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == errno.EIO
+    reason = "error" if mode == "oserror" else "timeout"
+    assert flaky.sample("alluxiofuse_backend_errors_total", reason=reason) >= 3
+    tests.flakyfs.clear_failure(flaky.control)  # type: ignore[attr-defined]
+    assert await flaky.read_all("small.txt") == b"hello\n"
+
+
+@pytest.mark.allow_warnings
+async def test_unexpected_errors_are_eio_and_counted(flaky: Mounted) -> None:
+    tests.flakyfs.set_failure(flaky.control, ["info"], "unexpected")  # type: ignore[attr-defined]
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await flaky.ops.lookup(ROOT_INODE, b"small.txt")
+    assert e.value.errno == errno.EIO
+    assert flaky.sample("alluxiofuse_unexpected_errors_total", op="lookup",
+                        type="RuntimeError") == 1
+
+
+@pytest.mark.allow_warnings
+async def test_strict_mode_reraises_unexpected_errors(
+    tree: Path, tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    control = str(tmp_path / "control.json")
+    m = await make(f"flaky://{tree}", nursery, strict=True, attr_timeout=0,
+                   ufs_options={"control": control})
+    tests.flakyfs.set_failure(control, ["info"], "unexpected")
+    with pytest.raises(RuntimeError, match="injected"):
+        await m.ops.lookup(ROOT_INODE, b"small.txt")

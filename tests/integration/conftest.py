@@ -1,0 +1,231 @@
+"""Real mounts: the daemon runs in a subprocess, in the foreground, as users run it.
+
+Every mount is lazily unmounted and its daemon reaped in teardown, whatever happened. A
+missing /dev/fuse (or not being root) skips these tests on a workstation but fails them
+under CI=true: integration tests must never silently not run in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# The daemon's command line: the real CLI, with the test-only flaky:// protocol registered.
+DAEMON = [
+    sys.executable, "-c",
+    "import sys, tests.flakyfs; from alluxiofuse.cli import main; sys.exit(main(sys.argv[1:]))",
+]
+START_TIMEOUT = 30.0
+_LOUD = re.compile(r" (WARNING|ERROR|CRITICAL) alluxiofuse")
+
+
+def _require_fuse() -> None:
+    problem = None
+    if not os.path.exists("/dev/fuse"):
+        problem = "/dev/fuse is missing"
+    elif os.geteuid() != 0:
+        problem = "integration tests mount as root"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{problem}: integration tests must run in CI")
+        pytest.skip(problem)
+
+
+def with_timeout(fn: Callable[[], object], timeout: float) -> object:
+    """``fn()`` in a thread, so that a hung mount fails the test instead of hanging it."""
+    result: list[object] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the caller
+            error.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout}s")
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def ismount(path: Path, timeout: float = 10.0) -> bool:
+    return bool(with_timeout(lambda: os.path.ismount(path), timeout))
+
+
+def fusermount_u(path: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", "-q", str(path)], check=False, timeout=30,
+                   capture_output=True)
+
+
+@dataclass
+class Mount:
+    path: Path
+    source: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    allow_warnings: bool = False
+    args: list[str] = field(default_factory=list)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def unmount(self, timeout: float = 30.0) -> int:
+        """Unmount from outside (as a user would) and return the daemon's exit code."""
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=True, timeout=30,
+                       capture_output=True)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            fusermount_u(self.path)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.send_signal(signal.SIGKILL)
+                self.proc.wait(10)
+        fusermount_u(self.path)
+
+
+MountFactory = Callable[..., Mount]
+
+
+@pytest.fixture
+def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFactory]:
+    """``mount(source, *options, strict=True)`` → a live :class:`Mount`."""
+    _require_fuse()
+    mounts: list[Mount] = []
+    allow = request.node.get_closest_marker("allow_warnings") is not None
+
+    def start(source: str | Path, *options: str, strict: bool = True) -> Mount:
+        n = len(mounts)
+        mnt = tmp_path / f"mnt{n}"
+        mnt.mkdir()
+        log = tmp_path / f"daemon{n}.log"
+        args = ["mount", str(source), str(mnt), "-f", "--log-file", str(log), *options]
+        if strict:
+            args.append("--strict")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([*DAEMON, *args], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        m = Mount(mnt, str(source), proc, log, allow, args)
+        mounts.append(m)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ismount(mnt):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                pytest.fail(f"daemon exited with {proc.returncode}: {err}{m.log_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mount did not come up in {START_TIMEOUT}s:\n{m.log_text()}")
+            time.sleep(0.05)
+        return m
+
+    try:
+        yield start
+    finally:
+        for m in mounts:
+            m.close()
+        for m in mounts:
+            loud = [line for line in m.log_text().splitlines() if _LOUD.search(line)]
+            if loud and not m.allow_warnings:
+                pytest.fail("daemon logged warnings:\n" + "\n".join(loud[:20]))
+
+
+def make_tree(root: Path, *, files: int = 200, seed: int = 1) -> dict[str, bytes]:
+    """A deterministic tree of nested dirs, varied sizes (0 B to 3 MiB) and awkward names."""
+    import random
+
+    rng = random.Random(seed)
+    names = ["plain", "with space", "uni-ü-日本", "pct%41", "plus+", "hash#", "q?mark",
+             "amp&", "x" * 200]
+    content: dict[str, bytes] = {}
+    for i in range(files):
+        depth = rng.randint(0, 3)
+        parts = [f"{rng.choice(names)}-d{rng.randint(0, 4)}" for _ in range(depth)]
+        name = f"{rng.choice(names)}-{i}.bin"
+        rel = "/".join([*parts, name])
+        size = rng.choice([0, 1, 100, 4096, 65536, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) - 7])
+        data = rng.randbytes(size)
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        content[rel] = data
+    return content
+
+
+# -- helpers shared by the integration test modules
+
+CLI = [sys.executable, "-m", "alluxiofuse"]
+SUBPROCESS_TIMEOUT = 90.0
+
+
+def run(cmd: list[str], *, check: bool = True, timeout: float = SUBPROCESS_TIMEOUT,
+        cwd: str | Path | None = None, env: dict[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[bytes]:
+    """A tool run to completion, bounded in time, in the C locale so that outputs compare."""
+    full_env = {**os.environ, "LC_ALL": "C", "TZ": "UTC", "PYTHONPATH": str(REPO), **(env or {})}
+    result = subprocess.run(cmd, capture_output=True, timeout=timeout, env=full_env, cwd=cwd,
+                            check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{cmd} exited {result.returncode}:\n{result.stderr.decode(errors='replace')}"
+        )
+    return result
+
+
+def errno_of(fn: Callable[[], object], timeout: float = 20.0) -> int | None:
+    """The errno ``fn()`` fails with (None if it succeeds), bounded in time."""
+    try:
+        with_timeout(fn, timeout)
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def read_bytes(path: str | bytes | Path, timeout: float = 30.0) -> bytes:
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+    return with_timeout(read, timeout)  # type: ignore[return-value]
+
+
+def daemon_pids(mountpoint: str | Path) -> list[int]:
+    """Live (non-zombie) processes whose command line names ``mountpoint``."""
+    target = os.fsencode(os.path.abspath(mountpoint))
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if target in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
