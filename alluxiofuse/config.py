@@ -55,6 +55,7 @@ class MountConfig:
     page_size: int = 1 * MiB
     page_cache_size: int = 0  # 0 = derived from the memory limit, see default_page_cache_size
     max_readahead: int = 64 * MiB
+    kernel_readahead: int = 4 * MiB  # the mount's bdi read_ahead_kb; 0 keeps the kernel's
     prefetch_budget: int = 0  # 0 = page_cache_size // 4, at most 256 MiB
     io_threads: int = 16
     io_timeout: float = 60.0
@@ -155,6 +156,7 @@ _PARSERS: dict[str, Any] = {
     "page_size": parse_size,
     "page_cache_size": parse_size,
     "max_readahead": parse_size,
+    "kernel_readahead": parse_size,
     "prefetch_budget": parse_size,
     "io_threads": _parse_count,
     "io_timeout": parse_duration,

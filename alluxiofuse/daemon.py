@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
 
 log = logging.getLogger(__name__)
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 # FUSE requests served at once; each waits on the page cache or a worker thread.
 MAX_FUSE_TASKS = 128
@@ -76,7 +79,10 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
         root = await check_source(backend)
         async with trio.open_nursery() as nursery:
             fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon)
-            mount(Operations(fs, config, metrics), config)
+            ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
+                trio.to_thread.run_sync, set_kernel_readahead, config,
+            ))
+            mount(ops, config)
             try:
                 nursery.start_soon(_terminate_on_signal)
                 log.info("mounted %s at %s", config.source, config.mountpoint)
@@ -121,6 +127,42 @@ def mount(ops: Operations, config: MountConfig) -> None:
         pyfuse3.init(ops, config.mountpoint, mount_options(config))
     except RuntimeError as e:
         raise StartupError(f"cannot mount at {config.mountpoint}: {e}") from None
+
+
+def set_kernel_readahead(config: MountConfig) -> None:
+    """Set the kernel's read-ahead for our mount (root only; best effort).
+
+    The kernel splits buffered reads of a FUSE file into requests no larger than its
+    read-ahead window, 128 KiB by default: each costs a round trip through the daemon. It
+    resets the window when it processes the INIT reply, so this runs after INIT. The
+    device number comes from /proc/self/mountinfo: a stat of the mountpoint would be a
+    request to this very daemon.
+    """
+    mountpoint, size = config.mountpoint, config.kernel_readahead
+    if not size:
+        return
+    device = _mount_device(mountpoint)
+    if device is None:
+        log.info("kernel read-ahead unchanged: %s not found in mountinfo", mountpoint)
+        return
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(max(1, size // 1024)))
+    except OSError as e:
+        log.info("kernel read-ahead unchanged (%s): %s", device, e.strerror)
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the mount at ``mountpoint`` (the last one, if stacked)."""
+    device = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            # The kernel writes space, tab, newline and backslash as octal escapes.
+            point = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            if point == os.fsencode(mountpoint):
+                device = fields[2].decode()
+    return device
 
 
 async def _terminate_on_signal() -> None:

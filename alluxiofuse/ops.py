@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -40,15 +40,24 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: Filesystem, config: MountConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, fs: Filesystem, config: MountConfig, metrics: Metrics,
+        on_init: Callable[[], object] | None = None,
+    ) -> None:
         super().__init__()
         self.fs = fs
+        self._on_init = on_init
         self._config = config
         self._metrics = metrics
         # Fixed stand-ins for what a backend does not know: never "now" at each call.
         self._mount_time_ns = time.time_ns()
         self._uid = os.getuid()
         self._gid = os.getgid()
+
+    def init(self) -> None:
+        """The kernel's INIT handshake; its reply is sent when this returns."""
+        if self._on_init is not None:
+            self._on_init()
 
     @contextmanager
     def _call(self, op: str) -> Iterator[None]:
