@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import tomllib
@@ -110,13 +111,15 @@ def parse_duration(value: Any) -> float:
         if not m:
             raise ValueError(f"not a duration: {value!r} (try 1, 0.5, 500ms, 2s, 1m)")
         seconds = float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
-    if seconds < 0:
-        raise ValueError(f"duration must not be negative: {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration must be a finite number of seconds >= 0: {value!r}")
     return seconds
 
 
 def parse_mode(value: Any) -> int:
     """``"0644"``, ``"644"`` or ``0o644`` → 0o644."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a permission mode: {value!r}")
     mode = value if isinstance(value, int) else int(str(value), 8)
     if not 0 <= mode <= 0o7777:
         raise ValueError(f"not a permission mode: {value!r}")
@@ -202,6 +205,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: [ufs_options] must be a table")
             values[name] = dict(value)
+        elif name in values:
+            raise ConfigError(f"{path}: option {name!r} is given twice")
         elif name in OPTION_NAMES:
             values[name] = value
         else:

@@ -17,14 +17,13 @@ from collections.abc import Callable
 
 import pyfuse3
 import trio
-from prometheus_client import CollectorRegistry
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
 from alluxiofuse.fs import Filesystem
-from alluxiofuse.metrics import Metrics
+from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
 
@@ -72,7 +71,7 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
 
 async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled."""
-    metrics = Metrics(CollectorRegistry(auto_describe=True))
+    metrics = Metrics(new_registry())
     limiter = trio.CapacityLimiter(config.io_threads)
     backend = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout)
     try:

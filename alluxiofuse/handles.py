@@ -1,8 +1,9 @@
 """Open files: reads through the page cache, with adaptive sequential read-ahead.
 
 A handle pins the file version it was opened with: every page it reads is keyed by that
-version and fetched as that version, so one open file never mixes bytes of two versions
-(a change underneath makes the read fail with ESTALE instead).
+version and fetched as that version. Once a change is seen (a refreshed status, or the
+backend's own check on the range it reads), reads through the handle fail with ESTALE
+instead of mixing in bytes of the new version.
 
 Read-ahead: a read that stays on the current page or moves to the next one is sequential
 and doubles the handle's window (up to ``max_readahead``) each time it enters a new page;
@@ -119,7 +120,7 @@ class FileHandle:
             await self._pages.get(
                 key, lambda: self._fetch(key.page), expected=self._length(key.page), prefetch=True,
             )
-        except Exception as e:  # the demand read fetches again and reports it
+        except Exception as e:  # a demand read of the page reports it (or fetches again)
             log.debug("prefetch of %s page %d failed: %r", self.path, key.page, e)
         finally:
             self._prefetcher.release(self._page_size)

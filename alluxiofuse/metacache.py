@@ -96,11 +96,6 @@ class MetadataCache:
         for entry in entries:
             self.put_status(join(path, entry.name), entry)
 
-    def invalidate(self, path: str) -> None:
-        self._status.pop(path)
-        self._missing.pop(path)
-        self._listing.pop(path)
-
 
 def _listing_size(value: object) -> int:
     return len(value) + 1 if isinstance(value, _Listing) else 1

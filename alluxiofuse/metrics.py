@@ -8,6 +8,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _OP_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
 
+def new_registry() -> CollectorRegistry:
+    """A fresh registry for one daemon (never prometheus_client's global one)."""
+    return CollectorRegistry(auto_describe=True)
+
+
 class Metrics:
     """Every instrument the daemon updates; one instance per daemon, never global."""
 

@@ -20,10 +20,11 @@ import fsspec
 import trio
 
 from alluxiofuse.errors import (
-    BackendError,
     BackendTimeout,
     ConfigError,
     InvalidArgument,
+    NotFound,
+    ProtocolError,
     StaleFile,
     from_oserror,
 )
@@ -141,8 +142,8 @@ class LocalUfs(UfsBackend):
         full = self.full_path(path)
         st = os.lstat(full) if path else os.stat(full)
         status = status_from_stat(path.rpartition("/")[2], st)
-        if status is None:
-            raise InvalidArgument(f"{path!r} is a special file, which is not served")
+        if status is None:  # hidden from listings too
+            raise NotFound(f"{path!r} is a special file, which is not served")
         return status
 
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
@@ -204,6 +205,7 @@ def status_from_stat(name: str, st: os.stat_result) -> FileStatus | None:
     )
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MTIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
 _ETAG_KEYS = ("ETag", "etag", "md5Hash", "content_md5", "generation")
 
@@ -217,8 +219,10 @@ def status_from_info(name: str, info: Mapping[str, Any]) -> FileStatus:
     try:
         size = int(info.get("size") or 0)
     except (TypeError, ValueError):
+        size = -1
+    if size < 0:
         bad = info.get("size")
-        raise BackendError(f"{name!r}: the under-storage reported size {bad!r}") from None
+        raise ProtocolError(f"{name!r}: the under-storage reported size {bad!r}")
     return FileStatus(
         name=name, kind=kind, size=0 if kind is Kind.DIRECTORY else size,
         mtime_ns=_time_ns(mtime), etag=etag,
@@ -230,8 +234,12 @@ def _time_ns(value: Any) -> int | None:
     """Epoch nanoseconds from the time formats fsspec implementations use."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        return int(value * 1_000_000_000)
+    if isinstance(value, int):
+        return value * 1_000_000_000
+    if isinstance(value, float):
+        # Round to whole microseconds: a float has no more, and the same instant must give
+        # the same version whether a store reported it as a float or as a datetime.
+        return round(value * 1_000_000) * 1000
     if isinstance(value, str):
         try:
             value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -240,5 +248,5 @@ def _time_ns(value: Any) -> int | None:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return int(value.timestamp() * 1_000_000) * 1000
+        return int((value - _EPOCH) // dt.timedelta(microseconds=1)) * 1000
     return None

@@ -1,0 +1,361 @@
+"""Option parsing, the config file, and the merge/validation done by build_config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alluxiofuse import config
+from alluxiofuse.config import (
+    GiB,
+    KiB,
+    MiB,
+    MountConfig,
+    build_config,
+    default_page_cache_size,
+    load_config_file,
+    memory_limit,
+    parse_duration,
+    parse_mode,
+    parse_size,
+    parse_ufs_option,
+)
+from alluxiofuse.errors import ConfigError
+
+BASE = {"source": "/data", "mountpoint": "/mnt"}
+
+
+@pytest.fixture
+def fixed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """build_config derives defaults from an 8 GiB limit, whatever this machine has."""
+    monkeypatch.setattr(config, "memory_limit", lambda: 8 * GiB)
+
+
+# -- parse_size
+
+
+@pytest.mark.parametrize("text", ["1M", "1MB", "1MiB", "1m", "1mib", " 1 MiB ", "1048576", 1048576])
+def test_parse_size_one_mebibyte_spellings(text: Any) -> None:
+    assert parse_size(text) == 1048576
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("512", 512),
+        ("4K", 4 * KiB),
+        ("4KiB", 4 * KiB),
+        ("4kb", 4 * KiB),
+        ("2G", 2 * GiB),
+        ("2GiB", 2 * GiB),
+        ("1T", 1024 * GiB),
+        ("1.5MiB", 3 * MiB // 2),
+        ("512KiB", 512 * KiB),
+        (4096, 4096),
+        (0, 0),
+    ],
+)
+def test_parse_size_units(text: Any, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "M", "abc", "1X", "1 MiBs", "-1", "-1MiB", "1e6", True, -1])
+def test_parse_size_rejects(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+# -- parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", 1.0),
+        ("0.5", 0.5),
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("1m", 60.0),
+        ("1h", 3600.0),
+        ("0", 0.0),
+        (3, 3.0),
+        (0.25, 0.25),
+        (" 10 MS ", 0.01),
+    ],
+)
+def test_parse_duration(text: Any, expected: float) -> None:
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", ["-1", "-1s", "-500ms", -1, -0.5, "soon", "1d", "", True])
+def test_parse_duration_rejects_negative_and_garbage(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+# -- parse_mode
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0644", 0o644), ("644", 0o644), (0o755, 0o755),
+                                                ("4755", 0o4755), ("0", 0)])
+def test_parse_mode(text: Any, expected: int) -> None:
+    assert parse_mode(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["999", "rwx", "17777", 0o10000, -1])
+def test_parse_mode_rejects(bad: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_mode(bad)
+
+
+# -- parse_ufs_option
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("anon=true", ("anon", True)),
+        ("anon=false", ("anon", False)),
+        ("retries=3", ("retries", 3)),
+        ("ratio=0.5", ("ratio", 0.5)),
+        ("region=eu-1", ("region", "eu-1")),
+        ("endpoint_url=http://h:9000/x?a=b", ("endpoint_url", "http://h:9000/x?a=b")),
+        ('quoted="3"', ("quoted", "3")),
+        ('kw={"a": 1}', ("kw", {"a": 1})),
+        ("empty=", ("empty", "")),
+        (" key =value", ("key", "value")),
+    ],
+)
+def test_parse_ufs_option(item: str, expected: tuple[str, Any]) -> None:
+    key, value = parse_ufs_option(item)
+    assert (key, value) == expected
+    assert type(value) is type(expected[1])
+
+
+@pytest.mark.parametrize("bad", ["anon", "", "=value", " =x"])
+def test_parse_ufs_option_needs_key_and_equals(bad: str) -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_ufs_option(bad)
+
+
+# -- load_config_file
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "alluxiofuse.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_config_file_keys_and_ufs_options(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+page-size = "2MiB"
+page_cache_size = "1GiB"
+attr-timeout = 5
+allow_other = true
+
+[ufs_options]
+anon = true
+endpoint_url = "http://minio:9000"
+""")
+    values = load_config_file(path)
+    assert values == {
+        "page_size": "2MiB",
+        "page_cache_size": "1GiB",
+        "attr_timeout": 5,
+        "allow_other": True,
+        "ufs_options": {"anon": True, "endpoint_url": "http://minio:9000"},
+    }
+
+
+def test_load_config_file_dashed_ufs_options_table(tmp_path: Path) -> None:
+    values = load_config_file(write(tmp_path, '[ufs-options]\nkey = "k"\n'))
+    assert values == {"ufs_options": {"key": "k"}}
+
+
+def test_load_config_file_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, 'page_size = "1MiB"\npage-sise = "2MiB"\n')
+    with pytest.raises(ConfigError, match="page-sise"):
+        load_config_file(path)
+
+
+def test_load_config_file_ufs_options_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ufs_options"):
+        load_config_file(write(tmp_path, 'ufs_options = "anon=true"\n'))
+
+
+def test_load_config_file_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config_file(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_load_config_file_malformed(tmp_path: Path) -> None:
+    path = write(tmp_path, "page_size = \n[[[")
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_config_file(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value).strip()
+
+
+def test_load_config_file_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_config_file(tmp_path)
+
+
+def test_config_file_round_trip_through_build_config(
+    tmp_path: Path, fixed_memory: None,
+) -> None:
+    values = load_config_file(write(tmp_path, """
+source = "s3://bucket/data"
+mountpoint = "/mnt/data"
+page-size = "4MiB"
+attr_timeout = "500ms"
+file_mode = "0444"
+[ufs_options]
+anon = true
+"""))
+    c = build_config(values)
+    assert c.source == "s3://bucket/data"
+    assert c.page_size == 4 * MiB
+    assert c.attr_timeout == 0.5
+    assert c.file_mode == 0o444
+    assert c.ufs_options == {"anon": True}
+
+
+# -- build_config
+
+
+def test_build_config_defaults(fixed_memory: None) -> None:
+    c = build_config(BASE)
+    assert isinstance(c, MountConfig)
+    assert (c.source, c.mountpoint) == ("/data", "/mnt")
+    assert c.page_size == MiB
+    # An eighth of the (patched) 8 GiB limit, and a quarter of that, capped at 256 MiB.
+    assert c.page_cache_size == GiB
+    assert c.prefetch_budget == 256 * MiB
+    assert c.ufs_options == {}
+    assert c.logging_level == 20
+
+
+def test_build_config_prefetch_budget_is_a_quarter_of_a_small_cache(fixed_memory: None) -> None:
+    c = build_config({**BASE, "page_cache_size": "64MiB"})
+    assert c.page_cache_size == 64 * MiB
+    assert c.prefetch_budget == 16 * MiB
+
+
+def test_build_config_derived_cache_follows_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "memory_limit", lambda: 2 * GiB)
+    c = build_config(BASE)
+    assert c.page_cache_size == 256 * MiB
+    assert c.prefetch_budget == 64 * MiB
+
+
+def test_build_config_explicit_values_win(fixed_memory: None) -> None:
+    c = build_config({**BASE, "page_cache_size": "100MiB", "prefetch_budget": "10MiB",
+                      "io_threads": "4", "log_level": "DEBUG", "foreground": "yes"})
+    assert c.page_cache_size == 100 * MiB
+    assert c.prefetch_budget == 10 * MiB
+    assert c.io_threads == 4
+    assert c.log_level == "debug"
+    assert c.logging_level == 10
+    assert c.foreground is True
+
+
+def test_build_config_prefetch_budget_holds_at_least_one_page(fixed_memory: None) -> None:
+    c = build_config({**BASE, "page_size": "4MiB", "prefetch_budget": "1KiB"})
+    assert c.prefetch_budget == 4 * MiB
+
+
+def test_build_config_none_means_unset(fixed_memory: None) -> None:
+    c = build_config({**BASE, "uid": None, "page_size": None})
+    assert c.uid is None
+    assert c.page_size == MiB
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        ({"page_size": "3000"}, "--page-size"),
+        ({"page_size": "3MiB"}, "--page-size"),
+        ({"page_size": "2KiB"}, "--page-size"),
+        ({"page_size": "128MiB"}, "--page-size"),
+        ({"page_size": "lots"}, "--page-size"),
+        ({"page_cache_size": "3MiB"}, "--page-cache-size"),
+        ({"io_threads": "0"}, "--io-threads"),
+        ({"io_threads": "2000"}, "--io-threads"),
+        ({"io_threads": "-1"}, "--io-threads"),
+        ({"io_timeout": "0"}, "--io-timeout"),
+        ({"attr_timeout": "-1"}, "--attr-timeout"),
+        ({"uid": "-5"}, "--uid"),
+        ({"gid": "x"}, "--gid"),
+        ({"file_mode": "0999"}, "--file-mode"),
+        ({"log_level": "loud"}, "--log-level"),
+        ({"allow_other": "maybe"}, "--allow-other"),
+        ({"metadata_cache_entries": "-1"}, "--metadata-cache-entries"),
+        ({"io_threads": [1]}, "--io-threads"),
+    ],
+)
+def test_build_config_errors_name_the_option(
+    values: dict[str, Any], names: str, fixed_memory: None,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({**BASE, **values})
+    message = str(info.value)
+    assert names in message
+    assert "\n" not in message
+
+
+def test_build_config_unknown_option_is_named(fixed_memory: None) -> None:
+    with pytest.raises(ConfigError, match="no_such_option"):
+        build_config({**BASE, "no_such_option": "1"})
+
+
+@pytest.mark.parametrize("missing", ["source", "mountpoint"])
+def test_build_config_needs_source_and_mountpoint(missing: str, fixed_memory: None) -> None:
+    values = {k: v for k, v in BASE.items() if k != missing}
+    with pytest.raises(ConfigError, match=missing.upper()):
+        build_config(values)
+
+
+def test_build_config_cli_ufs_options_override_file(fixed_memory: None) -> None:
+    file_values = {**BASE, "ufs_options": {"anon": True, "region": "eu-1", "retries": 2}}
+    c = build_config(file_values, {"region": "us-2", "key": "k"})
+    assert c.ufs_options == {"anon": True, "region": "us-2", "retries": 2, "key": "k"}
+    # The caller's mappings are not mutated.
+    assert file_values["ufs_options"] == {"anon": True, "region": "eu-1", "retries": 2}
+
+
+def test_build_config_accepts_minimum_cache(fixed_memory: None) -> None:
+    c = build_config({**BASE, "page_size": "64KiB", "page_cache_size": "256KiB"})
+    assert c.page_cache_size == 256 * KiB
+    assert c.prefetch_budget == 64 * KiB
+
+
+# -- memory
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [
+        (0, 64 * MiB),
+        (256 * MiB, 64 * MiB),
+        (512 * MiB, 64 * MiB),
+        (1 * GiB, 128 * MiB),
+        (8 * GiB, 1 * GiB),
+        (32 * GiB, 4 * GiB),
+        (1024 * GiB, 4 * GiB),
+    ],
+)
+def test_default_page_cache_size_bounds(limit: int, expected: int) -> None:
+    assert default_page_cache_size(limit) == expected
+
+
+def test_memory_limit_is_a_positive_int() -> None:
+    limit = memory_limit()
+    assert isinstance(limit, int)
+    assert limit > 0

@@ -1,0 +1,368 @@
+"""Open file handles: exact reads through the page cache, read-ahead window and budget."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client import CollectorRegistry
+
+from alluxiofuse.errors import BackendError, InvalidArgument, NotFound, StaleFile
+from alluxiofuse.handles import FileHandle, Prefetcher
+from alluxiofuse.inodes import Inode
+from alluxiofuse.metrics import Metrics
+from alluxiofuse.model import FileStatus, FsStats, Kind, Version
+from alluxiofuse.pages import PageCache
+
+PS = 16  # page size
+
+# ``nursery`` is pytest-trio's fixture: a nursery cancelled when the test ends.
+
+
+class FakeBackend:
+    """One file ``f`` in memory. Reads are counted; reads of held pages wait on ``gate``."""
+
+    description = "fake"
+
+    def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
+        self.data = data
+        self.status = FileStatus("f", Kind.FILE, size=len(data), mtime_ns=mtime_ns)
+        self.reads: builtins.list[tuple[int, int]] = []
+        self.gate = trio.Event()
+        self.hold: set[int] = set()  # offsets whose reads wait for gate
+        self.fail_at: set[int] = set()  # offsets whose reads raise BackendError
+        self.active = 0
+        self.max_active = 0
+
+    async def stat(self, path: str) -> FileStatus:
+        await trio.lowlevel.checkpoint()
+        if path != "f":
+            raise NotFound(path)
+        return self.status
+
+    async def list(self, path: str) -> builtins.list[FileStatus]:
+        await trio.lowlevel.checkpoint()
+        return [self.status]
+
+    async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        assert path == "f"
+        if version != self.status.version:
+            raise StaleFile(path)
+        self.reads.append((offset, length))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if offset in self.hold:
+                with trio.fail_after(5):  # a broken handle fails the test, never hangs it
+                    await self.gate.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.active -= 1
+        if offset in self.fail_at:
+            raise BackendError(f"injected failure at {offset}")
+        return self.data[offset:offset + length]
+
+    async def readlink(self, path: str) -> str:
+        raise InvalidArgument(path)
+
+    async def statfs(self) -> FsStats:
+        return FsStats()
+
+    async def aclose(self) -> None:
+        pass
+
+    def read_offsets(self) -> builtins.list[int]:
+        return [offset for offset, _ in self.reads]
+
+
+DATA = bytes(i % 251 for i in range(64 * PS + 5))  # 64 full pages and a partial one
+
+
+class Env:
+    def __init__(
+        self, nursery: trio.Nursery, data: bytes = DATA, *, max_readahead: int = 8 * PS,
+        budget: int = 1000 * PS, capacity: int = 1000 * PS,
+    ) -> None:
+        self.backend = FakeBackend(data)
+        self.registry = CollectorRegistry()
+        self.pages = PageCache(capacity, Metrics(self.registry))
+        self.prefetcher = Prefetcher(nursery.start_soon, budget)
+        self.inode = Inode(5, "f", self.backend.status, lookups=1)
+        self.max_readahead = max_readahead
+
+    def open(self) -> FileHandle:
+        return FileHandle(
+            self.inode, self.inode.status.version, backend=self.backend, pages=self.pages,
+            page_size=PS, max_readahead=self.max_readahead, prefetcher=self.prefetcher,
+        )
+
+
+def test_prefetcher_budget() -> None:
+    p = Prefetcher(lambda *a: None, budget=3 * PS)
+    assert p.try_reserve(PS)
+    assert p.try_reserve(2 * PS)
+    assert not p.try_reserve(1)
+    assert p.in_flight == 3 * PS
+    p.release(PS)
+    assert p.try_reserve(PS)
+    assert not p.try_reserve(PS)
+
+
+@pytest.mark.parametrize(
+    ("offset", "size"),
+    [(0, 1), (0, PS), (15, 2), (1, PS), (0, 100), (31, 33), (PS * 10, PS * 5 + 3),
+     (64 * PS, 5), (64 * PS - 1, 100), (0, len(DATA)), (3, len(DATA) + 1000)],
+)
+async def test_reads_return_exact_bytes(nursery: trio.Nursery, offset: int, size: int) -> None:
+    env = Env(nursery, max_readahead=0)
+    handle = env.open()
+    assert await handle.read(offset, size) == DATA[offset:offset + size]
+    # Each page was fetched once, at its own offset, and never past the end of the file.
+    offsets = env.backend.read_offsets()
+    assert len(offsets) == len(set(offsets))
+    assert all(o % PS == 0 for o in offsets)
+    assert all(o + n <= len(DATA) for o, n in env.backend.reads)
+    assert handle.window == 0
+
+
+async def test_cache_metrics_count_bytes_served(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=0)
+    handle = env.open()
+
+    def sample(name: str) -> float:
+        return env.registry.get_sample_value(f"alluxiofuse_page_cache_{name}_bytes_total") or 0
+
+    assert await handle.read(5, 3 * PS) == DATA[5:5 + 3 * PS]  # pages 0-3, all misses
+    assert (sample("miss"), sample("hit")) == (4 * PS, 0)
+    assert await handle.read(7, 2 * PS + 1) == DATA[7:8 + 2 * PS]  # pages 0-2, all hits
+    assert (sample("miss"), sample("hit")) == (4 * PS, 2 * PS + 1)
+    assert await handle.read(len(DATA) - 3, 100) == DATA[-3:]  # the short last page
+    assert (sample("miss"), sample("hit")) == (4 * PS + 5, 2 * PS + 1)
+
+
+async def test_reads_past_eof(nursery: trio.Nursery) -> None:
+    env = Env(nursery)
+    handle = env.open()
+    assert await handle.read(len(DATA), 10) == b""
+    assert await handle.read(len(DATA) + 1000, 10) == b""
+    assert await handle.read(0, 0) == b""
+    assert env.backend.reads == []
+    assert await handle.read(len(DATA) - 3, 10) == DATA[-3:]
+
+
+async def test_empty_file(nursery: trio.Nursery) -> None:
+    env = Env(nursery, data=b"")
+    handle = env.open()
+    handle.start()
+    assert await handle.read(0, 4096) == b""
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.backend.reads == []
+
+
+async def test_sequential_read_of_whole_file_in_odd_chunks(nursery: trio.Nursery) -> None:
+    env = Env(nursery)
+    handle = env.open()
+    out = bytearray()
+    while chunk := await handle.read(len(out), 7):
+        out += chunk
+    assert bytes(out) == DATA
+    await trio.testing.wait_all_tasks_blocked()
+    # Read-ahead or not, every page came from the backend exactly once.
+    assert sorted(env.backend.read_offsets()) == list(range(0, len(DATA), PS))
+
+
+async def test_window_doubles_on_sequential_reads_and_resets_on_random(
+    nursery: trio.Nursery,
+) -> None:
+    env = Env(nursery, max_readahead=8 * PS)
+    handle = env.open()
+    windows = []
+    for page in range(6):
+        await handle.read(page * PS, PS)
+        windows.append(handle.window)
+    assert windows == [1, 2, 4, 8, 8, 8]
+    await handle.read(5 * PS + 3, 4)  # same page again: neither grows nor resets
+    assert handle.window == 8
+    await handle.read(40 * PS, PS)  # a jump: random
+    assert handle.window == 0
+    await handle.read(41 * PS, PS)
+    assert handle.window == 1
+    await handle.read(2 * PS, PS)  # backwards: random
+    assert handle.window == 0
+
+
+async def test_window_bounded_by_max_readahead(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=3 * PS)
+    handle = env.open()
+    for page in range(5):
+        await handle.read(page * PS, PS)
+    assert handle.window == 3
+    env2 = Env(nursery, max_readahead=PS - 1)  # less than a page: no read-ahead at all
+    handle2 = env2.open()
+    for page in range(5):
+        await handle2.read(page * PS, PS)
+    assert handle2.window == 0
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(env2.backend.read_offsets()) == [p * PS for p in range(5)]
+
+
+async def test_window_grows_once_per_new_page(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=64 * PS)
+    handle = env.open()
+    for offset in range(0, PS, 4):  # four small reads inside page 0
+        await handle.read(offset, 4)
+    assert handle.window == 1
+    await handle.read(PS - 2, 4)  # crosses into page 1
+    assert handle.window == 2
+    await handle.read(2 * PS, 3 * PS)  # pages 2-4 in one read
+    assert handle.window == 4
+
+
+async def test_read_ahead_fetches_the_window(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=8 * PS)
+    handle = env.open()
+    await handle.read(0, PS)  # window 1: page 1
+    await handle.read(PS, PS)  # window 2: pages 2, 3
+    await trio.testing.wait_all_tasks_blocked()
+    assert sorted(env.backend.read_offsets()) == [0, PS, 2 * PS, 3 * PS]
+    before = len(env.backend.reads)
+    assert await handle.read(2 * PS, 2 * PS) == DATA[2 * PS:4 * PS]
+    new = env.backend.read_offsets()[before:]
+    assert 2 * PS not in new and 3 * PS not in new  # served from prefetched pages
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.prefetcher.in_flight == 0
+
+
+async def test_prefetch_never_exceeds_budget(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=32 * PS, budget=2 * PS)
+    env.backend.hold = set(range(4 * PS, len(DATA), PS))
+    handle = env.open()
+    for page in range(4):
+        assert await handle.read(page * PS, PS) == DATA[page * PS:(page + 1) * PS]
+        await trio.testing.wait_all_tasks_blocked()
+        assert env.prefetcher.in_flight <= 2 * PS
+        assert env.backend.active <= 2
+    held = sorted(o for o in env.backend.read_offsets() if o >= 4 * PS)
+    assert held == [4 * PS, 5 * PS]  # the window wants 8 pages; the budget allows two
+    assert env.backend.active == 2
+    assert env.prefetcher.in_flight == 2 * PS
+    env.backend.gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.prefetcher.in_flight == 0
+    # The prefetched pages are now served without another backend call.
+    before = len(env.backend.reads)
+    assert await handle.read(4 * PS, 2 * PS) == DATA[4 * PS:6 * PS]
+    new = env.backend.read_offsets()[before:]
+    assert 4 * PS not in new and 5 * PS not in new
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.backend.max_active <= 3  # two prefetches plus at most one demand read
+
+
+async def test_budget_is_shared_between_handles(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=32 * PS, budget=3 * PS)
+    env.backend.hold = {2 * PS, 3 * PS, 22 * PS}
+    a, b, c = env.open(), env.open(), env.open()
+    await a.read(0, PS)  # prefetches page 1
+    await trio.testing.wait_all_tasks_blocked()
+    await a.read(PS, PS)  # window 2: pages 2 and 3, held
+    await b.read(20 * PS, PS)  # random: no prefetch
+    await b.read(21 * PS, PS)  # window 1: page 22, held; the budget is now spent
+    await c.read(40 * PS, PS)
+    await c.read(41 * PS, PS)  # window 1, but no budget left for page 42
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.prefetcher.in_flight == 3 * PS
+    assert 42 * PS not in env.backend.read_offsets()
+    assert env.backend.active == 3
+    env.backend.gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.prefetcher.in_flight == 0
+    assert await c.read(42 * PS, PS) == DATA[42 * PS:43 * PS]
+    assert env.backend.read_offsets().count(42 * PS) == 1
+
+
+async def test_demand_read_waits_for_prefetch_in_flight(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=8 * PS)
+    env.backend.hold = {PS}
+    handle = env.open()
+    await handle.read(0, PS)  # prefetches page 1, held
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.backend.read_offsets() == [0, PS]
+    got: list[bytes] = []
+
+    async def demand() -> None:
+        got.append(await handle.read(PS, PS))
+
+    nursery.start_soon(demand)
+    await trio.testing.wait_all_tasks_blocked()
+    assert got == []
+    env.backend.gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert got == [DATA[PS:2 * PS]]
+    assert env.backend.read_offsets().count(PS) == 1
+
+
+async def test_start_fetches_the_first_page(nursery: trio.Nursery) -> None:
+    env = Env(nursery)
+    handle = env.open()
+    handle.start()
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.backend.read_offsets() == [0]
+    assert await handle.read(0, 10) == DATA[:10]
+    assert env.backend.read_offsets().count(0) == 1
+
+
+async def test_failed_prefetch_releases_budget_and_demand_read_retries(
+    nursery: trio.Nursery,
+) -> None:
+    env = Env(nursery, max_readahead=8 * PS, budget=4 * PS)
+    env.backend.fail_at = {PS}
+    handle = env.open()
+    await handle.read(0, PS)  # prefetch of page 1 fails quietly (a debug line, no warning)
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.prefetcher.in_flight == 0
+    assert env.backend.read_offsets() == [0, PS]
+    env.backend.fail_at = set()
+    assert await handle.read(PS, PS) == DATA[PS:2 * PS]
+    assert env.backend.read_offsets().count(PS) == 2
+
+
+async def test_demand_read_error_propagates(nursery: trio.Nursery) -> None:
+    env = Env(nursery, max_readahead=0)
+    env.backend.fail_at = {3 * PS}
+    handle = env.open()
+    with pytest.raises(BackendError):
+        await handle.read(2 * PS, 2 * PS)
+    env.backend.fail_at = set()
+    assert await handle.read(2 * PS, 2 * PS) == DATA[2 * PS:4 * PS]
+
+
+async def test_stale_when_inode_version_changes(nursery: trio.Nursery) -> None:
+    env = Env(nursery)
+    handle = env.open()
+    assert await handle.read(0, 4) == DATA[:4]
+    reads = len(env.backend.reads)
+    env.inode.status = dataclasses.replace(env.inode.status, mtime_ns=2)
+    with pytest.raises(StaleFile):
+        await handle.read(0, 4)
+    with pytest.raises(StaleFile):
+        await handle.read(PS * 3, 4)
+    assert len(env.backend.reads) == reads
+    # A handle opened on the new version reads again (and never sees the old pages).
+    env.backend.status = env.inode.status
+    env.backend.data = bytes(reversed(DATA))
+    fresh = env.open()
+    assert fresh.version.mtime_ns == 2
+    assert await fresh.read(0, 4) == bytes(reversed(DATA))[:4]
+
+
+async def test_stale_when_size_changes(nursery: trio.Nursery) -> None:
+    env = Env(nursery)
+    handle = env.open()
+    env.inode.status = dataclasses.replace(env.inode.status, size=len(DATA) + 1)
+    with pytest.raises(StaleFile):
+        await handle.read(0, 1)
+    assert env.backend.reads == []

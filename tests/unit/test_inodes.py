@@ -1,0 +1,179 @@
+"""The inode table: stable numbers, lookup counts, collisions and kind changes."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from alluxiofuse import inodes
+from alluxiofuse.errors import StaleFile
+from alluxiofuse.inodes import ROOT_INODE, InodeTable, inode_number
+from alluxiofuse.model import FileStatus, Kind
+
+ROOT = FileStatus("", Kind.DIRECTORY)
+
+
+def file(name: str, size: int = 1, mtime_ns: int = 1) -> FileStatus:
+    return FileStatus(name, Kind.FILE, size=size, mtime_ns=mtime_ns)
+
+
+def directory(name: str) -> FileStatus:
+    return FileStatus(name, Kind.DIRECTORY)
+
+
+@pytest.fixture
+def table() -> InodeTable:
+    return InodeTable(ROOT)
+
+
+def test_root_is_inode_1(table: InodeTable) -> None:
+    root = table.get(ROOT_INODE)
+    assert ROOT_INODE == 1
+    assert root.ino == 1
+    assert root.path == ""
+    assert root.status is ROOT
+    assert table.by_path("") is root
+    assert len(table) == 1
+
+
+def test_inode_number_is_stable_and_never_reserved() -> None:
+    paths = [f"dir{i % 7}/file{i}" for i in range(2000)] + ["", "a", "é/ü", "x\udcff"]
+    numbers = [inode_number(p) for p in paths]
+    assert numbers == [inode_number(p) for p in paths]
+    assert all(1 < n < 2**63 for n in numbers)
+    assert len(set(numbers)) == len(paths)
+    assert inode_number("a", 1) != inode_number("a", 0)
+    assert inode_number("a", 0) == inode_number("a")
+
+
+def test_learn_gives_hashed_number_and_does_not_count(table: InodeTable) -> None:
+    inode = table.learn("d/f", file("f"))
+    assert inode.ino == inode_number("d/f")
+    assert inode.lookups == 0
+    assert table.get(inode.ino) is inode
+    assert table.by_path("d/f") is inode
+    assert len(table) == 2
+
+
+def test_learn_same_kind_updates_status_in_place(table: InodeTable) -> None:
+    first = table.learn("f", file("f", size=1))
+    table.remember(first)
+    second = table.learn("f", file("f", size=2))
+    assert second is first
+    assert second.status.size == 2
+    assert second.lookups == 1
+
+
+def test_inode_lives_until_lookup_count_reaches_zero(table: InodeTable) -> None:
+    inode = table.learn("f", file("f"))
+    table.remember(inode)
+    table.remember(inode)
+    table.remember(inode)
+    table.forget(inode.ino, 2)
+    assert table.get(inode.ino) is inode
+    assert inode.lookups == 1
+    table.forget(inode.ino, 1)
+    with pytest.raises(StaleFile):
+        table.get(inode.ino)
+    assert table.by_path("f") is None
+    assert len(table) == 1
+
+
+def test_forget_unknown_and_root_are_ignored(table: InodeTable) -> None:
+    table.forget(12345, 1)
+    table.forget(ROOT_INODE, 10)
+    assert table.get(ROOT_INODE).lookups == 1
+    assert len(table) == 1
+
+
+def test_same_number_after_forget_and_relearn(table: InodeTable) -> None:
+    inode = table.learn("a/b", file("b"))
+    table.remember(inode)
+    number = inode.ino
+    table.forget(number, 1)
+    assert len(table) == 1
+    again = table.learn("a/b", file("b"))
+    assert again is not inode
+    assert again.ino == number
+
+
+def test_get_unknown_raises_stale(table: InodeTable) -> None:
+    with pytest.raises(StaleFile) as info:
+        table.get(inode_number("never/seen"))
+    assert info.value.errno == errno.ESTALE
+
+
+def test_hash_collision_probes_to_another_number(
+    table: InodeTable, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def colliding(path: str, probe: int = 0) -> int:
+        return 1000 + probe  # every path hashes alike
+
+    monkeypatch.setattr(inodes, "inode_number", colliding)
+    a = table.learn("a", file("a"))
+    b = table.learn("b", file("b"))
+    c = table.learn("c", file("c"))
+    assert (a.ino, b.ino, c.ino) == (1000, 1001, 1002)
+    assert table.get(1001) is b
+    assert table.by_path("a") is a
+    # Once "a" leaves, its number is free again for the next newcomer.
+    table.discard_if_unused(a)
+    d = table.learn("d", file("d"))
+    assert d.ino == 1000
+    assert table.get(1001) is b
+
+
+def test_collision_with_root_number_is_avoided(
+    table: InodeTable, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inodes, "inode_number", lambda path, probe=0: ROOT_INODE + probe)
+    inode = table.learn("x", file("x"))
+    assert inode.ino == 2
+    assert table.get(ROOT_INODE).path == ""
+
+
+def test_kind_change_gives_new_number_old_stays_until_forgotten(table: InodeTable) -> None:
+    old = table.learn("p", file("p"))
+    table.remember(old)
+    new = table.learn("p", directory("p"))
+    assert new is not old
+    assert new.ino != old.ino
+    assert new.status.kind is Kind.DIRECTORY
+    assert table.by_path("p") is new
+    # The kernel still holds the old number: it must keep working until forgotten.
+    assert table.get(old.ino) is old
+    assert old.status.kind is Kind.FILE
+    table.remember(new)
+    table.forget(old.ino, 1)
+    with pytest.raises(StaleFile):
+        table.get(old.ino)
+    # Forgetting the old inode must not unhook the path from the new one.
+    assert table.by_path("p") is new
+    assert table.get(new.ino) is new
+
+
+def test_kind_change_back_and_forth_keeps_numbers_distinct(table: InodeTable) -> None:
+    f1 = table.learn("p", file("p"))
+    table.remember(f1)
+    d = table.learn("p", directory("p"))
+    table.remember(d)
+    f2 = table.learn("p", file("p"))
+    assert len({f1.ino, d.ino, f2.ino}) == 3
+    assert table.by_path("p") is f2
+    assert len(table) == 4
+
+
+def test_discard_if_unused(table: InodeTable) -> None:
+    unused = table.learn("u", file("u"))
+    used = table.learn("v", file("v"))
+    table.remember(used)
+    table.discard_if_unused(unused)
+    table.discard_if_unused(used)
+    table.discard_if_unused(table.get(ROOT_INODE))
+    with pytest.raises(StaleFile):
+        table.get(unused.ino)
+    assert table.by_path("u") is None
+    assert table.get(used.ino) is used
+    assert table.get(ROOT_INODE).ino == ROOT_INODE
+    assert len(table) == 2

@@ -1,0 +1,177 @@
+"""Metadata cache TTLs, negative entries, listings and bounds, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from alluxiofuse.metacache import MetadataCache, join, parent_and_name
+from alluxiofuse.model import FileStatus, Kind
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def st(name: str, size: int = 1) -> FileStatus:
+    return FileStatus(name, Kind.FILE, size=size, mtime_ns=1)
+
+
+def make(
+    clock: FakeClock, *, attr: float = 1.0, negative: float = 2.0, dirs: float = 3.0,
+    entries: int = 1000,
+) -> MetadataCache:
+    return MetadataCache(
+        attr_ttl=attr, negative_ttl=negative, dir_ttl=dirs, max_entries=entries, timer=clock,
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_join_and_split() -> None:
+    assert join("", "a") == "a"
+    assert join("a/b", "c") == "a/b/c"
+    assert parent_and_name("a") == ("", "a")
+    assert parent_and_name("a/b/c") == ("a/b", "c")
+
+
+def test_status_expires_after_attr_ttl(clock: FakeClock) -> None:
+    cache = make(clock)
+    status = st("f")
+    cache.put_status("f", status)
+    assert cache.status("f") is status
+    clock.advance(0.99)
+    assert cache.status("f") is status
+    clock.advance(0.01)
+    assert cache.status("f") is None
+
+
+def test_missing_expires_after_negative_ttl(clock: FakeClock) -> None:
+    cache = make(clock)
+    cache.put_missing("gone")
+    assert cache.is_missing("gone")
+    assert not cache.is_missing("other")
+    clock.advance(1.5)  # past attr_ttl, inside negative_ttl
+    assert cache.is_missing("gone")
+    clock.advance(0.5)
+    assert not cache.is_missing("gone")
+
+
+def test_listing_expires_after_dir_ttl(clock: FakeClock) -> None:
+    cache = make(clock)
+    entries = [st("a"), st("b")]
+    cache.put_listing("d", entries)
+    assert list(cache.listing("d") or []) == entries
+    clock.advance(2.9)
+    assert cache.listing("d") is not None
+    clock.advance(0.1)
+    assert cache.listing("d") is None
+
+
+def test_put_listing_fills_child_statuses(clock: FakeClock) -> None:
+    cache = make(clock)
+    a, b = st("a"), st("b", size=7)
+    cache.put_listing("", [a])
+    cache.put_listing("d/e", [b])
+    assert cache.status("a") is a
+    assert cache.status("d/e/b") is b
+    assert cache.status("b") is None
+    # The children expire with attr_ttl, not dir_ttl.
+    clock.advance(1.0)
+    assert cache.status("a") is None
+    assert cache.listing("") is not None
+
+
+def test_put_listing_clears_negative_entries_of_children(clock: FakeClock) -> None:
+    cache = make(clock)
+    cache.put_missing("d/a")
+    cache.put_listing("d", [st("a")])
+    assert not cache.is_missing("d/a")
+
+
+def test_is_missing_from_fresh_parent_listing(clock: FakeClock) -> None:
+    cache = make(clock)
+    cache.put_listing("d", [st("a")])
+    cache.put_listing("", [st("d", 0)])
+    assert cache.is_missing("d/x")
+    assert not cache.is_missing("d/a")
+    assert cache.is_missing("y")
+    assert not cache.is_missing("d")
+    assert not cache.is_missing("")  # the root is never missing
+    assert not cache.is_missing("e/x")  # no listing of "e": unknown, not missing
+    clock.advance(3.0)
+    assert not cache.is_missing("d/x")
+
+
+def test_put_status_and_put_missing_replace_each_other(clock: FakeClock) -> None:
+    cache = make(clock)
+    cache.put_missing("f")
+    cache.put_status("f", st("f"))
+    assert not cache.is_missing("f")
+    assert cache.status("f") is not None
+    cache.put_missing("f")
+    assert cache.is_missing("f")
+    assert cache.status("f") is None
+
+
+@pytest.mark.parametrize("zero", ["attr", "negative", "dirs"])
+def test_ttl_zero_disables_that_cache(clock: FakeClock, zero: str) -> None:
+    cache = make(clock, **{zero: 0.0})  # type: ignore[arg-type]
+    cache.put_status("s", st("s"))
+    cache.put_missing("m")
+    cache.put_listing("d", [st("a")])
+    assert (cache.status("s") is None) == (zero == "attr")
+    assert cache.is_missing("m") == (zero != "negative")
+    assert (cache.listing("d") is None) == (zero == "dirs")
+    # Without a listing there is nothing to infer absence from.
+    assert cache.is_missing("d/x") == (zero != "dirs")
+    # A listing still provides child statuses when only the listing cache is off.
+    assert (cache.status("d/a") is not None) == (zero != "attr")
+
+
+def test_max_entries_evicts_least_recently_used(clock: FakeClock) -> None:
+    cache = make(clock, entries=3)
+    for name in "abc":
+        cache.put_status(name, st(name))
+    assert cache.status("a") is not None  # touch "a": "b" is now the oldest
+    cache.put_status("d", st("d"))
+    assert cache.status("b") is None
+    assert [n for n in "acd" if cache.status(n) is not None] == ["a", "c", "d"]
+
+
+def test_max_entries_bounds_negative_entries(clock: FakeClock) -> None:
+    cache = make(clock, entries=2)
+    for name in "abc":
+        cache.put_missing(name)
+    assert [n for n in "abc" if cache.is_missing(n)] == ["b", "c"]
+
+
+def test_listing_counts_one_entry_per_child(clock: FakeClock) -> None:
+    cache = make(clock, entries=5)
+    cache.put_listing("x", [st("1"), st("2")])  # 3 entries
+    cache.put_listing("y", [st("3"), st("4")])  # 3 more: "x" must go
+    assert cache.listing("x") is None
+    assert cache.listing("y") is not None
+
+
+def test_listing_larger_than_bound_is_not_cached(clock: FakeClock) -> None:
+    cache = make(clock, entries=3)
+    cache.put_listing("fits", [st("a"), st("b")])  # 2 children + 1 = 3
+    assert cache.listing("fits") is not None
+    big = [st(str(i)) for i in range(3)]  # 4 > 3
+    cache.put_listing("big", big)
+    assert cache.listing("big") is None
+    assert not cache.is_missing("big/zzz")
+    # A too-large new listing also removes the stale smaller one for that path.
+    cache.put_listing("fits", big)
+    assert cache.listing("fits") is None
+    assert not cache.is_missing("fits/a")

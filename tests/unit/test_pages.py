@@ -1,0 +1,359 @@
+"""The page cache: LRU bound in bytes, version keys, single-flight misses, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client import CollectorRegistry
+
+from alluxiofuse.metrics import Metrics
+from alluxiofuse.model import Version
+from alluxiofuse.pages import PageCache, PageKey
+
+V1 = Version(size=10_000, mtime_ns=1)
+V2 = Version(size=10_000, mtime_ns=2)
+
+
+def key(page: int, ino: int = 7, version: Version = V1) -> PageKey:
+    return PageKey(ino, version, page)
+
+
+class Fetcher:
+    """A fetch function that records its calls and can be held on an event."""
+
+    def __init__(self, data: bytes = b"x" * 100, gate: trio.Event | None = None) -> None:
+        self.data = data
+        self.gate = gate
+        self.calls = 0
+        self.error: Exception | None = None
+
+    async def __call__(self) -> bytes:
+        self.calls += 1
+        if self.gate is not None:
+            with trio.fail_after(5):  # broken single-flight fails the test, never hangs it
+                await self.gate.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        if self.error is not None:
+            raise self.error
+        return self.data
+
+
+class Env:
+    def __init__(self, capacity: int) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.cache = PageCache(capacity, self.metrics)
+
+    async def get(
+        self, key: PageKey, fetch: Fetcher, *, served: int = 0, prefetch: bool = False,
+    ) -> bytes:
+        """``cache.get`` with the page length the fetcher will return as ``expected``."""
+        return await self.cache.get(
+            key, fetch, expected=len(fetch.data), served=served, prefetch=prefetch,
+        )
+
+    def sample(self, name: str) -> float:
+        value = self.registry.get_sample_value(name)
+        assert value is not None, name
+        return value
+
+    @property
+    def hit(self) -> float:
+        return self.sample("alluxiofuse_page_cache_hit_bytes_total")
+
+    @property
+    def miss(self) -> float:
+        return self.sample("alluxiofuse_page_cache_miss_bytes_total")
+
+    @property
+    def evicted(self) -> float:
+        return self.sample("alluxiofuse_page_cache_evicted_bytes_total")
+
+    @property
+    def ra_used(self) -> float:
+        return self.sample("alluxiofuse_readahead_used_bytes_total")
+
+    @property
+    def ra_wasted(self) -> float:
+        return self.sample("alluxiofuse_readahead_wasted_bytes_total")
+
+    @property
+    def gauge(self) -> float:
+        return self.sample("alluxiofuse_page_cache_bytes")
+
+
+def page_of(n: int, size: int = 100) -> Fetcher:
+    return Fetcher(bytes([n % 256]) * size)
+
+
+async def test_miss_then_hit() -> None:
+    env = Env(1000)
+    fetch = Fetcher(b"abc")
+    assert key(0) not in env.cache
+    assert await env.get(key(0), fetch) == b"abc"
+    assert await env.get(key(0), fetch) == b"abc"
+    assert fetch.calls == 1
+    assert key(0) in env.cache
+    assert env.cache.used == 3
+    assert env.gauge == 3
+    assert env.sample("alluxiofuse_page_cache_capacity_bytes") == 1000
+
+
+async def test_version_is_part_of_the_key() -> None:
+    env = Env(1000)
+    old, new = Fetcher(b"old"), Fetcher(b"new")
+    assert await env.get(key(0, version=V1), old) == b"old"
+    assert await env.get(key(0, version=V2), new) == b"new"
+    assert await env.get(key(0, version=V1), new) == b"old"
+    assert (old.calls, new.calls) == (1, 1)
+    assert await env.get(key(0, ino=8), new) == b"new"
+    assert new.calls == 2
+
+
+async def test_byte_bound_and_lru_order() -> None:
+    env = Env(1000)  # ten 100-byte pages
+    await env.get(key(0), page_of(0))
+    for i in range(1, 40):
+        await env.get(key(i), page_of(i))
+        assert env.cache.used <= env.cache.capacity
+        assert env.gauge == env.cache.used
+        # Keep page 0 recently used: it must survive every eviction.
+        assert await env.get(key(0), Fetcher(b"refetched")) == bytes([0]) * 100
+    assert env.cache.used == 1000
+    assert key(0) in env.cache
+    cached = [i for i in range(40) if key(i) in env.cache]
+    assert cached == [0, *range(31, 40)]
+    assert env.evicted == 30 * 100
+
+
+async def test_uneven_pages_never_exceed_capacity() -> None:
+    env = Env(1000)
+    sizes = [1, 999, 500, 501, 250, 250, 250, 250, 1000, 3, 700]
+    for i, size in enumerate(sizes):
+        await env.get(key(i), page_of(i, size))
+        assert env.cache.used <= 1000
+    assert key(len(sizes) - 1) in env.cache
+
+
+async def test_bytes_in_flight_count_against_the_bound() -> None:
+    env = Env(1000)
+    for i in range(8):
+        await env.get(key(i), page_of(i))
+    assert env.cache.used == 800
+    gate = trio.Event()
+    fetchers = [Fetcher(b"f" * 100, gate=gate) for _ in range(3)]
+    async with trio.open_nursery() as nursery:
+        for i, fetch in enumerate(fetchers):
+            nursery.start_soon(env.get, key(100 + i), fetch)
+        await trio.testing.wait_all_tasks_blocked()
+        assert env.cache.reserved == 300
+        assert env.cache.used + env.cache.reserved <= env.cache.capacity
+        assert key(0) not in env.cache  # the least recently used page made room
+        assert key(1) in env.cache
+        gate.set()
+    assert env.cache.reserved == 0
+    assert env.cache.used == 1000
+    assert env.evicted == 100
+    assert all(key(100 + i) in env.cache for i in range(3))
+
+
+async def test_page_larger_than_capacity_is_returned_not_cached() -> None:
+    env = Env(100)
+    fetch = Fetcher(b"y" * 101)
+    assert await env.get(key(0), fetch) == b"y" * 101
+    assert env.cache.used == 0
+    assert key(0) not in env.cache
+    await env.get(key(0), fetch)
+    assert fetch.calls == 2
+
+
+async def test_single_flight() -> None:
+    env = Env(1000)
+    fetch = Fetcher(b"z" * 100, gate=trio.Event())
+    results: list[bytes] = []
+
+    async def reader() -> None:
+        results.append(await env.get(key(3), fetch, served=7))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetch.calls == 1
+        assert key(3) in env.cache  # in flight counts as present
+        assert fetch.gate is not None
+        fetch.gate.set()
+    assert results == [b"z" * 100] * 10
+    assert fetch.calls == 1
+    assert env.miss == 100  # one fetch of the whole page
+    assert env.hit == 9 * 7  # every waiter is a hit for what it serves
+    assert env.cache.used == 100
+
+
+async def test_fetch_error_reaches_all_waiters_and_is_not_cached() -> None:
+    env = Env(1000)
+    fetch = Fetcher(gate=trio.Event())
+    fetch.error = OSError("backend down")
+    errors: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await env.get(key(1), fetch)
+        except OSError as e:
+            errors.append(e)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetch.gate is not None
+        fetch.gate.set()
+    assert len(errors) == 5
+    assert all(str(e) == "backend down" for e in errors)
+    assert fetch.calls == 1
+    assert key(1) not in env.cache
+    assert env.cache.used == 0
+    assert env.cache.reserved == 0
+    # The error was not cached: the next reader fetches again, and succeeds.
+    fetch.error = None
+    assert await env.get(key(1), fetch) == b"x" * 100
+    assert fetch.calls == 2
+
+
+async def test_cancelled_fetcher_lets_a_waiter_fetch() -> None:
+    env = Env(1000)
+    stuck = Fetcher(b"first", gate=trio.Event())  # never released
+    second = Fetcher(b"second")
+    got: list[bytes] = []
+
+    async def waiter() -> None:
+        got.append(await env.get(key(2), second, served=6))
+
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def fetcher() -> None:
+            with scope:
+                await env.get(key(2), stuck)
+
+        nursery.start_soon(fetcher)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert second.calls == 0
+        scope.cancel()
+    assert scope.cancelled_caught
+    assert got == [b"second"]
+    assert (stuck.calls, second.calls) == (1, 1)
+    assert env.cache.reserved == 0
+    assert await env.get(key(2), stuck) == b"second"
+
+
+async def test_cancelled_waiter_does_not_disturb_the_fetch() -> None:
+    env = Env(1000)
+    fetch = Fetcher(b"data", gate=trio.Event())
+    got: list[bytes] = []
+
+    async def fetcher() -> None:
+        got.append(await env.get(key(4), fetch))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(0.01) as scope:
+            await env.get(key(4), fetch)
+        assert scope.cancelled_caught
+        assert fetch.gate is not None
+        fetch.gate.set()
+    assert got == [b"data"]
+    assert fetch.calls == 1
+    assert key(4) in env.cache
+
+
+async def test_drop_file_removes_every_page_of_an_inode() -> None:
+    env = Env(10_000)
+    for page in range(3):
+        await env.get(key(page, ino=1), page_of(page))
+        await env.get(key(page, ino=1, version=V2), page_of(page))
+        await env.get(key(page, ino=2), page_of(page))
+    assert env.cache.used == 900
+    env.cache.drop_file(1)
+    assert not any(key(p, ino=1, version=v) in env.cache for p in range(3) for v in (V1, V2))
+    assert all(key(p, ino=2) in env.cache for p in range(3))
+    assert env.cache.used == 300
+    assert env.gauge == 300
+    assert env.evicted == 0  # dropped, not evicted
+    env.cache.drop_file(99)  # nothing cached: no error
+    # Pages fetched again after a drop are counted once.
+    fetch = Fetcher()
+    await env.get(key(0, ino=1), fetch)
+    assert fetch.calls == 1
+    assert env.cache.used == 400
+
+
+async def test_hit_and_miss_metrics() -> None:
+    env = Env(1000)
+    await env.get(key(0), Fetcher(b"a" * 100), served=10)
+    assert (env.miss, env.hit) == (100, 0)
+    await env.get(key(0), Fetcher(), served=30)
+    assert (env.miss, env.hit) == (100, 30)
+    await env.get(key(1), Fetcher(b"b" * 40), served=40)
+    assert (env.miss, env.hit) == (140, 30)
+
+
+async def test_eviction_metric() -> None:
+    env = Env(250)
+    for i in range(3):
+        await env.get(key(i), page_of(i))
+    assert env.evicted == 100
+    assert env.cache.used == 200
+    assert env.gauge == 200
+
+
+async def test_readahead_used() -> None:
+    env = Env(1000)
+    await env.get(key(0), Fetcher(b"p" * 100), prefetch=True)
+    assert (env.miss, env.hit, env.ra_used) == (0, 0, 0)  # a prefetch is neither
+    await env.get(key(0), Fetcher(), served=5)
+    assert (env.hit, env.ra_used) == (5, 100)
+    await env.get(key(0), Fetcher(), served=5)
+    assert (env.hit, env.ra_used) == (10, 100)  # only the first read pays it off
+    env.cache.drop_file(7)
+    assert env.ra_wasted == 0
+
+
+async def test_readahead_used_when_demand_read_waits_on_prefetch() -> None:
+    env = Env(1000)
+    fetch = Fetcher(b"q" * 100, gate=trio.Event())
+    got: list[bytes] = []
+
+    async def demand() -> None:
+        got.append(await env.get(key(0), Fetcher(b"wrong"), served=20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: env.get(key(0), fetch, prefetch=True))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(demand)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fetch.gate is not None
+        fetch.gate.set()
+    assert got == [b"q" * 100]
+    assert (env.miss, env.hit, env.ra_used, env.ra_wasted) == (0, 20, 100, 0)
+
+
+@pytest.mark.parametrize("how", ["evicted", "dropped"])
+async def test_readahead_wasted(how: str) -> None:
+    env = Env(200)
+    await env.get(key(0), Fetcher(b"r" * 100), prefetch=True)
+    await env.get(key(1), Fetcher(b"s" * 60), prefetch=True)
+    await env.get(key(1), Fetcher(), served=60)  # page 1 is used
+    if how == "evicted":
+        await env.get(key(2), page_of(2))
+        assert key(0) not in env.cache
+        assert env.evicted == 100
+    else:
+        env.cache.drop_file(7)
+    assert env.ra_wasted == 100
+    assert env.ra_used == 60
