@@ -46,6 +46,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
      "daemon in large requests (default 4MiB; 0 keeps the kernel's 128KiB)"),
     ("prefetch-budget", "SIZE", "read-ahead bytes in flight, all files together "
      "(default: page cache / 4, at most 256MiB)"),
+    ("dir-readahead", "N", "when a directory's files are read in order, fetch the first "
+     "pages of up to N next files ahead (default 32; 0 turns it off)"),
     ("io-threads", "N", "under-storage calls at once (default 16)"),
     ("io-timeout", "SECONDS", "deadline of one under-storage call (default 60)"),
     ("uid", "UID", "owner of every file (default: from the source, else the mounting user)"),
@@ -117,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
 def cmd_mount(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_mountpoint(config.mountpoint)
+    check_not_inside_source(config.source, config.mountpoint)
     from alluxiofuse import daemon  # imports pyfuse3: only once the options are known good
 
     if config.foreground:
@@ -143,6 +146,18 @@ def check_mountpoint(path: str) -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise ConfigError("cannot open /dev/fuse: is the fuse kernel module loaded "
                           "(modprobe fuse), or, in a container, is /dev/fuse passed in?")
+
+
+def check_not_inside_source(source: str, mountpoint: str) -> None:
+    """A mount inside its own local source would list itself, and every stat of the
+    mountpoint would wait on the daemon that is asking."""
+    protocol, sep, rest = source.partition("://")
+    if sep and protocol != "file":
+        return
+    src = os.path.realpath(rest if sep else source)
+    mnt = os.path.realpath(mountpoint)
+    if mnt == src or mnt.startswith(src.rstrip("/") + "/"):
+        raise ConfigError(f"mountpoint {mountpoint} is inside the source {source}")
 
 
 def _start_in_background(config: MountConfig) -> int:

@@ -58,6 +58,7 @@ class MountConfig:
     max_readahead: int = 64 * MiB
     kernel_readahead: int = 4 * MiB  # the mount's bdi read_ahead_kb; 0 keeps the kernel's
     prefetch_budget: int = 0  # 0 = page_cache_size // 4, at most 256 MiB
+    dir_readahead: int = 32  # files of a directory read in order to fetch ahead; 0 = off
     io_threads: int = 16
     io_timeout: float = 60.0
     # Presentation.
@@ -161,6 +162,7 @@ _PARSERS: dict[str, Any] = {
     "max_readahead": parse_size,
     "kernel_readahead": parse_size,
     "prefetch_budget": parse_size,
+    "dir_readahead": _parse_count,
     "io_threads": _parse_count,
     "io_timeout": parse_duration,
     "allow_other": _parse_bool,

@@ -56,17 +56,25 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
 
     try:
         trio.run(serve, config, lambda: notify("ready"))
-    except (ConfigError, StartupError) as e:
-        log.error("%s", e)
+    except Exception as group:
+        e = _single(group)
+        if not isinstance(e, ConfigError | StartupError):
+            log.critical("daemon failed: %s", e, exc_info=e)
+            e = StartupError(f"daemon failed: {type(e).__name__}: {e}")
+        if notify_fd is not None or config.log_file:  # else the log is this very stderr
+            log.error("%s", e)
         if notify_fd is None:
             print(f"alluxiofuse: {e}", file=sys.stderr)
         notify(f"error: {e}")
         return 1
-    except Exception as e:
-        log.critical("daemon failed: %s", e, exc_info=True)
-        notify(f"error: daemon failed: {type(e).__name__}: {e}")
-        return 1
     return 0
+
+
+def _single(exc: Exception) -> Exception:
+    """The one exception inside (nested) single-member exception groups from trio."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import NoReturn
+
+from cachetools import LRUCache
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
@@ -25,10 +28,16 @@ from alluxiofuse.errors import (
 )
 from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn
 from alluxiofuse.inodes import Inode, InodeTable
-from alluxiofuse.metacache import MetadataCache, join
+from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, valid_name
-from alluxiofuse.pages import PageCache
+from alluxiofuse.pages import PageCache, PageKey
+
+# An open this close to the furthest position opened so far continues an in-order streak
+# (a few readers working through a listing together land a little behind or ahead).
+_STREAK_DISTANCE = 4
+# Opens in a row needed before files are fetched ahead.
+_STREAK_START = 2
 
 # Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it.
 ReplyFn = Callable[[FileStatus, Inode, int], bool]
@@ -51,7 +60,14 @@ class Filesystem:
             dir_ttl=config.dir_timeout, max_entries=config.metadata_cache_entries,
         )
         self.pages = PageCache(config.page_cache_size, metrics)
-        self._prefetcher = Prefetcher(spawn, config.prefetch_budget)
+        self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
+        # For directory read-ahead: the last listing of recently listed directories (stale
+        # ones do no harm: every prefetch is keyed and checked by file version), and per
+        # directory the furthest position opened and the length of the in-order streak.
+        self._recent_listings: LRUCache[str, Listing] = LRUCache(
+            maxsize=config.metadata_cache_entries, getsizeof=lambda v: len(v.entries) + 1,
+        )
+        self._dir_streaks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=1024)
         self._metrics = metrics
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -98,12 +114,12 @@ class Filesystem:
         inode = self.inodes.get(ino)
         if inode.status.kind is not Kind.DIRECTORY:
             raise NotADirectory(inode.path)
-        entries = self.meta.listing(inode.path)
-        if entries is None:
-            entries = await self.backend.list(inode.path)
-            self.meta.put_listing(inode.path, entries)
+        listing = self.meta.listing(inode.path)
+        if listing is None:
+            listing = self.meta.put_listing(inode.path, await self.backend.list(inode.path))
+        self._recent_listings[inode.path] = listing
         fh = next(self._handle_ids)
-        self._dirs[fh] = DirHandle(ino, inode.path, sorted(entries, key=lambda e: e.name))
+        self._dirs[fh] = DirHandle(ino, inode.path, listing.entries)
         self._count_handles()
         return fh
 
@@ -149,6 +165,7 @@ class Filesystem:
         )
         if not keep_cache:  # the kernel will ask for the first page right away
             handle.start()
+        self._readahead_siblings(inode)
         fh = next(self._handle_ids)
         self._files[fh] = handle
         self._count_handles()
@@ -170,6 +187,41 @@ class Filesystem:
         raise ReadOnly(f"{what}: the mount is read-only")
 
     # -- internals
+
+    def _readahead_siblings(self, inode: Inode) -> None:
+        """Fetch the first pages of the next files of a directory read in order.
+
+        ``cp -r``, ``tar``, ``sha256sum *`` and sequential data loaders open a directory's
+        files in listing order, one after another (or a few at a time). Once two opens in a
+        row land within a few places of the furthest one yet, the next files' first pages
+        are fetched ahead, twice as many each time, up to ``dir_readahead``. Shuffled access
+        almost never builds such a streak, so it costs (almost) nothing. Only directories
+        listed recently and files the kernel already knows take part: nothing here asks
+        the backend for metadata.
+        """
+        limit = self.config.dir_readahead
+        parent, name = parent_and_name(inode.path)
+        listing = self._recent_listings.get(parent) if limit else None
+        index = listing.position.get(name) if listing is not None else None
+        if listing is None or index is None:
+            return
+        last, streak = self._dir_streaks.get(parent, (index, -1))
+        streak = streak + 1 if abs(index - last) <= _STREAK_DISTANCE else 0
+        self._dir_streaks[parent] = (max(index, last) if streak else index, streak)
+        if streak < _STREAK_START:
+            return
+        ahead = min(limit, 2 ** streak)
+        start = max(index, last) + 1
+        for status in listing.entries[start:start + ahead]:
+            sibling = self.inodes.by_path(join(parent, status.name))
+            if (status.kind is not Kind.FILE or not status.size or sibling is None
+                    or sibling.status.version != status.version):
+                continue
+            length = min(self.config.page_size, status.size)
+            key = PageKey(sibling.ino, status.version, 0)
+            fetch = partial(self.backend.read, sibling.path, 0, length, status.version)
+            if not self._prefetcher.prefetch(key, fetch, length):
+                break
 
     async def _stat(self, path: str) -> FileStatus:
         """Fresh-enough status of ``path``: from the metadata cache, else the backend."""

@@ -15,8 +15,9 @@ bytes in flight stay under the daemon-wide prefetch budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.errors import StaleFile
@@ -31,20 +32,37 @@ Spawn = Callable[..., object]  # nursery.start_soon
 
 @dataclass
 class Prefetcher:
-    """The shared read-ahead budget and the nursery prefetches run in."""
+    """Background page fetches, under one budget of bytes in flight for the whole mount."""
 
     spawn: Spawn
+    pages: PageCache
     budget: int
     in_flight: int = 0
+    # Spawned but maybe not started yet, so not yet a flight the page cache knows about.
+    _pending: set[PageKey] = field(default_factory=set)
 
-    def try_reserve(self, size: int) -> bool:
-        if self.in_flight + size > self.budget:
+    def prefetch(self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], length: int) -> bool:
+        """Fetch page ``key`` in the background unless it is cached or being fetched.
+
+        Returns False when the budget is spent, so the caller stops asking for more.
+        """
+        if key in self._pending or key in self.pages:
+            return True
+        if self.in_flight + length > self.budget:
             return False
-        self.in_flight += size
+        self.in_flight += length
+        self._pending.add(key)
+        self.spawn(self._run, key, fetch, length)
         return True
 
-    def release(self, size: int) -> None:
-        self.in_flight -= size
+    async def _run(self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], length: int) -> None:
+        try:
+            await self.pages.get(key, fetch, expected=length, prefetch=True)
+        except Exception as e:  # a demand read of the page reports it (or fetches again)
+            log.debug("prefetch of %s failed: %r", key, e)
+        finally:
+            self.in_flight -= length
+            self._pending.discard(key)
 
 
 class FileHandle:
@@ -109,21 +127,8 @@ class FileHandle:
         last = min(last, (self.size - 1) // self._page_size)
         for index in range(first, last + 1):
             key = PageKey(self.ino, self.version, index)
-            if key in self._pages:
-                continue
-            if not self._prefetcher.try_reserve(self._page_size):
+            if not self._prefetcher.prefetch(key, partial(self._fetch, index), self._length(index)):
                 return
-            self._prefetcher.spawn(self._prefetch, key)
-
-    async def _prefetch(self, key: PageKey) -> None:
-        try:
-            await self._pages.get(
-                key, lambda: self._fetch(key.page), expected=self._length(key.page), prefetch=True,
-            )
-        except Exception as e:  # a demand read of the page reports it (or fetches again)
-            log.debug("prefetch of %s page %d failed: %r", self.path, key.page, e)
-        finally:
-            self._prefetcher.release(self._page_size)
 
     async def _page(self, index: int, *, served: int) -> bytes:
         key = PageKey(self.ino, self.version, index)

@@ -75,12 +75,12 @@ class MetadataCache:
         if not path:
             return False
         parent, name = parent_and_name(path)
-        names = self._listing.get(parent)
-        return isinstance(names, _Listing) and name not in names.by_name
+        listing = self.listing(parent)
+        return listing is not None and name not in listing.position
 
-    def listing(self, path: str) -> Sequence[FileStatus] | None:
+    def listing(self, path: str) -> Listing | None:
         value = self._listing.get(path)
-        return value.entries if isinstance(value, _Listing) else None
+        return value if isinstance(value, Listing) else None
 
     def put_status(self, path: str, status: FileStatus) -> None:
         self._missing.pop(path)
@@ -90,23 +90,27 @@ class MetadataCache:
         self._status.pop(path)
         self._missing.put(path, True)
 
-    def put_listing(self, path: str, entries: Sequence[FileStatus]) -> None:
+    def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
         """Cache a listing and, since it carries them, each child's status."""
-        self._listing.put(path, _Listing(entries))
+        listing = Listing(entries)
+        self._listing.put(path, listing)
         for entry in entries:
             self.put_status(join(path, entry.name), entry)
+        return listing
 
 
 def _listing_size(value: object) -> int:
-    return len(value) + 1 if isinstance(value, _Listing) else 1
+    return len(value) + 1 if isinstance(value, Listing) else 1
 
 
-class _Listing:
-    __slots__ = ("by_name", "entries")
+class Listing:
+    """A directory's entries sorted by name, and each name's position among them."""
+
+    __slots__ = ("entries", "position")
 
     def __init__(self, entries: Sequence[FileStatus]) -> None:
-        self.entries = entries
-        self.by_name = {e.name for e in entries}
+        self.entries = sorted(entries, key=lambda e: e.name)
+        self.position = {e.name: i for i, e in enumerate(self.entries)}
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -77,7 +77,10 @@ class UfsBackend:
         return await self._call(self._list_sync, path)
 
     async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
-        return await self._call(self._read_sync, path, offset, length, version)
+        try:
+            return await self._call(self._read_sync, path, offset, length, version)
+        except NotFound as e:  # for an open file, gone is one more way of having changed
+            raise StaleFile(f"{path} was removed while open") from e
 
     async def readlink(self, path: str) -> str:
         raise InvalidArgument(f"{path!r} is not a symbolic link")
@@ -119,10 +122,19 @@ class UfsBackend:
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        """The range, checked against ``version`` after reading it.
+
+        fsspec has no portable conditional read, so the status is fetched again once the
+        bytes are in: if the file changed before or during the read, the check sees it.
+        That costs one metadata call per page, the price of never mixing versions.
+        """
+        full = self.full_path(path)
         expected = max(0, min(length, version.size - offset))
-        data = self.fs.cat_file(self.full_path(path), start=offset, end=offset + expected)
-        if len(data) != expected:
-            raise StaleFile(f"{path}: {len(data)} bytes at {offset}, expected {expected}")
+        data = self.fs.cat_file(full, start=offset, end=offset + expected)
+        self.fs.invalidate_cache(full)
+        now = status_from_info(path.rpartition("/")[2], self.fs.info(full)).version
+        if len(data) != expected or now != version:
+            raise StaleFile(f"{path} changed while open")
         return bytes(data)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 from prometheus_client import CollectorRegistry
 
 import tests.flakyfs
@@ -23,6 +24,7 @@ from alluxiofuse.inodes import ROOT_INODE
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus
 from alluxiofuse.ops import Operations
+from alluxiofuse.pages import PageKey
 
 MiB = 1 << 20
 
@@ -326,3 +328,67 @@ async def test_strict_mode_reraises_unexpected_errors(
     tests.flakyfs.set_failure(control, ["info"], "unexpected")
     with pytest.raises(RuntimeError, match="injected"):
         await m.ops.lookup(ROOT_INODE, b"small.txt")
+
+
+async def read_files_in(m: Mounted, names: list[str]) -> tuple[dict[str, bytes], int]:
+    """Open and read files of directory ``many`` in the given order, as a program would.
+
+    Returns the contents and how many files' first page was cached before their open.
+    """
+    dir_ino = (await m.lookup_path("many")).st_ino
+    fh = await m.ops.opendir(dir_ino, None)
+    m.listing(fh)  # the kernel now knows every entry (readdirplus)
+    await m.ops.releasedir(fh)
+    out, ahead = {}, 0
+    for name in names:
+        ino = (await m.ops.lookup(dir_ino, name.encode())).st_ino
+        inode = m.fs.inodes.get(ino)
+        ahead += PageKey(ino, inode.status.version, 0) in m.fs.pages
+        info = await m.ops.open(ino, os.O_RDONLY, None)
+        await trio.testing.wait_all_tasks_blocked()  # let read-ahead run, as time would
+        out[name] = await m.ops.read(info.fh, 0, 1 << 20)
+        await m.ops.release(info.fh)
+    return out, ahead
+
+
+@pytest.fixture
+def many_small(tree: Path) -> dict[str, bytes]:
+    (tree / "many").mkdir()
+    files = {f"f{i:03d}": os.urandom(1000 + i) for i in range(60)}
+    for name, data in files.items():
+        (tree / "many" / name).write_bytes(data)
+    return files
+
+
+async def test_files_read_in_order_are_fetched_ahead(
+    tree: Path, many_small: dict[str, bytes], nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, dir_readahead=16)
+    contents, ahead = await read_files_in(m, sorted(many_small))
+    assert contents == many_small
+    assert ahead >= len(many_small) - 3, "all but the first files are fetched before open"
+    total = sum(len(d) for d in many_small.values())
+    assert m.sample("alluxiofuse_readahead_used_bytes_total") == total
+    assert m.sample("alluxiofuse_readahead_wasted_bytes_total") == 0
+
+
+async def test_shuffled_reads_fetch_nothing_ahead(
+    tree: Path, many_small: dict[str, bytes], nursery: trio.Nursery,
+) -> None:
+    import random
+
+    m = await make(tree, nursery, dir_readahead=16)
+    names = sorted(many_small)
+    random.Random(3).shuffle(names)
+    contents, ahead = await read_files_in(m, names)
+    assert contents == many_small
+    assert ahead <= 3, "a shuffled order builds no streak"
+    assert m.sample("alluxiofuse_readahead_wasted_bytes_total") == 0
+
+
+async def test_directory_readahead_can_be_turned_off(
+    tree: Path, many_small: dict[str, bytes], nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, dir_readahead=0)
+    contents, ahead = await read_files_in(m, sorted(many_small))
+    assert contents == many_small and ahead == 0

@@ -15,7 +15,7 @@ from alluxiofuse.handles import FileHandle, Prefetcher
 from alluxiofuse.inodes import Inode
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus, FsStats, Kind, Version
-from alluxiofuse.pages import PageCache
+from alluxiofuse.pages import PageCache, PageKey
 
 PS = 16  # page size
 
@@ -90,7 +90,7 @@ class Env:
         self.backend = FakeBackend(data)
         self.registry = CollectorRegistry()
         self.pages = PageCache(capacity, Metrics(self.registry))
-        self.prefetcher = Prefetcher(nursery.start_soon, budget)
+        self.prefetcher = Prefetcher(nursery.start_soon, self.pages, budget)
         self.inode = Inode(5, "f", self.backend.status, lookups=1)
         self.max_readahead = max_readahead
 
@@ -101,15 +101,29 @@ class Env:
         )
 
 
-def test_prefetcher_budget() -> None:
-    p = Prefetcher(lambda *a: None, budget=3 * PS)
-    assert p.try_reserve(PS)
-    assert p.try_reserve(2 * PS)
-    assert not p.try_reserve(1)
+async def test_prefetcher_budget(nursery: trio.Nursery) -> None:
+    """Bytes in flight never exceed the budget; finished fetches give theirs back."""
+    pages = PageCache(1000 * PS, Metrics(CollectorRegistry()))
+    p = Prefetcher(nursery.start_soon, pages, budget=3 * PS)
+    release = trio.Event()
+
+    async def fetch() -> bytes:
+        await release.wait()
+        return b"x" * PS
+
+    def key(i: int) -> PageKey:
+        return PageKey(1, Version(PS, 0), i)
+
+    assert p.prefetch(key(0), fetch, PS)
+    assert p.prefetch(key(1), fetch, 2 * PS)
+    assert not p.prefetch(key(2), fetch, 1)
+    assert p.prefetch(key(0), fetch, PS), "a page already in flight costs nothing"
     assert p.in_flight == 3 * PS
-    p.release(PS)
-    assert p.try_reserve(PS)
-    assert not p.try_reserve(PS)
+    release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert p.in_flight == 0
+    assert key(0) in pages and key(1) in pages
+    assert p.prefetch(key(0), fetch, PS) and p.in_flight == 0, "cached: nothing to do"
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,8 @@ def test_listing_expires_after_dir_ttl(clock: FakeClock) -> None:
     cache = make(clock)
     entries = [st("a"), st("b")]
     cache.put_listing("d", entries)
-    assert list(cache.listing("d") or []) == entries
+    listing = cache.listing("d")
+    assert listing is not None and list(listing.entries) == entries
     clock.advance(2.9)
     assert cache.listing("d") is not None
     clock.advance(0.1)
