@@ -41,7 +41,7 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("page-size", "SIZE", "page size of the page cache (default 1MiB)"),
     ("page-cache-size", "SIZE", "page cache bound (default: 1/8 of the memory limit, "
      "64MiB-4GiB)"),
-    ("max-readahead", "SIZE", "largest read-ahead window of one open file (default 64MiB)"),
+    ("max-readahead", "SIZE", "largest read-ahead window of one open file (default 16MiB)"),
     ("kernel-readahead", "SIZE", "the kernel's read-ahead for the mount, so reads reach the "
      "daemon in large requests (default 4MiB; 0 keeps the kernel's 128KiB)"),
     ("prefetch-budget", "SIZE", "read-ahead bytes in flight, all files together "

@@ -8,6 +8,7 @@ State is re-read after every ``await``: another request may have changed it mean
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Callable
 from functools import partial
@@ -26,6 +27,7 @@ from alluxiofuse.errors import (
     ReadOnly,
     StaleFile,
 )
+from alluxiofuse.flight import SingleFlight
 from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn
 from alluxiofuse.inodes import Inode, InodeTable
 from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
@@ -33,11 +35,15 @@ from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, valid_name
 from alluxiofuse.pages import PageCache, PageKey
 
+log = logging.getLogger(__name__)
+
 # An open this close to the furthest position opened so far continues an in-order streak
 # (a few readers working through a listing together land a little behind or ahead).
 _STREAK_DISTANCE = 4
 # Opens in a row needed before files are fetched ahead.
 _STREAK_START = 2
+# Status misses in one directory after which it is listed rather than stat-ed per name.
+_MISSES_BEFORE_LISTING = 2
 
 # Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it.
 ReplyFn = Callable[[FileStatus, Inode, int], bool]
@@ -68,6 +74,10 @@ class Filesystem:
             maxsize=config.metadata_cache_entries, getsizeof=lambda v: len(v.entries) + 1,
         )
         self._dir_streaks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=1024)
+        # Listing instead of stat-ing: misses per directory, and directories not to list.
+        self._listings: SingleFlight[str, Listing] = SingleFlight()
+        self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
+        self._unlisted: LRUCache[str, bool] = LRUCache(maxsize=1024)
         self._metrics = metrics
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -114,10 +124,7 @@ class Filesystem:
         inode = self.inodes.get(ino)
         if inode.status.kind is not Kind.DIRECTORY:
             raise NotADirectory(inode.path)
-        listing = self.meta.listing(inode.path)
-        if listing is None:
-            listing = self.meta.put_listing(inode.path, await self.backend.list(inode.path))
-        self._recent_listings[inode.path] = listing
+        listing = await self._list(inode.path)
         fh = next(self._handle_ids)
         self._dirs[fh] = DirHandle(ino, inode.path, listing.entries)
         self._count_handles()
@@ -224,12 +231,32 @@ class Filesystem:
                 break
 
     async def _stat(self, path: str) -> FileStatus:
-        """Fresh-enough status of ``path``: from the metadata cache, else the backend."""
+        """Fresh-enough status of ``path``: from the metadata cache, else the backend.
+
+        After ``_MISSES_BEFORE_LISTING`` misses in one directory, the directory is listed
+        instead: one call then answers every later lookup in it (one LIST instead of a
+        HEAD per file on object stores; one worker-thread hop instead of one per file
+        locally). Directories too large for the metadata cache are not listed this way.
+        """
         status = self.meta.status(path)
         if status is not None:
             return status
         if self.meta.is_missing(path):
             raise NotFound(path)
+        parent = parent_and_name(path)[0]
+        if path and self._worth_listing(parent):
+            try:
+                await self._list(parent)
+            except Exception as e:  # only an optimisation: stat the name as usual
+                log.debug("listing %r instead of a stat failed: %r", parent, e)
+                self._unlisted[parent] = True
+            # Answer through the caches the listing filled, so that attributes are never
+            # older than --attr-timeout, whatever --dir-timeout is.
+            status = self.meta.status(path)
+            if status is not None:
+                return status
+            if self.meta.is_missing(path):
+                raise NotFound(path)
         try:
             status = await self.backend.stat(path)
         except NotFound:
@@ -237,6 +264,28 @@ class Filesystem:
             raise
         self.meta.put_status(path, status)
         return status
+
+    def _worth_listing(self, parent: str) -> bool:
+        if parent in self._unlisted:
+            return False
+        misses = self._stat_misses.get(parent, 0) + 1
+        self._stat_misses[parent] = misses
+        return misses >= _MISSES_BEFORE_LISTING
+
+    async def _list(self, path: str) -> Listing:
+        """The listing of directory ``path``: cached, or fetched once for concurrent callers."""
+        listing = self.meta.listing(path)
+        if listing is None:
+            listing, _ = await self._listings.run(path, partial(self._fetch_listing, path))
+        self._recent_listings[path] = listing
+        return listing
+
+    async def _fetch_listing(self, path: str) -> Listing:
+        listing = self.meta.put_listing(path, await self.backend.list(path))
+        self._stat_misses.pop(path, None)
+        if len(listing.entries) >= self.config.metadata_cache_entries:
+            self._unlisted[path] = True
+        return listing
 
     def _learn(self, path: str, status: FileStatus) -> Inode:
         """Record ``status`` for ``path``; a new version of a file drops its cached pages."""

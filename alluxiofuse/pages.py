@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import NamedTuple
 
-import trio
-
+from alluxiofuse.flight import SingleFlight
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Version
 
@@ -23,17 +23,6 @@ class PageKey(NamedTuple):
     ino: int
     version: Version
     page: int
-
-
-class _Flight:
-    """One fetch in progress; waiters read ``data`` or ``error`` once ``done`` is set."""
-
-    __slots__ = ("data", "done", "error")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.data: bytes | None = None
-        self.error: BaseException | None = None
 
 
 class PageCache:
@@ -46,7 +35,7 @@ class PageCache:
         self.reserved = 0  # bytes of pages being fetched
         self._metrics = metrics
         self._pages: OrderedDict[PageKey, bytes] = OrderedDict()
-        self._flights: dict[PageKey, _Flight] = {}
+        self._flights: SingleFlight[PageKey, bytes] = SingleFlight()
         self._unread_prefetch: set[PageKey] = set()
         self._by_ino: dict[int, set[PageKey]] = {}
         metrics.page_cache_capacity_bytes.set(capacity)
@@ -67,24 +56,17 @@ class PageCache:
         fetch error reaches every task waiting for that page and is not cached. If the
         fetching task is cancelled, a waiter fetches the page itself.
         """
-        while True:
-            data = self._pages.get(key)
-            if data is not None:
-                self._pages.move_to_end(key)
-                if not prefetch:
-                    self._count_hit(key, served)
+        data = self._pages.get(key)
+        if data is not None:
+            self._pages.move_to_end(key)
+        else:
+            call = partial(self._fetch, key, fetch, prefetch, expected)
+            data, fetched = await self._flights.run(key, call)
+            if fetched:
                 return data
-            flight = self._flights.get(key)
-            if flight is None:
-                return await self._fetch(key, fetch, prefetch, expected)
-            await flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            if flight.data is not None:
-                if not prefetch:
-                    self._count_hit(key, served)
-                return flight.data
-            # The fetcher was cancelled before it had data: loop and fetch ourselves.
+        if not prefetch:
+            self._count_hit(key, served)
+        return data
 
     def drop_file(self, ino: int) -> None:
         """Forget every cached page of ``ino``, all versions (its content changed)."""
@@ -97,18 +79,12 @@ class PageCache:
     async def _fetch(
         self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], prefetch: bool, expected: int,
     ) -> bytes:
-        flight = self._flights[key] = _Flight()
         self.reserved += expected
         self._evict()
         try:
-            data = flight.data = await fetch()
-        except Exception as e:
-            flight.error = e
-            raise
-        finally:  # also on cancellation: waiters then find neither data nor error, and retry
+            data = await fetch()
+        finally:
             self.reserved -= expected
-            del self._flights[key]
-            flight.done.set()
         if not prefetch:
             self._metrics.page_cache_miss_bytes.inc(len(data))
         self._insert(key, data, prefetch)

@@ -392,3 +392,36 @@ async def test_directory_readahead_can_be_turned_off(
     m = await make(tree, nursery, dir_readahead=0)
     contents, ahead = await read_files_in(m, sorted(many_small))
     assert contents == many_small and ahead == 0
+
+
+async def test_lookups_in_one_directory_are_answered_by_one_listing(
+    tree: Path, many_small: dict[str, bytes], tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    m = await make(f"flaky://{tree}", nursery, ufs_options={"control": str(tmp_path / "c")})
+    fs = m.fs.backend.fs  # type: ignore[attr-defined]
+    dir_ino = (await m.lookup_path("many")).st_ino
+    names = sorted(many_small)
+    ls_before = fs.calls.get("ls", 0)
+    for name in names[:2]:  # the first miss is a stat, the second lists the directory
+        await m.ops.lookup(dir_ino, name.encode())
+    assert fs.calls["ls"] == ls_before + 1
+    after_listing = dict(fs.calls)
+    for name in names:
+        attrs = await m.ops.lookup(dir_ino, name.encode())
+        assert attrs.st_size == len(many_small[name])
+    negative = await m.ops.lookup(dir_ino, b"not-there")
+    assert negative.st_ino == 0
+    assert fs.calls == after_listing, "every later lookup was answered by the listing"
+
+
+@pytest.mark.allow_warnings
+async def test_a_failing_listing_falls_back_to_stat(
+    tree: Path, many_small: dict[str, bytes], tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    control = str(tmp_path / "c")
+    m = await make(f"flaky://{tree}", nursery, ufs_options={"control": control})
+    dir_ino = (await m.lookup_path("many")).st_ino
+    tests.flakyfs.set_failure(control, ["ls"])
+    for name in sorted(many_small)[:5]:
+        attrs = await m.ops.lookup(dir_ino, name.encode())
+        assert attrs.st_size == len(many_small[name])

@@ -336,7 +336,8 @@ def test_config_file_options_and_ufs_options(mount: MountFactory, tmp_path: Path
     assert os.stat(m.path / "hello").st_blksize == 64 * 1024
     assert read_bytes(m.path / "sub" / "inner") == b"inner\n"
     # The control file named in [ufs_options] reaches the under-storage.
-    set_failure(control, ["info"], "oserror")
+    set_failure(control, ["info", "ls"], "oserror")  # lookups may be answered by a listing
+    time.sleep(1.2)  # past the attribute (0.5 s) and listing (1 s default) timeouts
     assert errno_of(lambda: os.stat(m.path / "later")) == errno.EIO
     clear_failure(control)
     assert read_bytes(m.path / "later") == b"later\n"
