@@ -87,7 +87,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
         async with trio.open_nursery() as nursery:
             fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon)
             ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
-                trio.to_thread.run_sync, set_kernel_readahead, config,
+                _after_init, config,
             ))
             mount(ops, config)
             try:
@@ -134,6 +134,16 @@ def mount(ops: Operations, config: MountConfig) -> None:
         pyfuse3.init(ops, config.mountpoint, mount_options(config))
     except RuntimeError as e:
         raise StartupError(f"cannot mount at {config.mountpoint}: {e}") from None
+
+
+async def _after_init(config: MountConfig) -> None:
+    """Runs as soon as the INIT reply is out, before the next request is read.
+
+    The kernel sizes a file's read-ahead when the file is opened, so the window must be
+    set before anyone can open a file. Both files written and read here live in memory
+    (sysfs and procfs), so this does not stall the event loop on I/O.
+    """
+    set_kernel_readahead(config)
 
 
 def set_kernel_readahead(config: MountConfig) -> None:
