@@ -133,7 +133,7 @@ class FileHandle:
     async def _page(self, index: int, *, served: int) -> bytes:
         key = PageKey(self.ino, self.version, index)
         return await self._pages.get(
-            key, lambda: self._fetch(index), expected=self._length(index), served=served,
+            key, partial(self._fetch, index), expected=self._length(index), served=served,
         )
 
     def _length(self, index: int) -> int:
