@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
@@ -32,7 +33,7 @@ from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn
 from alluxiofuse.inodes import Inode, InodeTable
 from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, valid_name
+from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, Version, valid_name
 from alluxiofuse.pages import PageCache, PageKey
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,24 @@ _MISSES_BEFORE_LISTING = 2
 ReplyFn = Callable[[FileStatus, Inode, int], bool]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass
+class _DirReadahead:
+    """Where the opens of one directory's files have got to, and what is fetched ahead."""
+
+    furthest: int  # the furthest listing position opened
+    streak: int = -1  # opens in a row near ``furthest``
+    fetched_to: int = 0  # positions before this are fetched (or being fetched) already
+
+    def advance(self, index: int) -> bool:
+        """Record an open at ``index``; whether the directory is being read in order."""
+        if abs(index - self.furthest) <= _STREAK_DISTANCE:
+            self.streak += 1
+            self.furthest = max(index, self.furthest)
+        else:
+            self.streak, self.furthest, self.fetched_to = 0, index, 0
+        return self.streak >= _STREAK_START
 
 
 class Filesystem:
@@ -68,12 +87,12 @@ class Filesystem:
         self.pages = PageCache(config.page_cache_size, metrics)
         self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
         # For directory read-ahead: the last listing of recently listed directories (stale
-        # ones do no harm: every prefetch is keyed and checked by file version), and per
-        # directory the furthest position opened and the length of the in-order streak.
+        # ones do no harm: every prefetch is keyed and checked by file version), and each
+        # directory's read-ahead state.
         self._recent_listings: LRUCache[str, Listing] = LRUCache(
             maxsize=config.metadata_cache_entries, getsizeof=lambda v: len(v.entries) + 1,
         )
-        self._dir_streaks: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=1024)
+        self._dir_streaks: LRUCache[str, _DirReadahead] = LRUCache(maxsize=1024)
         # Listing instead of stat-ing: misses per directory, and directories not to list.
         self._listings: SingleFlight[str, Listing] = SingleFlight()
         self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
@@ -199,12 +218,14 @@ class Filesystem:
         """Fetch the first pages of the next files of a directory read in order.
 
         ``cp -r``, ``tar``, ``sha256sum *`` and sequential data loaders open a directory's
-        files in listing order, one after another (or a few at a time). Once two opens in a
-        row land within a few places of the furthest one yet, the next files' first pages
-        are fetched ahead, twice as many each time, up to ``dir_readahead``. Shuffled access
-        almost never builds such a streak, so it costs (almost) nothing. Only directories
-        listed recently and files the kernel already knows take part: nothing here asks
-        the backend for metadata.
+        files in listing order, one after another (or a few at a time). Once a few opens
+        in a row land within a few places of the furthest one yet, the next files' first
+        pages are fetched ahead: a window that doubles with the streak, up to
+        ``dir_readahead`` files, refilled in one batch whenever the reader gets within half
+        a window of its end (locally one worker-thread job per batch). Shuffled access
+        almost never builds a streak, so it costs (almost) nothing. Only directories listed
+        recently take part: nothing here asks the backend for metadata. Pages are keyed by
+        the inode number each file has, or will get when the kernel looks it up.
         """
         limit = self.config.dir_readahead
         parent, name = parent_and_name(inode.path)
@@ -212,23 +233,30 @@ class Filesystem:
         index = listing.position.get(name) if listing is not None else None
         if listing is None or index is None:
             return
-        last, streak = self._dir_streaks.get(parent, (index, -1))
-        streak = streak + 1 if abs(index - last) <= _STREAK_DISTANCE else 0
-        self._dir_streaks[parent] = (max(index, last) if streak else index, streak)
-        if streak < _STREAK_START:
+        state = self._dir_streaks.get(parent) or _DirReadahead(index)
+        self._dir_streaks[parent] = state
+        if not state.advance(index):
             return
-        ahead = min(limit, 2 ** streak)
-        start = max(index, last) + 1
-        for status in listing.entries[start:start + ahead]:
-            sibling = self.inodes.by_path(join(parent, status.name))
-            if (status.kind is not Kind.FILE or not status.size or sibling is None
-                    or sibling.status.version != status.version):
+        window = min(limit, 2 ** (state.streak + 2))  # 16 files once a streak is established
+        if state.fetched_to - state.furthest > window // 2:
+            return  # enough is on its way
+        start = max(state.fetched_to, state.furthest + 1)
+        state.fetched_to = start + window
+        reads: dict[PageKey, tuple[str, int, int, Version]] = {}
+        for status in listing.entries[start:state.fetched_to]:
+            child = join(parent, status.name)
+            known = self.inodes.by_path(child)
+            if (status.kind is not Kind.FILE or not status.size
+                    or (known is not None and known.status.version != status.version)):
                 continue
             length = min(self.config.page_size, status.size)
-            key = PageKey(sibling.ino, status.version, 0)
-            fetch = partial(self.backend.read, sibling.path, 0, length, status.version)
-            if not self._prefetcher.prefetch(key, fetch, length):
-                break
+            key = PageKey(self.inodes.number_for(child), status.version, 0)
+            reads[key] = (child, 0, length, status.version)
+        if reads:
+            self._prefetcher.prefetch_many(
+                [(key, read[2]) for key, read in reads.items()],
+                lambda keys: self.backend.read_many([reads[key] for key in keys]),
+            )
 
     async def _stat(self, path: str) -> FileStatus:
         """Fresh-enough status of ``path``: from the metadata cache, else the backend.

@@ -15,9 +15,11 @@ bytes in flight stay under the daemon-wide prefetch budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+
+import trio
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.errors import StaleFile
@@ -54,6 +56,50 @@ class Prefetcher:
         self._pending.add(key)
         self.spawn(self._run, key, fetch, length)
         return True
+
+    def prefetch_many(
+        self, pages: Sequence[tuple[PageKey, int]],
+        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
+    ) -> None:
+        """Fetch several pages in the background with one ``fetch_all`` call.
+
+        Pages already cached or in flight are skipped; the rest are taken in order while
+        the budget lasts. Each page still gets its own single-flight entry, so a demand
+        read of one of them waits for the batch instead of fetching it again.
+        """
+        taken: list[tuple[PageKey, int]] = []
+        for key, length in pages:
+            if key in self._pending or key in self.pages:
+                continue
+            if self.in_flight + length > self.budget:
+                break
+            self.in_flight += length
+            self._pending.add(key)
+            taken.append((key, length))
+        if not taken:
+            return
+        keys = [key for key, _ in taken]
+        done = trio.Event()
+        results: dict[PageKey, bytes | Exception] = {}
+
+        async def fetch_batch() -> None:
+            try:
+                results.update(zip(keys, await fetch_all(keys), strict=True))
+            except Exception as e:
+                results.update((key, e) for key in keys)
+            finally:
+                done.set()
+
+        async def fetch_one(key: PageKey) -> bytes:
+            await done.wait()
+            result = results[key]
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        self.spawn(fetch_batch)
+        for key, length in taken:
+            self.spawn(self._run, key, partial(fetch_one, key), length)
 
     async def _run(self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], length: int) -> None:
         try:

@@ -61,6 +61,11 @@ class InodeTable:
     def by_path(self, path: str) -> Inode | None:
         return self._by_path.get(path)
 
+    def number_for(self, path: str) -> int:
+        """The number ``path`` has, or would get if it were learned now."""
+        inode = self._by_path.get(path)
+        return inode.ino if inode is not None else self._free_number(path)
+
     def learn(self, path: str, status: FileStatus) -> Inode:
         """The inode for ``path``, created or updated with ``status``; lookups unchanged."""
         inode = self._by_path.get(path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from alluxiofuse.errors import AlluxioFuseError
 from alluxiofuse.model import FileStatus, FsStats, Version
 
 
@@ -29,6 +31,13 @@ class Backend(Protocol):
 
         Raises ``StaleFile`` when the file is no longer that version.
         """
+        ...
+
+    async def read_many(
+        self, reads: Sequence[tuple[str, int, int, Version]],
+    ) -> Sequence[bytes | AlluxioFuseError]:
+        """Several ``read(path, offset, length, version)`` at once; each result is the
+        bytes or the error that read alone would have raised."""
         ...
 
     async def readlink(self, path: str) -> str:

@@ -13,13 +13,14 @@ import datetime as dt
 import logging
 import os
 import stat as statmod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import fsspec
 import trio
 
 from alluxiofuse.errors import (
+    AlluxioFuseError,
     BackendTimeout,
     ConfigError,
     InvalidArgument,
@@ -33,6 +34,8 @@ from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, Version, vali
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Small local reads per worker-thread job in read_many (measured: see bench/RESULTS.md).
+_READS_PER_JOB = 4
 
 
 def open_ufs(
@@ -81,6 +84,23 @@ class UfsBackend:
             return await self._call(self._read_sync, path, offset, length, version)
         except NotFound as e:  # for an open file, gone is one more way of having changed
             raise StaleFile(f"{path} was removed while open") from e
+
+    async def read_many(
+        self, reads: Sequence[tuple[str, int, int, Version]],
+    ) -> builtins.list[bytes | AlluxioFuseError]:
+        """Concurrent reads, each in its own worker thread: a store's latency overlaps."""
+        results: builtins.list[bytes | AlluxioFuseError] = [b""] * len(reads)
+
+        async def one(i: int) -> None:
+            try:
+                results[i] = await self.read(*reads[i])
+            except AlluxioFuseError as e:
+                results[i] = e
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(reads)):
+                nursery.start_soon(one, i)
+        return results
 
     async def readlink(self, path: str) -> str:
         raise InvalidArgument(f"{path!r} is not a symbolic link")
@@ -187,6 +207,38 @@ class LocalUfs(UfsBackend):
         if st.st_size != version.size or st.st_mtime_ns != version.mtime_ns:
             raise StaleFile(f"{path} changed while open")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def read_many(
+        self, reads: Sequence[tuple[str, int, int, Version]],
+    ) -> builtins.list[bytes | AlluxioFuseError]:
+        """Reads in worker-thread jobs of a few each: locally the hand-off to a thread
+        costs more than reading a small file, so a job pays it once for several, and the
+        jobs run side by side so that the disk's latencies overlap."""
+        chunks = [reads[i:i + _READS_PER_JOB] for i in range(0, len(reads), _READS_PER_JOB)]
+        results: builtins.list[Sequence[bytes | AlluxioFuseError]] = [()] * len(chunks)
+
+        async def job(i: int) -> None:
+            results[i] = await self._call(self._read_many_sync, chunks[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(chunks)):
+                nursery.start_soon(job, i)
+        return [result for chunk in results for result in chunk]
+
+    def _read_many_sync(
+        self, reads: Sequence[tuple[str, int, int, Version]],
+    ) -> builtins.list[bytes | AlluxioFuseError]:
+        results: builtins.list[bytes | AlluxioFuseError] = []
+        for path, offset, length, version in reads:
+            try:
+                results.append(self._read_sync(path, offset, length, version))
+            except FileNotFoundError:
+                results.append(StaleFile(f"{path} was removed while open"))
+            except OSError as e:
+                results.append(from_oserror(e))
+            except AlluxioFuseError as e:
+                results.append(e)
+        return results
 
     async def readlink(self, path: str) -> str:
         return await self._call(os.readlink, self.full_path(path))
