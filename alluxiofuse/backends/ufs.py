@@ -109,7 +109,7 @@ class UfsBackend:
         return FsStats(name_max=NAME_MAX)
 
     async def aclose(self) -> None:
-        pass
+        """Nothing to release: fsspec filesystems hold no per-mount state we opened."""
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker thread, under the limiter and the deadline."""
