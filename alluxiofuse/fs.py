@@ -97,10 +97,11 @@ class Filesystem:
         self._listings: SingleFlight[str, Listing] = SingleFlight()
         self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
         self._unlisted: LRUCache[str, bool] = LRUCache(maxsize=1024)
-        self._metrics = metrics
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._handle_ids = itertools.count(1)
+        metrics.watch_inodes(lambda: len(self.inodes))
+        metrics.watch_handles(lambda: len(self._files) + len(self._dirs))
 
     # -- names and attributes
 
@@ -116,7 +117,6 @@ class Filesystem:
         path = join(parent.path, name)
         inode = self._learn(path, await self._stat(path))
         self.inodes.remember(inode)
-        self._metrics.inodes.set(len(self.inodes))
         return inode
 
     async def getattr(self, ino: int) -> Inode:
@@ -126,7 +126,6 @@ class Filesystem:
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
-        self._metrics.inodes.set(len(self.inodes))
 
     async def readlink(self, ino: int) -> str:
         inode = self.inodes.get(ino)
@@ -146,7 +145,6 @@ class Filesystem:
         listing = await self._list(inode.path)
         fh = next(self._handle_ids)
         self._dirs[fh] = DirHandle(ino, inode.path, listing.entries)
-        self._count_handles()
         return fh
 
     def readdir(self, fh: int, start: int, reply: ReplyFn) -> None:
@@ -163,11 +161,9 @@ class Filesystem:
                 self.inodes.discard_if_unused(inode)
                 break
             self.inodes.remember(inode)
-        self._metrics.inodes.set(len(self.inodes))
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
-        self._count_handles()
 
     # -- files
 
@@ -194,7 +190,6 @@ class Filesystem:
         self._readahead_siblings(inode)
         fh = next(self._handle_ids)
         self._files[fh] = handle
-        self._count_handles()
         return fh, keep_cache
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -205,7 +200,6 @@ class Filesystem:
 
     def release(self, fh: int) -> None:
         self._files.pop(fh, None)
-        self._count_handles()
 
     @staticmethod
     def refuse_write(what: str) -> NoReturn:
@@ -329,6 +323,3 @@ class Filesystem:
         if handle is None:
             raise StaleFile(f"directory handle {fh} is not open")
         return handle
-
-    def _count_handles(self) -> None:
-        self._metrics.open_handles.set(len(self._files) + len(self._dirs))

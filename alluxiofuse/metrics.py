@@ -1,8 +1,21 @@
-"""Prometheus instruments of one daemon, registered on a registry the caller injects."""
+"""Prometheus instruments of one daemon, registered on a registry the caller injects.
+
+Instruments updated on every request (op latency, page-cache byte counters) are plain
+additions exported by a collector at scrape time: prometheus_client's own instruments take
+a lock and scan their label table on each update, which costs more than a cached read.
+Only the event-loop thread updates them; a scrape from another thread reads a snapshot
+that may be one update behind. Gauges are computed at scrape time from the state they
+describe. Rare events (errors) use prometheus_client's counters as they are.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # FUSE ops answer from memory in microseconds or wait on an under-storage for seconds.
 _OP_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
@@ -13,14 +26,67 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
 
+class FastCounter:
+    """A monotonic counter whose update is one addition."""
+
+    __slots__ = ("documentation", "name", "value")
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class OpLatency:
+    """A latency histogram per FUSE op; ``observe`` is a bisect and two additions."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = buckets
+        self._counts: dict[str, list[int]] = {}  # per op: one count per bucket, then +Inf
+        self._sums: dict[str, float] = {}
+
+    def observe(self, op: str, seconds: float) -> None:
+        counts = self._counts.get(op)
+        if counts is None:
+            counts = self._counts[op] = [0] * (len(self._bounds) + 1)
+            self._sums[op] = 0.0
+        counts[bisect_left(self._bounds, seconds)] += 1
+        self._sums[op] += seconds
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["op"])
+        for op, counts in list(self._counts.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*map(str, self._bounds), "+Inf"), counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([op], buckets, self._sums[op])
+        return family
+
+
+class _HotCollector(Collector):
+    def __init__(self, latency: OpLatency, counters: list[FastCounter]) -> None:
+        self._latency = latency
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._latency.family()
+        for c in self._counters:
+            yield CounterMetricFamily(c.name, c.documentation, value=c.value)
+
+
 class Metrics:
     """Every instrument the daemon updates; one instance per daemon, never global."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.fuse_op_seconds = Histogram(
-            "alluxiofuse_fuse_op_seconds", "FUSE request latency by op", ["op"],
-            buckets=_OP_BUCKETS, registry=registry,
+        self.fuse_op_seconds = OpLatency(
+            "alluxiofuse_fuse_op_seconds", "FUSE request latency by op", _OP_BUCKETS,
         )
         self.fuse_errors = Counter(
             "alluxiofuse_fuse_errors", "FUSE requests answered with an error", ["op", "errno"],
@@ -34,32 +100,42 @@ class Metrics:
             "alluxiofuse_backend_errors", "Under-storage calls that failed", ["reason"],
             registry=registry,
         )
-        self.page_cache_hit_bytes = Counter(
+        self.page_cache_hit_bytes = FastCounter(
             "alluxiofuse_page_cache_hit_bytes", "Bytes served from the page cache",
-            registry=registry,
         )
-        self.page_cache_miss_bytes = Counter(
+        self.page_cache_miss_bytes = FastCounter(
             "alluxiofuse_page_cache_miss_bytes", "Bytes fetched into the page cache on demand",
-            registry=registry,
         )
-        self.page_cache_evicted_bytes = Counter(
+        self.page_cache_evicted_bytes = FastCounter(
             "alluxiofuse_page_cache_evicted_bytes", "Bytes evicted from the page cache",
-            registry=registry,
         )
-        self.readahead_used_bytes = Counter(
-            "alluxiofuse_readahead_used_bytes", "Prefetched bytes later read", registry=registry,
+        self.readahead_used_bytes = FastCounter(
+            "alluxiofuse_readahead_used_bytes", "Prefetched bytes later read",
         )
-        self.readahead_wasted_bytes = Counter(
+        self.readahead_wasted_bytes = FastCounter(
             "alluxiofuse_readahead_wasted_bytes", "Prefetched bytes evicted or dropped unread",
-            registry=registry,
         )
-        self.page_cache_bytes = Gauge(
+        registry.register(_HotCollector(self.fuse_op_seconds, [
+            self.page_cache_hit_bytes, self.page_cache_miss_bytes, self.page_cache_evicted_bytes,
+            self.readahead_used_bytes, self.readahead_wasted_bytes,
+        ]))
+        self._page_cache_bytes = Gauge(
             "alluxiofuse_page_cache_bytes", "Bytes held by the page cache", registry=registry,
         )
-        self.page_cache_capacity_bytes = Gauge(
+        self._page_cache_capacity_bytes = Gauge(
             "alluxiofuse_page_cache_capacity_bytes", "Page cache bound", registry=registry,
         )
-        self.inodes = Gauge("alluxiofuse_inodes", "Inodes the kernel holds", registry=registry)
-        self.open_handles = Gauge(
+        self._inodes = Gauge("alluxiofuse_inodes", "Inodes the kernel holds", registry=registry)
+        self._open_handles = Gauge(
             "alluxiofuse_open_handles", "Open file and directory handles", registry=registry,
         )
+
+    def watch_page_cache(self, used: Callable[[], float], capacity: float) -> None:
+        self._page_cache_bytes.set_function(used)
+        self._page_cache_capacity_bytes.set(capacity)
+
+    def watch_inodes(self, count: Callable[[], float]) -> None:
+        self._inodes.set_function(count)
+
+    def watch_handles(self, count: Callable[[], float]) -> None:
+        self._open_handles.set_function(count)

@@ -13,8 +13,8 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import pyfuse3
@@ -31,6 +31,26 @@ log = logging.getLogger(__name__)
 
 _TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
 _DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777}
+
+
+class _Call:
+    """Times one request and maps what escapes it (a class: cheaper than @contextmanager)."""
+
+    __slots__ = ("_op", "_ops", "_start")
+
+    def __init__(self, ops: Operations, op: str) -> None:
+        self._ops = ops
+        self._op = op
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._ops._metrics.fuse_op_seconds.observe(self._op, time.perf_counter() - self._start)
+        if e is not None and (answer := self._ops._map(self._op, e)) is not None:
+            raise answer from None
 
 
 class Operations(pyfuse3.Operations):
@@ -59,30 +79,26 @@ class Operations(pyfuse3.Operations):
         if self._on_init is not None:
             self._on_init()
 
-    @contextmanager
-    def _call(self, op: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        except AlluxioFuseError as e:
+    def _call(self, op: str) -> _Call:
+        """``with self._call(op):`` around a handler's body: the one errno mapping point."""
+        return _Call(self, op)
+
+    def _map(self, op: str, e: BaseException) -> FUSEError | None:
+        """The FUSEError that answers ``e``; None to let ``e`` through (``--strict``)."""
+        if isinstance(e, AlluxioFuseError):
             self._metrics.fuse_errors.labels(op, errno.errorcode.get(e.errno, str(e.errno))).inc()
             if isinstance(e, BackendError):
                 self._metrics.backend_errors.labels(e.reason).inc()
                 log.warning("%s: %s: %s", op, type(e).__name__, e)
             else:
                 log.debug("%s: %s: %s", op, type(e).__name__, e)
-            raise FUSEError(e.errno) from None
-        except FUSEError:
-            raise
-        except Exception as e:
-            self._metrics.unexpected_errors.labels(op, type(e).__name__).inc()
-            self._metrics.fuse_errors.labels(op, "EIO").inc()
-            log.error("%s: unexpected %s: %s", op, type(e).__name__, e, exc_info=True)
-            if self._config.strict:
-                raise
-            raise FUSEError(errno.EIO) from None
-        finally:
-            self._metrics.fuse_op_seconds.labels(op).observe(time.perf_counter() - start)
+            return FUSEError(e.errno)
+        if isinstance(e, FUSEError) or not isinstance(e, Exception):
+            return None  # already an answer, or cancellation and the like: not ours to map
+        self._metrics.unexpected_errors.labels(op, type(e).__name__).inc()
+        self._metrics.fuse_errors.labels(op, "EIO").inc()
+        log.error("%s: unexpected %s: %s", op, type(e).__name__, e, exc_info=e)
+        return None if self._config.strict else FUSEError(errno.EIO)
 
     def _attrs(self, inode: Inode) -> EntryAttributes:
         return self._entry(inode.ino, inode.status)

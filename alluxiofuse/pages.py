@@ -38,7 +38,7 @@ class PageCache:
         self._flights: SingleFlight[PageKey, bytes] = SingleFlight()
         self._unread_prefetch: set[PageKey] = set()
         self._by_ino: dict[int, set[PageKey]] = {}
-        metrics.page_cache_capacity_bytes.set(capacity)
+        metrics.watch_page_cache(lambda: self.used, capacity)
 
     def __contains__(self, key: PageKey) -> bool:
         """Cached or being fetched."""
@@ -74,7 +74,6 @@ class PageCache:
             data = self._pages.pop(key, None)
             if data is not None:
                 self._release(key, data, evicted=False)
-        self._metrics.page_cache_bytes.set(self.used)
 
     async def _fetch(
         self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], prefetch: bool, expected: int,
@@ -110,7 +109,6 @@ class PageCache:
                 if not keys:
                     del self._by_ino[old_key.ino]
             self._release(old_key, old, evicted=True)
-        self._metrics.page_cache_bytes.set(self.used)
 
     def _release(self, key: PageKey, data: bytes, *, evicted: bool) -> None:
         self.used -= len(data)
