@@ -11,7 +11,10 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class _Flight(Generic[V]):
+class Flight(Generic[V]):
+    """One call in progress; ``done`` is set once it has a value, an error, or neither
+    (the caller was cancelled)."""
+
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
@@ -23,11 +26,13 @@ class _Flight(Generic[V]):
 class SingleFlight(Generic[K, V]):
     """At most one call per key in progress; later callers wait for its result or error.
 
-    If the running call is cancelled, a waiter runs the call itself.
+    If the running call is cancelled, a waiter runs the call itself. A caller that fetches
+    several keys with one call opens a flight per key with :meth:`begin` and settles each
+    with :meth:`finish`.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[K, _Flight[V]] = {}
+        self._flights: dict[K, Flight[V]] = {}
 
     def __contains__(self, key: K) -> bool:
         return key in self._flights
@@ -41,13 +46,28 @@ class SingleFlight(Generic[K, V]):
             if flight.value is not None:
                 return flight.value, False
             # The caller was cancelled before it had a value: try again ourselves.
-        flight = self._flights[key] = _Flight()
+        flight = self.begin(key)
         try:
-            value = flight.value = await call()
+            value = await call()
         except Exception as e:
-            flight.error = e
+            self.finish(key, flight, error=e)
             raise
-        finally:
-            del self._flights[key]
-            flight.done.set()
+        except BaseException:
+            self.finish(key, flight)
+            raise
+        self.finish(key, flight, value)
         return value, True
+
+    def begin(self, key: K) -> Flight[V]:
+        """Open the flight for ``key``, which must not be in progress."""
+        assert key not in self._flights
+        flight = self._flights[key] = Flight()
+        return flight
+
+    def finish(
+        self, key: K, flight: Flight[V], value: V | None = None, *, error: Exception | None = None,
+    ) -> None:
+        """Settle ``flight``: its waiters get ``value`` or ``error`` (neither: they retry)."""
+        flight.value, flight.error = value, error
+        del self._flights[key]
+        flight.done.set()

@@ -185,9 +185,9 @@ class Filesystem:
             page_size=self.config.page_size, max_readahead=self.config.max_readahead,
             prefetcher=self._prefetcher,
         )
+        self._readahead_siblings(inode)
         if not keep_cache:  # the kernel will ask for the first page right away
             handle.start()
-        self._readahead_siblings(inode)
         fh = next(self._handle_ids)
         self._files[fh] = handle
         return fh, keep_cache
@@ -229,15 +229,15 @@ class Filesystem:
             return
         state = self._dir_streaks.get(parent) or _DirReadahead(index)
         self._dir_streaks[parent] = state
-        if not state.advance(index):
+        if not state.advance(index) or state.fetched_to >= len(listing.entries):
             return
         window = min(limit, 2 ** (state.streak + 2))  # 16 files once a streak is established
         if state.fetched_to - state.furthest > window // 2:
             return  # enough is on its way
-        start = max(state.fetched_to, state.furthest + 1)
-        state.fetched_to = start + window
+        start = max(state.fetched_to, index)
+        entries = listing.entries[start:start + window]
         reads: dict[PageKey, tuple[str, int, int, Version]] = {}
-        for status in listing.entries[start:state.fetched_to]:
+        for status in entries:
             child = join(parent, status.name)
             known = self.inodes.by_path(child)
             if (status.kind is not Kind.FILE or not status.size
@@ -246,11 +246,15 @@ class Filesystem:
             length = min(self.config.page_size, status.size)
             key = PageKey(self.inodes.number_for(child), status.version, 0)
             reads[key] = (child, 0, length, status.version)
-        if reads:
-            self._prefetcher.prefetch_many(
-                [(key, read[2]) for key, read in reads.items()],
-                lambda keys: self.backend.read_many([reads[key] for key in keys]),
-            )
+        taken = self._prefetcher.prefetch_many(
+            [(key, read[2]) for key, read in reads.items()],
+            lambda keys: self.backend.read_many([reads[key] for key in keys]),
+        )
+        if taken == len(reads):
+            state.fetched_to = start + len(entries)
+        else:  # the budget ran out: the next open tries again from the first page not taken
+            first_left = next(itertools.islice(reads.values(), taken, None))[0]
+            state.fetched_to = listing.position[parent_and_name(first_left)[1]]
 
     async def _stat(self, path: str) -> FileStatus:
         """Fresh-enough status of ``path``: from the metadata cache, else the backend.

@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-import trio
-
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.errors import StaleFile
 from alluxiofuse.inodes import Inode
@@ -60,46 +58,41 @@ class Prefetcher:
     def prefetch_many(
         self, pages: Sequence[tuple[PageKey, int]],
         fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
-    ) -> None:
+    ) -> int:
         """Fetch several pages in the background with one ``fetch_all`` call.
 
         Pages already cached or in flight are skipped; the rest are taken in order while
-        the budget lasts. Each page still gets its own single-flight entry, so a demand
-        read of one of them waits for the batch instead of fetching it again.
+        the budget lasts. Returns how many of ``pages`` were dealt with (skipped or taken):
+        the caller can come back for the others. Each page still gets its own single-flight
+        entry, so a demand read of one of them waits for the batch instead of fetching it.
         """
         taken: list[tuple[PageKey, int]] = []
+        done = 0
         for key, length in pages:
-            if key in self._pending or key in self.pages:
-                continue
-            if self.in_flight + length > self.budget:
-                break
-            self.in_flight += length
-            self._pending.add(key)
-            taken.append((key, length))
-        if not taken:
-            return
-        keys = [key for key, _ in taken]
-        done = trio.Event()
-        results: dict[PageKey, bytes | Exception] = {}
+            if key not in self._pending and key not in self.pages:
+                if self.in_flight + length > self.budget:
+                    break
+                self.in_flight += length
+                self._pending.add(key)
+                taken.append((key, length))
+            done += 1
+        if taken:
+            self.spawn(self._fill, taken, fetch_all)
+        return done
+        self.spawn(self._fill, taken, fetch_all)
 
-        async def fetch_batch() -> None:
-            try:
-                results.update(zip(keys, await fetch_all(keys), strict=True))
-            except Exception as e:
-                results.update((key, e) for key in keys)
-            finally:
-                done.set()
-
-        async def fetch_one(key: PageKey) -> bytes:
-            await done.wait()
-            result = results[key]
-            if isinstance(result, Exception):
-                raise result
-            return result
-
-        self.spawn(fetch_batch)
-        for key, length in taken:
-            self.spawn(self._run, key, partial(fetch_one, key), length)
+    async def _fill(
+        self, pages: list[tuple[PageKey, int]],
+        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
+    ) -> None:
+        try:
+            await self.pages.fill(pages, fetch_all)
+        except Exception as e:  # a demand read of one of the pages reports it
+            log.debug("read-ahead of %d pages failed: %r", len(pages), e)
+        finally:
+            for key, length in pages:
+                self.in_flight -= length
+                self._pending.discard(key)
 
     async def _run(self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], length: int) -> None:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 NAME_MAX = 255  # bytes in one path component, as on Linux
 
@@ -51,10 +51,11 @@ class FileStatus:
     nlink: int | None = None
     blocks: int | None = None  # 512-byte blocks, when the backend knows real allocation
     etag: str | None = None
+    # Derived once, at construction: every page lookup compares versions.
+    version: Version = field(init=False, repr=False, compare=False)
 
-    @property
-    def version(self) -> Version:
-        return Version(self.size, self.mtime_ns or 0, self.etag)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "version", Version(self.size, self.mtime_ns or 0, self.etag))
 
     @property
     def is_dir(self) -> bool:

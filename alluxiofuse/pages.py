@@ -10,7 +10,7 @@ so the metrics can tell read-ahead that paid off from read-ahead that was wasted
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -67,6 +67,41 @@ class PageCache:
         if not prefetch:
             self._count_hit(key, served)
         return data
+
+    async def fill(
+        self, pages: Sequence[tuple[PageKey, int]],
+        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
+    ) -> None:
+        """Read ahead ``pages`` (key, expected length) with one ``fetch_all(keys)`` call.
+
+        Pages cached or in flight already are skipped. Until the call returns, each page
+        is in flight like a miss of :meth:`get`, which waits for it; a page whose fetch
+        failed is not cached, and the waiters get its error.
+        """
+        todo = [(key, length) for key, length in pages if key not in self]
+        if not todo:
+            return
+        keys = [key for key, _ in todo]
+        flights = [self._flights.begin(key) for key in keys]
+        expected = sum(length for _, length in todo)
+        self.reserved += expected
+        self._evict()
+        outcomes: Sequence[bytes | Exception | None] = [None] * len(keys)  # None: cancelled
+        try:
+            outcomes = await fetch_all(keys)
+            if len(outcomes) != len(keys):
+                raise ValueError(f"{len(outcomes)} results for {len(keys)} pages")
+        except Exception as e:
+            outcomes = [e] * len(keys)
+            raise
+        finally:
+            self.reserved -= expected
+            for key, flight, outcome in zip(keys, flights, outcomes, strict=True):
+                if isinstance(outcome, bytes):
+                    self._insert(key, outcome, prefetch=True)
+                    self._flights.finish(key, flight, outcome)
+                else:  # an error, or None: a waiter then fetches the page itself
+                    self._flights.finish(key, flight, error=outcome)
 
     def drop_file(self, ino: int) -> None:
         """Forget every cached page of ``ino``, all versions (its content changed)."""

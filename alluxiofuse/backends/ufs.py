@@ -9,6 +9,7 @@ authority on freshness, with the TTLs the user chose.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # Small local reads per worker-thread job in read_many (measured: see bench/RESULTS.md).
-_READS_PER_JOB = 4
+_READS_PER_JOB = int(os.environ.get("AFJOB", 4))
 
 
 def open_ufs(
@@ -191,19 +192,26 @@ class LocalUfs(UfsBackend):
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
-        fd = os.open(self.full_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = self._open(path)
         try:
-            chunks = []
-            while length > 0:
-                chunk = os.pread(fd, length, offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-                length -= len(chunk)
-            st = os.fstat(fd)
+            return self._read_fd(fd, path, offset, length, version)
         finally:
             os.close(fd)
+
+    def _open(self, path: str) -> int:
+        return os.open(self.full_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    @staticmethod
+    def _read_fd(fd: int, path: str, offset: int, length: int, version: Version) -> bytes:
+        chunks = []
+        while length > 0:
+            chunk = os.pread(fd, length, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+            length -= len(chunk)
+        st = os.fstat(fd)
         if st.st_size != version.size or st.st_mtime_ns != version.mtime_ns:
             raise StaleFile(f"{path} changed while open")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -228,17 +236,44 @@ class LocalUfs(UfsBackend):
     def _read_many_sync(
         self, reads: Sequence[tuple[str, int, int, Version]],
     ) -> builtins.list[bytes | AlluxioFuseError]:
-        results: builtins.list[bytes | AlluxioFuseError] = []
-        for path, offset, length, version in reads:
-            try:
-                results.append(self._read_sync(path, offset, length, version))
-            except FileNotFoundError:
-                results.append(StaleFile(f"{path} was removed while open"))
-            except OSError as e:
-                results.append(from_oserror(e))
-            except AlluxioFuseError as e:
-                results.append(e)
-        return results
+        """Open every file and tell the kernel which ranges follow, then read them: the
+        disk works on all of them at once instead of one after another."""
+        opened: builtins.list[int | AlluxioFuseError] = []
+        try:
+            for path, offset, length, _ in reads:
+                try:
+                    fd = self._open(path)
+                except OSError as e:
+                    opened.append(self._read_error(path, e))
+                    continue
+                opened.append(fd)
+                with contextlib.suppress(OSError):  # only a hint
+                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+            return [self._read_opened(item, *read)
+                    for item, read in zip(opened, reads, strict=True)]
+        finally:
+            for item in opened:
+                if isinstance(item, int):
+                    os.close(item)
+
+    def _read_opened(
+        self, opened: int | AlluxioFuseError, path: str, offset: int, length: int,
+        version: Version,
+    ) -> bytes | AlluxioFuseError:
+        if not isinstance(opened, int):
+            return opened
+        try:
+            return self._read_fd(opened, path, offset, length, version)
+        except OSError as e:
+            return self._read_error(path, e)
+        except AlluxioFuseError as e:
+            return e
+
+    @staticmethod
+    def _read_error(path: str, e: OSError) -> AlluxioFuseError:
+        if isinstance(e, FileNotFoundError):
+            return StaleFile(f"{path} was removed while open")
+        return from_oserror(e)
 
     async def readlink(self, path: str) -> str:
         return await self._call(os.readlink, self.full_path(path))
