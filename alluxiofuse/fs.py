@@ -234,7 +234,7 @@ class Filesystem:
         window = min(limit, 2 ** (state.streak + 2))  # 16 files once a streak is established
         if state.fetched_to - state.furthest > window // 2:
             return  # enough is on its way
-        start = max(state.fetched_to, index)
+        start = max(state.fetched_to, state.furthest)  # from the newest open on
         entries = listing.entries[start:start + window]
         reads: dict[PageKey, tuple[str, int, int, Version]] = {}
         for status in entries:
@@ -257,7 +257,8 @@ class Filesystem:
             state.fetched_to = listing.position[parent_and_name(first_left)[1]]
 
     async def _stat(self, path: str) -> FileStatus:
-        """Fresh-enough status of ``path``: from the metadata cache, else the backend.
+        """Fresh-enough status of ``path``: from the metadata cache, else the backend (what
+        it can answer without waiting first, on the event loop).
 
         After ``_MISSES_BEFORE_LISTING`` misses in one directory, the directory is listed
         instead: one call then answers every later lookup in it (one LIST instead of a
@@ -269,6 +270,14 @@ class Filesystem:
             return status
         if self.meta.is_missing(path):
             raise NotFound(path)
+        try:
+            status = self.backend.stat_nowait(path)
+        except NotFound:
+            self.meta.put_missing(path)
+            raise
+        if status is not None:
+            self.meta.put_status(path, status)
+            return status
         parent = parent_and_name(path)[0]
         if path and self._worth_listing(parent):
             try:

@@ -179,8 +179,11 @@ class FileHandle:
         return max(0, min(self._page_size, self.size - index * self._page_size))
 
     async def _fetch(self, index: int) -> bytes:
-        offset = index * self._page_size
-        return await self._backend.read(self.path, offset, self._length(index), self.version)
+        offset, length = index * self._page_size, self._length(index)
+        data = self._backend.read_nowait(self.path, offset, length, self.version)
+        if data is None:
+            data = await self._backend.read(self.path, offset, length, self.version)
+        return data
 
 
 class DirHandle:

@@ -33,6 +33,16 @@ class Backend(Protocol):
         """
         ...
 
+    def stat_nowait(self, path: str) -> FileStatus | None:
+        """The status of ``path`` if the backend can tell without waiting for I/O (from
+        the operating system's caches), else None. Runs on the event loop."""
+        ...
+
+    def read_nowait(self, path: str, offset: int, length: int, version: Version) -> bytes | None:
+        """``read(path, offset, length, version)`` if it can be answered without waiting
+        for I/O, else None. Runs on the event loop."""
+        ...
+
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
     ) -> Sequence[bytes | AlluxioFuseError]:

@@ -82,6 +82,16 @@ class Mounted:
             start = batch[-1][1]
 
 
+def evict_from_os_cache(path: Path) -> None:
+    """Drop ``path``'s pages from the kernel's page cache, so reads of it wait for the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 async def make(
     source: str | Path, nursery: trio.Nursery, **options: Any,
 ) -> Mounted:
@@ -257,15 +267,45 @@ async def test_statfs_reports_the_source_filesystem(local: Mounted, tree: Path) 
 
 
 async def test_sequential_reads_prefetch_and_count_it(
-    tree: Path, nursery: trio.Nursery,
+    tree: Path, tmp_path: Path, nursery: trio.Nursery,
 ) -> None:
+    # Through generic fsspec every page costs a worker thread, so read-ahead is what
+    # keeps a sequential reader from waiting (local pages in the kernel's cache are read
+    # inline instead, see below).
     (tree / "seq.bin").write_bytes(os.urandom(16 * MiB))
-    m = await make(tree, nursery, page_cache_size="32MiB")
+    m = await make(f"flaky://{tree}", nursery, page_cache_size="32MiB",
+                   ufs_options={"control": str(tmp_path / "control.json")})
     assert await m.read_all("seq.bin") == (tree / "seq.bin").read_bytes()
     used = m.sample("alluxiofuse_readahead_used_bytes_total")
     missed = m.sample("alluxiofuse_page_cache_miss_bytes_total")
     assert used >= 8 * MiB, "most pages of a sequential read should come from read-ahead"
     assert used + missed == 16 * MiB
+
+
+async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
+    tree: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tree / "hot.bin").write_bytes(data := os.urandom(3 * MiB))
+    m = await make(tree, nursery, page_cache_size="32MiB", dir_readahead=0, attr_timeout=0)
+    ino = (await m.lookup_path("hot.bin")).st_ino
+    threaded: list[str] = []
+    for name in ("_read_sync", "_read_many_sync"):
+        original = getattr(LocalUfs, name)
+        monkeypatch.setattr(LocalUfs, name, lambda self, *a, _o=original, _n=name: (
+            threaded.append(_n), _o(self, *a))[1])
+    fi = await m.ops.open(ino, os.O_RDONLY, None)
+    got = b"".join([await m.ops.read(fi.fh, off, MiB) for off in range(0, 3 * MiB, MiB)])
+    await m.ops.release(fi.fh)
+    assert got == data
+    assert threaded == []
+    evict_from_os_cache(tree / "hot.bin")
+    await m.ops.forget([(ino, 1)])
+    (tree / "hot.bin").write_bytes(data[::-1])  # a new version, not in the page cache
+    evict_from_os_cache(tree / "hot.bin")
+    ino = (await m.lookup_path("hot.bin")).st_ino
+    fi = await m.ops.open(ino, os.O_RDONLY, None)
+    assert await m.ops.read(fi.fh, 0, MiB) == data[::-1][:MiB]
+    assert threaded, "a page the kernel does not have cached is read in a worker thread"
 
 
 # -- a generic fsspec source that fails on demand

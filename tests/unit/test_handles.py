@@ -47,6 +47,12 @@ class FakeBackend:
         await trio.lowlevel.checkpoint()
         return [self.status]
 
+    def stat_nowait(self, path: str) -> FileStatus | None:
+        return None
+
+    def read_nowait(self, path: str, offset: int, length: int, version: Version) -> bytes | None:
+        return None
+
     async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
         assert path == "f"
         if version != self.status.version:

@@ -1,0 +1,104 @@
+"""Cache-only probes of a local directory, and LocalUfs's answers without a worker thread."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from alluxiofuse.backends.nowait import NoWait
+from alluxiofuse.backends.ufs import LocalUfs, open_ufs
+from alluxiofuse.errors import NotFound, StaleFile
+
+
+def evict(path: Path) -> None:
+    """Drop ``path``'s pages from the kernel's page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.bin").write_bytes(bytes(range(256)) * 64)
+    os.symlink("d", tmp_path / "dirlink")
+    os.mkfifo(tmp_path / "fifo")
+    return tmp_path
+
+
+@pytest.fixture
+def probes(tree: Path) -> NoWait:
+    p = NoWait.for_root(str(tree))
+    if p is None:
+        pytest.fail(f"no cache-only probes for {tree} (statfs type, or openat2 missing)")
+    return p
+
+
+def test_lstat_of_a_cached_path_matches_os_lstat(probes: NoWait, tree: Path) -> None:
+    expected = os.lstat(tree / "d" / "f.bin")  # now in the dentry cache
+    got = probes.lstat("d/f.bin")
+    assert got is not None
+    assert (got.st_ino, got.st_size, got.st_mtime_ns) == (
+        expected.st_ino, expected.st_size, expected.st_mtime_ns)
+    link = probes.lstat("dirlink")  # the link itself, not followed
+    assert link is not None and link.st_ino == os.lstat(tree / "dirlink").st_ino
+
+
+def test_known_missing_path_raises_and_symlinked_parents_are_left_to_threads(
+    probes: NoWait, tree: Path,
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        os.lstat(tree / "nope")
+    with pytest.raises(FileNotFoundError):  # the kernel now caches the miss
+        probes.lstat("nope")
+    os.lstat(tree / "dirlink" / "f.bin")
+    assert probes.lstat("dirlink/f.bin") is None  # RESOLVE_NO_SYMLINKS
+
+
+def test_pread_answers_only_from_the_page_cache(probes: NoWait, tree: Path) -> None:
+    path = tree / "d" / "f.bin"
+    data = path.read_bytes()
+    got = probes.pread("d/f.bin", 100, 1000)
+    assert got is not None and got[0] == data[100:1100] and got[1].st_size == len(data)
+    got = probes.pread("d/f.bin", len(data) - 10, 1000)  # short only at the end of the file
+    assert got is not None and got[0] == data[-10:]
+    evict(path)
+    assert probes.pread("d/f.bin", 0, len(data)) is None
+
+
+def test_probes_are_refused_where_they_could_block(tmp_path: Path) -> None:
+    assert NoWait.for_root(str(tmp_path / "missing")) is None
+    assert NoWait.for_root("/proc") is None  # not a local block or memory filesystem
+
+
+async def test_local_backend_answers_cached_status_and_bytes_inline(tree: Path) -> None:
+    backend = open_ufs(str(tree), {}, trio.CapacityLimiter(1), 5.0)
+    assert isinstance(backend, LocalUfs)
+    status = await backend.stat("d/f.bin")  # a worker thread: the reference answer
+    assert backend.stat_nowait("d/f.bin") == status
+    assert backend.stat_nowait("") is None  # the root is always stat-ed in a thread
+    data = (tree / "d" / "f.bin").read_bytes()
+    assert backend.read_nowait("d/f.bin", 0, 100, status.version) == data[:100]
+    os.lstat(tree / "fifo")
+    with pytest.raises(NotFound):  # special files are hidden, as in listings
+        backend.stat_nowait("fifo")
+    os.utime(tree / "d" / "f.bin", ns=(1, 1))
+    with pytest.raises(StaleFile):
+        backend.read_nowait("d/f.bin", 0, 100, status.version)
+    await backend.aclose()
+    assert backend.stat_nowait("d/f.bin") is None
+
+
+async def test_local_backend_keeps_serving_the_directory_it_opened(tree: Path) -> None:
+    backend = open_ufs(str(tree / "d"), {}, trio.CapacityLimiter(1), 5.0)
+    os.rename(tree / "d", tree / "moved")
+    (tree / "d").mkdir()  # a different directory at the old path
+    assert [e.name for e in await backend.list("")] == ["f.bin"]
+    assert (await backend.stat("f.bin")).size == 256 * 64
+    await backend.aclose()
