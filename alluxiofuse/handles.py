@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 Spawn = Callable[..., object]  # nursery.start_soon
 
+# Largest page a waiting reader takes from the backend's non-blocking path (see _fetch).
+_INLINE_READ_MAX = 128 * 1024
+
 
 @dataclass
 class Prefetcher:
@@ -166,7 +169,8 @@ class FileHandle:
         last = min(last, (self.size - 1) // self._page_size)
         for index in range(first, last + 1):
             key = PageKey(self.ino, self.version, index)
-            if not self._prefetcher.prefetch(key, partial(self._fetch, index), self._length(index)):
+            fetch = partial(self._fetch, index, inline=False)
+            if not self._prefetcher.prefetch(key, fetch, self._length(index)):
                 return
 
     async def _page(self, index: int, *, served: int) -> bytes:
@@ -178,9 +182,20 @@ class FileHandle:
     def _length(self, index: int) -> int:
         return max(0, min(self._page_size, self.size - index * self._page_size))
 
-    async def _fetch(self, index: int) -> bytes:
+    async def _fetch(self, index: int, *, inline: bool = True) -> bytes:
+        """Page ``index`` from the backend.
+
+        A reader waiting for a small page takes what the backend can answer at once: that
+        saves a worker-thread hop, which costs more than copying a small page. Large pages
+        and read-ahead go the blocking way, in the background, so the event loop never
+        copies whole pages (sequential 1 GiB cold read, three runs each: 304-726 MiB/s
+        with 1 MiB demand reads inline, 625-939 MiB/s without; 141-331 MiB/s with
+        read-ahead inline too).
+        """
         offset, length = index * self._page_size, self._length(index)
-        data = self._backend.read_nowait(self.path, offset, length, self.version)
+        data = None
+        if inline and length <= _INLINE_READ_MAX:
+            data = self._backend.read_nowait(self.path, offset, length, self.version)
         if data is None:
             data = await self._backend.read(self.path, offset, length, self.version)
         return data

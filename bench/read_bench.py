@@ -9,6 +9,9 @@ Targets, all over one local source directory (generated once and cached under
   fsspec.fuse  fsspec.fuse.run(file filesystem): fusepy on libfuse2, in its default
                single-threaded mode (threads=True returns corrupted data: concurrent
                reads of one handle race on a shared seek+read; measured, then dropped)
+  floor        bench/floor_fs.py: a do-nothing pyfuse3 + trio daemon serving the tree's
+               names and sizes from memory and zeros as data; the fastest any pyfuse3
+               daemon can be (small_4t and walk only: its bytes are not the files')
 Workloads (each --repeat times, median reported; every one starts on a fresh mount):
   seq_cold  sequential 1 MiB reads of big.bin after dropping kernel caches (MiB/s)
   seq_warm  a second pass on the same mount, caches kept (MiB/s); on the first
@@ -63,9 +66,9 @@ MOUNT_TIMEOUT = 60.0
 SEED = 20240611
 N_DIRS = 100
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("direct", "alluxiofuse", "fsspec.fuse")
+TARGETS = ("direct", "alluxiofuse", "fsspec.fuse", "floor")
 ALIASES = {"direct": "direct", "alluxiofuse": "alluxiofuse", "alluxio": "alluxiofuse",
-           "fsspec": "fsspec.fuse", "fsspec.fuse": "fsspec.fuse"}
+           "fsspec": "fsspec.fuse", "fsspec.fuse": "fsspec.fuse", "floor": "floor"}
 # workload -> (unit, required ratio alluxiofuse / fsspec.fuse)
 WORKLOADS = {"seq_cold": ("MiB/s", 1.5), "seq_warm": ("MiB/s", 2.0),
              "small_4t": ("files/s", 1.5), "walk": ("entries/s", 2.0)}
@@ -227,6 +230,8 @@ def mounted(target: str, src: Path, extra: str) -> Iterator[Mount]:
     mnt = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"bench-{target}-mnt-")))
     fd, errname = tempfile.mkstemp(prefix=f"bench-{target}-", suffix=".log")
     cmd = [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
+    if target == "floor":
+        cmd = [sys.executable, str(REPO_ROOT / "bench" / "floor_fs.py"), str(src), str(mnt)]
     if target == "alluxiofuse":
         cmd = [sys.executable, "-m", "alluxiofuse", "mount", str(src), str(mnt), "-f",
                "--page-cache-size", f"{PAGE_CACHE_MIB}MiB", "--log-level", "warning",
@@ -325,8 +330,19 @@ def run_target(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res
         unit = WORKLOADS[work][0]
         log(f"  [{rep + 1}/{args.repeat}] {target:<12} {work:<9} {value:>12,.1f} {unit}")
 
-    extra = args.alluxiofuse_args
-    with mounted(target, ds.root, extra) as m:
+    if target != "floor":
+        read_big(target, ds, args, rep, res, measure)
+    with mounted(target, ds.root, args.alluxiofuse_args) as m:
+        paths = [str(m.root / rel) for rel, _ in ds.small]
+        measure(m, "small_4t", lambda: read_small(paths), ds.small_bytes, len(paths))
+    with mounted(target, ds.root, args.alluxiofuse_args) as m:
+        measure(m, "walk", lambda: walk_stat(m.root), ds.n_entries)
+
+
+def read_big(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res: Results,
+             measure: Callable[..., None]) -> None:
+    """seq_cold and seq_warm on one mount, the sha256 check, and the daemon's peak RSS."""
+    with mounted(target, ds.root, args.alluxiofuse_args) as m:
         big = m.root / "big.bin"
         measure(m, "seq_cold", lambda: read_seq(big), ds.big_size)
         measure(m, "seq_warm", lambda: read_seq(big), ds.big_size)
@@ -338,11 +354,6 @@ def run_target(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res
                     f"{target}: sha256(big.bin) via the mount is {digest}, not {ds.big_sha256}")
     if m.peak_rss_mib is not None:
         res.rss.setdefault(target, []).append(m.peak_rss_mib)
-    with mounted(target, ds.root, extra) as m:
-        paths = [str(m.root / rel) for rel, _ in ds.small]
-        measure(m, "small_4t", lambda: read_small(paths), ds.small_bytes, len(paths))
-    with mounted(target, ds.root, extra) as m:
-        measure(m, "walk", lambda: walk_stat(m.root), ds.n_entries)
 
 
 # ------------------------------------------------------------------------ report
@@ -381,17 +392,19 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
         vals = res.samples.get((work, target))
         return statistics.median(vals) if vals else None
 
-    rows = [["workload", "direct", "alluxiofuse", "fsspec.fuse", "allux/fsspec", "allux/direct",
-             "target", "met"]]
+    rows = [["workload", "direct", "alluxiofuse", "fsspec.fuse", "floor", "allux/fsspec",
+             "floor/fsspec", "allux/direct", "target", "met"]]
     for work, (unit, need) in WORKLOADS.items():
-        d, a, f = (med(work, t) for t in TARGETS)
+        d, a, f, z = (med(work, t) for t in TARGETS)
         r_f, r_d = (a / f if a and f else None), (a / d if a and d else None)
+        r_z = z / f if z and f else None
         met = "n/a" if r_f is None else "yes" if r_f >= need else "no"
-        rows.append([f"{work} ({unit})", fmt(d), fmt(a), fmt(f), ratio(r_f), ratio(r_d),
-                     f">= {need}x fsspec.fuse", met])
+        rows.append([f"{work} ({unit})", fmt(d), fmt(a), fmt(f), fmt(z), ratio(r_f), ratio(r_z),
+                     ratio(r_d), f">= {need}x fsspec.fuse", met])
     peak = {t: max(v) for t, v in res.rss.items()}
     limit, a_rss = PAGE_CACHE_MIB + RSS_SLACK_MIB, peak.get("alluxiofuse")
-    rows.append(["peak RSS (MiB)", "-", fmt(a_rss), fmt(peak.get("fsspec.fuse")), "-", "-",
+    rows.append(["peak RSS (MiB)", "-", fmt(a_rss), fmt(peak.get("fsspec.fuse")), "-", "-", "-",
+                 "-",
                  f"<= {limit} (cache {PAGE_CACHE_MIB} + {RSS_SLACK_MIB})",
                  "n/a" if a_rss is None else "yes" if a_rss <= limit else "no"])
     print()
@@ -401,7 +414,7 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
     else:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
-            print("  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+            print("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)
                             for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     print()
     if a_rss is not None:
@@ -421,8 +434,8 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=Path("/var/tmp/alluxiofuse-bench/data"))
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="256 MiB big file, 2,000 small files")
-    p.add_argument("--only", default="direct,alluxiofuse,fsspec.fuse",
-                   help="comma-separated targets: direct, alluxiofuse, fsspec(.fuse)")
+    p.add_argument("--only", default="direct,alluxiofuse,fsspec.fuse,floor",
+                   help="comma-separated targets: direct, alluxiofuse, fsspec(.fuse), floor")
     p.add_argument("--alluxiofuse-args", default="", help="extra daemon arguments (one string)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")

@@ -285,8 +285,10 @@ async def test_sequential_reads_prefetch_and_count_it(
 async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
     tree: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    (tree / "hot.bin").write_bytes(data := os.urandom(3 * MiB))
-    m = await make(tree, nursery, page_cache_size="32MiB", dir_readahead=0, attr_timeout=0)
+    # Small pages only: a whole 1 MiB page is copied in a worker thread, cached or not.
+    (tree / "hot.bin").write_bytes(data := os.urandom(3 * 65536))
+    m = await make(tree, nursery, page_cache_size="32MiB", page_size="64KiB",
+                   dir_readahead=0, attr_timeout=0)
     ino = (await m.lookup_path("hot.bin")).st_ino
     threaded: list[str] = []
     for name in ("_read_sync", "_read_many_sync"):
@@ -294,7 +296,7 @@ async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
         monkeypatch.setattr(LocalUfs, name, lambda self, *a, _o=original, _n=name: (
             threaded.append(_n), _o(self, *a))[1])
     fi = await m.ops.open(ino, os.O_RDONLY, None)
-    got = b"".join([await m.ops.read(fi.fh, off, MiB) for off in range(0, 3 * MiB, MiB)])
+    got = b"".join([await m.ops.read(fi.fh, off, 65536) for off in range(0, 3 * 65536, 65536)])
     await m.ops.release(fi.fh)
     assert got == data
     assert threaded == []
@@ -304,7 +306,7 @@ async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
     evict_from_os_cache(tree / "hot.bin")
     ino = (await m.lookup_path("hot.bin")).st_ino
     fi = await m.ops.open(ino, os.O_RDONLY, None)
-    assert await m.ops.read(fi.fh, 0, MiB) == data[::-1][:MiB]
+    assert await m.ops.read(fi.fh, 0, 65536) == data[::-1][:65536]
     assert threaded, "a page the kernel does not have cached is read in a worker thread"
 
 

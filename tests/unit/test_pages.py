@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -357,3 +360,100 @@ async def test_readahead_wasted(how: str) -> None:
         env.cache.drop_file(7)
     assert env.ra_wasted == 100
     assert env.ra_used == 60
+
+
+# -- fill: read-ahead of several pages with one call
+
+
+class BatchFetcher:
+    """fetch_all for PageCache.fill: records the keys asked for, can be held on a gate."""
+
+    def __init__(self, results: dict[PageKey, bytes | Exception]) -> None:
+        self.results = results
+        self.gate = trio.Event()
+        self.asked: list[list[PageKey]] = []
+        self.error: Exception | None = None
+        self.short = False
+
+    async def __call__(self, keys: list[PageKey]) -> list[bytes | Exception]:
+        self.asked.append(keys)
+        with trio.fail_after(5):
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        out = [self.results[k] for k in keys]
+        return out[:-1] if self.short else out
+
+
+async def test_fill_fetches_once_and_waiting_readers_share_the_batch() -> None:
+    env = Env(capacity=10_000)
+    batch = BatchFetcher({key(0): b"a" * 100, key(1): b"b" * 100})
+    demand = Fetcher(b"z" * 100)
+    got: list[bytes] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(env.cache.fill, [(key(0), 100), (key(1), 100)], batch)
+        await trio.testing.wait_all_tasks_blocked()
+        assert env.cache.reserved == 200  # in flight counts against the bound
+        n.start_soon(lambda: _append(got, env.get(key(1), demand, served=100)))
+        await trio.testing.wait_all_tasks_blocked()
+        batch.gate.set()
+    assert got == [b"b" * 100] and demand.calls == 0
+    assert batch.asked == [[key(0), key(1)]]
+    assert env.cache.reserved == 0 and env.cache.used == 200
+    assert env.sample("alluxiofuse_readahead_used_bytes_total") == 100
+    await env.cache.fill([(key(0), 100)], batch)  # cached already: not asked again
+    assert len(batch.asked) == 1
+
+
+async def _append(out: list[bytes], call: object) -> None:
+    out.append(await call)  # type: ignore[misc]
+
+
+async def test_fill_failures_reach_waiters_and_are_not_cached() -> None:
+    env = Env(capacity=10_000)
+    batch = BatchFetcher({key(0): b"a" * 100, key(1): ValueError("page 1 broke")})
+    batch.gate.set()
+    await env.cache.fill([(key(0), 100), (key(1), 100)], batch)
+    assert key(0) in env.cache and key(1) not in env.cache
+    # The whole call failing, or answering for fewer pages than asked: an error for every
+    # page, to the filler and to a reader waiting for one of them (never a hang).
+    for breakage in ("raise", "short"):
+        batch = BatchFetcher({key(2): b"c" * 100, key(3): b"d" * 100})
+        batch.error = OSError("store down") if breakage == "raise" else None
+        batch.short = breakage == "short"
+        errors: list[Exception] = []
+
+        async def capture(call: Callable[[], Awaitable[object]], out: list[Exception] = errors,
+                          ) -> None:
+            try:
+                await call()
+            except Exception as e:
+                out.append(e)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(capture, partial(env.cache.fill, [(key(2), 100), (key(3), 100)], batch))
+            await trio.testing.wait_all_tasks_blocked()
+            n.start_soon(capture, partial(env.get, key(3), Fetcher(gate=trio.Event())))
+            await trio.testing.wait_all_tasks_blocked()
+            batch.gate.set()
+        assert len(errors) == 2 and type(errors[0]) is type(errors[1]), breakage
+        assert key(2) not in env.cache and env.cache.reserved == 0
+
+
+async def test_a_cancelled_fill_lets_a_waiter_fetch_the_page_itself() -> None:
+    env = Env(capacity=10_000)
+    batch = BatchFetcher({key(0): b"a" * 100})
+    demand = Fetcher(b"z" * 100)
+    got: list[bytes] = []
+    with trio.fail_after(5):  # a waiter left hanging by the cancelled fill fails here
+        async with trio.open_nursery() as n:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(env.cache.fill, [(key(0), 100)], batch)
+                    await trio.testing.wait_all_tasks_blocked()
+                    n.start_soon(_append, got, env.get(key(0), demand))  # waits for the fill
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert demand.calls == 0
+                    scope.cancel()
+    assert got == [b"z" * 100] and demand.calls == 1
+    assert env.cache.reserved == 0
