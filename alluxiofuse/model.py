@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 NAME_MAX = 255  # bytes in one path component, as on Linux
 
@@ -21,9 +22,12 @@ class Kind(enum.Enum):
     SYMLINK = "symlink"
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
-    """What identifies one content of a file: if any part changes, cached bytes are stale."""
+class Version(NamedTuple):
+    """What identifies one content of a file: if any part changes, cached bytes are stale.
+
+    A tuple, not a dataclass: it is part of every page key, and a tuple hashes and
+    compares in C (a dataclass's generated ``__hash__`` was 23 Python calls per file read).
+    """
 
     size: int
     mtime_ns: int
