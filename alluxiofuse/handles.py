@@ -82,7 +82,6 @@ class Prefetcher:
         if taken:
             self.spawn(self._fill, taken, fetch_all)
         return done
-        self.spawn(self._fill, taken, fetch_all)
 
     async def _fill(
         self, pages: list[tuple[PageKey, int]],
