@@ -25,6 +25,7 @@ from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus
 from alluxiofuse.ops import Operations
 from alluxiofuse.pages import PageKey
+from tests.oscache import evict_from_os_cache
 
 MiB = 1 << 20
 
@@ -80,16 +81,6 @@ class Mounted:
                 return names
             names += [n for n, _ in batch]
             start = batch[-1][1]
-
-
-def evict_from_os_cache(path: Path) -> None:
-    """Drop ``path``'s pages from the kernel's page cache, so reads of it wait for the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 async def make(

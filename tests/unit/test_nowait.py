@@ -11,16 +11,7 @@ import trio
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.backends.ufs import LocalUfs, open_ufs
 from alluxiofuse.errors import NotFound, StaleFile
-
-
-def evict(path: Path) -> None:
-    """Drop ``path``'s pages from the kernel's page cache."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+from tests.oscache import evict_from_os_cache
 
 
 @pytest.fixture
@@ -68,7 +59,7 @@ def test_pread_answers_only_from_the_page_cache(probes: NoWait, tree: Path) -> N
     assert got is not None and got[0] == data[100:1100] and got[1].st_size == len(data)
     got = probes.pread("d/f.bin", len(data) - 10, 1000)  # short only at the end of the file
     assert got is not None and got[0] == data[-10:]
-    evict(path)
+    evict_from_os_cache(path)
     assert probes.pread("d/f.bin", 0, len(data)) is None
 
 
