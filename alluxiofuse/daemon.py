@@ -109,7 +109,8 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
     try:
         root = await check_source(backend)
         async with trio.open_nursery() as nursery:
-            fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon)
+            fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
+                            invalidate_attrs=invalidate_kernel_attrs)
             ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
                 _after_init, config,
             ))
@@ -158,6 +159,14 @@ def mount(ops: Operations, config: MountConfig) -> None:
         pyfuse3.init(ops, config.mountpoint, mount_options(config))
     except RuntimeError as e:
         raise StartupError(f"cannot mount at {config.mountpoint}: {e}") from None
+
+
+def invalidate_kernel_attrs(ino: int) -> None:
+    """Make the kernel fetch ``ino``'s attributes again before it next uses them."""
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=True)
+    except OSError as e:  # ENOENT: the kernel has already forgotten the inode
+        log.debug("invalidating the attributes of inode %d: %s", ino, e.strerror)
 
 
 async def _after_init(config: MountConfig) -> None:

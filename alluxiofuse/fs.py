@@ -75,9 +75,10 @@ class Filesystem:
 
     def __init__(
         self, config: MountConfig, backend: Backend, root: FileStatus, metrics: Metrics,
-        spawn: Spawn,
+        spawn: Spawn, invalidate_attrs: Callable[[int], None] = lambda ino: None,
     ) -> None:
         self.config = config
+        self._invalidate_attrs = invalidate_attrs
         self.backend = backend
         self.inodes = InodeTable(root)
         self.meta = MetadataCache(
@@ -117,12 +118,16 @@ class Filesystem:
         path = join(parent.path, name)
         inode = self._learn(path, await self._stat(path))
         self.inodes.remember(inode)
+        inode.attrs_version = inode.status.version
         return inode
 
     async def getattr(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
         status = await self._stat(inode.path)
-        return self._learn(inode.path, status) if status.kind is inode.status.kind else inode
+        if status.kind is inode.status.kind:
+            inode = self._learn(inode.path, status)
+        inode.attrs_version = inode.status.version
+        return inode
 
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
@@ -161,6 +166,7 @@ class Filesystem:
                 self.inodes.discard_if_unused(inode)
                 break
             self.inodes.remember(inode)
+            inode.attrs_version = inode.status.version
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -178,6 +184,12 @@ class Filesystem:
         if status.kind is not inode.status.kind:
             raise StaleFile(f"{inode.path} was replaced by a {status.kind.value}")
         self._learn(inode.path, status)
+        if inode.attrs_version != status.version:
+            # The kernel reads up to the size it holds: were that the old, larger size, it
+            # would take this version's end for a short read and fill the rest with zeros.
+            # Invalidated, its attributes are fetched again before the first read.
+            self._invalidate_attrs(ino)
+            inode.attrs_version = None
         keep_cache = inode.kernel_version == status.version
         inode.kernel_version = status.version
         handle = FileHandle(

@@ -31,6 +31,8 @@ class Inode:
     lookups: int = 0
     # The file version whose pages the kernel may still hold, for FOPEN_KEEP_CACHE.
     kernel_version: Version | None = None
+    # The file version whose size the kernel's cached attributes hold (None: unknown).
+    attrs_version: Version | None = None
 
 
 def inode_number(path: str, probe: int = 0) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,8 @@ class Mounted:
 
 
 async def make(
-    source: str | Path, nursery: trio.Nursery, **options: Any,
+    source: str | Path, nursery: trio.Nursery, *,
+    invalidate_attrs: Callable[[int], None] = lambda ino: None, **options: Any,
 ) -> Mounted:
     values = {"source": str(source), "mountpoint": "/unused", "page_cache_size": "8MiB",
               "strict": True, **options}
@@ -94,7 +95,8 @@ async def make(
     backend = open_ufs(config.source, config.ufs_options, trio.CapacityLimiter(4),
                        config.io_timeout)
     root = await check_source(backend)
-    fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon)
+    fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
+                    invalidate_attrs=invalidate_attrs)
     return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
 
 
@@ -271,6 +273,28 @@ async def test_sequential_reads_prefetch_and_count_it(
     missed = m.sample("alluxiofuse_page_cache_miss_bytes_total")
     assert used >= 8 * MiB, "most pages of a sequential read should come from read-ahead"
     assert used + missed == 16 * MiB
+
+
+async def test_an_open_that_sees_a_new_version_makes_the_kernel_refresh_its_size(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    # The kernel reads up to the size its cached attributes hold; had it kept the old,
+    # larger size, the new version's end would look like a short read, filled with zeros.
+    invalidated: list[int] = []
+    m = await make(tree, nursery, attr_timeout=0, invalidate_attrs=invalidated.append)
+    ino = (await m.lookup_path("small.txt")).st_ino  # the kernel is told the old size
+    fi = await m.ops.open(ino, os.O_RDONLY, None)
+    await m.ops.release(fi.fh)
+    assert invalidated == []
+    (tree / "small.txt").write_bytes(b"hi\n")
+    fi = await m.ops.open(ino, os.O_RDONLY, None)  # sees the new version first
+    assert invalidated == [ino]
+    assert await m.ops.read(fi.fh, 0, 4096) == b"hi\n"
+    await m.ops.release(fi.fh)
+    assert (await m.ops.getattr(ino, None)).st_size == 3  # what the kernel asks next
+    fi = await m.ops.open(ino, os.O_RDONLY, None)
+    await m.ops.release(fi.fh)
+    assert invalidated == [ino]
 
 
 async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
