@@ -198,7 +198,7 @@ class Filesystem:
             prefetcher=self._prefetcher,
         )
         self._readahead_siblings(inode)
-        if not keep_cache:  # the kernel will ask for the first page right away
+        if not keep_cache and not self.backend.warms:  # the first read follows at once
             handle.start()
         fh = next(self._handle_ids)
         self._files[fh] = handle
@@ -228,7 +228,9 @@ class Filesystem:
         in a row land within a few places of the furthest one yet, the next files' first
         pages are fetched ahead: a window that doubles with the streak, up to
         ``dir_readahead`` files, refilled in one batch whenever the reader gets within half
-        a window of its end (locally one worker-thread job per batch). Shuffled access
+        a window of its end (one worker-thread job per batch). A backend whose data the
+        operating system caches (a local directory) is only asked to warm the files, and
+        the reads are then answered from that cache without a thread. Shuffled access
         almost never builds a streak, so it costs (almost) nothing. Only directories listed
         recently take part: nothing here asks the backend for metadata. Pages are keyed by
         the inode number each file has, or will get when the kernel looks it up.
@@ -258,6 +260,11 @@ class Filesystem:
             length = min(self.config.page_size, status.size)
             key = PageKey(self.inodes.number_for(child), status.version, 0)
             reads[key] = (child, 0, length, status.version)
+        if self.backend.warms:  # the kernel caches the files; reads then take them inline
+            state.fetched_to = start + len(entries)
+            if reads:
+                self._prefetcher.spawn(self.backend.warm, list(reads.values()))
+            return
         taken = self._prefetcher.prefetch_many(
             [(key, read[2]) for key, read in reads.items()],
             lambda keys: self.backend.read_many([reads[key] for key in keys]),

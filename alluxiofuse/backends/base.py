@@ -17,6 +17,10 @@ class Backend(Protocol):
     """
 
     description: str
+    # True when the operating system caches this backend's data, so that hinting what
+    # will be read (``warm``) is all read-ahead has to do: the reads themselves are then
+    # answered from that cache by ``read_nowait``.
+    warms: bool
 
     async def stat(self, path: str) -> FileStatus:
         """The status of ``path`` (``NotFound`` if there is none)."""
@@ -41,6 +45,11 @@ class Backend(Protocol):
     def read_nowait(self, path: str, offset: int, length: int, version: Version) -> bytes | None:
         """``read(path, offset, length, version)`` if it can be answered without waiting
         for I/O, else None. Runs on the event loop."""
+        ...
+
+    async def warm(self, reads: Sequence[tuple[str, int, int, Version]]) -> None:
+        """Ask for these ranges to be brought into the operating system's cache soon
+        (only where ``warms``); never raises for a range it cannot warm."""
         ...
 
     async def read_many(

@@ -93,3 +93,22 @@ async def test_local_backend_keeps_serving_the_directory_it_opened(tree: Path) -
     assert [e.name for e in await backend.list("")] == ["f.bin"]
     assert (await backend.stat("f.bin")).size == 256 * 64
     await backend.aclose()
+
+
+async def test_warm_brings_files_into_the_kernel_cache_and_ignores_missing_ones(
+    tree: Path,
+) -> None:
+    backend = open_ufs(str(tree), {}, trio.CapacityLimiter(1), 5.0)
+    assert backend.warms
+    status = await backend.stat("d/f.bin")
+    evict_from_os_cache(tree / "d" / "f.bin")
+    assert backend.read_nowait("d/f.bin", 0, status.size, status.version) is None
+    await backend.warm([("d/f.bin", 0, status.size, status.version),
+                        ("gone", 0, 10, status.version)])
+    with trio.fail_after(5):  # WILLNEED starts the reads; they finish in the background
+        data = None
+        while data is None:  # nothing to wait on: poll the kernel's cache
+            await trio.sleep(0.01)
+            data = backend.read_nowait("d/f.bin", 0, status.size, status.version)
+    assert data == (tree / "d" / "f.bin").read_bytes()
+    await backend.aclose()
