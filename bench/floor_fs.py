@@ -7,7 +7,10 @@ is what the kernel, libfuse, pyfuse3 and trio cost; alluxiofuse cannot be faster
 this on small files or a walk. (Its reads are zeros, so the benchmark runs only the
 workloads that check byte counts, not content, against it.)
 
-    python bench/floor_fs.py SOURCE MOUNTPOINT
+With ``--read`` it serves the files' real bytes instead, read on the event loop with a
+blocking ``pread`` (as fsspec.fuse does): the floor of a pyfuse3 daemon that really reads.
+
+    python bench/floor_fs.py SOURCE MOUNTPOINT [--read]
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ TIMEOUT = 1.0  # entry and attribute timeouts, as alluxiofuse's defaults
 
 
 class Floor(pyfuse3.Operations):
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, *, read: bool = False) -> None:
         super().__init__()
+        self.read_files = read
         self.attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self.children: dict[int, dict[bytes, int]] = {}
+        self.paths: dict[int, str] = {}
         self._add(pyfuse3.ROOT_INODE, os.lstat(source))
         inos = {source: pyfuse3.ROOT_INODE}
         for dirpath, dirs, files in os.walk(source):
@@ -38,6 +43,7 @@ class Floor(pyfuse3.Operations):
                 ino = len(self.attrs) + 1
                 self._add(ino, os.lstat(path))
                 self.children[parent][os.fsencode(name)] = ino
+                self.paths[ino] = path
                 inos[path] = ino
 
     def _add(self, ino: int, st: os.stat_result) -> None:
@@ -72,12 +78,19 @@ class Floor(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return bytes(max(0, min(size, self.attrs[fh].st_size - off)))
+        if not self.read_files:
+            return bytes(max(0, min(size, self.attrs[fh].st_size - off)))
+        fd = os.open(self.paths[fh], os.O_RDONLY)
+        try:
+            return os.pread(fd, size, off)
+        finally:
+            os.close(fd)
 
 
 def main() -> None:
     source, mountpoint = sys.argv[1:3]
-    pyfuse3.init(Floor(source), mountpoint, {"ro", "default_permissions", "fsname=floor"})
+    ops = Floor(source, read="--read" in sys.argv[3:])
+    pyfuse3.init(ops, mountpoint, {"ro", "default_permissions", "fsname=floor"})
     try:
         trio.run(pyfuse3.main, 4, 128)  # alluxiofuse's min and max FUSE tasks
     finally:

@@ -12,6 +12,8 @@ Targets, all over one local source directory (generated once and cached under
   floor        bench/floor_fs.py: a do-nothing pyfuse3 + trio daemon serving the tree's
                names and sizes from memory and zeros as data; the fastest any pyfuse3
                daemon can be (small_4t and walk only: its bytes are not the files')
+  floor.read   the same, serving the files' real bytes with a blocking pread on the
+               event loop: the fastest a pyfuse3 daemon that really reads can be
 Workloads (each --repeat times, median reported; every one starts on a fresh mount; the
 order of the targets rotates from one repetition to the next):
   seq_cold  sequential 1 MiB reads of big.bin after dropping kernel caches (MiB/s)
@@ -67,9 +69,11 @@ MOUNT_TIMEOUT = 60.0
 SEED = 20240611
 N_DIRS = 100
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("direct", "alluxiofuse", "fsspec.fuse", "floor")
+TARGETS = ("direct", "alluxiofuse", "fsspec.fuse", "floor", "floor.read")
 ALIASES = {"direct": "direct", "alluxiofuse": "alluxiofuse", "alluxio": "alluxiofuse",
-           "fsspec": "fsspec.fuse", "fsspec.fuse": "fsspec.fuse", "floor": "floor"}
+           "fsspec": "fsspec.fuse", "fsspec.fuse": "fsspec.fuse", "floor": "floor",
+           "floor.read": "floor.read"}
+FLOORS = ("floor", "floor.read")  # small_4t and walk only
 # workload -> (unit, required ratio alluxiofuse / fsspec.fuse)
 WORKLOADS = {"seq_cold": ("MiB/s", 1.5), "seq_warm": ("MiB/s", 2.0),
              "small_4t": ("files/s", 1.5), "walk": ("entries/s", 2.0)}
@@ -231,8 +235,9 @@ def mounted(target: str, src: Path, extra: str) -> Iterator[Mount]:
     mnt = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"bench-{target}-mnt-")))
     fd, errname = tempfile.mkstemp(prefix=f"bench-{target}-", suffix=".log")
     cmd = [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
-    if target == "floor":
+    if target in FLOORS:
         cmd = [sys.executable, str(REPO_ROOT / "bench" / "floor_fs.py"), str(src), str(mnt)]
+        cmd += ["--read"] if target == "floor.read" else []
     if target == "alluxiofuse":
         cmd = [sys.executable, "-m", "alluxiofuse", "mount", str(src), str(mnt), "-f",
                "--page-cache-size", f"{PAGE_CACHE_MIB}MiB", "--log-level", "warning",
@@ -331,7 +336,7 @@ def run_target(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res
         unit = WORKLOADS[work][0]
         log(f"  [{rep + 1}/{args.repeat}] {target:<12} {work:<9} {value:>12,.1f} {unit}")
 
-    if target != "floor":
+    if target not in FLOORS:
         read_big(target, ds, args, rep, res, measure)
     with mounted(target, ds.root, args.alluxiofuse_args) as m:
         paths = [str(m.root / rel) for rel, _ in ds.small]
@@ -393,19 +398,19 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
         vals = res.samples.get((work, target))
         return statistics.median(vals) if vals else None
 
-    rows = [["workload", "direct", "alluxiofuse", "fsspec.fuse", "floor", "allux/fsspec",
-             "floor/fsspec", "allux/direct", "target", "met"]]
+    rows = [["workload", "direct", "alluxiofuse", "fsspec.fuse", "floor", "floor.read",
+             "allux/fsspec", "floor/fsspec", "floor.read/fsspec", "target", "met"]]
     for work, (unit, need) in WORKLOADS.items():
-        d, a, f, z = (med(work, t) for t in TARGETS)
-        r_f, r_d = (a / f if a and f else None), (a / d if a and d else None)
-        r_z = z / f if z and f else None
+        d, a, f, z, zr = (med(work, t) for t in TARGETS)
+        r_f = a / f if a and f else None
+        r_z, r_zr = (z / f if z and f else None), (zr / f if zr and f else None)
         met = "n/a" if r_f is None else "yes" if r_f >= need else "no"
-        rows.append([f"{work} ({unit})", fmt(d), fmt(a), fmt(f), fmt(z), ratio(r_f), ratio(r_z),
-                     ratio(r_d), f">= {need}x fsspec.fuse", met])
+        rows.append([f"{work} ({unit})", fmt(d), fmt(a), fmt(f), fmt(z), fmt(zr), ratio(r_f),
+                     ratio(r_z), ratio(r_zr), f">= {need}x fsspec.fuse", met])
     peak = {t: max(v) for t, v in res.rss.items()}
     limit, a_rss = PAGE_CACHE_MIB + RSS_SLACK_MIB, peak.get("alluxiofuse")
     rows.append(["peak RSS (MiB)", "-", fmt(a_rss), fmt(peak.get("fsspec.fuse")), "-", "-", "-",
-                 "-",
+                 "-", "-",
                  f"<= {limit} (cache {PAGE_CACHE_MIB} + {RSS_SLACK_MIB})",
                  "n/a" if a_rss is None else "yes" if a_rss <= limit else "no"])
     print()
@@ -415,7 +420,7 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
     else:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
-            print("  ".join(c.ljust(w) if i in (0, 8) else c.rjust(w)
+            print("  ".join(c.ljust(w) if i in (0, 9) else c.rjust(w)
                             for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     print()
     if a_rss is not None:
@@ -435,8 +440,9 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=Path("/var/tmp/alluxiofuse-bench/data"))
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="256 MiB big file, 2,000 small files")
-    p.add_argument("--only", default="direct,alluxiofuse,fsspec.fuse,floor",
-                   help="comma-separated targets: direct, alluxiofuse, fsspec(.fuse), floor")
+    p.add_argument("--only", default="direct,alluxiofuse,fsspec.fuse,floor,floor.read",
+                   help="comma-separated targets: direct, alluxiofuse, fsspec(.fuse), floor, "
+                        "floor.read")
     p.add_argument("--alluxiofuse-args", default="", help="extra daemon arguments (one string)")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
