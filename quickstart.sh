@@ -8,10 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev)
+TEST_APT_PACKAGES=(etcd-server)  # tests start their own etcd on loopback ports
 
 install_system_packages() {
     local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "${APT_PACKAGES[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     if ((${#missing[@]})); then
@@ -57,6 +58,6 @@ command=${1:-demo}
 shift || true
 case "$command" in
     demo) install_system_packages; install_python_packages; demo "$@" ;;
-    test) install_system_packages; install_python_packages; run_tests "$@" ;;
+    test) install_system_packages "${TEST_APT_PACKAGES[@]}"; install_python_packages; run_tests "$@" ;;
     *) echo "usage: $0 demo [MOUNTPOINT] | test [PYTEST ARGS]" >&2; exit 2 ;;
 esac
