@@ -67,12 +67,27 @@ def b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
-def register(client: str, key: str, value: str, ttl: int = 60) -> int:
+def register(client: str, key: str, value: str, ttl: int = 60, token: str = "") -> int:
     """Put ``key`` under a fresh lease, as a worker registers itself; the lease id."""
-    lease = int(httpx.post(f"{client}/v3/lease/grant", json={"TTL": ttl}).json()["ID"])
-    httpx.post(f"{client}/v3/kv/put",
+    headers = {"Authorization": token} if token else {}
+    lease = int(httpx.post(f"{client}/v3/lease/grant", json={"TTL": ttl},
+                           headers=headers).json()["ID"])
+    httpx.post(f"{client}/v3/kv/put", headers=headers,
                json={"key": b64(key), "value": b64(value), "lease": lease}).raise_for_status()
     return lease
+
+
+def enable_auth(client: str, password: str) -> str:
+    """Turn on etcd authentication with user ``root``; a token for that user."""
+    for path, body in (("user/add", {"name": "root", "password": password}),
+                       ("role/add", {"name": "root"}),
+                       ("user/grant", {"user": "root", "role": "root"}),
+                       ("enable", {})):
+        httpx.post(f"{client}/v3/auth/{path}", json=body).raise_for_status()
+    reply = httpx.post(f"{client}/v3/auth/authenticate",
+                       json={"name": "root", "password": password})
+    reply.raise_for_status()
+    return str(reply.json()["token"])
 
 
 def revoke(client: str, lease: int) -> None:

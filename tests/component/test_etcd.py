@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from alluxiofuse.backends.etcd import EtcdMembership
-from alluxiofuse.errors import BackendError
+from alluxiofuse.errors import BackendError, ProtocolError
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, WorkerIdentity
-from tests.etcdserver import etcd_server, register, revoke
+from tests.etcdserver import enable_auth, etcd_server, register, revoke
 
 PREFIX = "/ServiceDiscovery/DefaultAlluxioCluster/"
 
@@ -74,3 +74,22 @@ async def test_no_reachable_endpoint_is_a_backend_error() -> None:
             await membership.workers()
     finally:
         await membership.aclose()
+
+
+async def test_user_and_password_are_used_when_etcd_wants_them(etcd: str) -> None:
+    token = enable_auth(etcd, "s3cret")
+    register(etcd, f"{PREFIX}worker-a", registration("10.0.0.1"), token=token)
+    anonymous = EtcdMembership([etcd])
+    good = EtcdMembership([etcd], username="root", password="s3cret")
+    bad = EtcdMembership([etcd], username="root", password="wrong")
+    try:
+        with pytest.raises(ProtocolError):  # etcd refuses reads without a token
+            await anonymous.workers()
+        assert list((await good.workers()).values()) == [WorkerAddress("10.0.0.1")]
+        good._token = "stale-token"  # an expired token is replaced once, transparently
+        assert list((await good.workers()).values()) == [WorkerAddress("10.0.0.1")]
+        with pytest.raises(ProtocolError, match="refused user 'root'"):
+            await bad.workers()
+    finally:
+        for m in (anonymous, good, bad):
+            await m.aclose()
