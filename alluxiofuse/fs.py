@@ -161,7 +161,13 @@ class Filesystem:
         handle = self._dir(fh)
         for index in range(start, len(handle.entries)):
             status = handle.entries[index]
-            inode = self._learn(join(handle.path, status.name), status)
+            path = join(handle.path, status.name)
+            known = self.inodes.by_path(path)
+            if known is not None and known.status != status:
+                # Learned since the snapshot: never step back to the snapshot's older
+                # version (open handles of the newer one would turn stale).
+                status = self.meta.status(path) or status
+            inode = self._learn(path, status)
             if not reply(status, inode, index + 1):
                 self.inodes.discard_if_unused(inode)
                 break

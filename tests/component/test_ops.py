@@ -297,6 +297,23 @@ async def test_an_open_that_sees_a_new_version_makes_the_kernel_refresh_its_size
     assert invalidated == [ino]
 
 
+async def test_a_directory_snapshot_never_turns_a_newer_open_file_stale(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, attr_timeout=0.2, dir_timeout=60)
+    dir_ino = (await m.lookup_path("dir")).st_ino
+    fh = await m.ops.opendir(dir_ino, None)  # the snapshot holds the current version
+    (tree / "dir" / "three-pages.bin").write_bytes(b"new content")
+    await trio.sleep(0.3)  # past --attr-timeout: the next lookup sees the new version
+    attrs = await m.ops.lookup(dir_ino, b"three-pages.bin")
+    assert attrs.st_size == len(b"new content")
+    fi = await m.ops.open(attrs.st_ino, os.O_RDONLY, None)
+    assert m.listing(fh) == ["sub", "three-pages.bin"]  # readdirplus from the old snapshot
+    assert await m.ops.read(fi.fh, 0, 4096) == b"new content"
+    await m.ops.release(fi.fh)
+    await m.ops.releasedir(fh)
+
+
 async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
     tree: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
