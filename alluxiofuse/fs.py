@@ -33,7 +33,7 @@ from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn
 from alluxiofuse.inodes import Inode, InodeTable
 from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, Version, valid_name
+from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, valid_name
 from alluxiofuse.pages import PageCache, PageKey
 
 log = logging.getLogger(__name__)
@@ -256,30 +256,28 @@ class Filesystem:
             return  # enough is on its way
         start = max(state.fetched_to, state.furthest)  # from the newest open on
         entries = listing.entries[start:start + window]
-        reads: dict[PageKey, tuple[str, int, int, Version]] = {}
-        for status in entries:
+        files = []  # (listing position, path, status) of the files worth fetching
+        for position, status in enumerate(entries, start):
             child = join(parent, status.name)
             known = self.inodes.by_path(child)
-            if (status.kind is not Kind.FILE or not status.size
-                    or (known is not None and known.status.version != status.version)):
-                continue
-            length = min(self.config.page_size, status.size)
-            key = PageKey(self.inodes.number_for(child), status.version, 0)
-            reads[key] = (child, 0, length, status.version)
+            if (status.kind is Kind.FILE and status.size
+                    and (known is None or known.status.version == status.version)):
+                files.append((position, child, status))
+        reads = [(child, 0, min(self.config.page_size, s.size), s.version)
+                 for _, child, s in files]
         if self.backend.warms:  # the kernel caches the files; reads then take them inline
             state.fetched_to = start + len(entries)
             if reads:
-                self._prefetcher.spawn(self.backend.warm, list(reads.values()))
+                self._prefetcher.spawn(self.backend.warm, reads)
             return
+        keys = [PageKey(self.inodes.number_for(child), s.version, 0) for _, child, s in files]
+        read_of = dict(zip(keys, reads, strict=True))
         taken = self._prefetcher.prefetch_many(
-            [(key, read[2]) for key, read in reads.items()],
-            lambda keys: self.backend.read_many([reads[key] for key in keys]),
+            [(key, read[2]) for key, read in zip(keys, reads, strict=True)],
+            lambda wanted: self.backend.read_many([read_of[key] for key in wanted]),
         )
-        if taken == len(reads):
-            state.fetched_to = start + len(entries)
-        else:  # the budget ran out: the next open tries again from the first page not taken
-            first_left = next(itertools.islice(reads.values(), taken, None))[0]
-            state.fetched_to = listing.position[parent_and_name(first_left)[1]]
+        # Had the budget run out, the next open tries again from the first file not taken.
+        state.fetched_to = start + len(entries) if taken == len(files) else files[taken][0]
 
     async def _stat(self, path: str) -> FileStatus:
         """Fresh-enough status of ``path``: from the metadata cache, else the backend (what

@@ -476,6 +476,17 @@ async def test_files_read_in_order_are_fetched_ahead(
     assert m.sample("alluxiofuse_readahead_wasted_bytes_total") == 0
 
 
+async def test_a_batch_the_prefetch_budget_cuts_short_is_resumed(
+    many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
+) -> None:
+    # A 4 KiB budget takes three of these ~1 KB files per batch; the rest must still come.
+    m = await make_dir_source(f"flaky://{tree}", nursery, tmp_path, dir_readahead=16,
+                              page_size="4KiB", prefetch_budget="4KiB")
+    contents, ahead = await read_files_in(m, sorted(many_small))
+    assert contents == many_small
+    assert ahead >= len(many_small) - 3
+
+
 async def test_shuffled_reads_fetch_nothing_ahead(
     dir_source: str, many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path,
 ) -> None:
