@@ -7,6 +7,7 @@ is global, except what pyfuse3 itself keeps (one mount per process).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import logging.handlers
@@ -86,12 +87,10 @@ def reuse_freed_pages() -> None:
     other I/O), and peak RSS stays at 303-314 MiB. No measurable change for small files
     (bench/RESULTS.md). A no-op where libc has no mallopt.
     """
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no libc, or one without mallopt
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_ARENA_MAX, 1)
         libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass
 
 
 def _single(exc: Exception) -> Exception:

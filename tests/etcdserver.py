@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -44,11 +45,9 @@ def etcd_server(data_dir: Path) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
+            with contextlib.suppress(httpx.HTTPError, ValueError):  # not up yet
                 if httpx.get(f"{client}/health", timeout=1).json().get("health") == "true":
                     break
-            except (httpx.HTTPError, ValueError):
-                pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"etcd did not start: {(data_dir.parent / 'etcd.log').read_text()}")
             time.sleep(0.1)

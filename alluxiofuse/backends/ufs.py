@@ -240,9 +240,8 @@ class LocalUfs(UfsBackend):
             except OSError:
                 continue
             try:
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
+                with contextlib.suppress(OSError):  # only a hint
+                    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
             finally:
                 os.close(fd)
 

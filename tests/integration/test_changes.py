@@ -43,6 +43,16 @@ def _rewrite_in_place(path: Path, data: bytes) -> None:
     assert path.stat().st_mtime_ns != before
 
 
+def _source_with_two_versions(tmp_path: Path, seed: int) -> tuple[Path, bytes, bytes]:
+    """A source whose file ``f`` holds the first of two random 8 MiB versions."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(seed)
+    old, new = rng.randbytes(8 * MiB), rng.randbytes(8 * MiB)
+    (src / "f").write_bytes(old)
+    return src, old, new
+
+
 def _mount(mount: MountFactory, src: Path, scheme: str = "") -> Mount:
     return mount(f"{scheme}{src}", *TIMEOUTS, "--page-size", "1MiB")
 
@@ -84,13 +94,8 @@ def test_rewritten_file_is_served_new_after_timeout(mount: MountFactory, tmp_pat
 def test_open_file_never_mixes_versions(
     mount: MountFactory, tmp_path: Path, scheme: str, wait: bool,
 ) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
     # 8 pages: more than the read-ahead that follows the first page can cover.
-    rng = random.Random(5)
-    old = rng.randbytes(8 * MiB)
-    new = rng.randbytes(8 * MiB)
-    (src / "f").write_bytes(old)
+    src, old, new = _source_with_two_versions(tmp_path, seed=5)
     m = _mount(mount, src, scheme)
 
     f = open(m.path / "f", "rb", buffering=0)  # noqa: SIM115 (kept open across the change)
@@ -204,12 +209,7 @@ def test_open_file_whose_source_is_deleted_or_replaced(
     """Deleted or atomically replaced (write + rename) under an open file: old bytes or
     ESTALE, the errno of "the file changed under an open handle"; never new bytes, never
     an errno read(2) does not document."""
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = random.Random(9)
-    old = rng.randbytes(8 * MiB)
-    new = rng.randbytes(8 * MiB)
-    (src / "f").write_bytes(old)
+    src, old, new = _source_with_two_versions(tmp_path, seed=9)
     m = _mount(mount, src)
     with open(m.path / "f", "rb", buffering=0) as f:
         assert with_timeout(lambda: f.read(MiB), 10) == old[:MiB]

@@ -79,7 +79,7 @@ class FakeBackend:
         return FsStats()
 
     async def aclose(self) -> None:
-        pass
+        """Nothing to release."""
 
     def read_offsets(self) -> builtins.list[int]:
         return [offset for offset, _ in self.reads]

@@ -397,7 +397,7 @@ class SlowFs:
         self.error: OSError | None = None
 
     def invalidate_cache(self, path: str | None = None) -> None:
-        pass
+        """This fake keeps no cache."""
 
     def info(self, path: str) -> dict[str, Any]:
         if self.error is not None:
