@@ -27,9 +27,11 @@ from alluxiofuse.config import (
     MountConfig,
     build_config,
     load_config_file,
+    parse_key_value,
     parse_ufs_option,
 )
 from alluxiofuse.errors import ConfigError
+from alluxiofuse.membership import parse_etcd_endpoints, parse_static_workers
 
 # (option, metavar, help); every option is also a config-file key with '_' for '-'.
 _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -58,6 +60,28 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
     ("log-file", "PATH", "log here (default: stderr in the foreground, syslog in the background)"),
 )
+# Alluxio 3.x cluster options, shared by mount, locate and load.
+_CLUSTER_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("workers", "HOST[:PORT],...", "read through these Alluxio 3.x workers (HTTP port "
+     "default 28080)"),
+    ("etcd", "HOST[:PORT],...", "read through the Alluxio 3.x workers registered in this etcd "
+     "(port default 2379)"),
+    ("load-balance-domain", "NAME", "read through the Alluxio 3.x workers this DNS name "
+     "resolves to (re-resolved with each membership refresh)"),
+    ("cluster-name", "NAME", "the cluster's name in etcd (default DefaultAlluxioCluster)"),
+    ("etcd-username", "USER", "etcd user name"),
+    ("etcd-password", "PASSWORD", "etcd password (visible in ps: prefer the config file)"),
+    ("worker-api", "API", "oss (default) or enterprise: read-through with ufsFullPath and "
+     "/v1/node owner lookups"),
+    ("worker-http-port", "PORT", "the workers' HTTP port where not given (default 28080)"),
+    ("worker-page-size", "SIZE", "the workers' page size, alluxio.worker.page.store.page.size "
+     "(default 1MiB)"),
+    ("worker-timeout", "SECONDS", "deadline of one worker call, retries included (default 5)"),
+    ("worker-retries", "N", "retries of an idempotent worker call refused or answered 429/503 "
+     "(default 2)"),
+    ("worker-cooloff", "SECONDS", "how long a failing worker is set aside (default 30)"),
+    ("membership-refresh", "SECONDS", "how often the worker list is read again (default 30)"),
+)
 _FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
     ("allow-other", "let other users access the mount (as root, or with user_allow_other)"),
     ("strict", "crash on unexpected exceptions instead of answering EIO (for tests)"),
@@ -78,13 +102,27 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     m.add_argument("-f", "--foreground", action="store_true", default=None,
                    help="stay in the foreground (default: return once mounted)")
-    m.add_argument("--config", metavar="FILE", help="TOML file of options and [ufs_options]")
-    m.add_argument("--ufs-option", metavar="KEY=VALUE", action="append", default=[],
-                   help="an under-storage option (repeatable); values are JSON or strings")
     for name, metavar, help_text in _VALUE_OPTIONS:
         m.add_argument(f"--{name}", metavar=metavar, help=help_text)
     for name, help_text in _FLAG_OPTIONS:
         m.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
+    _add_cluster_options(m)
+
+    loc = sub.add_parser("locate", help="print each PATH's owning worker and preference list "
+                         "(JSON)")
+    loc.add_argument("paths", metavar="PATH", nargs="+",
+                     help="a UFS URI, a local path, or a path inside an alluxiofuse mount")
+    loc.add_argument("--count", type=int, default=3, metavar="N",
+                     help="workers in each preference list (default 3)")
+    _add_cluster_options(loc)
+
+    ld = sub.add_parser("load", help="load PATH into the cluster's cache, showing progress; "
+                        "Ctrl-C stops the job")
+    ld.add_argument("path", metavar="PATH",
+                    help="a UFS URI, a local path, or a path inside an alluxiofuse mount")
+    ld.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
+                    help="how often progress is asked for (default 1)")
+    _add_cluster_options(ld)
 
     u = sub.add_parser("umount", help="unmount MOUNTPOINT")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
@@ -93,11 +131,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file of options, [ufs_options] and [alluxio_properties]")
+    p.add_argument("--ufs-option", metavar="KEY=VALUE", action="append", default=[],
+                   help="an under-storage option (repeatable); values are JSON or strings")
+    p.add_argument("--alluxio-property", metavar="KEY=VALUE", action="append", default=[],
+                   help="an Alluxio property (repeatable), e.g. alluxio.user.worker.selection."
+                   "policy.consistent.hash.virtual.node.count.per.worker=2000")
+    for name, metavar, help_text in _CLUSTER_OPTIONS:
+        p.add_argument(f"--{name}", metavar=metavar, help=help_text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "mount":
             return cmd_mount(args)
+        if args.command in ("locate", "load"):
+            return cmd_cluster(args)
         return cmd_umount(args.mountpoint, lazy=args.lazy)
     except ConfigError as e:
         print(f"alluxiofuse: {e}", file=sys.stderr)
@@ -111,9 +163,36 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
-    values["mountpoint"] = os.path.abspath(args.mountpoint)
+    mount = args.command == "mount"
+    if mount:
+        values["mountpoint"] = os.path.abspath(args.mountpoint)
+        if "://" not in values.get("source", "://"):  # a local source, named the same way
+            values["source"] = os.path.abspath(values["source"])  # wherever it is used
     ufs = dict(parse_ufs_option(item) for item in args.ufs_option)
-    return build_config(values, ufs)
+    properties = dict(parse_key_value(item, "--alluxio-property")
+                      for item in args.alluxio_property)
+    config = build_config(values, ufs, properties, mount=mount)
+    if config.cluster:  # a bad worker list is a usage error, said before anything starts
+        if config.workers:
+            parse_static_workers(config.workers, config.worker_http_port)
+        if config.etcd:
+            parse_etcd_endpoints(config.etcd)
+    return config
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if not config.cluster:
+        raise ConfigError("name the workers: --workers, --etcd or --load-balance-domain")
+    from alluxiofuse import operator
+
+    if args.command == "locate":
+        if args.count < 1:
+            raise ConfigError("--count must be at least 1")
+        return operator.locate(config, args.paths, args.count)
+    if not args.poll > 0:
+        raise ConfigError("--poll must be positive")
+    return operator.load(config, args.path, args.poll)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

@@ -6,6 +6,11 @@ command line wins over the file. Under-storage options (credentials, endpoints) 
 file's ``[ufs_options]`` table or in repeatable ``--ufs-option key=value``, so that secrets
 need not appear in ``ps``.
 
+Alluxio 3.x cluster reads are turned on by naming the workers (``--workers``, ``--etcd``
+or ``--load-balance-domain``). Alluxio properties (``--alluxio-property key=value`` or the
+file's ``[alluxio_properties]`` table) set the matching options, under the names an
+Alluxio deployment already uses; an explicit option wins over a property.
+
 Sizes take binary units (``1MiB``, ``1M`` and ``1MB`` are all 1,048,576 bytes, as in
 Alluxio's own properties); durations take seconds or a unit (``500ms``, ``2s``, ``1m``).
 """
@@ -67,10 +72,30 @@ class MountConfig:
     gid: int | None = None
     file_mode: int | None = None
     dir_mode: int | None = None
+    # Alluxio 3.x cluster: off unless one of workers / etcd / load_balance_domain is set.
+    workers: str | None = None  # host[:port],...
+    etcd: str | None = None  # host[:port],... or http://host:port,...
+    load_balance_domain: str | None = None
+    cluster_name: str = "DefaultAlluxioCluster"
+    etcd_username: str | None = None
+    etcd_password: str | None = None
+    worker_api: str = "oss"  # or "enterprise": read-through with ufsFullPath, /v1/node
+    worker_http_port: int = 28080
+    worker_page_size: int = 1 * MiB
+    worker_timeout: float = 5.0
+    worker_retries: int = 2
+    worker_cooloff: float = 30.0
+    membership_refresh: float = 30.0
+    virtual_nodes: int = 2000
     # Process.
     log_level: str = "info"
     log_file: str | None = None
     strict: bool = False
+
+    @property
+    def cluster(self) -> bool:
+        """Whether reads go through Alluxio workers."""
+        return bool(self.workers or self.etcd or self.load_balance_domain)
 
     @property
     def logging_level(self) -> int:
@@ -141,6 +166,27 @@ def _parse_count(value: Any) -> int:
     return count
 
 
+def _parse_port(value: Any) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f"not a port number: {value!r}")
+    return port
+
+
+def _parse_positive(value: Any) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError(f"must be at least 1: {value!r}")
+    return count
+
+
+def _parse_worker_api(value: Any) -> str:
+    api = str(value).lower()
+    if api not in ("oss", "enterprise"):
+        raise ValueError(f"not a worker API: {value!r} (oss or enterprise)")
+    return api
+
+
 def _parse_level(value: Any) -> str:
     level = str(value).lower()
     if level not in LOG_LEVELS:
@@ -170,11 +216,64 @@ _PARSERS: dict[str, Any] = {
     "gid": _parse_id,
     "file_mode": parse_mode,
     "dir_mode": parse_mode,
+    "workers": str,
+    "etcd": str,
+    "load_balance_domain": str,
+    "cluster_name": str,
+    "etcd_username": str,
+    "etcd_password": str,
+    "worker_api": _parse_worker_api,
+    "worker_http_port": _parse_port,
+    "worker_page_size": parse_size,
+    "worker_timeout": parse_duration,
+    "worker_retries": _parse_count,
+    "worker_cooloff": parse_duration,
+    "membership_refresh": parse_duration,
+    "virtual_nodes": _parse_positive,
     "log_level": _parse_level,
     "log_file": str,
     "strict": _parse_bool,
 }
 OPTION_NAMES = frozenset(_PARSERS)
+
+# Alluxio property names and the option each sets. Both names of the ring's virtual-node
+# count are accepted: Alluxio's documented key (default 2000) and the OSS clients' key.
+ALLUXIO_PROPERTIES: dict[str, str] = {
+    "alluxio.user.worker.selection.policy.consistent.hash.virtual.node.count.per.worker":
+        "virtual_nodes",
+    "alluxio.user.consistent.hash.virtual.node.count.per.worker": "virtual_nodes",
+    "alluxio.worker.page.store.page.size": "worker_page_size",
+    "alluxio.worker.http.server.port": "worker_http_port",
+    "alluxio.cluster.name": "cluster_name",
+    "alluxio.etcd.endpoints": "etcd",
+    "alluxio.etcd.username": "etcd_username",
+    "alluxio.etcd.password": "etcd_password",
+    "alluxio.user.worker.list.refresh.interval": "membership_refresh",
+}
+
+
+def parse_key_value(item: str, what: str) -> tuple[str, str]:
+    """``"key=value"`` → (key, value)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{what} needs key=value, got {item!r}")
+    return key.strip(), value.strip()
+
+
+def _from_properties(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """Option values set by Alluxio properties; ConfigError for a property not understood
+    (a misspelt ring property would silently place files on other workers)."""
+    values: dict[str, Any] = {}
+    for key, value in properties.items():
+        name = ALLUXIO_PROPERTIES.get(key)
+        if name is None:
+            raise ConfigError(f"unknown Alluxio property {key!r}; understood: "
+                              f"{', '.join(sorted(ALLUXIO_PROPERTIES))}")
+        if name in values and values[name] != value:
+            raise ConfigError(f"Alluxio properties set {name} twice, to {values[name]!r} "
+                              f"and {value!r}")
+        values[name] = value
+    return values
 
 
 def parse_ufs_option(item: str) -> tuple[str, Any]:
@@ -203,9 +302,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name == "ufs_options":
+        if name in ("ufs_options", "alluxio_properties"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{path}: [ufs_options] must be a table")
+                raise ConfigError(f"{path}: [{name}] must be a table")
             values[name] = dict(value)
         elif name in values:
             raise ConfigError(f"{path}: option {name!r} is given twice")
@@ -246,16 +345,23 @@ def default_page_cache_size(limit: int) -> int:
 
 def build_config(
     values: Mapping[str, Any], ufs_options: Mapping[str, Any] | None = None,
+    alluxio_properties: Mapping[str, Any] | None = None, *, mount: bool = True,
 ) -> MountConfig:
     """Parse and validate raw option values into a :class:`MountConfig`.
 
     ``values`` maps option names to raw values (strings from the command line, typed
-    values from TOML); ``ufs_options`` are merged over any ``ufs_options`` in ``values``.
-    Raises :class:`ConfigError` with a one-line message naming the bad option.
+    values from TOML); ``ufs_options`` and ``alluxio_properties`` are merged over any of
+    the same name in ``values``. Raises :class:`ConfigError` with a one-line message
+    naming the bad option. With ``mount=False`` (commands that only talk to a cluster)
+    SOURCE and MOUNTPOINT may be missing.
     """
+    properties = {**dict(values.get("alluxio_properties") or {}),
+                  **dict(alluxio_properties or {})}
+    values = {**_from_properties(properties),
+              **{k: v for k, v in values.items() if v is not None}}
     parsed: dict[str, Any] = {}
     for name, raw in values.items():
-        if raw is None or name == "ufs_options":
+        if raw is None or name in ("ufs_options", "alluxio_properties"):
             continue
         if name not in _PARSERS:
             raise ConfigError(f"unknown option {name!r}")
@@ -264,8 +370,9 @@ def build_config(
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--{name.replace('_', '-')}: {e}") from None
     for name in ("source", "mountpoint"):
-        if not parsed.get(name):
+        if mount and not parsed.get(name):
             raise ConfigError(f"missing {name.upper()}")
+        parsed.setdefault(name, "")
     merged_ufs = {**dict(values.get("ufs_options") or {}), **dict(ufs_options or {})}
     config = MountConfig(**parsed, ufs_options=merged_ufs)
     return _with_derived_defaults(_validated(config))
@@ -280,6 +387,17 @@ def _validated(c: MountConfig) -> MountConfig:
         raise ConfigError("--io-threads must be between 1 and 1024")
     if c.io_timeout <= 0:
         raise ConfigError("--io-timeout must be positive")
+    named = [n for n in ("workers", "etcd", "load_balance_domain") if getattr(c, n)]
+    if len(named) > 1:
+        raise ConfigError("name the workers one way: " + " or ".join(
+            f"--{n.replace('_', '-')}" for n in named))
+    if c.worker_timeout <= 0:
+        raise ConfigError("--worker-timeout must be positive")
+    ps = c.worker_page_size
+    if ps < 4 * KiB or ps > 64 * MiB:
+        raise ConfigError("--worker-page-size must be between 4KiB and 64MiB")
+    if c.membership_refresh <= 0:
+        raise ConfigError("--membership-refresh must be positive")
     return c
 
 

@@ -21,6 +21,7 @@ import pyfuse3
 import trio
 
 from alluxiofuse.backends.base import Backend
+from alluxiofuse.backends.cluster import MTIME_UNIT_NS, Membership, open_cluster
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
@@ -104,10 +105,17 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
     """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled."""
     metrics = Metrics(new_registry())
     limiter = trio.CapacityLimiter(config.io_threads)
-    backend = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout)
+    ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
+                   mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1)
+    cluster = open_cluster(config, ufs, metrics) if config.cluster else None
+    backend: Backend = cluster or ufs
     try:
+        if cluster is not None:
+            await read_membership(cluster.membership)
         root = await check_source(backend)
         async with trio.open_nursery() as nursery:
+            if cluster is not None:
+                nursery.start_soon(cluster.membership.run, config.membership_refresh)
             fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
                             invalidate_attrs=invalidate_kernel_attrs)
             ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
@@ -125,6 +133,17 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
         log.info("unmounted %s", config.mountpoint)
     finally:
         await backend.aclose()
+
+
+async def read_membership(membership: Membership) -> None:
+    """The first read of the workers: a source that cannot be read stops the mount (a
+    typo in --etcd must not turn into a quiet under-storage mount); an empty one is a
+    warning, and the mount reads the under-storage until workers appear."""
+    try:
+        await membership.refresh()
+    except AlluxioFuseError as e:
+        raise StartupError(f"cannot read the workers from {membership.source.description}: "
+                           f"{e}") from None
 
 
 async def check_source(backend: Backend) -> FileStatus:

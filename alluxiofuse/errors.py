@@ -16,8 +16,12 @@ The tree::
     ├── StaleFile                    ESTALE   (the file changed under an open handle)
     └── BackendError                 EIO      (``reason`` labels the metric)
         ├── BackendUnavailable                (connection refused, DNS, 5xx after retries)
+        │   └── ServerError                   (the server answered with an error status)
         ├── BackendTimeout                    (a deadline passed)
-        └── ProtocolError                     (a reply that cannot be right)
+        ├── ProtocolError                     (a reply that cannot be right)
+        ├── ConnectionDropped                 (closed without a reply: how an OSS Alluxio
+        │                                      worker fails a request, e.g. a page it lacks)
+        └── ContentMismatch                   (bytes that do not match their content hash)
 
     ConfigError                      (bad options: a one-line message, never an errno)
 
@@ -92,12 +96,24 @@ class BackendUnavailable(BackendError):
     reason = "unavailable"
 
 
+class ServerError(BackendUnavailable):
+    reason = "server_error"
+
+
 class BackendTimeout(BackendError):
     reason = "timeout"
 
 
 class ProtocolError(BackendError):
     reason = "protocol"
+
+
+class ConnectionDropped(BackendError):
+    reason = "dropped"
+
+
+class ContentMismatch(BackendError):
+    reason = "content_mismatch"
 
 
 class ConfigError(Exception):

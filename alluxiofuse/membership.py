@@ -17,6 +17,7 @@ from alluxiofuse.errors import ConfigError, ProtocolError
 from alluxiofuse.ring import WorkerIdentity
 
 DEFAULT_HTTP_PORT = 28080
+DEFAULT_ETCD_PORT = 2379
 DEFAULT_CLUSTER = "DefaultAlluxioCluster"
 _IDENTIFIER_BYTES = {0: 8, 1: 16}  # identity version -> identifier length (a long, a UUID)
 
@@ -37,7 +38,9 @@ def etcd_prefix(cluster: str = DEFAULT_CLUSTER) -> str:
     return f"/ServiceDiscovery/{cluster}/"
 
 
-def parse_static_workers(spec: str) -> dict[WorkerIdentity, WorkerAddress]:
+def parse_static_workers(
+    spec: str, default_port: int = DEFAULT_HTTP_PORT,
+) -> dict[WorkerIdentity, WorkerAddress]:
     """``host[:port],...`` as workers; the identity depends on the host alone.
 
     Raises ConfigError for an empty list, an empty entry, a bad port, or a host given
@@ -45,7 +48,7 @@ def parse_static_workers(spec: str) -> dict[WorkerIdentity, WorkerAddress]:
     """
     workers: dict[WorkerIdentity, WorkerAddress] = {}
     for entry in spec.split(","):
-        address = _parse_host_port(entry.strip(), spec)
+        address = _parse_host_port(entry.strip(), spec, "--workers", default_port)
         identity = WorkerIdentity.for_static_host(address.host)
         if identity in workers:
             raise ConfigError(f"--workers names host {address.host!r} twice: {spec!r}")
@@ -53,25 +56,39 @@ def parse_static_workers(spec: str) -> dict[WorkerIdentity, WorkerAddress]:
     return workers
 
 
-def _parse_host_port(entry: str, spec: str) -> WorkerAddress:
+def parse_etcd_endpoints(spec: str, default_port: int = DEFAULT_ETCD_PORT) -> list[str]:
+    """``host[:port],...`` or ``http(s)://host:port,...`` as etcd client URLs."""
+    urls = []
+    for entry in spec.split(","):
+        entry = entry.strip()
+        scheme, sep, rest = entry.partition("://")
+        if sep and scheme not in ("http", "https"):
+            raise ConfigError(f"--etcd: {entry!r} is not an http(s) URL")
+        address = _parse_host_port(rest.rstrip("/") if sep else entry, spec, "--etcd",
+                                   default_port)
+        urls.append(f"{scheme if sep else 'http'}://{WorkerAddress(*address).url()[7:]}")
+    return urls
+
+
+def _parse_host_port(entry: str, spec: str, option: str, default_port: int) -> WorkerAddress:
     if not entry:
-        raise ConfigError(f"--workers has an empty entry: {spec!r}")
+        raise ConfigError(f"{option} has an empty entry: {spec!r}")
     host, port = entry, ""
     if entry.startswith("["):  # [IPv6]:port
         host, sep, rest = entry[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise ConfigError(f"--workers: cannot read {entry!r} as [address]:port")
+            raise ConfigError(f"{option}: cannot read {entry!r} as [address]:port")
         port = rest[1:]
     elif entry.count(":") == 1:
         host, port = entry.split(":")
     if not host:
-        raise ConfigError(f"--workers: no host in {entry!r}")
+        raise ConfigError(f"{option}: no host in {entry!r}")
     if not port and entry.endswith(":"):
-        raise ConfigError(f"--workers: no port after ':' in {entry!r}")
+        raise ConfigError(f"{option}: no port after ':' in {entry!r}")
     if not port:
-        return WorkerAddress(host)
+        return WorkerAddress(host, default_port)
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--workers: {port!r} is not a port number, in {entry!r}")
+        raise ConfigError(f"{option}: {port!r} is not a port number, in {entry!r}")
     return WorkerAddress(host, int(port))
 
 

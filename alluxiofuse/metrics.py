@@ -13,12 +13,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # FUSE ops answer from memory in microseconds or wait on an under-storage for seconds.
 _OP_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+# The buckets of Alluxio's own REST call histogram, kept so that dashboards carry over.
+_REST_BUCKETS_MS = (10.0, 40.0, 160.0, 640.0)
 
 
 def new_registry() -> CollectorRegistry:
@@ -129,6 +131,55 @@ class Metrics:
         self._open_handles = Gauge(
             "alluxiofuse_open_handles", "Open file and directory handles", registry=registry,
         )
+
+        # Alluxio worker calls, under the names Alluxio's own REST metrics use.
+        self.rest_call_latency_ms = Histogram(
+            "alluxio_http_server_call_latency_ms", "Alluxio worker REST call latency (ms)",
+            ["method", "success"], buckets=_REST_BUCKETS_MS, registry=registry,
+        )
+        self.rest_results = Counter(
+            "alluxio_http_server_result", "Alluxio worker REST calls by outcome",
+            ["method", "state"], registry=registry,
+        )
+        self.rest_retries = Counter(
+            "alluxiofuse_worker_retries", "Worker REST calls sent again after a failure",
+            ["method"], registry=registry,
+        )
+        self.bad_replies = Counter(
+            "alluxiofuse_worker_bad_replies",
+            "Worker replies rejected as unusable (bad JSON, wrong length, truncated body)",
+            ["kind"], registry=registry,
+        )
+        self.fallback_reads = Counter(
+            "alluxiofuse_ufs_fallback", "Calls served by the under-storage instead of a worker",
+            ["op", "reason"], registry=registry,
+        )
+        self.fallback_bytes = Counter(
+            "alluxiofuse_ufs_fallback_bytes", "Bytes read from the under-storage instead of a "
+            "worker", registry=registry,
+        )
+        self.worker_read_bytes = Counter(
+            "alluxiofuse_worker_read_bytes", "Bytes read from Alluxio workers", registry=registry,
+        )
+        self.content_mismatches = Counter(
+            "alluxiofuse_content_hash_mismatches", "Reads whose bytes did not match the file's "
+            "content hash", ["source"], registry=registry,
+        )
+        self.workers_marked_down = Counter(
+            "alluxiofuse_workers_marked_down", "Times a failing worker was set aside for its "
+            "cool-off period", registry=registry,
+        )
+        self._workers = Gauge(
+            "alluxiofuse_workers", "Workers in the current membership", registry=registry,
+        )
+
+    def observe_rest_call(self, method: str, success: bool, seconds: float, state: str) -> None:
+        self.rest_call_latency_ms.labels(method, "true" if success else "false").observe(
+            seconds * 1000)
+        self.rest_results.labels(method, state).inc()
+
+    def watch_workers(self, count: Callable[[], float]) -> None:
+        self._workers.set_function(count)
 
     def watch_page_cache(self, used: Callable[[], float], capacity: float) -> None:
         self._page_cache_bytes.set_function(used)

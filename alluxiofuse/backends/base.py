@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+import trio
 
 from alluxiofuse.errors import AlluxioFuseError
 from alluxiofuse.model import FileStatus, FsStats, Version
@@ -67,3 +69,23 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         ...
+
+
+async def read_concurrently(
+    read: Callable[[str, int, int, Version], Awaitable[bytes]],
+    reads: Sequence[tuple[str, int, int, Version]],
+) -> list[bytes | AlluxioFuseError]:
+    """``read_many`` for a backend whose reads overlap well on their own: every read at
+    once, each result the bytes or the error that read raised."""
+    results: list[bytes | AlluxioFuseError] = [b""] * len(reads)
+
+    async def one(i: int) -> None:
+        try:
+            results[i] = await read(*reads[i])
+        except AlluxioFuseError as e:
+            results[i] = e
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(reads)):
+            nursery.start_soon(one, i)
+    return results

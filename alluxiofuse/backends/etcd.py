@@ -34,6 +34,7 @@ class EtcdMembership:
             raise ValueError("no etcd endpoints")
         self.endpoints = [e if "://" in e else f"http://{e}" for e in endpoints]
         self.prefix = etcd_prefix(cluster)
+        self.description = f"etcd {','.join(self.endpoints)} cluster {cluster}"
         self._credentials = (username, password or "") if username else None
         self._token: str | None = None
         self._client = httpx.AsyncClient(timeout=timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import logging
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import fsspec
 import trio
 
+from alluxiofuse.backends.base import read_concurrently
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.errors import (
     AlluxioFuseError,
@@ -44,7 +46,8 @@ _READS_PER_JOB = 32
 
 
 def open_ufs(
-    source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float,
+    source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
+    mtime_unit_ns: int = 1,
 ) -> UfsBackend:
     """The backend for ``source``: a local path, ``file://`` URL or any fsspec URL."""
     protocol, sep, rest = source.partition("://")
@@ -52,14 +55,15 @@ def open_ufs(
         if options:
             raise ConfigError("--ufs-option has no meaning for a local source")
         root = os.path.abspath(rest if sep else source)
-        return LocalUfs(root, limiter, timeout, description=source)
+        return LocalUfs(root, limiter, timeout, description=source, mtime_unit_ns=mtime_unit_ns)
     try:
         fs, root = fsspec.core.url_to_fs(source, skip_instance_cache=True, **options)
     except ImportError as e:
         raise ConfigError(f"{protocol}:// needs a package that is not installed: {e}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot use source {source!r}: {e}") from None
-    return UfsBackend(fs, root.rstrip("/"), limiter, timeout, description=source)
+    return UfsBackend(fs, root.rstrip("/"), limiter, timeout, description=source,
+                      mtime_unit_ns=mtime_unit_ns)
 
 
 class UfsBackend:
@@ -69,13 +73,33 @@ class UfsBackend:
 
     def __init__(
         self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
-        description: str,
+        description: str, mtime_unit_ns: int = 1,
     ) -> None:
         self.fs = fs
         self.root = root
         self.description = description
+        # Above 1, statuses are reported as Alluxio workers report them: mtime in whole
+        # units (1,000,000 for their milliseconds) and no etag, so that a file's version
+        # is the same whichever of the two sources answered (backends/cluster.py).
+        self.mtime_unit_ns = mtime_unit_ns
         self._limiter = limiter
         self._timeout = timeout
+
+    def uri(self, path: str) -> str:
+        """The full URI of ``path`` in the under-storage, as Alluxio names files."""
+        return str(self.fs.unstrip_protocol(self.full_path(path)))
+
+    def _reported(self, status: FileStatus) -> FileStatus:
+        """``status`` at the precision this backend reports (see ``mtime_unit_ns``)."""
+        if self.mtime_unit_ns == 1:
+            return status
+        mtime = status.mtime_ns
+        if mtime is not None:
+            mtime -= mtime % self.mtime_unit_ns
+        return dataclasses.replace(status, etag=None, mtime_ns=mtime)
+
+    def _same_mtime(self, mtime_ns: int, version: Version) -> bool:
+        return mtime_ns - mtime_ns % self.mtime_unit_ns == version.mtime_ns
 
     def full_path(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
@@ -96,18 +120,7 @@ class UfsBackend:
         self, reads: Sequence[tuple[str, int, int, Version]],
     ) -> builtins.list[bytes | AlluxioFuseError]:
         """Concurrent reads, each in its own worker thread: a store's latency overlaps."""
-        results: builtins.list[bytes | AlluxioFuseError] = [b""] * len(reads)
-
-        async def one(i: int) -> None:
-            try:
-                results[i] = await self.read(*reads[i])
-            except AlluxioFuseError as e:
-                results[i] = e
-
-        async with trio.open_nursery() as nursery:
-            for i in range(len(reads)):
-                nursery.start_soon(one, i)
-        return results
+        return await read_concurrently(self.read, reads)
 
     def stat_nowait(self, path: str) -> FileStatus | None:
         return None  # every fsspec call may block
@@ -142,7 +155,7 @@ class UfsBackend:
     def _stat_sync(self, path: str) -> FileStatus:
         full = self.full_path(path)
         self.fs.invalidate_cache(full)
-        return status_from_info(path.rpartition("/")[2], self.fs.info(full))
+        return self._reported(status_from_info(path.rpartition("/")[2], self.fs.info(full)))
 
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
         full = self.full_path(path)
@@ -154,7 +167,7 @@ class UfsBackend:
             if entry_path == full.rstrip("/") or not valid_name(name):
                 log.debug("skipping entry %r of %r: not a usable file name", name, path)
                 continue
-            entries.append(status_from_info(name, info))
+            entries.append(self._reported(status_from_info(name, info)))
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
@@ -168,7 +181,7 @@ class UfsBackend:
         expected = max(0, min(length, version.size - offset))
         data = self.fs.cat_file(full, start=offset, end=offset + expected)
         self.fs.invalidate_cache(full)
-        now = status_from_info(path.rpartition("/")[2], self.fs.info(full)).version
+        now = self._reported(status_from_info(path.rpartition("/")[2], self.fs.info(full))).version
         if len(data) != expected or now != version:
             raise StaleFile(f"{path} changed while open")
         return bytes(data)
@@ -187,8 +200,10 @@ class LocalUfs(UfsBackend):
 
     def __init__(
         self, root: str, limiter: trio.CapacityLimiter, timeout: float, *, description: str,
+        mtime_unit_ns: int = 1,
     ) -> None:
-        super().__init__(None, root, limiter, timeout, description=description)
+        super().__init__(None, root, limiter, timeout, description=description,
+                         mtime_unit_ns=mtime_unit_ns)
         self.warms = False  # True once the cache-only probes can answer the reads
         self._root_fd: int | None = None
         self._root_error: OSError | None = None
@@ -200,6 +215,9 @@ class LocalUfs(UfsBackend):
             return
         self._nowait = NoWait.for_root(root)
         self.warms = self._nowait is not None
+
+    def uri(self, path: str) -> str:
+        return f"file://{self.full_path(path)}"
 
     async def aclose(self) -> None:
         if self._nowait is not None:
@@ -221,7 +239,7 @@ class LocalUfs(UfsBackend):
         status = status_from_stat(path.rpartition("/")[2], st)
         if status is None:
             raise NotFound(f"{path!r} is a special file, which is not served")
-        return status
+        return self._reported(status)
 
     async def warm(self, reads: Sequence[tuple[str, int, int, Version]]) -> None:
         """``POSIX_FADV_WILLNEED`` for each range, in one worker job: the kernel reads
@@ -255,7 +273,7 @@ class LocalUfs(UfsBackend):
         if got is None:
             return None
         data, st = got
-        if st.st_size != version.size or st.st_mtime_ns != version.mtime_ns:
+        if st.st_size != version.size or not self._same_mtime(st.st_mtime_ns, version):
             raise StaleFile(f"{path} changed while open")
         return data
 
@@ -276,7 +294,7 @@ class LocalUfs(UfsBackend):
         status = status_from_stat(path.rpartition("/")[2], st)
         if status is None:  # hidden from listings too
             raise NotFound(f"{path!r} is a special file, which is not served")
-        return status
+        return self._reported(status)
 
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
         entries = []
@@ -289,7 +307,7 @@ class LocalUfs(UfsBackend):
                     except FileNotFoundError:  # removed while listing
                         continue
                     if status is not None:
-                        entries.append(status)
+                        entries.append(self._reported(status))
         finally:
             os.close(fd)
         return entries
@@ -304,8 +322,7 @@ class LocalUfs(UfsBackend):
     def _open(self, path: str) -> int:
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root())
 
-    @staticmethod
-    def _read_fd(fd: int, path: str, offset: int, length: int, version: Version) -> bytes:
+    def _read_fd(self, fd: int, path: str, offset: int, length: int, version: Version) -> bytes:
         chunks = []
         while length > 0:
             chunk = os.pread(fd, length, offset)
@@ -315,7 +332,7 @@ class LocalUfs(UfsBackend):
             offset += len(chunk)
             length -= len(chunk)
         st = os.fstat(fd)
-        if st.st_size != version.size or st.st_mtime_ns != version.mtime_ns:
+        if st.st_size != version.size or not self._same_mtime(st.st_mtime_ns, version):
             raise StaleFile(f"{path} changed while open")
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

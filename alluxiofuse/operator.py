@@ -1,0 +1,245 @@
+"""Operator commands on an Alluxio 3.x cluster: ``locate`` (who owns a file) and ``load``.
+
+Both take the same membership options as ``mount`` and name files by their full UFS URI;
+a local path is ``file://`` plus its absolute path, and a path inside an alluxiofuse mount
+is translated to the URI of the file in the mount's source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import trio
+
+from alluxiofuse.backends.alluxio_worker import LoadProgress, WorkerClient
+from alluxiofuse.backends.cluster import worker_source
+from alluxiofuse.backends.ufs import open_ufs
+from alluxiofuse.config import MountConfig
+from alluxiofuse.errors import AlluxioFuseError, BackendUnavailable, ConnectionDropped
+from alluxiofuse.membership import WorkerAddress
+from alluxiofuse.ring import HashRing, path_id
+
+_SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_BAR_WIDTH = 30
+_LOAD_WALK_LIMIT = 8  # directory listings at once while totalling a load's size
+
+
+def to_uri(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The full UFS URI of ``path``: a URI as it is, a path inside an alluxiofuse mount
+    as the file in the mount's source, any other path as a ``file://`` URI."""
+    if "://" in path:
+        return path
+    absolute = os.path.abspath(path)
+    for mountpoint, source in _alluxiofuse_mounts(mountinfo):
+        if absolute == mountpoint or absolute.startswith(mountpoint.rstrip("/") + "/"):
+            rest = absolute[len(mountpoint):].strip("/")
+            base = source if "://" in source else f"file://{os.path.abspath(source)}"
+            return f"{base.rstrip('/')}/{rest}" if rest else base
+    return f"file://{absolute}"
+
+
+def _alluxiofuse_mounts(mountinfo: str) -> list[tuple[str, str]]:
+    """(mountpoint, source) of every alluxiofuse mount, longest mountpoint first."""
+    mounts = []
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[sep + 1] == "fuse.alluxiofuse":
+                    mounts.append((_unescape(fields[4]), _unescape(fields[sep + 2])))
+    except (OSError, ValueError, IndexError):
+        return []
+    return sorted(mounts, key=lambda m: -len(m[0]))
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+async def _ring(config: MountConfig) -> HashRing[WorkerAddress]:
+    source = worker_source(config)
+    try:
+        workers = await source.workers()
+    finally:
+        await source.aclose()
+    return HashRing(workers, config.virtual_nodes)
+
+
+def locate(config: MountConfig, paths: list[str], count: int, out: TextIO = sys.stdout) -> int:
+    """Print each path's owner and preference list as JSON; the exit code."""
+    try:
+        ring = trio.run(_ring, config)
+    except AlluxioFuseError as e:
+        print(f"alluxiofuse: cannot read the workers: {e}", file=sys.stderr)
+        return 1
+    report = []
+    for path in paths:
+        uri = to_uri(path)
+        preference = [f"{w.host}:{w.http_port}" for w in ring.preference(uri, count)]
+        report.append({"path": path, "uri": uri, "file_id": path_id(uri),
+                       "owner": preference[0] if preference else None,
+                       "preference": preference})
+    json.dump(report, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+    return 0
+
+
+def load(config: MountConfig, path: str, interval: float, out: TextIO = sys.stderr) -> int:
+    """Load ``path`` into the cluster, drawing progress on ``out``; Ctrl-C stops the job.
+    The exit code: 0 loaded, 1 failed, 130 stopped."""
+    try:
+        return trio.run(_load, config, to_uri(path), interval, out)
+    except AlluxioFuseError as e:
+        print(f"\nalluxiofuse: load failed: {e}", file=sys.stderr)
+        return 1
+
+
+async def _load(config: MountConfig, uri: str, interval: float, out: TextIO) -> int:
+    ring = await _ring(config)
+    if not len(ring):
+        raise BackendUnavailable("no workers are registered")
+    worker = ring.owner(uri)
+    client = WorkerClient(timeout=config.worker_timeout, retries=config.worker_retries)
+    bar = ProgressBar(out, uri)
+    try:
+        try:
+            await client.load_submit(worker, uri)
+        except ConnectionDropped:  # an OSS worker drops a submit while a job runs
+            bar.note("a load of this path is already running: following it")
+        interrupted = False
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signal() -> None:
+                    nonlocal interrupted
+                    async for _ in signals:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_signal)
+                nursery.start_soon(_total_size, config, uri, bar)
+                progress = await _follow(client, worker, uri, interval, bar)
+                nursery.cancel_scope.cancel()
+        if interrupted:
+            with trio.move_on_after(config.worker_timeout):
+                stopped = await client.load_stop(worker, uri)
+                bar.finish(f"stopped ({'job stopped' if stopped else 'no job was running'})")
+            return 130
+        bar.finish(progress.state)
+        return 0 if "SUCCEEDED" in progress.state else 1
+    finally:
+        await client.aclose()
+
+
+async def _follow(client: WorkerClient, worker: WorkerAddress, uri: str, interval: float,
+                  bar: ProgressBar) -> LoadProgress:
+    while True:
+        progress = await client.load_progress(worker, uri)
+        bar.update(progress)
+        if progress.finished:
+            return progress
+        await trio.sleep(interval)
+
+
+async def _total_size(config: MountConfig, uri: str, bar: ProgressBar) -> None:
+    """Add up the sizes under ``uri`` (through the under-storage) for the bar's total;
+    the bar shows bytes without a fraction until this is done, or if it fails."""
+    limiter = trio.CapacityLimiter(_LOAD_WALK_LIMIT)
+    try:
+        ufs = open_ufs(uri, config.ufs_options, limiter, config.io_timeout)
+    except Exception:  # an under-storage we cannot open: no total, the load goes on
+        return
+    total = 0
+
+    async def walk(path: str) -> None:
+        nonlocal total
+        entries = await ufs.list(path)  # at most _LOAD_WALK_LIMIT at once: the limiter
+        async with trio.open_nursery() as nursery:
+            for entry in entries:
+                if entry.is_dir:
+                    nursery.start_soon(walk, f"{path}/{entry.name}" if path else entry.name)
+                else:
+                    total += entry.size
+
+    try:
+        root = await ufs.stat("")
+        if root.is_dir:
+            await walk("")
+        bar.total = total if root.is_dir else root.size
+    except AlluxioFuseError:
+        return
+    finally:
+        await ufs.aclose()
+
+
+class ProgressBar:
+    """One line redrawn in place on a terminal; elsewhere a line per change."""
+
+    def __init__(self, out: TextIO, what: str, clock: Callable[[], float] = trio.current_time,
+                 ) -> None:
+        self.out = out
+        self.what = what
+        self.total: int | None = None
+        self._tty = out.isatty()
+        self._last = ""
+        self._clock = clock
+        self._start: float | None = None
+
+    def note(self, message: str) -> None:
+        self.out.write(f"{message}\n")
+        self.out.flush()
+
+    def update(self, progress: LoadProgress) -> None:
+        loaded = parse_size(progress.properties.get("Bytes Loaded", ""))
+        files = progress.properties.get("Files Processed", progress.properties.get(
+            "Files Loaded", "?"))
+        now = self._clock()
+        if self._start is None:
+            self._start = now
+        line = f"{progress.state:<10} {self._bar(loaded)} {files} files"
+        if loaded and now > self._start:
+            line += f", {_human(loaded / (now - self._start))}/s"
+        if line == self._last:
+            return
+        self._last = line
+        self.out.write(f"\r{line}\x1b[K" if self._tty else f"{line}\n")
+        self.out.flush()
+
+    def finish(self, state: str) -> None:
+        self.out.write(("\n" if self._tty else "") + f"load of {self.what}: {state}\n")
+        self.out.flush()
+
+    def _bar(self, loaded: int | None) -> str:
+        if loaded is None:
+            return "[" + "?" * _BAR_WIDTH + "]"
+        if not self.total:
+            return f"[{'.' * _BAR_WIDTH}] {_human(loaded)}"
+        fraction = min(1.0, loaded / self.total)
+        filled = math.floor(fraction * _BAR_WIDTH)
+        return (f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {fraction:4.0%} "
+                f"{_human(loaded)} of {_human(self.total)}")
+
+
+def parse_size(text: str) -> int | None:
+    """The first size in a load report value (``1234B``, ``12.50MB``), in bytes."""
+    match = _SIZE.search(text)
+    if not match:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
