@@ -300,9 +300,6 @@ class ClusterBackend:
             else:
                 self._health.succeeded(owner)
             self._nodes[uri] = worker
-        if self._health.is_down(worker):
-            self._metrics.fallback_reads.labels("read", "worker_down").inc()
-            return None
         return worker
 
     async def _read_span(
@@ -311,7 +308,10 @@ class ClusterBackend:
     ) -> bytes:
         """``length`` bytes at ``start`` of worker page ``index``: from the worker, or
         from the under-storage if it cannot serve them."""
-        if worker is not None and not self._health.is_down(worker):
+        if worker is not None and self._health.is_down(worker):  # since, or per /v1/node
+            self._metrics.fallback_reads.labels("read", "worker_down").inc()
+            worker = None
+        if worker is not None:
             whole = start == 0 and (length == self._page_size
                                     or index * self._page_size + length == version.size)
             try:

@@ -23,6 +23,7 @@ CLUSTER = "SimCluster"
 class SimProcess:
     proc: subprocess.Popen[str]
     port: int
+    identity: str  # hex
     log: Path
 
     @property
@@ -61,11 +62,12 @@ class SimCluster:
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                 text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # "listening <port>", or EOF if it died
+        line = proc.stdout.readline()  # "listening <port> <identity>", or EOF if it died
         if not line.startswith("listening "):
             proc.kill()
             raise RuntimeError(f"simulated worker did not start: {log.read_text()}")
-        worker = SimProcess(proc, int(line.split()[1]), log)
+        _, port, identity = line.split()
+        worker = SimProcess(proc, int(port), identity, log)
         self.workers.append(worker)
         return worker
 

@@ -20,7 +20,7 @@ this HTTP status), ``drop`` (close without a reply), ``truncate`` (cut the body 
 targets exactly as received. Listens on 127.0.0.1 only.
 
 Run as a process: ``python -m tests.sim.worker --ufs DIR --store DIR [--etcd URL]``; it
-prints ``listening <port>`` once it serves.
+prints ``listening <port> <identity hex>`` once it serves (and is registered).
 """
 
 from __future__ import annotations
@@ -133,6 +133,9 @@ class SimWorker:
             await self.serve(0, lambda port: started.set())
 
     def stop(self) -> None:
+        """Stop serving (idempotent); open connections are cut."""
+        if self._thread is None or not self._thread.is_alive():
+            return
         if self._loop and self._server:
             self._loop.call_soon_threadsafe(self._server.close)
             for task in asyncio.all_tasks(self._loop):
@@ -489,7 +492,7 @@ def main() -> None:
     def ready(port: int) -> None:
         if args.etcd:
             register_in_etcd(args.etcd, args.cluster, worker, args.lease_ttl)
-        print(f"listening {port}", flush=True)
+        print(f"listening {port} {worker.identity.identifier.hex()}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(worker.serve(args.port, lambda port: threading.Thread(

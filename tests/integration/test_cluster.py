@@ -1,0 +1,167 @@
+"""Real mounts reading through simulated Alluxio 3.x workers registered in a real etcd."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from alluxiofuse.membership import WorkerAddress
+from alluxiofuse.ring import HashRing, WorkerIdentity
+from tests.etcdserver import etcd_server
+from tests.integration.conftest import MountFactory, make_tree, read_bytes, with_timeout
+from tests.sim.cluster import CLUSTER, SimCluster, SimProcess, sim_cluster
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[str]:
+    (tmp_path / "etcd").mkdir()
+    with etcd_server(tmp_path / "etcd" / "data") as url:
+        yield url
+
+
+def _cluster_options(etcd: str, *extra: str) -> tuple[str, ...]:
+    return ("--etcd", etcd, "--cluster-name", CLUSTER, *extra)
+
+
+def _owner(cluster: SimCluster, rel: str) -> SimProcess:
+    """The worker that owns ``rel`` on the ring of the cluster's live workers."""
+    members = {WorkerIdentity(bytes.fromhex(w.identity), 1): WorkerAddress("127.0.0.1", w.port)
+               for w in cluster.workers if w.proc.poll() is None}
+    owner = HashRing(members, cluster.vnodes).owner(f"file://{cluster.ufs}/{rel}")
+    return next(w for w in cluster.workers if w.port == owner.http_port)
+
+
+def _pages(size: int) -> int:
+    return -(-size // MiB)
+
+
+def test_every_file_reads_right_through_three_workers(
+    mount: MountFactory, etcd: str, tmp_path: Path,
+) -> None:
+    content = make_tree(tmp_path / "ufs", files=120)
+    with sim_cluster(etcd, tmp_path / "ufs", tmp_path / "store", 3) as cluster:
+        cluster.load()
+        m = mount(cluster.ufs, *_cluster_options(etcd))
+        for rel, data in content.items():
+            got = read_bytes(m.path / rel)
+            assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), rel
+        served = [w.stats().get("file", 0) for w in cluster.workers]
+        assert all(served), served  # every worker owns some files
+        # Each page came from its worker once: nothing fell back to the under-storage.
+        assert sum(served) == sum(_pages(len(d)) for d in content.values())
+
+
+@pytest.mark.allow_warnings
+def test_a_worker_killed_mid_read_costs_no_error(
+    mount: MountFactory, etcd: str, tmp_path: Path,
+) -> None:
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    data = os.urandom(48 * MiB)
+    (ufs / "big.bin").write_bytes(data)
+    with sim_cluster(etcd, ufs, tmp_path / "store", 3) as cluster:
+        cluster.load()
+        m = mount(cluster.ufs, *_cluster_options(etcd), "--max-readahead", "4MiB")
+        owner = _owner(cluster, "big.bin")
+        chunks = []
+
+        def read() -> None:
+            with open(m.path / "big.bin", "rb") as f:
+                while chunk := f.read(256 * 1024):
+                    chunks.append(chunk)
+                    if len(chunks) == 16:  # 4 MiB in: the owner dies
+                        owner.kill()
+
+        with_timeout(read, 120)
+        assert owner.proc.poll() is not None
+        assert hashlib.sha256(b"".join(chunks)).digest() == hashlib.sha256(data).digest()
+        assert "set aside" in m.log_text()
+
+
+@pytest.mark.allow_warnings
+def test_a_stalled_worker_bounds_latency_then_falls_back(
+    mount: MountFactory, etcd: str, tmp_path: Path,
+) -> None:
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    files = {f"f{i}.bin": os.urandom(100_000 + i) for i in range(30)}
+    for name, data in files.items():
+        (ufs / name).write_bytes(data)
+    with sim_cluster(etcd, ufs, tmp_path / "store", 3) as cluster:
+        cluster.load()
+        timeout = 1.0
+        m = mount(cluster.ufs, *_cluster_options(etcd, "--worker-timeout", str(timeout)),
+                  "--dir-readahead", "0")
+        stalled = _owner(cluster, "f0.bin")
+        stalled.faults(stall=True, routes=["file"])
+        mine = [n for n in files if _owner(cluster, n) is stalled]
+        started = time.monotonic()
+        for name in mine:
+            assert read_bytes(m.path / name) == files[name]
+        elapsed = time.monotonic() - started
+        # One deadline for the first file; the rest go straight to the under-storage.
+        assert elapsed < timeout * 3, (elapsed, len(mine))
+        assert stalled.stats()["file"] == 1
+
+
+@pytest.mark.allow_warnings
+def test_membership_changes_while_mounted_are_picked_up(
+    mount: MountFactory, etcd: str, tmp_path: Path,
+) -> None:
+    content = make_tree(tmp_path / "ufs", files=60, seed=7)
+    with sim_cluster(etcd, tmp_path / "ufs", tmp_path / "store", 2) as cluster:
+        m = mount(cluster.ufs, *_cluster_options(etcd, "--membership-refresh", "0.2"))
+        joined = cluster.start_worker(lease_ttl=2)
+        cluster.load()  # placed by the ring of three
+        _wait_for(lambda: f"127.0.0.1:{joined.port}" in m.log_text().split("joined:")[-1])
+        owned = [rel for rel in content if content[rel] and _owner(cluster, rel) is joined]
+        assert owned
+        for rel in owned:
+            assert read_bytes(m.path / rel) == content[rel]
+        assert joined.stats()["file"] == sum(_pages(len(content[rel])) for rel in owned)
+
+        joined.kill()  # its lease runs out; the mount reads its files elsewhere
+        _wait_for(lambda: f"left: 127.0.0.1:{joined.port}" in m.log_text(), timeout=30)
+        for rel, data in content.items():
+            assert read_bytes(m.path / rel) == data
+
+
+def _wait_for(condition: object, timeout: float = 10.0) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.05)
+
+
+def test_locate_prints_the_owner_of_a_path_inside_the_mount(
+    mount: MountFactory, etcd: str, tmp_path: Path,
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    (ufs / "a.bin").write_bytes(b"a")
+    with sim_cluster(etcd, ufs, tmp_path / "store", 3) as cluster:
+        m = mount(cluster.ufs, *_cluster_options(etcd))
+        result = subprocess.run(
+            [sys.executable, "-m", "alluxiofuse", "locate", *_cluster_options(etcd),
+             "--count", "3", str(m.path / "a.bin"), "s3://bucket/x"],
+            capture_output=True, text=True, timeout=60, check=True)
+        report = json.loads(result.stdout)
+        assert report[0]["uri"] == f"file://{cluster.ufs}/a.bin"
+        assert report[0]["owner"] == f"127.0.0.1:{_owner(cluster, 'a.bin').port}"
+        assert len(set(report[0]["preference"])) == 3
+        assert report[1]["uri"] == "s3://bucket/x"
