@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from alluxiofuse.membership import WorkerAddress
-from alluxiofuse.ring import HashRing, WorkerIdentity
+from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
 from tests.etcdserver import etcd_server
 from tests.integration.conftest import MountFactory, make_tree, read_bytes, with_timeout
-from tests.sim.cluster import CLUSTER, SimCluster, SimProcess, sim_cluster
+from tests.sim.cluster import CLUSTER, REPO, SimCluster, SimProcess, sim_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +41,8 @@ def _owner(cluster: SimCluster, rel: str) -> SimProcess:
     """The worker that owns ``rel`` on the ring of the cluster's live workers."""
     members = {WorkerIdentity(bytes.fromhex(w.identity), 1): WorkerAddress("127.0.0.1", w.port)
                for w in cluster.workers if w.proc.poll() is None}
-    owner = HashRing(members, cluster.vnodes).owner(f"file://{cluster.ufs}/{rel}")
+    uri = f"file://{cluster.ufs}/{rel}" if rel else f"file://{cluster.ufs}"
+    owner = HashRing(members, cluster.vnodes).owner(uri)
     return next(w for w in cluster.workers if w.port == owner.http_port)
 
 
@@ -147,10 +153,6 @@ def _wait_for(condition: object, timeout: float = 10.0) -> None:
 def test_locate_prints_the_owner_of_a_path_inside_the_mount(
     mount: MountFactory, etcd: str, tmp_path: Path,
 ) -> None:
-    import json
-    import subprocess
-    import sys
-
     ufs = tmp_path / "ufs"
     ufs.mkdir()
     (ufs / "a.bin").write_bytes(b"a")
@@ -165,3 +167,58 @@ def test_locate_prints_the_owner_of_a_path_inside_the_mount(
         assert report[0]["owner"] == f"127.0.0.1:{_owner(cluster, 'a.bin').port}"
         assert len(set(report[0]["preference"])) == 3
         assert report[1]["uri"] == "s3://bucket/x"
+
+
+def _load_cmd(etcd: str, path: Path) -> list[str]:
+    return [sys.executable, "-m", "alluxiofuse", "load", *_cluster_options(etcd),
+            "--poll", "0.05", str(path)]
+
+
+def test_load_shows_progress_and_fills_the_owners_caches(etcd: str, tmp_path: Path) -> None:
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    sizes = [i * 7000 for i in range(1, 21)]
+    for i, size in enumerate(sizes):
+        (ufs / f"f{i}").write_bytes(os.urandom(size))
+    with sim_cluster(etcd, ufs, tmp_path / "store", 3, load_delay=0.02) as cluster:
+        result = subprocess.run(_load_cmd(etcd, cluster.ufs), capture_output=True, text=True,
+                                timeout=60, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.splitlines()
+        assert lines[-1] == f"load of file://{cluster.ufs}: SUCCEEDED"
+        assert any("100%" in line and f"of {sum(sizes) / MiB:.1f}MiB" in line
+                   for line in lines), lines
+        cached = sorted((tmp_path / "store").glob("*/*/0"))
+        assert len(cached) == len(sizes)  # page 0 of every file, at its owner
+        for i in range(len(sizes)):
+            assert (tmp_path / "store" / _owner(cluster, f"f{i}").identity /
+                    path_id(f"file://{cluster.ufs}/f{i}") / "0").exists()
+
+
+def test_ctrl_c_stops_the_load_job(etcd: str, tmp_path: Path) -> None:
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    for i in range(40):
+        (ufs / f"f{i}").write_bytes(b"x" * 1000)
+    with sim_cluster(etcd, ufs, tmp_path / "store", 2, load_delay=0.5) as cluster:
+        proc = subprocess.Popen(_load_cmd(etcd, cluster.ufs), stderr=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+        try:
+            assert proc.stderr is not None
+            first = with_timeout(proc.stderr.readline, 30)
+            assert str(first).startswith("RUNNING"), first
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
+            rest = proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait(10)
+        assert "stopped (job stopped)" in rest
+        owner = _owner(cluster, "")
+        uri = f"file://{cluster.ufs}"
+
+        def state() -> str:
+            return str(httpx.get(f"{owner.url}/v1/load", timeout=5, params={
+                "path": uri, "opType": "progress"}).json()["jobState"])
+        _wait_for(lambda: state() == "STOPPED")
+        assert len(list((tmp_path / "store").glob("*/*/0"))) < 40

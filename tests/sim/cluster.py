@@ -50,6 +50,7 @@ class SimCluster:
     store: Path
     mode: str = "oss"
     vnodes: int = 2000
+    load_delay: float = 0.0
     workers: list[SimProcess] = field(default_factory=list)
 
     def start_worker(self, lease_ttl: int = 10) -> SimProcess:
@@ -58,7 +59,8 @@ class SimCluster:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.sim.worker", "--ufs", str(self.ufs),
                  "--store", str(self.store), "--mode", self.mode, "--vnodes", str(self.vnodes),
-                 "--etcd", self.etcd, "--cluster", CLUSTER, "--lease-ttl", str(lease_ttl)],
+                 "--etcd", self.etcd, "--cluster", CLUSTER, "--lease-ttl", str(lease_ttl),
+                 "--load-delay", str(self.load_delay)],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                 text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert proc.stdout is not None

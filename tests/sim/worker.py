@@ -34,6 +34,7 @@ import json
 import os
 import secrets
 import threading
+import time
 import urllib.parse
 from collections import Counter, deque
 from collections.abc import Callable
@@ -86,6 +87,7 @@ class SimWorker:
         self, ufs: Path, store: Path, *, mode: str = "oss", identity: WorkerIdentity | None = None,
         members: Callable[[], dict[WorkerIdentity, WorkerAddress]] | None = None,
         vnodes: int = 5, page_size: int = PAGE_SIZE, node_shape: str = "object",
+        load_delay: float = 0.0,
     ) -> None:
         if mode not in ("oss", "enterprise"):
             raise ValueError(f"mode {mode!r}")
@@ -98,6 +100,7 @@ class SimWorker:
         self.vnodes = vnodes
         self.page_size = page_size
         self.node_shape = node_shape
+        self.load_delay = load_delay  # seconds per file loaded, to watch a load in progress
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
         self.requests: deque[str] = deque(maxlen=1000)
@@ -390,6 +393,7 @@ class SimWorker:
                     _write_atomic(self._page_file(path_id(uri), index, owner), data)
                     job.bytes += len(data)
                 job.files += 1
+                time.sleep(self.load_delay)
             job.state = "SUCCEEDED"
         except Exception as e:  # reported through progress, as a real job's failure
             job.error = str(e)
@@ -483,11 +487,12 @@ def main() -> None:
     p.add_argument("--etcd", help="etcd client URL: register there under a lease")
     p.add_argument("--cluster", default=DEFAULT_CLUSTER)
     p.add_argument("--lease-ttl", type=int, default=10)
+    p.add_argument("--load-delay", type=float, default=0.0, help="seconds per file loaded")
     args = p.parse_args()
     identity = WorkerIdentity(bytes.fromhex(args.identity), 1) if args.identity else None
     members = etcd_members(args.etcd, args.cluster) if args.etcd else None
     worker = SimWorker(args.ufs, args.store, mode=args.mode, identity=identity, members=members,
-                       vnodes=args.vnodes)
+                       vnodes=args.vnodes, load_delay=args.load_delay)
 
     def ready(port: int) -> None:
         if args.etcd:
