@@ -56,8 +56,9 @@ _BACKOFF_FIRST = 0.05  # seconds; doubled per attempt, with full jitter
 _OSS_DECODED = (("%2F", "/"), ("%3A", ":"), ("%3F", "?"))
 # ``requests``' re-quoting of a URL: these stay as they are (``%`` too, when it starts an
 # escape); everything else, including space and non-ASCII UTF-8, is percent-encoded.
-_REQUOTE_SAFE = "!#$&'()*+,/:;=?@[]~"
+_REQUOTE_SAFE = "!#$&'()*+,/:;=?@~"
 _LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _TERMINAL_LOAD_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 _KINDS = {"file": Kind.FILE, "directory": Kind.DIRECTORY}
 
@@ -72,8 +73,9 @@ def oss_expressible(uri: str) -> bool:
 
 def raw_expressible(uri: str) -> bool:
     """Whether ``uri`` survives as a raw query value (``ufsFullPath=``, ``/v1/node?path=``):
-    the server splits the query on ``&`` and ``=``, and ``#`` would end the URL."""
-    return not any(c in uri for c in "#&=")
+    the server splits the query on ``&`` and ``=``, ``#`` would end the URL, and an escape
+    already in the name (``a%20b``) would be decoded into another name."""
+    return not any(c in uri for c in "#&=") and not _ESCAPE.search(uri)
 
 
 def requote(value: str) -> str:

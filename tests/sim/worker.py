@@ -139,12 +139,18 @@ class SimWorker:
         """Stop serving (idempotent); open connections are cut."""
         if self._thread is None or not self._thread.is_alive():
             return
-        if self._loop and self._server:
-            self._loop.call_soon_threadsafe(self._server.close)
-            for task in asyncio.all_tasks(self._loop):
-                self._loop.call_soon_threadsafe(task.cancel)
-        if self._thread:
-            self._thread.join(10)
+        server = self._server
+
+        def shutdown() -> None:  # on the loop: it cannot close between the steps
+            if server is not None:
+                server.close()
+            for task in asyncio.all_tasks():
+                task.cancel()
+
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                self._loop.call_soon_threadsafe(shutdown)
+        self._thread.join(10)
 
     @property
     def address(self) -> WorkerAddress:
@@ -190,8 +196,8 @@ class SimWorker:
                     return
                 if headers.get("connection", "").lower() == "close":
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # a client gone, or the worker stopping
         finally:
             writer.close()
 
@@ -268,7 +274,9 @@ class SimWorker:
         if route == "health":
             return 200, b"worker is active", "text/plain"
         if route == "node" and self.mode == "enterprise":
-            return 200, json.dumps(self._node(params["path"])).encode(), "application/json"
+            # Sent raw and re-quoted, like ufsFullPath (not quote_plus, like path= elsewhere).
+            node = self._node(urllib.parse.unquote(params["path"]))
+            return 200, json.dumps(node).encode(), "application/json"
         raise _Fail(f"no route {route!r}")
 
     # --- pages -----------------------------------------------------------------------
@@ -327,7 +335,8 @@ class SimWorker:
             "mType": "directory" if is_dir else "file", "mName": local.name,
             "mPath": "/" + ("" if rel == "." else rel), "mUfsPath": f"file://{local}",
             "mLastModificationTimeMs": st.st_mtime_ns // 1_000_000,
-            "mLength": 0 if is_dir else st.st_size, "mHumanReadableFileSize": f"{st.st_size}B",
+            "mLength": 0 if is_dir else st.st_size,
+            "mHumanReadableFileSize": _human_size(0 if is_dir else st.st_size),
         }
         if self.mode == "enterprise" and not is_dir:
             info["mContentHash"] = self._md5(local, st)
@@ -398,6 +407,19 @@ class SimWorker:
         except Exception as e:  # reported through progress, as a real job's failure
             job.error = str(e)
             job.state = f"FAILED ({type(e).__name__}"
+
+
+def _human_size(size: int) -> str:
+    """As Alluxio's ``FormatUtils.getSizeFromBytes``: ``%dB`` up to 5 KiB, then ``%.2f``
+    in the first unit that keeps the value at or under 5×1024."""
+    if size <= 5 * 1024:
+        return f"{size}B"
+    value = float(size)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value <= 5 * 1024:
+            return f"{value:.2f}{unit}"
+    return f"{value / 1024:.2f}PB"
 
 
 def _head(status: int, length: int, ctype: str) -> bytes:
