@@ -98,9 +98,19 @@ def load(config: MountConfig, path: str, interval: float, out: TextIO = sys.stde
     The exit code: 0 loaded, 1 failed, 130 stopped."""
     try:
         return trio.run(_load, config, to_uri(path), interval, out)
-    except AlluxioFuseError as e:
-        print(f"\nalluxiofuse: load failed: {e}", file=sys.stderr)
+    except (AlluxioFuseError, ExceptionGroup) as e:
+        error = _domain_error(e)
+        if error is None:
+            raise
+        print(f"\nalluxiofuse: load failed: {error}", file=sys.stderr)
         return 1
+
+
+def _domain_error(e: BaseException) -> AlluxioFuseError | None:
+    """The AlluxioFuseError ``e`` is or (from trio's nurseries) wraps alone, else None."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e if isinstance(e, AlluxioFuseError) else None
 
 
 async def _load(config: MountConfig, uri: str, interval: float, out: TextIO) -> int:
@@ -110,12 +120,9 @@ async def _load(config: MountConfig, uri: str, interval: float, out: TextIO) -> 
     worker = ring.owner(uri)
     client = WorkerClient(timeout=config.worker_timeout, retries=config.worker_retries)
     bar = ProgressBar(out, uri)
+    interrupted = False
     try:
-        try:
-            await client.load_submit(worker, uri)
-        except ConnectionDropped:  # an OSS worker drops a submit while a job runs
-            bar.note("a load of this path is already running: following it")
-        interrupted = False
+        # Ctrl-C from the submit on: a job that may have started is stopped.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -126,6 +133,10 @@ async def _load(config: MountConfig, uri: str, interval: float, out: TextIO) -> 
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(on_signal)
+                try:
+                    await client.load_submit(worker, uri)
+                except ConnectionDropped:  # an OSS worker drops a submit while a job runs
+                    bar.note("a load of this path is already running: following it")
                 nursery.start_soon(_total_size, config, uri, bar)
                 progress = await _follow(client, worker, uri, interval, bar)
                 nursery.cancel_scope.cancel()

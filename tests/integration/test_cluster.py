@@ -222,3 +222,18 @@ def test_ctrl_c_stops_the_load_job(etcd: str, tmp_path: Path) -> None:
                 "path": uri, "opType": "progress"}).json()["jobState"])
         _wait_for(lambda: state() == "STOPPED")
         assert len(list((tmp_path / "store").glob("*/*/0"))) < 40
+
+
+def test_load_reports_a_worker_that_fails_it(etcd: str, tmp_path: Path) -> None:
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    (ufs / "f").write_bytes(b"x")
+    with sim_cluster(etcd, ufs, tmp_path / "store", 1) as cluster:
+        cluster.workers[0].faults(drop=True, routes=["load"])
+        result = subprocess.run(_load_cmd(etcd, cluster.ufs), capture_output=True, text=True,
+                                timeout=60, cwd=REPO)
+        assert result.returncode == 1
+        assert "already running: following it" in result.stderr
+        assert result.stderr.rstrip().splitlines()[-1].startswith(
+            "alluxiofuse: load failed: http://127.0.0.1:")
+        assert "Traceback" not in result.stderr
