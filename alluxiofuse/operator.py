@@ -74,8 +74,11 @@ async def _ring(config: MountConfig) -> HashRing[WorkerAddress]:
     return HashRing(workers, config.virtual_nodes)
 
 
-def locate(config: MountConfig, paths: list[str], count: int, out: TextIO = sys.stdout) -> int:
-    """Print each path's owner and preference list as JSON; the exit code."""
+def locate(config: MountConfig, paths: list[str], count: int, out: TextIO | None = None,
+           ) -> int:
+    """Print each path's owner and preference list as JSON (on stdout unless ``out``);
+    the exit code."""
+    out = out or sys.stdout
     try:
         ring = trio.run(_ring, config)
     except AlluxioFuseError as e:
@@ -93,11 +96,11 @@ def locate(config: MountConfig, paths: list[str], count: int, out: TextIO = sys.
     return 0
 
 
-def load(config: MountConfig, path: str, interval: float, out: TextIO = sys.stderr) -> int:
-    """Load ``path`` into the cluster, drawing progress on ``out``; Ctrl-C stops the job.
-    The exit code: 0 loaded, 1 failed, 130 stopped."""
+def load(config: MountConfig, path: str, interval: float, out: TextIO | None = None) -> int:
+    """Load ``path`` into the cluster, drawing progress on ``out`` (stderr unless given);
+    Ctrl-C stops the job. The exit code: 0 loaded, 1 failed, 130 stopped."""
     try:
-        return trio.run(_load, config, to_uri(path), interval, out)
+        return trio.run(_load, config, to_uri(path), interval, out or sys.stderr)
     except (AlluxioFuseError, ExceptionGroup) as e:
         error = _domain_error(e)
         if error is None:

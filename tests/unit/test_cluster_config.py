@@ -142,3 +142,34 @@ def test_progress_bar_draws_the_fraction_once_the_total_is_known() -> None:
     assert lines[0].startswith("RUNNING") and "512B 1 files" in lines[0]
     assert "[###############...............]  50% 1.0KiB of 2.0KiB 2 files, 1.0KiB/s" in lines[1]
     assert lines[2:] == ["load of s3://b/p: SUCCEEDED"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["locate", "s3://b/k"], "name the workers"),
+    (["locate", "--workers", "w1", "--count", "0", "s3://b/k"], "--count must be at least 1"),
+    (["load", "--etcd", "e", "--poll", "0", "s3://b/k"], "--poll must be positive"),
+    (["locate", "--workers", "w1,w1", "s3://b/k"], "names host 'w1' twice"),
+    (["load", "--etcd", "ftp://e", "s3://b/k"], "not an http"),
+    (["locate", "--workers", "w", "--alluxio-property", "nokey", "x"], "needs key=value"),
+])
+def test_cluster_commands_refuse_bad_usage(argv: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from alluxiofuse.cli import main
+
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_locate_prints_owners_for_a_static_list(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from alluxiofuse.cli import main
+
+    hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    assert main(["locate", "--workers", ",".join(hosts), "--count", "4", "--alluxio-property",
+                 f"{OSS_VNODES_KEY}=5", "s3://bucket/a.txt"]) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    # PROTOCOL.md 2.6, row 1: .1 > .2 > .3 > .4 with 5 virtual nodes
+    assert report["preference"] == [f"{h}:28080" for h in hosts]
+    assert report["owner"] == "10.0.0.1:28080"
+    assert report["file_id"] == "e67b7b993c608a4ed7a7acb69ada26b4bbcfc98db96795b064d4f453bd1fb81f"
