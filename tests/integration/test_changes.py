@@ -186,12 +186,15 @@ def test_unchanged_file_keeps_kernel_cache(mount: MountFactory, tmp_path: Path) 
     m = _mount(mount, src)
     target = m.path / "f"
 
+    # "Kept" is most of the file, not every page: these machines run the kernel's
+    # proactive reclaim (DAMON pageout), which may take a few cold pages at any time.
+    kept = 0.9 * len(data)
     assert read_bytes(target) == data
-    assert _resident_bytes(target) >= 2 * MiB
+    assert _resident_bytes(target) >= kept
     time.sleep(SETTLE)  # attributes re-fetched: same version, so the kernel keeps its copy
     assert read_bytes(target) == data
     assert read_bytes(target) == data
-    assert _resident_bytes(target) >= 2 * MiB
+    assert _resident_bytes(target) >= kept
     with open(target, "rb") as f:
         f.seek(MiB - 10)
         assert f.read(20) == data[MiB - 10:MiB + 10]
