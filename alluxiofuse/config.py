@@ -18,6 +18,7 @@ Alluxio's own properties); durations take seconds or a unit (``500ms``, ``2s``, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -159,10 +160,10 @@ def _parse_id(value: Any) -> int:
     return ident
 
 
-def _parse_count(value: Any) -> int:
+def _parse_count(value: Any, minimum: int = 0) -> int:
     count = int(value)
-    if count < 0:
-        raise ValueError(f"must not be negative: {value!r}")
+    if count < minimum:
+        raise ValueError(f"must be at least {minimum}: {value!r}")
     return count
 
 
@@ -171,13 +172,6 @@ def _parse_port(value: Any) -> int:
     if not 0 < port < 65536:
         raise ValueError(f"not a port number: {value!r}")
     return port
-
-
-def _parse_positive(value: Any) -> int:
-    count = int(value)
-    if count < 1:
-        raise ValueError(f"must be at least 1: {value!r}")
-    return count
 
 
 def _parse_worker_api(value: Any) -> str:
@@ -229,7 +223,7 @@ _PARSERS: dict[str, Any] = {
     "worker_retries": _parse_count,
     "worker_cooloff": parse_duration,
     "membership_refresh": parse_duration,
-    "virtual_nodes": _parse_positive,
+    "virtual_nodes": functools.partial(_parse_count, minimum=1),
     "log_level": _parse_level,
     "log_file": str,
     "strict": _parse_bool,

@@ -726,13 +726,7 @@ def summary(vals: list[float]) -> str:
 
 
 def table(rows: list[list[str]], markdown: bool) -> None:
-    if markdown:
-        for i, row in enumerate(rows):
-            print("| " + " | ".join(row) + " |" + ("\n|" + "---|" * len(row) if i == 0 else ""))
-    else:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    rb.print_table(rows, markdown)
     print()
 
 

@@ -414,14 +414,7 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
                  f"<= {limit} (cache {PAGE_CACHE_MIB} + {RSS_SLACK_MIB})",
                  "n/a" if a_rss is None else "yes" if a_rss <= limit else "no"])
     print()
-    if markdown:
-        for i, row in enumerate(rows):
-            print("| " + " | ".join(row) + " |" + ("\n|" + "---|" * len(row) if i == 0 else ""))
-    else:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(c.ljust(w) if i in (0, 9) else c.rjust(w)
-                            for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print_table(rows, markdown, left=(0, 9))
     print()
     if a_rss is not None:
         print(f"alluxiofuse peak RSS (VmHWM, mount that read big.bin): {a_rss:.0f} MiB; page "
@@ -433,6 +426,20 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
             if t in res.failed else "ok"
         print(f"{t}: {status}")
 
+
+
+def print_table(rows: list[list[str]], markdown: bool,
+                left: tuple[int, ...] | None = None) -> None:
+    """``rows`` (the first is the header) as Markdown or as aligned text; in text, the
+    columns in ``left`` (all when None) are left-aligned, the others right-aligned."""
+    if markdown:
+        for i, row in enumerate(rows):
+            print("| " + " | ".join(row) + " |" + ("\n|" + "---|" * len(row) if i == 0 else ""))
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) if left is None or i in left else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,

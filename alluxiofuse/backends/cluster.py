@@ -22,7 +22,8 @@ import builtins
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import trio
 from cachetools import LRUCache, TTLCache
@@ -55,6 +56,8 @@ from alluxiofuse.model import FileStatus, FsStats, Version, valid_name
 from alluxiofuse.ring import DEFAULT_VNODES, HashRing, WorkerIdentity, path_id
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MTIME_UNIT_NS = 1_000_000  # workers report modification times in milliseconds
 _UNUSABLE_REPLIES_BEFORE_DOWN = 3
@@ -204,38 +207,38 @@ class ClusterBackend:
     # --- metadata ---------------------------------------------------------------------
 
     async def stat(self, path: str) -> FileStatus:
-        uri = self.ufs.uri(path)
-        worker = self._metadata_worker(uri, "stat")
-        if worker is not None:
-            try:
-                info = await self._client.info(worker, uri)
-            except (BackendError, NotFound) as e:
-                self._failed(worker, e, "stat")
-            else:
-                self._health.succeeded(worker)
-                return self._remember(path, path.rpartition("/")[2], info)
-        return await self.ufs.stat(path)
+        info = await self._ask_owner("stat", path, self._client.info)
+        if info is None:
+            return await self.ufs.stat(path)
+        return self._remember(path, path.rpartition("/")[2], info)
 
     async def list(self, path: str) -> builtins.list[FileStatus]:
-        uri = self.ufs.uri(path)
-        worker = self._metadata_worker(uri, "list")
-        if worker is not None:
-            try:
-                infos = await self._client.files(worker, uri)
-            except (BackendError, NotFound) as e:
-                self._failed(worker, e, "list")
-            else:
-                self._health.succeeded(worker)
-                prefix = f"{path}/" if path else ""
-                return [self._remember(prefix + i.status.name, i.status.name, i)
-                        for i in infos if valid_name(i.status.name)]
-        return await self.ufs.list(path)
+        infos = await self._ask_owner("list", path, self._client.files)
+        if infos is None:
+            return await self.ufs.list(path)
+        prefix = f"{path}/" if path else ""
+        return [self._remember(prefix + i.status.name, i.status.name, i)
+                for i in infos if valid_name(i.status.name)]
 
-    def _metadata_worker(self, uri: str, op: str) -> WorkerAddress | None:
+    async def _ask_owner(
+        self, op: str, path: str, call: Callable[[WorkerAddress, str], Awaitable[T]],
+    ) -> T | None:
+        """``call(owner, uri)`` for a metadata ``op`` on ``path``; None (counted) when the
+        owner cannot be asked or fails, and the under-storage must answer instead."""
+        uri = self.ufs.uri(path)
         if not oss_expressible(uri):  # ``path=`` cannot carry it
             self._metrics.fallback_reads.labels(op, "unexpressible").inc()
             return None
-        return self._owner(uri, op)
+        worker = self._owner(uri, op)
+        if worker is None:
+            return None
+        try:
+            answer = await call(worker, uri)
+        except (BackendError, NotFound) as e:
+            self._failed(worker, e, op)
+            return None
+        self._health.succeeded(worker)
+        return answer
 
     def _remember(self, path: str, name: str, info: WorkerFileInfo) -> FileStatus:
         status = info.status

@@ -27,6 +27,7 @@ from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import Kind
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
+from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker
 
 PAGE = 64 * 1024
@@ -72,10 +73,7 @@ FILES = {
 
 
 def _cluster(tmp_path: Path, mode: str) -> Iterator[Cluster]:
-    ufs = tmp_path / "ufs"
-    for rel, data in FILES.items():
-        (ufs / rel).parent.mkdir(parents=True, exist_ok=True)
-        (ufs / rel).write_bytes(data)
+    ufs = write_tree(tmp_path / "ufs", FILES)
     members: dict[WorkerIdentity, WorkerAddress] = {}
     sims = [SimWorker(ufs, tmp_path / "store", mode=mode, members=lambda: members,
                       vnodes=VNODES, page_size=PAGE) for _ in range(3)]

@@ -32,6 +32,7 @@ import pytest
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
 from tests.etcdserver import etcd_server
+from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker, etcd_members, register_in_etcd
 
 with warnings.catch_warnings():  # etcd3's generated protobuf modules use deprecated calls
@@ -107,10 +108,7 @@ def stop(sim: SimWorker) -> None:
 
 @contextmanager
 def cluster(tmp_path: Path, mode: str, node_shape: str = "object") -> Iterator[Cluster]:
-    ufs = (tmp_path / "ufs").resolve()
-    for rel, data in FILES.items():
-        (ufs / rel).parent.mkdir(parents=True, exist_ok=True)
-        (ufs / rel).write_bytes(data)
+    ufs = write_tree(tmp_path / "ufs", FILES)
     assert re.fullmatch(r"[A-Za-z0-9_./-]+", str(ufs)), ufs  # no character needs quoting
     with etcd_server(tmp_path / "etcd") as etcd:
         sims = [SimWorker(ufs, tmp_path / "store", mode=mode, members=etcd_members(etcd, CLUSTER),

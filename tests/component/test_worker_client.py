@@ -42,6 +42,7 @@ from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import Kind
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
+from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker
 
 PAGE = 64 * 1024
@@ -63,10 +64,7 @@ FILES = {
 
 @pytest.fixture
 def ufs(tmp_path: Path) -> Path:
-    root = (tmp_path / "ufs").resolve()
-    for rel, data in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
+    root = write_tree(tmp_path / "ufs", FILES)
     # The expected wire encodings below are spelled out by hand for such paths.
     assert re.fullmatch(r"[A-Za-z0-9_./-]+", str(root)), root
     return root

@@ -19,6 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "SimCluster"
 
 
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (relative path -> content) under ``root``; the resolved root."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root.resolve()
+
+
 @dataclass
 class SimProcess:
     proc: subprocess.Popen[str]

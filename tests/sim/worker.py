@@ -46,6 +46,7 @@ import httpx
 
 from alluxiofuse.membership import DEFAULT_CLUSTER, WorkerAddress, etcd_prefix, parse_worker_entity
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
+from tests.etcdserver import b64, register
 
 PAGE_SIZE = 1024 * 1024
 BODY_LIMIT = 10 * 1024  # the OSS server's HttpObjectAggregator(1024 * 10)
@@ -471,8 +472,8 @@ def etcd_members(etcd: str, cluster: str) -> Callable[[], dict[WorkerIdentity, W
     end = prefix[:-1] + bytes([prefix[-1] + 1])
 
     def members() -> dict[WorkerIdentity, WorkerAddress]:
-        reply = httpx.post(f"{etcd}/v3/kv/range", timeout=5, json={
-            "key": base64.b64encode(prefix).decode(), "range_end": base64.b64encode(end).decode()})
+        reply = httpx.post(f"{etcd}/v3/kv/range", timeout=5,
+                           json={"key": b64(prefix), "range_end": b64(end)})
         reply.raise_for_status()
         return dict(parse_worker_entity(base64.b64decode(kv["value"]))
                     for kv in reply.json().get("kvs", []))
@@ -482,12 +483,8 @@ def etcd_members(etcd: str, cluster: str) -> Callable[[], dict[WorkerIdentity, W
 def register_in_etcd(etcd: str, cluster: str, worker: SimWorker, ttl: int) -> threading.Event:
     """Put the worker's registration under a lease and keep the lease alive from a
     thread, as a worker's heartbeat does; set the returned event to stop."""
-    lease = int(httpx.post(f"{etcd}/v3/lease/grant", json={"TTL": ttl}, timeout=5).json()["ID"])
     key = etcd_prefix(cluster) + "worker-" + worker.identity.identifier.hex()
-    httpx.post(f"{etcd}/v3/kv/put", timeout=5, json={
-        "key": base64.b64encode(key.encode()).decode(),
-        "value": base64.b64encode(worker.entity().encode()).decode(),
-        "lease": lease}).raise_for_status()
+    lease = register(etcd, key, worker.entity(), ttl)
     stop = threading.Event()
 
     def keepalive() -> None:
