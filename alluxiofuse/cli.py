@@ -57,6 +57,16 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("file-mode", "OCTAL", "permission bits of every file (default: from the source, else 0644)"),
     ("dir-mode", "OCTAL", "permission bits of every directory (default: from the source, "
      "else 0755)"),
+    ("write-type", "TYPE", "THROUGH (default: close and fsync return once the under-storage "
+     "has the file), CACHE_THROUGH (also cached by the cluster), ASYNC_THROUGH (they return "
+     "once the file is journaled in the spool; uploaded in the background)"),
+    ("cache-dir", "DIR", "where files being written and owed uploads are kept (default "
+     "/var/cache/alluxiofuse as root, else ~/.cache/alluxiofuse)"),
+    ("cache-size", "SIZE", "bytes the spool may hold (default: half the disk's free space)"),
+    ("upload-part-size", "SIZE", "part size of multipart uploads (default 16MiB)"),
+    ("upload-threads", "N", "background uploads at once (default 4)"),
+    ("drain-timeout", "SECONDS", "at unmount, how long to wait for owed uploads; the rest "
+     "resume at the next mount (default 60)"),
     ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
     ("log-file", "PATH", "log here (default: stderr in the foreground, syslog in the background)"),
 )
@@ -84,6 +94,7 @@ _CLUSTER_OPTIONS: tuple[tuple[str, str, str], ...] = (
 )
 _FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
     ("allow-other", "let other users access the mount (as root, or with user_allow_other)"),
+    ("read-only", "refuse every change (EROFS); no spool is used"),
     ("strict", "crash on unexpected exceptions instead of answering EIO (for tests)"),
 )
 

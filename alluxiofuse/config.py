@@ -67,6 +67,14 @@ class MountConfig:
     dir_readahead: int = 32  # files of a directory read in order to fetch ahead; 0 = off
     io_threads: int = 16
     io_timeout: float = 60.0
+    # Writes.
+    read_only: bool = False
+    write_type: str = "THROUGH"  # see WRITE_TYPES
+    cache_dir: str = ""  # "" = default_cache_dir(); the spool and journal live below it
+    cache_size: int = 0  # bytes the spool may hold; 0 = half the disk's free space at mount
+    upload_part_size: int = 16 * MiB
+    upload_threads: int = 4
+    drain_timeout: float = 60.0
     # Presentation.
     allow_other: bool = False
     uid: int | None = None
@@ -181,6 +189,25 @@ def _parse_worker_api(value: Any) -> str:
     return api
 
 
+WRITE_TYPES = ("THROUGH", "CACHE_THROUGH", "ASYNC_THROUGH", "MUST_CACHE")
+
+
+def _parse_write_type(value: Any) -> str:
+    kind = str(value).strip().upper()
+    if kind not in WRITE_TYPES:
+        raise ValueError(f"not a write type: {value!r} (one of {', '.join(WRITE_TYPES)})")
+    return kind
+
+
+def default_cache_dir() -> str:
+    """Where the spool lives unless --cache-dir says: the system cache for root, else the
+    user's (it must survive a reboot, as pending uploads are resumed from it)."""
+    if os.geteuid() == 0:
+        return "/var/cache/alluxiofuse"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "alluxiofuse")
+
+
 def _parse_level(value: Any) -> str:
     level = str(value).lower()
     if level not in LOG_LEVELS:
@@ -205,6 +232,13 @@ _PARSERS: dict[str, Any] = {
     "dir_readahead": _parse_count,
     "io_threads": _parse_count,
     "io_timeout": parse_duration,
+    "read_only": _parse_bool,
+    "write_type": _parse_write_type,
+    "cache_dir": str,
+    "cache_size": parse_size,
+    "upload_part_size": parse_size,
+    "upload_threads": functools.partial(_parse_count, minimum=1),
+    "drain_timeout": parse_duration,
     "allow_other": _parse_bool,
     "uid": _parse_id,
     "gid": _parse_id,
@@ -243,6 +277,7 @@ ALLUXIO_PROPERTIES: dict[str, str] = {
     "alluxio.etcd.username": "etcd_username",
     "alluxio.etcd.password": "etcd_password",
     "alluxio.user.worker.list.refresh.interval": "membership_refresh",
+    "alluxio.user.file.writetype.default": "write_type",
 }
 
 
@@ -392,6 +427,16 @@ def _validated(c: MountConfig) -> MountConfig:
         raise ConfigError("--worker-page-size must be between 4KiB and 64MiB")
     if c.membership_refresh <= 0:
         raise ConfigError("--membership-refresh must be positive")
+    if c.write_type == "MUST_CACHE":
+        raise ConfigError("--write-type MUST_CACHE: Alluxio 3.x workers cannot hold data the "
+                          "under-storage does not have; use THROUGH, CACHE_THROUGH or "
+                          "ASYNC_THROUGH")
+    if c.write_type == "CACHE_THROUGH" and not c.cluster:
+        raise ConfigError("--write-type CACHE_THROUGH caches written files in Alluxio workers: "
+                          "name them with --workers, --etcd or --load-balance-domain")
+    if not 5 * MiB <= c.upload_part_size <= 5 * GiB:
+        raise ConfigError("--upload-part-size must be between 5MiB and 5GiB (the limits of "
+                          "S3 multipart uploads)")
     return c
 
 
@@ -399,4 +444,5 @@ def _with_derived_defaults(c: MountConfig) -> MountConfig:
     cache = c.page_cache_size or default_page_cache_size(memory_limit())
     cache = max(cache, 4 * c.page_size)
     budget = c.prefetch_budget or min(256 * MiB, cache // 4)
-    return dataclasses.replace(c, page_cache_size=cache, prefetch_budget=max(budget, c.page_size))
+    return dataclasses.replace(c, page_cache_size=cache, prefetch_budget=max(budget, c.page_size),
+                               cache_dir=os.path.abspath(c.cache_dir or default_cache_dir()))

@@ -29,6 +29,9 @@ from alluxiofuse.fs import Filesystem
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
+from alluxiofuse.spool import Spool
+from alluxiofuse.staging import DiskIO
+from alluxiofuse.writes import Writes
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +109,30 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
     metrics = Metrics(new_registry())
     limiter = trio.CapacityLimiter(config.io_threads)
     ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
-                   mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1)
+                   mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
+                   part_size=config.upload_part_size)
     cluster = open_cluster(config, ufs, metrics) if config.cluster else None
     backend: Backend = cluster or ufs
+    spool: Spool | None = None
     try:
         if cluster is not None:
             await read_membership(cluster.membership)
         root = await check_source(backend)
+        writes = None
+        if not config.read_only:
+            spool = await trio.to_thread.run_sync(
+                Spool.open, config.cache_dir, config.source, config.cache_size)
+            io = DiskIO(trio.CapacityLimiter(config.io_threads), config.io_timeout)
+            writes = Writes(config, backend, spool, io)
+            await writes.recover()
         async with trio.open_nursery() as nursery:
             if cluster is not None:
                 nursery.start_soon(cluster.membership.run, config.membership_refresh)
             fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
-                            invalidate_attrs=invalidate_kernel_attrs)
+                            invalidate_attrs=invalidate_kernel_attrs, writes=writes)
+            if writes is not None:
+                writes.on_committed = fs.committed
+                nursery.start_soon(writes.uploader.run)
             ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
                 _after_init, config,
             ))
@@ -129,9 +144,14 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
                 await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
             finally:
                 pyfuse3.close(unmount=True)
+                if writes is not None:
+                    with trio.CancelScope(shield=True):
+                        await writes.shutdown()
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", config.mountpoint)
     finally:
+        if spool is not None:
+            spool.close()
         await backend.aclose()
 
 
@@ -164,9 +184,12 @@ async def check_source(backend: Backend) -> FileStatus:
 
 
 def mount_options(config: MountConfig) -> set[str]:
-    """libfuse mount options: read-only, kernel permission checks, our name in /proc/mounts."""
+    """libfuse mount options: kernel permission checks, our name in /proc/mounts, ``ro``
+    for a read-only mount."""
     source = config.source.replace("\\", "\\\\").replace(",", "\\,")
-    options = {"ro", "default_permissions", "subtype=alluxiofuse", f"fsname={source}"}
+    options = {"default_permissions", "subtype=alluxiofuse", f"fsname={source}"}
+    if config.read_only:
+        options.add("ro")
     if config.allow_other:
         options.add("allow_other")
     return options

@@ -13,6 +13,7 @@ The tree::
     ├── NotSupported                 ENOTSUP
     ├── InvalidArgument              EINVAL
     ├── NameTooLong                  ENAMETOOLONG
+    ├── NoSpace                      ENOSPC   (the spool or the disk is full)
     ├── StaleFile                    ESTALE   (the file changed under an open handle)
     └── BackendError                 EIO      (``reason`` labels the metric)
         ├── BackendUnavailable                (connection refused, DNS, 5xx after retries)
@@ -81,6 +82,10 @@ class NameTooLong(AlluxioFuseError):
     errno = errno.ENAMETOOLONG
 
 
+class NoSpace(AlluxioFuseError):
+    errno = errno.ENOSPC
+
+
 class StaleFile(AlluxioFuseError):
     errno = errno.ESTALE
 
@@ -132,6 +137,8 @@ _BY_ERRNO: dict[int, type[AlluxioFuseError]] = {
     errno.ENOTSUP: NotSupported,
     errno.EINVAL: InvalidArgument,
     errno.ENAMETOOLONG: NameTooLong,
+    errno.ENOSPC: NoSpace,
+    errno.EDQUOT: NoSpace,
     errno.ESTALE: StaleFile,
     errno.ETIMEDOUT: BackendTimeout,
     errno.ECONNREFUSED: BackendUnavailable,

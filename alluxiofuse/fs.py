@@ -1,4 +1,4 @@
-"""The mount's file semantics, free of FUSE: inodes, metadata cache, handles, read-only rules.
+"""The mount's file semantics, free of FUSE: inodes, metadata cache, handles, changes.
 
 ``ops.py`` adapts this to pyfuse3; tests drive it (through ``ops``) without a kernel. Every
 method raises only :mod:`alluxiofuse.errors` exceptions for conditions it understands.
@@ -20,11 +20,14 @@ from cachetools import LRUCache
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
     NotADirectory,
     NotFound,
+    NotSupported,
     ReadOnly,
     StaleFile,
 )
@@ -33,8 +36,19 @@ from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn
 from alluxiofuse.inodes import Inode, InodeTable
 from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import NAME_MAX, FileStatus, FsStats, Kind, valid_name
+from alluxiofuse.model import (
+    NAME_MAX,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    Attrs,
+    FileStatus,
+    FsStats,
+    Kind,
+    valid_name,
+)
 from alluxiofuse.pages import PageCache, PageKey
+from alluxiofuse.staging import StagedFile
+from alluxiofuse.writes import Writes
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +85,17 @@ class _DirReadahead:
 
 
 class Filesystem:
-    """One mounted tree, read-only."""
+    """One mounted tree; read-only when ``writes`` is None."""
 
     def __init__(
         self, config: MountConfig, backend: Backend, root: FileStatus, metrics: Metrics,
         spawn: Spawn, invalidate_attrs: Callable[[int], None] = lambda ino: None,
+        writes: Writes | None = None,
     ) -> None:
         self.config = config
+        self.writes = writes
+        # The staged file each handle opened for writing (or opened while it was staged).
+        self._staged: dict[int, StagedFile] = {}
         self._invalidate_attrs = invalidate_attrs
         self.backend = backend
         self.inodes = InodeTable(root)
@@ -123,6 +141,8 @@ class Filesystem:
 
     async def getattr(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
+        if not self.inodes.is_linked(inode):  # removed or replaced while open
+            return inode
         status = await self._stat(inode.path)
         if status.kind is inode.status.kind:
             inode = self._learn(inode.path, status)
@@ -148,8 +168,16 @@ class Filesystem:
         if inode.status.kind is not Kind.DIRECTORY:
             raise NotADirectory(inode.path)
         listing = await self._list(inode.path)
+        entries = listing.entries
+        staged = self.writes.children(inode.path) if self.writes is not None else {}
+        if staged:  # files being written: their own status, and new ones not yet uploaded
+            entries = [s if s.name not in staged else staged[s.name].status(s.name)
+                       for s in entries]
+            listed = listing.position
+            entries += [f.status(name) for name, f in sorted(staged.items())
+                        if name not in listed]
         fh = next(self._handle_ids)
-        self._dirs[fh] = DirHandle(ino, inode.path, listing.entries)
+        self._dirs[fh] = DirHandle(ino, inode.path, entries)
         return fh
 
     def readdir(self, fh: int, start: int, reply: ReplyFn) -> None:
@@ -180,15 +208,23 @@ class Filesystem:
     # -- files
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """A handle for reading ``ino``, and whether the kernel may keep its cached pages."""
-        if flags & _WRITE_FLAGS:
-            raise ReadOnly("the mount is read-only")
+        """A handle for ``ino``, and whether the kernel may keep its cached pages."""
         inode = self.inodes.get(ino)
         if inode.status.kind is Kind.DIRECTORY:
             raise IsADirectory(inode.path)
+        writing = bool(flags & _WRITE_FLAGS)
+        writes = self._writable() if writing else self.writes
         status = await self._stat(inode.path)
         if status.kind is not inode.status.kind:
             raise StaleFile(f"{inode.path} was replaced by a {status.kind.value}")
+        staged = writes.get(inode.path) if writes is not None else None
+        if writing:
+            assert writes is not None
+            staged = await writes.open(inode.path, status)
+            if flags & os.O_TRUNC and staged.size:
+                await writes.truncate(staged, 0)
+        if staged is not None:
+            return self._open_staged(inode, staged), False
         self._learn(inode.path, status)
         if inode.attrs_version != status.version:
             # The kernel reads up to the size it holds: were that the old, larger size, it
@@ -211,18 +247,280 @@ class Filesystem:
         return fh, keep_cache
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        staged = self._staged.get(fh)
+        if staged is not None:
+            assert self.writes is not None
+            return await self.writes.read(staged, offset, size)
         handle = self._files.get(fh)
         if handle is None:
             raise StaleFile(f"file handle {fh} is not open")
         return await handle.read(offset, size)
 
-    def release(self, fh: int) -> None:
+    async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
+        staged = self._staged.pop(fh, None)
+        if staged is not None and self.writes is not None:
+            staged.handles -= 1
+            await self.writes.release(staged)
 
-    @staticmethod
-    def refuse_write(what: str) -> NoReturn:
-        """Every mutation of this read-only mount ends here."""
-        raise ReadOnly(f"{what}: the mount is read-only")
+    def refuse_write(self, what: str) -> NoReturn:
+        """Every change the mount does not make ends here."""
+        self._writable()
+        raise NotSupported(f"{what} is not supported")
+
+    # -- changes
+
+    async def create(
+        self, parent_ino: int, name: str, mode: int, flags: int, owner: tuple[int, int],
+    ) -> tuple[int, Inode]:
+        """A new file ``name`` in ``parent_ino``, open; committed at its first flush."""
+        writes = self._writable()
+        path = self._child_path(parent_ino, name)
+        try:
+            status = await self._stat(path)
+        except NotFound:
+            pass
+        else:
+            if flags & os.O_EXCL:
+                raise AlreadyExists(path)
+            inode = self._learn(path, status)
+            self.inodes.remember(inode)
+            fh, _ = await self.open(inode.ino, flags | os.O_WRONLY)
+            return fh, inode
+        staged = await writes.create(path, mode & 0o7777, *owner)
+        self.meta.forget(path)
+        inode = self._learn(path, staged.status(name))
+        self.inodes.remember(inode)
+        inode.attrs_version = inode.status.version
+        return self._open_staged(inode, staged), inode
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        writes = self._writable()
+        staged = self._staged.get(fh)
+        if staged is None:
+            raise InvalidArgument(f"file handle {fh} is not open for writing")
+        await writes.write(staged, offset, data)
+        return len(data)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) and fsync(2): commit what the handle's file holds, by the write type."""
+        staged = self._staged.get(fh)
+        if staged is not None and self.writes is not None:
+            await self._commit(staged)
+
+    async def setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
+        writes = self._writable()
+        inode = self.inodes.get(ino)
+        path = inode.path
+        staged = self._staged.get(fh) if fh is not None else None
+        if staged is None and self.inodes.is_linked(inode):
+            staged = writes.get(path)
+        if staged is None and inode.status.kind is Kind.FILE and size is not None:
+            staged = await writes.open(path, await self._stat(path))
+        if size is not None:
+            if inode.status.kind is not Kind.FILE or staged is None:
+                raise IsADirectory(path)
+            await writes.truncate(staged, size)
+        support = self.backend.writes
+        if ((attrs.mode is not None and not support.modes)
+                or ((attrs.uid, attrs.gid) != (None, None) and not support.owners)
+                or ((attrs.atime_ns, attrs.mtime_ns) != (None, None) and not support.times)):
+            raise NotSupported(f"{self.backend.description} does not keep this attribute")
+        ufs_attrs = attrs
+        if staged is not None:
+            if attrs.mode is not None:
+                staged.mode = attrs.mode
+            if attrs.uid is not None:
+                staged.uid = attrs.uid
+            if attrs.gid is not None:
+                staged.gid = attrs.gid
+            if attrs.mtime_ns is not None and (staged.dirty or staged.base is None):
+                await writes.set_mtime(staged, attrs.mtime_ns)
+                ufs_attrs = Attrs(attrs.mode, attrs.uid, attrs.gid)
+            if staged.base is None:  # not in the under-storage yet: the commit carries it
+                staged.dirty = staged.dirty or ufs_attrs != Attrs()
+                ufs_attrs = Attrs()
+        if ufs_attrs != Attrs():
+            status = await self.backend.setattr(path, ufs_attrs)
+            self.meta.put_status(path, status)
+            if staged is None:
+                self._learn(path, status)
+            else:
+                staged.committed(status) if not staged.dirty else None
+        if staged is not None and staged.handles == 0:  # truncate(2), chmod(2) by name
+            try:
+                await self._commit(staged)
+            finally:
+                await writes.release(staged)
+        if staged is not None and self.inodes.is_linked(inode):
+            self._learn(path, staged.status(inode.status.name))
+        return inode
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, owner: tuple[int, int]) -> Inode:
+        self._writable()
+        path = self._child_path(parent_ino, name)
+        await self._must_not_exist(path)
+        status = await self.backend.mkdir(path, mode & 0o7777, owner)
+        return self._made(path, status)
+
+    async def symlink(
+        self, parent_ino: int, name: str, target: str, owner: tuple[int, int],
+    ) -> Inode:
+        self._writable()
+        if not self.backend.writes.symlinks:
+            raise NotSupported(f"{self.backend.description} has no symbolic links")
+        path = self._child_path(parent_ino, name)
+        await self._must_not_exist(path)
+        return self._made(path, await self.backend.symlink(path, target, owner))
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        writes = self._writable()
+        path = self._child_path(parent_ino, name)
+        status = await self._stat(path)
+        if status.kind is Kind.DIRECTORY:
+            raise IsADirectory(path)
+        staged = writes.get(path)
+        if staged is None or staged.base is not None or staged.record is not None:
+            await writes.uploader.wait(path, self.config.drain_timeout)
+            try:
+                await self.backend.unlink(path)
+            except NotFound:
+                if staged is None:
+                    raise
+        writes.unlinked(path)
+        self._removed(path)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        writes = self._writable()
+        path = self._child_path(parent_ino, name)
+        status = await self._stat(path)
+        if status.kind is not Kind.DIRECTORY:
+            raise NotADirectory(path)
+        if any(True for _ in writes.under(path)):
+            raise DirectoryNotEmpty(path)
+        await self.backend.rmdir(path)
+        self._removed(path, tree=True)
+
+    async def rename(
+        self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int,
+    ) -> None:
+        writes = self._writable()
+        old = self._child_path(old_parent, old_name)
+        new = self._child_path(new_parent, new_name)
+        self._check_rename_flags(flags)
+        source = await self._stat(old)
+        try:
+            target: FileStatus | None = await self._stat(new)
+        except NotFound:
+            target = None
+        if source.kind is Kind.DIRECTORY and new.startswith(old + "/"):
+            raise InvalidArgument(f"cannot move {old} into itself")
+        if old == new:
+            return
+        if target is None and flags & RENAME_EXCHANGE:
+            raise NotFound(new)
+        if target is not None and not flags & RENAME_EXCHANGE:
+            if flags & RENAME_NOREPLACE:
+                raise AlreadyExists(new)
+            await self._check_replace(source, target, new)
+        # The under-storage must hold what moves, and nothing owed may land at a name
+        # that has moved on.
+        await writes.settle(old)
+        await writes.settle(new)
+        await self.backend.rename(old, new, flags)
+        if flags & RENAME_EXCHANGE:
+            swap = f"{old}\0exchange"  # a path no entry can have
+            writes.renamed(old, swap)
+            self.inodes.rename(old, swap)
+            writes.renamed(new, old)
+            self.inodes.rename(new, old)
+            writes.renamed(swap, new)
+            self.inodes.rename(swap, new)
+        else:
+            writes.renamed(old, new)
+            self.inodes.rename(old, new)
+        self.meta.forget(old, tree=True)
+        self.meta.forget(new, tree=True)
+
+    async def link(self, ino: int, parent_ino: int, name: str) -> Inode:
+        self._writable()
+        raise NotSupported("hard links are not supported")
+
+    # -- change helpers
+
+    def _writable(self) -> Writes:
+        if self.writes is None:
+            raise ReadOnly("the mount is read-only")
+        return self.writes
+
+    def _child_path(self, parent_ino: int, name: str) -> str:
+        parent = self.inodes.get(parent_ino)
+        if parent.status.kind is not Kind.DIRECTORY:
+            raise NotADirectory(parent.path)
+        if not valid_name(name):
+            if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+                raise NameTooLong(name)
+            raise InvalidArgument(f"not a file name: {name!r}")
+        return join(parent.path, name)
+
+    async def _must_not_exist(self, path: str) -> None:
+        try:
+            await self._stat(path)
+        except NotFound:
+            return
+        raise AlreadyExists(path)
+
+    def _open_staged(self, inode: Inode, staged: StagedFile) -> int:
+        fh = next(self._handle_ids)
+        self._staged[fh] = staged
+        staged.handles += 1
+        inode.kernel_version = None
+        return fh
+
+    async def _commit(self, staged: StagedFile) -> None:
+        assert self.writes is not None
+        status = await self.writes.flush(staged)
+        if status is not None:
+            self.committed(staged.path, status)
+
+    def committed(self, path: str, status: FileStatus) -> None:
+        """``path``'s new content is in the under-storage, as ``status``."""
+        self.meta.forget(path)
+        self.meta.put_status(path, status)
+        if self.inodes.by_path(path) is not None:
+            self._learn(path, status)
+
+    def _made(self, path: str, status: FileStatus) -> Inode:
+        self.meta.forget(path)
+        self.meta.put_status(path, status)
+        inode = self._learn(path, status)
+        self.inodes.remember(inode)
+        inode.attrs_version = status.version
+        return inode
+
+    def _removed(self, path: str, *, tree: bool = False) -> None:
+        self.meta.forget(path, tree=tree)
+        self.meta.put_missing(path)
+        self.inodes.unlink(path)
+
+    def _check_rename_flags(self, flags: int) -> None:
+        support = self.backend.writes
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or (
+                flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE):
+            raise InvalidArgument(f"rename flags {flags:#x}")
+        if flags & RENAME_EXCHANGE and not support.rename_exchange:
+            raise InvalidArgument(f"{self.backend.description} cannot exchange atomically")
+
+    async def _check_replace(self, source: FileStatus, target: FileStatus, new: str) -> None:
+        """The POSIX rules for a rename over an existing ``target``."""
+        if target.kind is Kind.DIRECTORY and source.kind is not Kind.DIRECTORY:
+            raise IsADirectory(new)
+        if source.kind is Kind.DIRECTORY and target.kind is not Kind.DIRECTORY:
+            raise NotADirectory(new)
+        if target.kind is Kind.DIRECTORY:
+            assert self.writes is not None
+            if (await self._list(new)).entries or any(True for _ in self.writes.under(new)):
+                raise DirectoryNotEmpty(new)
 
     # -- internals
 
@@ -288,6 +586,8 @@ class Filesystem:
         HEAD per file on object stores; one worker-thread hop instead of one per file
         locally). Directories too large for the metadata cache are not listed this way.
         """
+        if self.writes is not None and (staged := self.writes.get(path)) is not None:
+            return staged.status(parent_and_name(path)[1])
         status = self.meta.status(path)
         if status is not None:
             return status

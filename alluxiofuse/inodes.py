@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from alluxiofuse.errors import StaleFile
-from alluxiofuse.model import FileStatus, Version
+from alluxiofuse.model import FileStatus, Kind, Version
 
 ROOT_INODE = 1
 _INO_MASK = (1 << 63) - 1
@@ -99,6 +99,30 @@ class InodeTable:
         self._by_ino.pop(inode.ino, None)
         if self._by_path.get(inode.path) is inode:
             del self._by_path[inode.path]
+
+    def unlink(self, path: str) -> None:
+        """``path`` no longer names its inode; the inode lives on until forgotten (an
+        open file that was removed), and a new entry at ``path`` gets a new number."""
+        self._by_path.pop(path, None)
+
+    def rename(self, old: str, new: str) -> None:
+        """``old`` and everything under it move to ``new``; what ``new`` named is unlinked."""
+        self.unlink(new)
+        moved = self._by_path.pop(old, None)
+        if moved is None:
+            return
+        moved.path = new
+        self._by_path[new] = moved
+        if moved.status.kind is Kind.DIRECTORY:
+            prefix = old + "/"
+            for path in [p for p in self._by_path if p.startswith(prefix)]:
+                inode = self._by_path.pop(path)
+                inode.path = new + path[len(old):]
+                self._by_path[inode.path] = inode
+
+    def is_linked(self, inode: Inode) -> bool:
+        """Whether ``inode`` is still what its path names (not removed or replaced)."""
+        return self._by_path.get(inode.path) is inode
 
     def _free_number(self, path: str) -> int:
         probe = 0

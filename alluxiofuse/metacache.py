@@ -51,6 +51,12 @@ class _Ttl:
         if self._cache is not None:
             self._cache.pop(key, None)
 
+    def pop_under(self, prefix: str) -> None:
+        """Drop every key that starts with ``prefix``."""
+        if self._cache is not None:
+            for key in [k for k in self._cache if k.startswith(prefix)]:
+                self._cache.pop(key, None)
+
 
 class MetadataCache:
     """Statuses (``attr_ttl``), missing paths (``negative_ttl``), listings (``dir_ttl``)."""
@@ -89,6 +95,16 @@ class MetadataCache:
     def put_missing(self, path: str) -> None:
         self._status.pop(path)
         self._missing.put(path, True)
+
+    def forget(self, path: str, *, tree: bool = False) -> None:
+        """Drop what is cached about ``path``, the listing of its parent and, with
+        ``tree``, everything under it: it changed through this mount."""
+        for cache in (self._status, self._missing, self._listing):
+            cache.pop(path)
+            if tree:
+                cache.pop_under(path + "/" if path else "")
+        if path:
+            self._listing.pop(parent_and_name(path)[0])
 
     def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
         """Cache a listing and, since it carries them, each child's status."""

@@ -66,6 +66,36 @@ class FileStatus:
         return self.kind is Kind.DIRECTORY
 
 
+# rename(2) flags, as in <linux/fs.h>.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSupport:
+    """What a backend can change and keep, known before any change is attempted, so that
+    what it cannot do is refused at once with a documented errno."""
+
+    modes: bool = False  # chmod
+    owners: bool = False  # chown
+    times: bool = False  # utimens
+    symlinks: bool = False
+    rename_noreplace: bool = False  # RENAME_NOREPLACE, atomically
+    rename_exchange: bool = False  # RENAME_EXCHANGE, atomically
+    directories: bool = True  # empty directories exist on their own (else: marker objects)
+
+
+@dataclass(frozen=True, slots=True)
+class Attrs:
+    """A change of attributes: the fields that are not None are set."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class FsStats:
     """Capacity figures for statfs; all zero when the backend has no notion of capacity."""

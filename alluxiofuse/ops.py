@@ -25,7 +25,7 @@ from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
 from alluxiofuse.fs import Filesystem
 from alluxiofuse.inodes import Inode
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import FileStatus, Kind
+from alluxiofuse.model import Attrs, FileStatus, Kind
 
 log = logging.getLogger(__name__)
 
@@ -197,59 +197,103 @@ class Operations(pyfuse3.Operations):
         with self._call("read"):
             return await self.fs.read(fh, off, size)
 
-    # flush and fsync are left to the base class: its ENOSYS makes the kernel stop sending
-    # them, which saves a round trip on every close of a read-only file.
+    async def flush(self, fh: int) -> None:
+        with self._call("flush"):
+            if self.fs.writes is None:
+                # ENOSYS makes the kernel stop sending flushes: a read-only mount saves a
+                # round trip on every close.
+                raise FUSEError(errno.ENOSYS)
+            await self.fs.flush(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        with self._call("fsync"):
+            if self.fs.writes is None:
+                raise FUSEError(errno.ENOSYS)
+            await self.fs.flush(fh)
 
     async def release(self, fh: int) -> None:
         with self._call("release"):
-            self.fs.release(fh)
+            await self.fs.release(fh)
 
-    # -- mutations: all refused
+    # -- changes
 
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any,
+    ) -> tuple[FileInfo, EntryAttributes]:
+        with self._call("create"):
+            fh, inode = await self.fs.create(parent_inode, os.fsdecode(name), mode, flags,
+                                             _owner(ctx))
+            return FileInfo(fh=fh), self._attrs(inode)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with self._call("write"):
+            return await self.fs.write(fh, off, buf)
+
+    async def setattr(
+        self, inode: int, attr: EntryAttributes, fields: Any, fh: int | None, ctx: Any,
+    ) -> EntryAttributes:
         with self._call("setattr"):
-            self.fs.refuse_write("setattr")
+            attrs = Attrs(
+                mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                atime_ns=attr.st_atime_ns if fields.update_atime else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            )
+            size = attr.st_size if fields.update_size else None
+            return self._attrs(await self.fs.setattr(inode, fh, size, attrs))
 
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any,
+    ) -> EntryAttributes:
         with self._call("mknod"):
-            self.fs.refuse_write("mknod")
+            if not stat.S_ISREG(mode):
+                self.fs.refuse_write("mknod of a device, FIFO or socket")
+            fh, inode = await self.fs.create(parent_inode, os.fsdecode(name), mode,
+                                             os.O_WRONLY | os.O_EXCL, _owner(ctx))
+            try:
+                await self.fs.flush(fh)
+            finally:
+                await self.fs.release(fh)
+            return self._attrs(inode)
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: Any,
+    ) -> EntryAttributes:
         with self._call("mkdir"):
-            self.fs.refuse_write("mkdir")
+            inode = await self.fs.mkdir(parent_inode, os.fsdecode(name), mode, _owner(ctx))
+            return self._attrs(inode)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with self._call("unlink"):
-            self.fs.refuse_write("unlink")
+            await self.fs.unlink(parent_inode, os.fsdecode(name))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with self._call("rmdir"):
-            self.fs.refuse_write("rmdir")
+            await self.fs.rmdir(parent_inode, os.fsdecode(name))
 
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any,
+    ) -> EntryAttributes:
         with self._call("symlink"):
-            self.fs.refuse_write("symlink")
+            inode = await self.fs.symlink(parent_inode, os.fsdecode(name),
+                                          os.fsdecode(target), _owner(ctx))
+            return self._attrs(inode)
 
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
         flags: int, ctx: Any,
     ) -> None:
         with self._call("rename"):
-            self.fs.refuse_write("rename")
+            await self.fs.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new,
+                                 os.fsdecode(name_new), flags)
 
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any,
+    ) -> EntryAttributes:
         with self._call("link"):
-            self.fs.refuse_write("link")
-
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any,
-    ) -> Any:
-        with self._call("create"):
-            self.fs.refuse_write("create")
-
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        with self._call("write"):
-            self.fs.refuse_write("write")
+            return self._attrs(await self.fs.link(inode, new_parent_inode,
+                                                  os.fsdecode(new_name)))
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         with self._call("setxattr"):
@@ -258,3 +302,10 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         with self._call("removexattr"):
             self.fs.refuse_write("removexattr")
+
+
+def _owner(ctx: Any) -> tuple[int, int]:
+    """Who asked: the owner of what the request makes (without a context, the daemon)."""
+    if ctx is None:
+        return os.getuid(), os.getgid()
+    return int(ctx.uid), int(ctx.gid)

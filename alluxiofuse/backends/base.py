@@ -8,7 +8,7 @@ from typing import Protocol
 import trio
 
 from alluxiofuse.errors import AlluxioFuseError
-from alluxiofuse.model import FileStatus, FsStats, Version
+from alluxiofuse.model import Attrs, FileStatus, FsStats, Version, WriteSupport
 
 
 class Backend(Protocol):
@@ -68,6 +68,43 @@ class Backend(Protocol):
         ...
 
     async def aclose(self) -> None:
+        ...
+
+    # -- changes. What ``writes`` says is unsupported raises NotSupported; the caller has
+    # checked existence and the POSIX rules (kinds, empty directories) first.
+
+    writes: WriteSupport
+
+    async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
+        ...
+
+    async def rmdir(self, path: str) -> None:
+        ...
+
+    async def unlink(self, path: str) -> None:
+        ...
+
+    async def rename(self, old: str, new: str, flags: int) -> None:
+        """Move ``old`` to ``new`` (replacing it); ``flags`` are RENAME_NOREPLACE or
+        RENAME_EXCHANGE where ``writes`` allows them."""
+        ...
+
+    async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
+        ...
+
+    async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
+        ...
+
+    async def commit(
+        self, path: str, staged: str, *, mode: int | None = None,
+        owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
+    ) -> FileStatus:
+        """Make the local file ``staged`` the whole content of ``path``, replacing any old
+        content only once the new is complete (untouched if this fails)."""
+        ...
+
+    async def cache(self, path: str) -> None:
+        """Ask the cache in front of the under-storage to hold ``path`` (best effort)."""
         ...
 
 

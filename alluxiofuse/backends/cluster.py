@@ -52,7 +52,7 @@ from alluxiofuse.errors import (
 )
 from alluxiofuse.membership import WorkerAddress, parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import FileStatus, FsStats, Version, valid_name
+from alluxiofuse.model import Attrs, FileStatus, FsStats, Version, WriteSupport, valid_name
 from alluxiofuse.ring import DEFAULT_VNODES, HashRing, WorkerIdentity, path_id
 
 log = logging.getLogger(__name__)
@@ -203,16 +203,25 @@ class ClusterBackend:
         self._hashes: LRUCache[tuple[str, Version], str] = LRUCache(_CACHE_ENTRIES)
         # Enterprise: the worker ``/v1/node`` named for a file, asked once per ``node_ttl``.
         self._nodes: TTLCache[str, WorkerAddress] = TTLCache(_CACHE_ENTRIES, node_ttl)
+        # Paths this mount changed (files; directories whose entries changed): workers may
+        # hold their old metadata and pages, so they are read from the under-storage.
+        self._changed: LRUCache[str, bool] = LRUCache(_CACHE_ENTRIES)
+        self._changed_dirs: LRUCache[str, bool] = LRUCache(_CACHE_ENTRIES)
+        self.writes: WriteSupport = ufs.writes
 
     # --- metadata ---------------------------------------------------------------------
 
     async def stat(self, path: str) -> FileStatus:
+        if self._was_changed(path):
+            return await self.ufs.stat(path)
         info = await self._ask_owner("stat", path, self._client.info)
         if info is None:
             return await self.ufs.stat(path)
         return self._remember(path, path.rpartition("/")[2], info)
 
     async def list(self, path: str) -> builtins.list[FileStatus]:
+        if path in self._changed_dirs or self._was_changed(path):
+            return await self.ufs.list(path)
         infos = await self._ask_owner("list", path, self._client.files)
         if infos is None:
             return await self.ufs.list(path)
@@ -255,6 +264,8 @@ class ClusterBackend:
         end = min(offset + length, version.size)
         if end <= offset:
             return b""
+        if self._was_changed(path):
+            return await self.ufs.read(path, offset, length, version)
         uri = self.ufs.uri(path)
         worker = await self._data_worker(uri)
         spans = _spans(offset, end, self._page_size)
@@ -391,6 +402,69 @@ class ClusterBackend:
 
     async def statfs(self) -> FsStats:
         return await self.ufs.statfs()
+
+    # --- changes: made in the under-storage; what they touch is read from it afterwards
+
+    def _was_changed(self, path: str) -> bool:
+        """Whether this mount changed ``path`` or renamed a directory above it."""
+        if path in self._changed:
+            return True
+        while path:
+            path = path.rpartition("/")[0]
+            if self._changed.get(path):  # True: a renamed directory, all of it
+                return True
+        return False
+
+    def _changing(self, path: str, *, tree: bool = False) -> None:
+        self._changed[path] = tree
+        self._changed_dirs[path.rpartition("/")[0]] = True
+
+    async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
+        self._changing(path)
+        return await self.ufs.mkdir(path, mode, owner)
+
+    async def rmdir(self, path: str) -> None:
+        self._changing(path, tree=True)
+        await self.ufs.rmdir(path)
+
+    async def unlink(self, path: str) -> None:
+        self._changing(path)
+        await self.ufs.unlink(path)
+
+    async def rename(self, old: str, new: str, flags: int) -> None:
+        self._changing(old, tree=True)
+        self._changing(new, tree=True)
+        await self.ufs.rename(old, new, flags)
+
+    async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
+        self._changing(path)
+        return await self.ufs.symlink(path, target, owner)
+
+    async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
+        self._changing(path)
+        return await self.ufs.setattr(path, attrs)
+
+    async def commit(
+        self, path: str, staged: str, *, mode: int | None = None,
+        owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
+    ) -> FileStatus:
+        self._changing(path)
+        return await self.ufs.commit(path, staged, mode=mode, owner=owner, mtime_ns=mtime_ns)
+
+    async def cache(self, path: str) -> None:
+        """CACHE_THROUGH: have the owner load the new content, for the cluster's other
+        clients (OSS workers take page writes of at most 10 KiB, so the worker's own load
+        is the way in). This mount keeps reading the file from the under-storage: it
+        cannot tell when the load is done."""
+        uri = self.ufs.uri(path)
+        worker = self._owner(uri, "cache")
+        if worker is None or not oss_expressible(uri):
+            return
+        try:
+            await self._client.load_submit(worker, uri, verbose=False)
+        except (BackendError, NotFound) as e:
+            self._failed(worker, e, "cache")
+            log.info("CACHE_THROUGH: %s was written but not cached: %s", path, e)
 
     async def aclose(self) -> None:
         try:

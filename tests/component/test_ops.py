@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus
 from alluxiofuse.ops import Operations
 from alluxiofuse.pages import PageKey
+from alluxiofuse.spool import Spool
+from alluxiofuse.staging import DiskIO
+from alluxiofuse.writes import Writes
 from tests.oscache import evict_from_os_cache
 
 MiB = 1 << 20
@@ -89,14 +93,23 @@ async def make(
 ) -> Mounted:
     values = {"source": str(source), "mountpoint": "/unused", "page_cache_size": "8MiB",
               "strict": True, **options}
+    if not values.get("read_only") and "cache_dir" not in values:
+        values["cache_dir"] = tempfile.mkdtemp(prefix="alluxiofuse-spool-")
     ufs = values.pop("ufs_options", {})
     config = build_config(values, ufs)
     metrics = Metrics(CollectorRegistry())
     backend = open_ufs(config.source, config.ufs_options, trio.CapacityLimiter(4),
                        config.io_timeout)
     root = await check_source(backend)
+    writes = None
+    if not config.read_only:
+        spool = Spool.open(config.cache_dir, config.source, config.cache_size)
+        writes = Writes(config, backend, spool, DiskIO(trio.CapacityLimiter(4), 10.0))
+        nursery.start_soon(writes.uploader.run)
     fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
-                    invalidate_attrs=invalidate_attrs)
+                    invalidate_attrs=invalidate_attrs, writes=writes)
+    if writes is not None:
+        writes.on_committed = fs.committed
     return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
 
 
@@ -227,7 +240,10 @@ async def test_keep_cache_only_while_the_version_is_unchanged(
     assert e.value.errno == errno.ESTALE
 
 
-async def test_every_mutation_is_erofs(local: Mounted) -> None:
+async def test_every_mutation_of_a_read_only_mount_is_erofs(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    local = await make(tree, nursery, read_only=True)
     ops = local.ops
     ino = (await local.lookup_path("small.txt")).st_ino
     calls = [

@@ -117,6 +117,8 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFacto
         mnt.mkdir()
         log = tmp_path / f"daemon{n}.log"
         args = ["mount", str(source), str(mnt), "-f", "--log-file", str(log), *options]
+        if "--cache-dir" not in options:
+            args += ["--cache-dir", str(tmp_path / f"cache{n}")]
         if strict:
             args.append("--strict")
         env = {**os.environ, "PYTHONPATH": str(REPO)}

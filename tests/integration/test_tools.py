@@ -210,14 +210,16 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return snap
 
 
-def test_mutations_fail_with_erofs(mount: MountFactory, tmp_path: Path) -> None:
+def test_read_only_mount_refuses_every_change_with_erofs(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
     src = tmp_path / "src"
     (src / "dir" / "sub").mkdir(parents=True)
     (src / "file").write_bytes(b"content\n")
     (src / "dir" / "inner").write_bytes(b"inner\n")
     (src / "empty").mkdir()
     before = _snapshot(src)
-    m = mount(src)
+    m = mount(src, "--read-only")
     p = m.path
 
     tools = [

@@ -84,7 +84,9 @@ def test_config_error_is_not_an_errno_error() -> None:
         (errno.EHOSTUNREACH, errors.BackendUnavailable),
         (errno.ENETUNREACH, errors.BackendUnavailable),
         (errno.EIO, errors.BackendError),
-        (errno.ENOSPC, errors.BackendError),
+        (errno.ENOSPC, errors.NoSpace),
+        (errno.EDQUOT, errors.NoSpace),
+        (errno.EXDEV, errors.BackendError),
     ],
 )
 def test_from_oserror_by_errno(code: int, cls: type[AlluxioFuseError]) -> None:

@@ -1,0 +1,221 @@
+"""The spool: local files holding what programs wrote, and the journal of uploads owed.
+
+One directory per mounted source under ``--cache-dir``, locked by the daemon that uses it::
+
+    <cache-dir>/<sha256(source)[:16]>/
+        lock            flock()ed while a daemon runs; holds the source's URL
+        data/N.data     the bytes of one file being written (sparse where not yet held)
+        journal/N.json  an upload a program was told is done but the under-storage may
+                        lack (ASYNC_THROUGH, or a close whose upload failed)
+        journal/N.error why the last attempt at that upload failed (for ``status``)
+
+A journal record is written to a temporary name, fsynced and renamed into place, and the
+directory fsynced, only after its data file is fsynced: a record that exists after a crash
+always names complete, durable bytes. Every method here does blocking disk I/O: callers
+run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+from alluxiofuse.errors import ConfigError, NoSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One upload owed to the under-storage: the content of ``data`` becomes ``path``."""
+
+    data: str  # file name in data/
+    path: str  # mount-relative path
+    size: int
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+    closed_ns: int = 0  # when the program was told the file was written
+
+    @property
+    def seq(self) -> int:
+        return int(self.data.partition(".")[0])
+
+
+def spool_dir(cache_dir: str, source: str) -> str:
+    """The directory the spool of ``source`` lives in (the same across restarts)."""
+    digest = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(cache_dir, digest)
+
+
+class Spool:
+    """The spool of one mounted source, bounded to ``limit`` bytes of staged data."""
+
+    def __init__(self, root: str, limit: int, lock_fd: int) -> None:
+        self.root = root
+        self.limit = limit
+        self.used = 0
+        self._lock_fd = lock_fd
+        self._data = os.path.join(root, "data")
+        self._journal = os.path.join(root, "journal")
+        highest = max((r.seq for r in self.records()), default=0)
+        for name in os.listdir(self._data):
+            with contextlib.suppress(ValueError):
+                highest = max(highest, int(name.partition(".")[0]))
+        self._seq = itertools.count(highest + 1)
+
+    @classmethod
+    def open(cls, cache_dir: str, source: str, limit: int = 0) -> Spool:
+        """Create or reopen the spool of ``source`` and lock it; ConfigError if another
+        daemon holds it. A ``limit`` of 0 is half the disk's free space now."""
+        root = spool_dir(cache_dir, source)
+        try:
+            for sub in ("data", "journal", "orphaned"):
+                os.makedirs(os.path.join(root, sub), mode=0o700, exist_ok=True)
+            fd = os.open(os.path.join(root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise ConfigError(f"cannot use --cache-dir {cache_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"another alluxiofuse daemon is writing {source} through the "
+                              f"spool {root}: give this mount its own --cache-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, source.encode("utf-8", "surrogateescape") + b"\n", 0)
+        if not limit:
+            limit = shutil.disk_usage(root).free // 2
+        return cls(root, limit, fd)
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    # -- data files
+
+    def data_path(self, name: str) -> str:
+        return os.path.join(self._data, name)
+
+    def create(self) -> tuple[str, int]:
+        """A new, empty data file: its name and a read-write descriptor."""
+        name = f"{next(self._seq)}.data"
+        fd = os.open(self.data_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o600)
+        return name, fd
+
+    def copy(self, fd: int, size: int) -> tuple[str, int]:
+        """A new data file with the first ``size`` bytes of ``fd`` (copied in the kernel)."""
+        name, new = self.create()
+        try:
+            offset = 0
+            while offset < size:
+                copied = os.copy_file_range(fd, new, size - offset, offset, offset)
+                if copied == 0:
+                    break
+                offset += copied
+            os.ftruncate(new, size)
+        except OSError:
+            os.close(new)
+            self.remove(name)
+            raise
+        return name, new
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.data_path(name))
+
+    def reserve(self, nbytes: int) -> None:
+        """Count ``nbytes`` more (negative: fewer) staged bytes; NoSpace past the limit."""
+        if nbytes > 0 and self.used + nbytes > self.limit:
+            raise NoSpace(f"the spool {self.root} is full ({self.limit} bytes); "
+                          f"raise --cache-size or close files being written")
+        self.used += nbytes
+
+    # -- the journal
+
+    def journal(self, record: Record) -> None:
+        """Record an upload owed, durably (the data file must be fsynced already)."""
+        final = os.path.join(self._journal, f"{record.seq}.json")
+        temp = final + ".tmp"
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(asdict(record), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temp, final)
+        self._fsync_journal()
+
+    def settle(self, record: Record, *, keep_data: bool = False) -> None:
+        """The upload of ``record`` is done: drop the record, then (unless ``keep_data``)
+        its data file."""
+        for suffix in (".json", ".error"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._journal, f"{record.seq}{suffix}"))
+        self._fsync_journal()
+        if not keep_data:
+            self.remove(record.data)
+
+    def note_error(self, record: Record, message: str) -> None:
+        """Say why the last attempt failed, for ``alluxiofuse status`` (best effort)."""
+        with contextlib.suppress(OSError), open(
+            os.path.join(self._journal, f"{record.seq}.error"), "w", encoding="utf-8",
+        ) as f:
+            f.write(message)
+
+    def records(self) -> list[Record]:
+        return [record for record, _ in read_journal(self.root)]
+
+    def set_aside_orphans(self) -> list[str]:
+        """Move data files no record names (files being written when a daemon died, never
+        closed) to orphaned/, so they cost no spool space; their paths, for a log line."""
+        named = {r.data for r in self.records()}
+        moved = []
+        for name in sorted(os.listdir(self._data)):
+            if name not in named:
+                target = os.path.join(self.root, "orphaned", name)
+                os.rename(self.data_path(name), target)
+                moved.append(target)
+        return moved
+
+    def _fsync_journal(self) -> None:
+        fd = os.open(self._journal, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
+    """The records of the spool at ``root`` in the order they were made, each with the
+    last error noted for it. Readable without the lock (``alluxiofuse status``)."""
+    journal = os.path.join(root, "journal")
+    try:
+        names = os.listdir(journal)
+    except FileNotFoundError:
+        return
+    found = []
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(journal, name), encoding="utf-8") as f:
+                record = Record(**json.load(f))
+        except (OSError, ValueError, TypeError) as e:
+            log.error("unreadable journal record %s: %s", os.path.join(journal, name), e)
+            continue
+        error = None
+        with contextlib.suppress(OSError), open(
+            os.path.join(journal, f"{record.seq}.error"), encoding="utf-8",
+        ) as f:
+            error = f.read().strip() or None
+        found.append((record, error))
+    yield from sorted(found, key=lambda item: item[0].seq)

@@ -1,0 +1,333 @@
+"""Files being written: their bytes in the spool, and the uploads that make them durable.
+
+A :class:`StagedFile` is one file's new content: a spool data file over the file's
+committed content (its *base*). Writes go to the data file; a read of a range never
+written is fetched from the base and kept, so random writes, overwrites and appends to a
+large file cost only the ranges touched until the file is committed, when the rest is
+fetched and the whole file uploaded. Bytes past ``base_limit`` (the base's size, or the
+smallest size the file was truncated to) belong to the data file alone: written, or zeros.
+
+The :class:`Uploader` runs the uploads a program has been told are done (ASYNC_THROUGH,
+or a file released with an upload that failed), oldest first, a few at a time, retrying
+with backoff until each succeeds; every one is in the spool's journal first, so a restart
+resumes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import trio
+
+from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
+from alluxiofuse.extents import Extents
+from alluxiofuse.model import FileStatus, Kind, Version
+from alluxiofuse.spool import Record, Spool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Bytes of the base fetched at once when a file is completed before its upload.
+_FILL_CHUNK = 4 * 1024 * 1024
+# Uploads that fail are tried again after 1, 2, 4, ... seconds, at most this many.
+_MAX_BACKOFF = 60.0
+
+# Fetch ``length`` bytes at ``offset`` of a staged file's base.
+FetchBase = Callable[[int, int], Awaitable[bytes]]
+
+
+class DiskIO:
+    """Blocking spool I/O in worker threads under a limiter and a deadline."""
+
+    def __init__(self, limiter: trio.CapacityLimiter, timeout: float) -> None:
+        self._limiter = limiter
+        self._timeout = timeout
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            with trio.fail_after(self._timeout):
+                return await trio.to_thread.run_sync(
+                    fn, *args, limiter=self._limiter, abandon_on_cancel=True,
+                )
+        except trio.TooSlowError:
+            raise BackendTimeout(f"the spool did not answer within {self._timeout}s") from None
+        except OSError as e:
+            raise from_oserror(e) from e
+
+
+class StagedFile:
+    """One file's new content: a spool data file over its base (``None``: a new file)."""
+
+    def __init__(
+        self, spool: Spool, io: DiskIO, name: str, fd: int, path: str, *,
+        base: FileStatus | None, mode: int | None, uid: int | None, gid: int | None,
+        mtime_ns: int,
+    ) -> None:
+        self.spool = spool
+        self._io = io
+        self.name = name  # data file in the spool
+        self.fd = fd
+        self.path = path
+        self.base: Version | None = base.version if base is not None else None
+        self.base_limit = base.size if base is not None else 0
+        self.extents = Extents()  # the ranges below base_limit held in the data file
+        self.size = self.base_limit
+        self.mode, self.uid, self.gid = mode, uid, gid
+        self.mtime_ns = mtime_ns
+        self.times_set = False  # mtime set explicitly (utimens) since the last write
+        self.dirty = False  # changed since the last commit or journal record
+        self.record: Record | None = None  # the journal record this data file backs
+        self.unlinked = False  # no name any more: its content is never committed
+        self.handles = 0
+        self.lock = trio.Lock()  # one change of the data file at a time
+        self._held = 0  # bytes counted against the spool
+
+    def status(self, name: str) -> FileStatus:
+        return FileStatus(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
+                          ctime_ns=self.mtime_ns, mode=self.mode, uid=self.uid, gid=self.gid,
+                          nlink=1)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the data file holds the whole content (no base needed any more)."""
+        return self.extents.covers(0, self.base_limit)
+
+    async def read(self, offset: int, size: int, fetch: FetchBase) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        if self.extents.missing(offset, min(end, self.base_limit)):
+            async with self.lock:
+                await self._fill(offset, min(end, self.base_limit), fetch)
+        return await self._io(_pread, self.fd, end - offset, offset)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        async with self.lock:
+            end = offset + len(data)
+            self._account(extra=max(0, end - self.size))
+            await self._io(_pwrite, self.fd, data, offset)
+            if offset < self.base_limit:
+                self.extents.add(offset, min(end, self.base_limit))
+            self.size = max(self.size, end)
+            self._touched()
+
+    async def truncate(self, size: int) -> None:
+        async with self.lock:
+            await self._io(os.ftruncate, self.fd, size)
+            self.extents.truncate(min(size, self.base_limit))
+            self.base_limit = min(self.base_limit, size)
+            self.size = size
+            self._account()
+            self._touched()
+
+    async def fill_locked(self, fetch: FetchBase) -> None:
+        """Fetch every range of the base not yet held, so the base is not needed any more
+        (the caller holds ``lock``)."""
+        await self._fill(0, self.base_limit, fetch)
+
+    async def adopt(self, record: Record) -> None:
+        """Stand for ``record``'s complete data file (a restart's owed upload)."""
+        self.record = record
+        self.size = record.size
+        self._account()
+
+    async def sync(self) -> None:
+        await self._io(os.fsync, self.fd)
+
+    async def fork(self) -> None:
+        """Move to a copy of the data file, leaving this one to the journal record that
+        names it (an upload may be reading it)."""
+        async with self.lock:
+            name, fd = await self._io(self.spool.copy, self.fd, self.size)
+            os.close(self.fd)
+            self.name, self.fd, self.record = name, fd, None
+
+    def set_mtime(self, mtime_ns: int) -> None:
+        self.mtime_ns = mtime_ns
+        self.times_set = True
+        self.dirty = True
+
+    def committed(self, status: FileStatus) -> None:
+        """The under-storage now holds the data file's content, as ``status``."""
+        self.base = status.version
+        self.mtime_ns = status.mtime_ns or self.mtime_ns
+        self.times_set = False
+
+    def close(self, *, keep_data: bool = False) -> None:
+        """Let go of the data file (removed unless ``keep_data``) and its spool space."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.spool.reserve(-self._held)
+        self._held = 0
+        if not keep_data:
+            self.spool.remove(self.name)
+
+    async def _fill(self, start: int, end: int, fetch: FetchBase) -> None:
+        """Fetch the missing parts of ``[start, end)`` (the lock is held)."""
+        for gap_start, gap_end in self.extents.missing(start, end):
+            for offset in range(gap_start, gap_end, _FILL_CHUNK):
+                length = min(_FILL_CHUNK, gap_end - offset)
+                self._account(extra=length)
+                data = await fetch(offset, length)
+                await self._io(_pwrite, self.fd, data, offset)
+                self.extents.add(offset, offset + length)
+        self._account()
+
+    def _account(self, extra: int = 0) -> None:
+        """Count the bytes held (plus ``extra`` about to be) against the spool's limit."""
+        held = self.extents.total + (self.size - self.base_limit) + extra
+        self.spool.reserve(held - self._held)
+        self._held = held
+
+    def _touched(self) -> None:
+        self.mtime_ns = time.time_ns()
+        self.times_set = False
+        self.dirty = True
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _pwrite(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class Uploader:
+    """Background uploads of journal records, oldest first, ``threads`` at a time.
+
+    ``upload(record)`` commits one record's data file to the under-storage;
+    ``uploaded(record, status)`` is told of each success and says whether the data file
+    is still in use (else it is removed with the record). Records of one path are
+    uploaded one at a time, in order; an older record of a path that has a newer one is
+    dropped unsent (the newer holds the whole file).
+    """
+
+    def __init__(
+        self, spool: Spool, io: DiskIO, threads: int,
+        upload: Callable[[Record], Awaitable[FileStatus]],
+        uploaded: Callable[[Record, FileStatus], bool],
+    ) -> None:
+        self._spool = spool
+        self._io = io
+        self._threads = threads
+        self._upload = upload
+        self._uploaded = uploaded
+        self.pending: dict[int, Record] = {}  # by seq
+        self._running: set[str] = set()  # paths being uploaded now
+        self._errors: dict[int, str] = {}
+        self._superseded: list[Record] = []
+        self._changed = trio.Event()  # something to do, or something done
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def submit(self, record: Record) -> None:
+        self.pending[record.seq] = record
+        self._wake()
+
+    def busy(self, path: str) -> bool:
+        """Whether an upload of ``path`` or of anything under it is owed."""
+        prefix = path + "/"
+        return any(r.path == path or r.path.startswith(prefix) or not path
+                   for r in self.pending.values())
+
+    def uploading(self, record: Record | None) -> bool:
+        return record is not None and record.seq in self.pending
+
+    async def wait(self, path: str, within: float) -> None:
+        """Wait until nothing under ``path`` is owed ("" waits for everything);
+        BackendTimeout if that takes longer than ``within`` seconds."""
+        try:
+            with trio.fail_after(within):
+                while self.busy(path):
+                    await self._changed_event().wait()
+        except trio.TooSlowError:
+            raise BackendTimeout(f"uploads of {path or 'the mount'} still pending after "
+                                 f"{within}s (kept in {self._spool.root})") from None
+
+    async def run(self) -> None:
+        """Upload until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._threads):
+                nursery.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        while True:
+            record = self._next()
+            while self._superseded:
+                await self._io(self._spool.settle, self._superseded.pop())
+            if record is None:
+                await self._changed_event().wait()
+                continue
+            self._running.add(record.path)
+            try:
+                await self._attempt(record)
+            finally:
+                self._running.discard(record.path)
+                self._wake()
+
+    def _next(self) -> Record | None:
+        """The oldest record whose path is not being uploaded; older records of a path
+        with a newer one are dropped on the way (settled by ``_worker``)."""
+        newest: dict[str, int] = {}
+        for seq, record in self.pending.items():
+            newest[record.path] = max(seq, newest.get(record.path, seq))
+        for seq in sorted(self.pending):
+            record = self.pending[seq]
+            if record.path in self._running:
+                continue
+            if newest[record.path] != seq:
+                self._superseded.append(self.pending.pop(seq))
+                continue
+            return record
+        return None
+
+    async def _attempt(self, record: Record) -> None:
+        delay = 1.0
+        while True:
+            try:
+                status = await self._upload(record)
+            except AlluxioFuseError as e:
+                message = f"{type(e).__name__}: {e}"
+                log.warning("upload of %s failed (%s); retrying in %.0fs; its bytes are kept "
+                            "in %s", record.path, message, delay,
+                            self._spool.data_path(record.data))
+                self._errors[record.seq] = message
+                await self._io(self._spool.note_error, record, message)
+                await trio.sleep(delay)
+                delay = min(_MAX_BACKOFF, delay * 2)
+                if record.seq not in self.pending:  # dropped meanwhile (superseded)
+                    return
+                continue
+            del self.pending[record.seq]
+            self._errors.pop(record.seq, None)
+            keep = self._uploaded(record, status)
+            await self._io(partial(self._spool.settle, keep_data=keep), record)
+            return
+
+    def _changed_event(self) -> trio.Event:
+        return self._changed
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+

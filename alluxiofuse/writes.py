@@ -1,0 +1,296 @@
+"""The write side of a mount: staged files by path, commits by write type, owed uploads.
+
+Write types (Alluxio's names):
+
+- ``THROUGH``: flush, fsync and close return once the under-storage has the file.
+- ``CACHE_THROUGH``: the same, and then the cluster is asked to cache the file.
+- ``ASYNC_THROUGH``: they return once the file is complete and fsynced in the spool and
+  recorded in its journal; the :class:`~alluxiofuse.staging.Uploader` uploads it in the
+  background, and again after a restart if the daemon dies first.
+
+Whatever the type, a file whose upload failed keeps its bytes: the flush says EIO, the
+next flush tries again, and a file released with its upload still failing is journaled and
+retried in the background. A file is never uploaded in part: every commit sends the
+whole file, fetching first any range of the old content not yet held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+
+from alluxiofuse.backends.base import Backend
+from alluxiofuse.config import MountConfig
+from alluxiofuse.errors import AlluxioFuseError, NotFound
+from alluxiofuse.model import FileStatus
+from alluxiofuse.spool import Record, Spool
+from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
+
+log = logging.getLogger(__name__)
+
+Committed = Callable[[str, FileStatus], None]  # a path's new content is in the under-storage
+
+
+class Writes:
+    """Staged files of one mount, keyed by their current path."""
+
+    def __init__(
+        self, config: MountConfig, backend: Backend, spool: Spool, io: DiskIO,
+        committed: Committed = lambda path, status: None,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.spool = spool
+        self._io = io
+        self.on_committed = committed
+        self._by_path: dict[str, StagedFile] = {}
+        self.uploader = Uploader(spool, io, config.upload_threads, self._upload, self._uploaded)
+
+    # -- what the rest of the filesystem sees
+
+    def get(self, path: str) -> StagedFile | None:
+        return self._by_path.get(path)
+
+    def under(self, path: str) -> Iterator[StagedFile]:
+        """Staged files at ``path`` or below it."""
+        prefix = path + "/"
+        for staged_path, staged in list(self._by_path.items()):
+            if staged_path == path or staged_path.startswith(prefix) or not path:
+                yield staged
+
+    def children(self, directory: str) -> dict[str, StagedFile]:
+        """Staged files directly in ``directory``, by name."""
+        prefix = directory + "/" if directory else ""
+        return {p[len(prefix):]: s for p, s in self._by_path.items()
+                if p.startswith(prefix) and "/" not in p[len(prefix):]}
+
+    # -- staging
+
+    async def create(self, path: str, mode: int, uid: int | None, gid: int | None) -> StagedFile:
+        """A new, empty file at ``path``: committed at its first flush even if nothing is
+        written."""
+        staged = await self._new(path, base=None, mode=mode, uid=uid, gid=gid)
+        staged.dirty = True
+        return staged
+
+    async def open(self, path: str, status: FileStatus) -> StagedFile:
+        """The staged file of ``path`` (made over its current ``status`` if there is none)."""
+        staged = self._by_path.get(path)
+        if staged is None:
+            staged = await self._new(path, base=status, mode=status.mode, uid=status.uid,
+                                     gid=status.gid)
+        return staged
+
+    async def _new(
+        self, path: str, *, base: FileStatus | None, mode: int | None, uid: int | None,
+        gid: int | None,
+    ) -> StagedFile:
+        name, fd = await self._io(self.spool.create)
+        mtime = base.mtime_ns if base is not None and base.mtime_ns else time.time_ns()
+        staged = StagedFile(self.spool, self._io, name, fd, path, base=base, mode=mode,
+                            uid=uid, gid=gid, mtime_ns=mtime)
+        if base is not None:
+            await self._io(_extend, fd, base.size)
+        self._by_path[path] = staged
+        return staged
+
+    async def write(self, staged: StagedFile, offset: int, data: bytes) -> None:
+        await self._own(staged)
+        await staged.write(offset, data)
+
+    async def truncate(self, staged: StagedFile, size: int) -> None:
+        await self._own(staged)
+        await staged.truncate(size)
+
+    async def set_mtime(self, staged: StagedFile, mtime_ns: int) -> None:
+        await self._own(staged)
+        staged.set_mtime(mtime_ns)
+
+    async def read(self, staged: StagedFile, offset: int, size: int) -> bytes:
+        return await staged.read(offset, size, self._fetcher(staged))
+
+    async def _own(self, staged: StagedFile) -> None:
+        """Before a change: a data file a journal record names is the record's; copy it."""
+        if staged.record is not None and self.uploader.uploading(staged.record):
+            await staged.fork()
+
+    # -- commits
+
+    async def flush(self, staged: StagedFile) -> FileStatus | None:
+        """Commit ``staged`` by the write type if it changed; its new status (None if
+        nothing was committed). Raises on failure, keeping every staged byte."""
+        if staged.unlinked or not staged.dirty:
+            return None
+        async with staged.lock:  # no write lands in the middle of a commit
+            if staged.unlinked or not staged.dirty:
+                return None
+            await staged.fill_locked(self._fetcher(staged))
+            if self.config.write_type == "ASYNC_THROUGH":
+                await self._journal(staged)
+                return None
+            status = await self.backend.commit(
+                staged.path, self.spool.data_path(staged.name), mode=staged.mode,
+                owner=_owner(staged), mtime_ns=staged.mtime_ns if staged.times_set else None,
+            )
+            staged.dirty = False
+            staged.committed(status)
+        self.on_committed(staged.path, status)
+        if self.config.write_type == "CACHE_THROUGH":
+            await self.backend.cache(staged.path)
+        return status
+
+    async def _journal(self, staged: StagedFile) -> None:
+        """Make the staged content durable locally and owe its upload (the lock is held)."""
+        await staged.sync()
+        record = Record(data=staged.name, path=staged.path, size=staged.size, mode=staged.mode,
+                        uid=staged.uid, gid=staged.gid,
+                        mtime_ns=staged.mtime_ns if staged.times_set else None,
+                        closed_ns=time.time_ns())
+        await self._io(self.spool.journal, record)
+        staged.record = record
+        staged.dirty = False
+        self.uploader.submit(record)
+
+    async def release(self, staged: StagedFile) -> None:
+        """The last handle of ``staged`` is closed."""
+        if staged.handles > 0:
+            return
+        if staged.dirty and not staged.unlinked:
+            # Its commit failed and the program was told so; the bytes still have no
+            # other home: owe them, retried in the background until they land.
+            try:
+                async with staged.lock:
+                    await staged.fill_locked(self._fetcher(staged))
+                    await self._journal(staged)
+                log.warning("%s: upload owed after a failed commit; its bytes are in %s",
+                            staged.path, self.spool.data_path(staged.name))
+            except AlluxioFuseError as e:
+                log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
+                          "its bytes are kept in %s", staged.path, e,
+                          self.spool.data_path(staged.name))
+                self._drop(staged, keep_data=True)
+                return
+        if staged.record is None or not self.uploader.uploading(staged.record):
+            self._drop(staged)
+
+    def _drop(self, staged: StagedFile, *, keep_data: bool = False) -> None:
+        if self._by_path.get(staged.path) is staged:
+            del self._by_path[staged.path]
+        staged.close(keep_data=keep_data)
+
+    async def _upload(self, record: Record) -> FileStatus:
+        return await self.backend.commit(
+            record.path, self.spool.data_path(record.data), mode=record.mode,
+            owner=None if record.uid is None or record.gid is None else (record.uid, record.gid),
+            mtime_ns=record.mtime_ns,
+        )
+
+    def _uploaded(self, record: Record, status: FileStatus) -> bool:
+        """An owed upload landed; whether its data file is still a staged file's."""
+        staged = self._by_path.get(record.path)
+        self.on_committed(record.path, status)
+        if staged is None or staged.record is not record:
+            return False
+        staged.record = None
+        if staged.dirty:  # changed since (after a fork): its own commit follows
+            return False
+        staged.committed(status)
+        if staged.handles == 0:
+            del self._by_path[record.path]
+            staged.close(keep_data=True)
+            return False
+        return True
+
+    # -- names
+
+    async def settle(self, path: str) -> None:
+        """Before ``path`` (or anything under it) is renamed or removed: commit what is
+        being written there and wait for the uploads owed, so the under-storage has it."""
+        for staged in list(self.under(path)):
+            await self.flush(staged)
+        await self.uploader.wait(path, self.config.drain_timeout)
+
+    def unlinked(self, path: str) -> StagedFile | None:
+        """``path`` is gone: its staged file (if any) is never committed."""
+        staged = self._by_path.pop(path, None)
+        if staged is not None:
+            staged.unlinked = True
+            if staged.handles == 0:
+                staged.close()
+        return staged
+
+    def renamed(self, old: str, new: str) -> None:
+        """``old`` (and everything under it) is now ``new``."""
+        self.unlinked(new)
+        prefix = old + "/"
+        for path in list(self._by_path):
+            if path == old or path.startswith(prefix):
+                staged = self._by_path.pop(path)
+                staged.path = new + path[len(old):]
+                self._by_path[staged.path] = staged
+
+    # -- start and stop
+
+    async def recover(self) -> int:
+        """Owe again the uploads a previous daemon journaled; how many."""
+        moved = await self._io(self.spool.set_aside_orphans)
+        for path in moved:
+            log.warning("a file being written when the last daemon stopped was never closed; "
+                        "its bytes are kept in %s", path)
+        records = await self._io(self.spool.records)
+        for record in records:
+            fd = await self._io(_open_data, self.spool.data_path(record.data))
+            staged = StagedFile(self.spool, self._io, record.data, fd, record.path, base=None,
+                                mode=record.mode, uid=record.uid, gid=record.gid,
+                                mtime_ns=record.mtime_ns or record.closed_ns)
+            await staged.adopt(record)
+            self._by_path[record.path] = staged
+            self.uploader.submit(record)
+        if records:
+            log.info("resuming %d uploads owed from before a restart", len(records))
+        return len(records)
+
+    async def shutdown(self) -> None:
+        """Unmounted: owe what is still being written, then wait (``drain_timeout``) for
+        every owed upload; what is left stays journaled for the next start."""
+        for staged in list(self._by_path.values()):
+            if staged.dirty and not staged.unlinked:
+                try:
+                    async with staged.lock:
+                        await staged.fill_locked(self._fetcher(staged))
+                        await self._journal(staged)
+                except AlluxioFuseError as e:
+                    log.error("%s: open at unmount and cannot be completed (%s); its bytes "
+                              "are kept in %s", staged.path, e, self.spool.data_path(staged.name))
+        try:
+            await self.uploader.wait("", self.config.drain_timeout)
+        except AlluxioFuseError:
+            log.error("%d uploads still owed after %ss; they resume at the next mount of "
+                      "this source (spool %s)", len(self.uploader), self.config.drain_timeout,
+                      self.spool.root)
+
+    def _fetcher(self, staged: StagedFile) -> FetchBase:
+        base = staged.base
+        path = staged.path
+
+        async def fetch(offset: int, length: int) -> bytes:
+            if base is None:  # cannot happen: a new file has no base range to fetch
+                raise NotFound(path)
+            return await self.backend.read(path, offset, length, base)
+        return fetch
+
+
+def _owner(staged: StagedFile) -> tuple[int, int] | None:
+    if staged.uid is None or staged.gid is None:
+        return None
+    return staged.uid, staged.gid
+
+
+def _extend(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)
+
+
+def _open_data(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
