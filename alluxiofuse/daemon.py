@@ -132,7 +132,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
                             invalidate_attrs=invalidate_kernel_attrs, writes=writes)
             if writes is not None:
                 writes.on_committed = fs.committed
-                nursery.start_soon(writes.uploader.run)
+                nursery.start_soon(writes.run)
             ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
                 _after_init, config,
             ))

@@ -302,11 +302,11 @@ class Filesystem:
         await writes.write(staged, offset, data)
         return len(data)
 
-    async def flush(self, fh: int) -> None:
-        """close(2) and fsync(2): commit what the handle's file holds, by the write type."""
+    async def flush(self, fh: int, *, durable: bool = False) -> None:
+        """close(2) (and fsync(2), ``durable``): commit what the handle's file holds."""
         staged = self._staged.get(fh)
         if staged is not None and self.writes is not None:
-            await self._commit(staged)
+            await self._commit(staged, durable=durable)
 
     async def setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
         writes = self._writable()
@@ -477,9 +477,9 @@ class Filesystem:
         inode.kernel_version = None
         return fh
 
-    async def _commit(self, staged: StagedFile) -> None:
+    async def _commit(self, staged: StagedFile, *, durable: bool = False) -> None:
         assert self.writes is not None
-        status = await self.writes.flush(staged)
+        status = await self.writes.flush(staged, durable=durable)
         if status is not None:
             self.committed(staged.path, status)
 

@@ -85,6 +85,15 @@ class WriteSupport:
     directories: bool = True  # empty directories exist on their own (else: marker objects)
 
 
+class Commit(NamedTuple):
+    """What a commit of a staged file made."""
+
+    status: FileStatus
+    # The staged file itself became the new content (hard-linked into place): it must
+    # never be changed again.
+    linked: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Attrs:
     """A change of attributes: the fields that are not None are set."""

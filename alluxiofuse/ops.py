@@ -209,7 +209,7 @@ class Operations(pyfuse3.Operations):
         with self._call("fsync"):
             if self.fs.writes is None:
                 raise FUSEError(errno.ENOSYS)
-            await self.fs.flush(fh)
+            await self.fs.flush(fh, durable=True)
 
     async def release(self, fh: int) -> None:
         with self._call("release"):

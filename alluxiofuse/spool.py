@@ -174,16 +174,25 @@ class Spool:
     def records(self) -> list[Record]:
         return [record for record, _ in read_journal(self.root)]
 
+    def create_many(self, count: int) -> list[tuple[str, int]]:
+        """``count`` new data files at once (one worker-thread job for several files)."""
+        return [self.create() for _ in range(count)]
+
     def set_aside_orphans(self) -> list[str]:
         """Move data files no record names (files being written when a daemon died, never
-        closed) to orphaned/, so they cost no spool space; their paths, for a log line."""
+        closed) to orphaned/, so they cost no spool space; their paths, for a log line.
+        Empty ones (made ahead, never used) are removed."""
         named = {r.data for r in self.records()}
         moved = []
         for name in sorted(os.listdir(self._data)):
-            if name not in named:
-                target = os.path.join(self.root, "orphaned", name)
-                os.rename(self.data_path(name), target)
-                moved.append(target)
+            if name in named:
+                continue
+            if os.stat(self.data_path(name)).st_size == 0:
+                self.remove(name)
+                continue
+            target = os.path.join(self.root, "orphaned", name)
+            os.rename(self.data_path(name), target)
+            moved.append(target)
         return moved
 
     def _fsync_journal(self) -> None:

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Bytes of the base fetched at once when a file is completed before its upload.
 _FILL_CHUNK = 4 * 1024 * 1024
+# Writes up to this size go to the spool's page cache on the event loop. A worker-thread
+# hop costs more than such a write (tar of 2,000 small files, 10 KiB writes: 435 µs per
+# write(2) through a thread, 168 µs inline). Buffered writes have no RWF_NOWAIT on these
+# kernels (EOPNOTSUPP), so a write under dirty-page throttling may wait here.
+_INLINE_WRITE_MAX = 128 * 1024
 # Uploads that fail are tried again after 1, 2, 4, ... seconds, at most this many.
 _MAX_BACKOFF = 60.0
 
@@ -83,6 +88,8 @@ class StagedFile:
         self.dirty = False  # changed since the last commit or journal record
         self.record: Record | None = None  # the journal record this data file backs
         self.unlinked = False  # no name any more: its content is never committed
+        self.linked = False  # the data file became the under-storage's file: copy first
+        self.durable = True  # the last commit was fsynced (or nothing was committed)
         self.handles = 0
         self.lock = trio.Lock()  # one change of the data file at a time
         self._held = 0  # bytes counted against the spool
@@ -110,7 +117,10 @@ class StagedFile:
         async with self.lock:
             end = offset + len(data)
             self._account(extra=max(0, end - self.size))
-            await self._io(_pwrite, self.fd, data, offset)
+            if len(data) <= _INLINE_WRITE_MAX:
+                _pwrite(self.fd, data, offset)
+            else:
+                await self._io(_pwrite, self.fd, data, offset)
             if offset < self.base_limit:
                 self.extents.add(offset, min(end, self.base_limit))
             self.size = max(self.size, end)
@@ -145,7 +155,9 @@ class StagedFile:
         async with self.lock:
             name, fd = await self._io(self.spool.copy, self.fd, self.size)
             os.close(self.fd)
-            self.name, self.fd, self.record = name, fd, None
+            if self.linked and self.record is None:  # the old name is nobody's now
+                self.spool.remove(self.name)
+            self.name, self.fd, self.record, self.linked = name, fd, None, False
 
     def set_mtime(self, mtime_ns: int) -> None:
         self.mtime_ns = mtime_ns

@@ -21,6 +21,8 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+import trio
+
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, NotFound
@@ -29,6 +31,9 @@ from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
 
 log = logging.getLogger(__name__)
+
+# Empty data files kept ready, so that a create(2) needs no worker-thread hop to make one.
+_READY_FILES = 32
 
 Committed = Callable[[str, FileStatus], None]  # a path's new content is in the under-storage
 
@@ -46,7 +51,36 @@ class Writes:
         self._io = io
         self.on_committed = committed
         self._by_path: dict[str, StagedFile] = {}
+        self._ready: list[tuple[str, int]] = []  # data files made ahead
+        self._want_more = trio.Event()
         self.uploader = Uploader(spool, io, config.upload_threads, self._upload, self._uploaded)
+
+    async def run(self) -> None:
+        """Upload what is owed and keep data files ready, until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.uploader.run)
+                nursery.start_soon(self._make_ready)
+        finally:
+            self._drop_ready()
+
+    def _drop_ready(self) -> None:
+        for name, fd in self._ready:
+            os.close(fd)
+            self.spool.remove(name)
+        self._ready.clear()
+
+    async def _make_ready(self) -> None:
+        while True:
+            if len(self._ready) < _READY_FILES // 2:
+                try:
+                    self._ready += await self._io(self.spool.create_many,
+                                                  _READY_FILES - len(self._ready))
+                except AlluxioFuseError as e:  # create() makes them one by one instead
+                    log.debug("making spool files ahead failed: %s", e)
+                    await trio.sleep(1)
+            await self._want_more.wait()
+            self._want_more = trio.Event()
 
     # -- what the rest of the filesystem sees
 
@@ -87,7 +121,12 @@ class Writes:
         self, path: str, *, base: FileStatus | None, mode: int | None, uid: int | None,
         gid: int | None,
     ) -> StagedFile:
-        name, fd = await self._io(self.spool.create)
+        if self._ready:
+            name, fd = self._ready.pop()
+            if len(self._ready) < _READY_FILES // 2:
+                self._want_more.set()
+        else:
+            name, fd = await self._io(self.spool.create)
         mtime = base.mtime_ns if base is not None and base.mtime_ns else time.time_ns()
         staged = StagedFile(self.spool, self._io, name, fd, path, base=base, mode=mode,
                             uid=uid, gid=gid, mtime_ns=mtime)
@@ -112,16 +151,22 @@ class Writes:
         return await staged.read(offset, size, self._fetcher(staged))
 
     async def _own(self, staged: StagedFile) -> None:
-        """Before a change: a data file a journal record names is the record's; copy it."""
-        if staged.record is not None and self.uploader.uploading(staged.record):
+        """Before a change: a data file that became the under-storage's own file (linked
+        into place), or that an owed upload names, is theirs now; work on a copy."""
+        if staged.linked or (staged.record is not None
+                             and self.uploader.uploading(staged.record)):
             await staged.fork()
 
     # -- commits
 
-    async def flush(self, staged: StagedFile) -> FileStatus | None:
-        """Commit ``staged`` by the write type if it changed; its new status (None if
-        nothing was committed). Raises on failure, keeping every staged byte."""
+    async def flush(self, staged: StagedFile, *, durable: bool = False) -> FileStatus | None:
+        """Commit ``staged`` by the write type if it changed (``durable``: fsync(2), else
+        close(2)); its new status (None if nothing was committed). Raises on failure,
+        keeping every staged byte."""
         if staged.unlinked or not staged.dirty:
+            if durable and not staged.unlinked and not staged.durable and staged.record is None:
+                await self.backend.sync(staged.path)  # committed by a close(2) before
+                staged.durable = True
             return None
         async with staged.lock:  # no write lands in the middle of a commit
             if staged.unlinked or not staged.dirty:
@@ -130,16 +175,19 @@ class Writes:
             if self.config.write_type == "ASYNC_THROUGH":
                 await self._journal(staged)
                 return None
-            status = await self.backend.commit(
+            done = await self.backend.commit(
                 staged.path, self.spool.data_path(staged.name), mode=staged.mode,
                 owner=_owner(staged), mtime_ns=staged.mtime_ns if staged.times_set else None,
+                durable=durable,
             )
             staged.dirty = False
-            staged.committed(status)
-        self.on_committed(staged.path, status)
+            staged.linked = done.linked
+            staged.durable = durable
+            staged.committed(done.status)
+        self.on_committed(staged.path, done.status)
         if self.config.write_type == "CACHE_THROUGH":
             await self.backend.cache(staged.path)
-        return status
+        return done.status
 
     async def _journal(self, staged: StagedFile) -> None:
         """Make the staged content durable locally and owe its upload (the lock is held)."""
@@ -181,11 +229,15 @@ class Writes:
         staged.close(keep_data=keep_data)
 
     async def _upload(self, record: Record) -> FileStatus:
-        return await self.backend.commit(
+        done = await self.backend.commit(
             record.path, self.spool.data_path(record.data), mode=record.mode,
             owner=None if record.uid is None or record.gid is None else (record.uid, record.gid),
             mtime_ns=record.mtime_ns,
         )
+        staged = self._by_path.get(record.path)
+        if done.linked and staged is not None and staged.record is record:
+            staged.linked = True
+        return done.status
 
     def _uploaded(self, record: Record, status: FileStatus) -> bool:
         """An owed upload landed; whether its data file is still a staged file's."""
@@ -264,6 +316,7 @@ class Writes:
                 except AlluxioFuseError as e:
                     log.error("%s: open at unmount and cannot be completed (%s); its bytes "
                               "are kept in %s", staged.path, e, self.spool.data_path(staged.name))
+        self._drop_ready()
         try:
             await self.uploader.wait("", self.config.drain_timeout)
         except AlluxioFuseError:

@@ -8,7 +8,7 @@ from typing import Protocol
 import trio
 
 from alluxiofuse.errors import AlluxioFuseError
-from alluxiofuse.model import Attrs, FileStatus, FsStats, Version, WriteSupport
+from alluxiofuse.model import Attrs, Commit, FileStatus, FsStats, Version, WriteSupport
 
 
 class Backend(Protocol):
@@ -98,9 +98,16 @@ class Backend(Protocol):
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-    ) -> FileStatus:
+        durable: bool = True,
+    ) -> Commit:
         """Make the local file ``staged`` the whole content of ``path``, replacing any old
-        content only once the new is complete (untouched if this fails)."""
+        content only once the new is complete (untouched if this fails). Without
+        ``durable``, a store that can (a local disk) may leave it in its page cache, as
+        a close(2) on that disk would."""
+        ...
+
+    async def sync(self, path: str) -> None:
+        """fsync(2) of ``path`` and its directory, where the store has such a thing."""
         ...
 
     async def cache(self, path: str) -> None:

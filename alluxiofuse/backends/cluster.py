@@ -52,7 +52,7 @@ from alluxiofuse.errors import (
 )
 from alluxiofuse.membership import WorkerAddress, parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import Attrs, FileStatus, FsStats, Version, WriteSupport, valid_name
+from alluxiofuse.model import Attrs, Commit, FileStatus, FsStats, Version, WriteSupport, valid_name
 from alluxiofuse.ring import DEFAULT_VNODES, HashRing, WorkerIdentity, path_id
 
 log = logging.getLogger(__name__)
@@ -447,9 +447,14 @@ class ClusterBackend:
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-    ) -> FileStatus:
+        durable: bool = True,
+    ) -> Commit:
         self._changing(path)
-        return await self.ufs.commit(path, staged, mode=mode, owner=owner, mtime_ns=mtime_ns)
+        return await self.ufs.commit(path, staged, mode=mode, owner=owner, mtime_ns=mtime_ns,
+                                     durable=durable)
+
+    async def sync(self, path: str) -> None:
+        await self.ufs.sync(path)
 
     async def cache(self, path: str) -> None:
         """CACHE_THROUGH: have the owner load the new content, for the cluster's other

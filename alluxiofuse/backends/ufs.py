@@ -44,6 +44,7 @@ from alluxiofuse.model import (
     NAME_MAX,
     RENAME_NOREPLACE,
     Attrs,
+    Commit,
     FileStatus,
     FsStats,
     Kind,
@@ -250,10 +251,14 @@ class UfsBackend:
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-    ) -> FileStatus:
+        durable: bool = True,
+    ) -> Commit:
         """Make the local file ``staged`` the content of ``path``: replaced whole once
-        complete, and untouched if this fails. Returns the new status."""
-        return await self._call(self._commit_sync, path, staged)
+        complete, and untouched if this fails (every upload is durable)."""
+        return Commit(await self._call(self._commit_sync, path, staged))
+
+    async def sync(self, path: str) -> None:
+        """Every commit is durable already."""
 
     async def cache(self, path: str) -> None:
         """No cache in front of a bare under-storage."""
@@ -586,34 +591,49 @@ class LocalUfs(UfsBackend):
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-    ) -> FileStatus:
-        """Copy ``staged`` to a new file beside ``path`` (in the kernel: copy_file_range),
-        give it ``mode``, ``owner`` and ``mtime_ns``, fsync it, rename it over ``path`` and
-        fsync the directory: ``path`` is the old content or the new, even after a crash."""
-        return await self._call(self._commit_local, path, staged, mode, owner, mtime_ns)
+        durable: bool = True,
+    ) -> Commit:
+        """Put ``staged`` beside ``path`` under a temporary name (a hard link when the
+        spool is on the same file system: no copy; else a copy in the kernel), give it
+        ``mode``, ``owner`` and ``mtime_ns``, and rename it over ``path``: ``path`` is the
+        old content or the new, never a mix. With ``durable``, the file is fsynced first
+        and the directory after, so that this holds across a crash too."""
+        return await self._call(self._commit_local, path, staged, mode, owner, mtime_ns,
+                                durable)
+
+    async def sync(self, path: str) -> None:
+        def sync() -> None:
+            fd = self._open(path)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(path.rpartition("/")[0] or ".", self._root())
+        await self._call(sync)
 
     def _commit_local(
         self, path: str, staged: str, mode: int | None, owner: tuple[int, int] | None,
-        mtime_ns: int | None,
-    ) -> FileStatus:
+        mtime_ns: int | None, durable: bool,
+    ) -> Commit:
         parent, _, _ = path.rpartition("/")
         temp = f"{parent}/{temp_name()}" if parent else temp_name()
         root = self._root()
-        src = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+        src = os.open(staged, os.O_RDWR | os.O_CLOEXEC)
         try:
-            dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
-                          dir_fd=root)
+            linked = self._link_or_copy(staged, src, temp)
+            dst = src if linked else os.open(temp, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root)
             try:
-                _copy_all(src, dst, os.fstat(src).st_size)
                 if mode is not None:
                     os.fchmod(dst, mode)
                 if owner is not None and os.geteuid() == 0:
                     os.fchown(dst, *owner)
                 if mtime_ns is not None:
                     os.utime(dst, ns=(mtime_ns, mtime_ns))
-                os.fsync(dst)
+                if durable:
+                    os.fsync(dst)
             finally:
-                os.close(dst)
+                if dst != src:
+                    os.close(dst)
             os.rename(temp, path, src_dir_fd=root, dst_dir_fd=root)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -621,8 +641,26 @@ class LocalUfs(UfsBackend):
             raise
         finally:
             os.close(src)
-        _fsync_dir(parent or ".", root)
-        return self._stat_sync(path)
+        if durable:
+            _fsync_dir(parent or ".", root)
+        return Commit(self._stat_sync(path), linked)
+
+    def _link_or_copy(self, staged: str, src: int, temp: str) -> bool:
+        """Make ``temp`` hold ``staged``'s bytes: a hard link (True) or a copy (False)."""
+        root = self._root()
+        try:
+            os.link(staged, temp, dst_dir_fd=root)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600,
+                      dir_fd=root)
+        try:
+            _copy_all(src, dst, os.fstat(src).st_size)
+        finally:
+            os.close(dst)
+        return False
 
     def _give(self, path: str, owner: tuple[int, int] | None) -> None:
         """A new entry belongs to whoever made it (the daemon can say so only as root)."""

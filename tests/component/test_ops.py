@@ -105,12 +105,19 @@ async def make(
     if not config.read_only:
         spool = Spool.open(config.cache_dir, config.source, config.cache_size)
         writes = Writes(config, backend, spool, DiskIO(trio.CapacityLimiter(4), 10.0))
-        nursery.start_soon(writes.uploader.run)
+        nursery.start_soon(_run_then_close, writes, spool)
     fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
                     invalidate_attrs=invalidate_attrs, writes=writes)
     if writes is not None:
         writes.on_committed = fs.committed
     return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
+
+
+async def _run_then_close(writes: Writes, spool: Spool) -> None:
+    try:
+        await writes.run()
+    finally:
+        spool.close()
 
 
 @pytest.fixture
