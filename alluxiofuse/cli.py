@@ -26,6 +26,7 @@ from alluxiofuse.config import (
     OPTION_NAMES,
     MountConfig,
     build_config,
+    default_cache_dir,
     load_config_file,
     parse_key_value,
     parse_ufs_option,
@@ -135,6 +136,12 @@ def parser() -> argparse.ArgumentParser:
                     help="how often progress is asked for (default 1)")
     _add_cluster_options(ld)
 
+    s = sub.add_parser("status", help="list the uploads a mount still owes its source")
+    s.add_argument("target", metavar="MOUNTPOINT|SOURCE",
+                   help="an alluxiofuse mountpoint, or the source it mounts")
+    s.add_argument("--cache-dir", metavar="DIR",
+                   help="the mount's --cache-dir, if it was given one")
+
     u = sub.add_parser("umount", help="unmount MOUNTPOINT")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("-z", "--lazy", action="store_true",
@@ -161,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_mount(args)
         if args.command in ("locate", "load"):
             return cmd_cluster(args)
+        if args.command == "status":
+            from alluxiofuse import operator
+
+            return operator.status(args.target, args.cache_dir or default_cache_dir())
         return cmd_umount(args.mountpoint, lazy=args.lazy)
     except ConfigError as e:
         print(f"alluxiofuse: {e}", file=sys.stderr)

@@ -96,6 +96,8 @@ class Filesystem:
         self.writes = writes
         # The staged file each handle opened for writing (or opened while it was staged).
         self._staged: dict[int, StagedFile] = {}
+        self._writers: set[int] = set()  # handles opened for writing: their close commits
+        self._staged_inodes: dict[int, StagedFile] = {}  # inode -> staged file, while open
         self._invalidate_attrs = invalidate_attrs
         self.backend = backend
         self.inodes = InodeTable(root)
@@ -142,6 +144,9 @@ class Filesystem:
     async def getattr(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
         if not self.inodes.is_linked(inode):  # removed or replaced while open
+            staged = self._staged_inodes.get(ino)
+            if staged is not None:
+                inode.status = staged.status(inode.status.name)
             return inode
         status = await self._stat(inode.path)
         if status.kind is inode.status.kind:
@@ -224,7 +229,7 @@ class Filesystem:
             if flags & os.O_TRUNC and staged.size:
                 await writes.truncate(staged, 0)
         if staged is not None:
-            return self._open_staged(inode, staged), False
+            return self._open_staged(inode, staged, writing=writing), False
         self._learn(inode.path, status)
         if inode.attrs_version != status.version:
             # The kernel reads up to the size it holds: were that the old, larger size, it
@@ -259,8 +264,13 @@ class Filesystem:
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
         staged = self._staged.pop(fh, None)
+        self._writers.discard(fh)
         if staged is not None and self.writes is not None:
             staged.handles -= 1
+            if staged.handles == 0:
+                for ino, known in list(self._staged_inodes.items()):
+                    if known is staged:
+                        del self._staged_inodes[ino]
             await self.writes.release(staged)
 
     def refuse_write(self, what: str) -> NoReturn:
@@ -292,7 +302,7 @@ class Filesystem:
         inode = self._learn(path, staged.status(name))
         self.inodes.remember(inode)
         inode.attrs_version = inode.status.version
-        return self._open_staged(inode, staged), inode
+        return self._open_staged(inode, staged, writing=True), inode
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         writes = self._writable()
@@ -305,7 +315,7 @@ class Filesystem:
     async def flush(self, fh: int, *, durable: bool = False) -> None:
         """close(2) (and fsync(2), ``durable``): commit what the handle's file holds."""
         staged = self._staged.get(fh)
-        if staged is not None and self.writes is not None:
+        if staged is not None and self.writes is not None and (durable or fh in self._writers):
             await self._commit(staged, durable=durable)
 
     async def setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
@@ -470,9 +480,12 @@ class Filesystem:
             return
         raise AlreadyExists(path)
 
-    def _open_staged(self, inode: Inode, staged: StagedFile) -> int:
+    def _open_staged(self, inode: Inode, staged: StagedFile, *, writing: bool) -> int:
         fh = next(self._handle_ids)
         self._staged[fh] = staged
+        self._staged_inodes[inode.ino] = staged
+        if writing:
+            self._writers.add(fh)
         staged.handles += 1
         inode.kernel_version = None
         return fh

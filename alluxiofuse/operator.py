@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -25,6 +26,7 @@ from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendUnavailable, ConnectionDropped
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, path_id
+from alluxiofuse.spool import read_journal, spool_dir, spool_in_use
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -257,3 +259,36 @@ def _human(n: float) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
+    """Print the uploads owed for ``target`` (an alluxiofuse mountpoint, or a source) and
+    whether a daemon is running to make them."""
+    out = out or sys.stdout
+    source = _source_of(target)
+    root = spool_dir(cache_dir, source)
+    owed = list(read_journal(root))
+    running = spool_in_use(root)
+    state = "a daemon is uploading them" if running else (
+        "no daemon is running: they resume at the next mount of this source")
+    print(f"{source}: {len(owed)} uploads pending ({state}; spool {root})", file=out)
+    now = time.time_ns()
+    for record, error in owed:
+        age = max(0, now - record.closed_ns) / 1e9
+        line = f"  {record.path}  {_human(record.size)}B  closed {age:.0f}s ago"
+        if error:
+            line += f"  last error: {error}"
+        print(line, file=out)
+    return 0
+
+
+def _source_of(target: str) -> str:
+    """The source of the alluxiofuse mount at ``target``, else ``target`` as a source."""
+    if "://" in target:
+        return target
+    absolute = os.path.abspath(target)
+    for mountpoint, source in _alluxiofuse_mounts("/proc/self/mountinfo"):
+        if absolute == mountpoint:
+            return source
+    return absolute
+

@@ -203,6 +203,21 @@ class Spool:
             os.close(fd)
 
 
+def spool_in_use(root: str) -> bool:
+    """Whether a daemon holds the spool at ``root`` now."""
+    try:
+        fd = os.open(os.path.join(root, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
     """The records of the spool at ``root`` in the order they were made, each with the
     last error noted for it. Readable without the lock (``alluxiofuse status``)."""

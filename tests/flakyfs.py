@@ -5,7 +5,8 @@ not the local fast path. A JSON control file (storage option ``control``) says w
 calls fail and how; it is re-read on every call, so a test flips failures on and off
 while a mount is live:
 
-    {"fail": ["info", "ls", "cat_file"], "mode": "oserror" | "unexpected" | "hang"}
+    {"fail": ["info", "ls", "cat_file", "open_write"],
+     "mode": "oserror" | "unexpected" | "hang"}
 
 ``oserror`` raises OSError(EIO), ``unexpected`` a RuntimeError (an unmapped library
 error), ``hang`` blocks until the control file no longer asks for it (at most 60 s).
@@ -74,6 +75,11 @@ class FlakyFileSystem(LocalFileSystem):
     def cat_file(self, path: Any, start: Any = None, end: Any = None, **kwargs: Any) -> Any:
         self._injected("cat_file")
         return super().cat_file(path, start=start, end=end, **kwargs)
+
+    def _open(self, path: Any, mode: str = "rb", **kwargs: Any) -> Any:
+        if "w" in mode:
+            self._injected("open_write")
+        return super()._open(path, mode=mode, **kwargs)
 
 
 def set_failure(control: str, ops: list[str], mode: str = "oserror") -> None:

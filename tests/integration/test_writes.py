@@ -1,0 +1,237 @@
+"""Writes through a real mount: the tools programs use, the write types, and no data loss.
+
+Failures are injected with ``flaky://`` (tests/flakyfs.py): ``open_write`` failing or
+hanging stands for an under-storage that refuses or stalls uploads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.flakyfs import clear_failure, set_failure
+from tests.integration.conftest import (
+    DAEMON,
+    REPO,
+    MountFactory,
+    errno_of,
+    fusermount_u,
+    read_bytes,
+    run,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def renameat2(old: Path, new: Path, flags: int) -> None:
+    if _libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def status_of(target: Path | str, cache_dir: Path) -> str:
+    return run([*DAEMON, "status", str(target), "--cache-dir", str(cache_dir)]).stdout.decode()
+
+
+# -- what programs do
+
+
+def test_tools_write_through_the_mount(mount: MountFactory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old.txt").write_bytes(b"old content\n")
+    m = mount(src)
+    p = m.path
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "a.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    (payload / "sub").mkdir()
+    (payload / "sub" / "b.txt").write_bytes(b"b\n")
+    os.utime(payload / "sub" / "b.txt", ns=(1_600_000_000_000_000_000,) * 2)
+
+    run(["cp", "-a", str(payload), str(p / "copy")])
+    run(["tar", "-C", str(payload), "-cf", str(tmp_path / "t.tar"), "."])
+    (p / "untar").mkdir()
+    run(["tar", "-C", str(p / "untar"), "-xf", str(tmp_path / "t.tar")])
+    run(["sh", "-c", f"echo appended >> '{p}/old.txt'"])
+    run(["truncate", "-s", "3", str(p / "untar" / "sub" / "b.txt")])
+    # An editor's save: write a new file, then rename it over the old one.
+    (p / ".old.txt.swp").write_bytes(b"edited\n")
+    os.rename(p / ".old.txt.swp", p / "edited.txt")
+
+    for tree in ("copy", "untar"):
+        assert (src / tree / "a.bin").read_bytes() == (payload / "a.bin").read_bytes()
+        assert (src / tree / "sub").is_dir()
+    assert (src / "untar" / "sub" / "b.txt").read_bytes() == b"b\n\0"
+    # cp -a and tar keep modification times where the source keeps them.
+    assert os.stat(src / "copy" / "sub" / "b.txt").st_mtime_ns == 1_600_000_000_000_000_000
+    assert os.stat(p / "copy" / "sub" / "b.txt").st_mtime_ns == 1_600_000_000_000_000_000
+    assert (src / "old.txt").read_bytes() == b"old content\nappended\n"
+    assert (src / "edited.txt").read_bytes() == b"edited\n"
+    assert not (src / ".old.txt.swp").exists()
+    assert run(["diff", "-r", str(payload), str(p / "copy")]).returncode == 0
+
+
+def test_attributes_links_and_rename_flags(mount: MountFactory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_bytes(b"x")
+    (src / "y").write_bytes(b"y")
+    p = mount(src).path
+
+    os.chmod(p / "x", 0o600)
+    os.utime(p / "x", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    st = os.stat(src / "x")
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o600, 1_500_000_000_000_000_000)
+    os.symlink("x", p / "link")
+    assert os.readlink(src / "link") == "x"
+    assert os.readlink(p / "link") == "x"
+    assert errno_of(lambda: renameat2(p / "x", p / "y", RENAME_NOREPLACE)) == errno.EEXIST
+    renameat2(p / "x", p / "y", RENAME_EXCHANGE)
+    assert ((src / "x").read_bytes(), (src / "y").read_bytes()) == (b"y", b"x")
+    assert read_bytes(p / "x") == b"y"
+    assert errno_of(lambda: os.link(p / "x", p / "hard")) == errno.ENOTSUP
+    assert errno_of(lambda: os.mkfifo(p / "fifo")) == errno.ENOTSUP
+
+
+def test_open_unlinked_file_keeps_working(mount: MountFactory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    p = mount(src).path
+    fd = os.open(p / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"before ")
+        os.unlink(p / "f")
+        os.write(fd, b"after")
+        assert os.pread(fd, 100, 0) == b"before after"
+        assert os.fstat(fd).st_size == len(b"before after")
+    finally:
+        os.close(fd)
+    assert not (src / "f").exists()
+    assert not (p / "f").exists()
+
+
+def test_new_file_is_visible_in_the_mount_before_its_first_close(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    p = mount(src).path
+    with open(p / "growing", "wb") as f:
+        f.write(b"12345")
+        f.flush()
+        assert os.listdir(p) == ["growing"]
+        assert read_bytes(p / "growing") == b"12345"  # another open in the mount
+        assert not (src / "growing").exists()  # other clients: at close (close-to-open)
+    assert (src / "growing").read_bytes() == b"12345"
+
+
+# -- no data loss
+
+
+@pytest.mark.allow_warnings
+def test_failed_upload_is_eio_at_close_and_the_bytes_land_later(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "keep").write_bytes(b"old")
+    control = str(tmp_path / "control")
+    set_failure(control, ["open_write"])
+    m = mount(f"flaky://{src}", f"--ufs-option=control={control}")
+    fd = os.open(m.path / "keep", os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, b"new content")
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EIO
+    assert (src / "keep").read_bytes() == b"old"  # never replaced by part of the new
+    # A replacing rename commits the new file first: it fails, and the target is intact.
+    fd = os.open(m.path / "renamed-over", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"never committed")
+    assert errno_of(lambda: os.rename(m.path / "renamed-over", m.path / "keep")) == errno.EIO
+    assert (src / "keep").read_bytes() == b"old"
+    with pytest.raises(OSError):
+        os.close(fd)
+    # The released files are owed and retried in the background once the store is back.
+    clear_failure(control)
+    assert wait_until(lambda: (src / "keep").exists()
+                      and (src / "keep").read_bytes() == b"new content", 30)
+    assert wait_until(lambda: (src / "renamed-over").exists(), 30)
+    assert (src / "renamed-over").read_bytes() == b"never committed"
+    assert "keep: upload owed after a failed commit; its bytes are in" in m.log_text()
+
+
+@pytest.mark.timeout(180)
+def test_async_through_uploads_survive_kill_9(mount: MountFactory, tmp_path: Path) -> None:
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    control = str(tmp_path / "control")
+    set_failure(control, ["open_write"], mode="hang")  # every upload stalls
+    options = (f"--ufs-option=control={control}", "--write-type", "ASYNC_THROUGH",
+               "--cache-dir", str(cache))
+    m = mount(f"flaky://{src}", *options)
+    files = {f"d/f{i}": os.urandom(1000 * i + 1) for i in range(12)}
+    (m.path / "d").mkdir()
+    for name, data in files.items():
+        (m.path / name).write_bytes(data)  # close returns: journaled, not uploaded
+    for name, data in files.items():
+        assert read_bytes(m.path / name) == data  # read-your-writes meanwhile
+    assert sorted(os.listdir(m.path / "d")) == sorted(n[2:] for n in files)
+    assert "12 uploads pending (a daemon is uploading them" in status_of(m.path, cache)
+    assert not any((src / name).exists() for name in files)
+
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait(10)
+    fusermount_u(m.path)
+    assert "12 uploads pending (no daemon is running" in status_of(f"flaky://{src}", cache)
+    clear_failure(control)
+
+    again = mount(f"flaky://{src}", *options)
+    assert wait_until(lambda: all((src / n).exists() and (src / n).read_bytes() == d
+                                  for n, d in files.items()), 60), status_of(again.path, cache)
+    assert "0 uploads pending" in status_of(again.path, cache)
+    assert "resuming 12 uploads" in again.log_text()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:
+    src, mnt, cache = tmp_path / "src", tmp_path / "mnt", tmp_path / "cache"
+    src.mkdir()
+    mnt.mkdir()
+    control = str(tmp_path / "control")
+    set_failure(control, ["open_write"], mode="hang")
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen(
+        [*DAEMON, "mount", f"flaky://{src}", str(mnt), "-f", "--write-type", "ASYNC_THROUGH",
+         "--cache-dir", str(cache), f"--ufs-option=control={control}", "--log-file", str(log)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert wait_until(lambda: os.path.ismount(mnt), 30)
+        data = os.urandom(2 * 1024 * 1024)
+        (mnt / "big").write_bytes(data)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert proc.poll() is None  # still draining: the upload is stalled
+        clear_failure(control)
+        assert proc.wait(60) == 0
+        assert hashlib.sha256((src / "big").read_bytes()).digest() == hashlib.sha256(
+            data).digest()
+        assert not os.path.ismount(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        fusermount_u(mnt)
+
