@@ -34,7 +34,7 @@ demo() {
     mkdir -p "$mnt"
     if mountpoint -q "$mnt"; then .venv/bin/alluxiofuse umount "$mnt"; fi
     .venv/bin/alluxiofuse mount examples/data "$mnt"
-    echo "== mounted examples/data at $mnt (read-only); a look inside:"
+    echo "== mounted examples/data at $mnt (writable: changes go to examples/data); a look inside:"
     ls -lR "$mnt"
     echo "== $mnt/dataset.json:"
     cat "$mnt/dataset.json"
