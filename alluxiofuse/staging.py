@@ -15,6 +15,7 @@ resumes them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -286,7 +287,7 @@ class Uploader:
         while True:
             record = self._next()
             while self._superseded:
-                await self._io(self._spool.settle, self._superseded.pop())
+                await self._settle(self._superseded.pop(), keep_data=False)
             if record is None:
                 await self._changed_event().wait()
                 continue
@@ -324,7 +325,8 @@ class Uploader:
                             "in %s", record.path, message, delay,
                             self._spool.data_path(record.data))
                 self._errors[record.seq] = message
-                await self._io(self._spool.note_error, record, message)
+                with contextlib.suppress(AlluxioFuseError):  # only for ``status``
+                    await self._io(self._spool.note_error, record, message)
                 await trio.sleep(delay)
                 delay = min(_MAX_BACKOFF, delay * 2)
                 if record.seq not in self.pending:  # dropped meanwhile (superseded)
@@ -332,9 +334,17 @@ class Uploader:
                 continue
             del self.pending[record.seq]
             self._errors.pop(record.seq, None)
-            keep = self._uploaded(record, status)
-            await self._io(partial(self._spool.settle, keep_data=keep), record)
+            await self._settle(record, keep_data=self._uploaded(record, status))
             return
+
+    async def _settle(self, record: Record, *, keep_data: bool) -> None:
+        """Drop a record that is done with; if the spool cannot, the record stays and is
+        uploaded once more at the next start (harmless: the same content again)."""
+        try:
+            await self._io(partial(self._spool.settle, keep_data=keep_data), record)
+        except AlluxioFuseError as e:
+            log.error("cannot remove the journal record of %s from %s: %s", record.path,
+                      self._spool.root, e)
 
     def _changed_event(self) -> trio.Event:
         return self._changed

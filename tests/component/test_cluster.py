@@ -369,3 +369,37 @@ async def test_membership_swaps_the_ring_and_keeps_it_when_unreadable(
     with pytest.raises(BackendUnavailable):
         await membership.refresh()
     assert len(membership) == 3
+
+
+async def test_files_this_mount_changed_are_read_from_the_ufs_and_cached_on_request(
+    oss: Cluster, metrics: Metrics, tmp_path: Path,
+) -> None:
+    """The owner still holds the old pages of an overwritten file: never served again."""
+    oss.load()
+    backend = await _backend(oss, metrics)
+    try:
+        new = os.urandom(2 * PAGE + 9)
+        staged = tmp_path / "staged"
+        staged.write_bytes(new)
+        done = await backend.commit("dir/three-pages.bin", str(staged))
+        owner = oss.owner("dir/three-pages.bin")
+        before = owner.stats["file"]
+        assert await _read_all(backend, "dir/three-pages.bin") == new
+        assert owner.stats["file"] == before  # not a page from the stale cache
+        assert done.status.size == len(new)
+        # CACHE_THROUGH: the owner is asked to load the new content for everyone else.
+        await backend.cache("dir/three-pages.bin")
+        assert any(r.startswith("GET /v1/load?") and "opType=submit" in r
+                   and "three-pages.bin" in r for r in owner.requests)
+        # Names this mount created or removed are listed from the UFS too.
+        await backend.unlink("small.txt")
+        assert "small.txt" not in [s.name for s in await backend.list("")]
+        with pytest.raises(NotFound):
+            await backend.stat("small.txt")
+        # Untouched files still come from their owners.
+        other = oss.owner("dir/exact.bin")
+        before = other.stats["file"]
+        assert await _read_all(backend, "dir/exact.bin") == FILES["dir/exact.bin"]
+        assert other.stats["file"] == before + 2
+    finally:
+        await backend.aclose()

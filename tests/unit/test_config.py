@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +360,31 @@ def test_memory_limit_is_a_positive_int() -> None:
     limit = memory_limit()
     assert isinstance(limit, int)
     assert limit > 0
+
+
+# -- writes
+
+
+def test_write_options_parse_and_default() -> None:
+    c = build_config({"source": "/s", "mountpoint": "/m"})
+    assert (c.write_type, c.read_only, c.upload_part_size) == ("THROUGH", False, 16 * MiB)
+    assert os.path.isabs(c.cache_dir)
+    c = build_config({"source": "/s", "mountpoint": "/m", "write_type": "async_through",
+                      "cache_dir": "rel", "upload_part_size": "5MiB", "read_only": "yes"})
+    assert (c.write_type, c.read_only, c.upload_part_size) == ("ASYNC_THROUGH", True, 5 * MiB)
+    assert c.cache_dir == os.path.abspath("rel")
+    c = build_config({"source": "/s", "mountpoint": "/m"},
+                     alluxio_properties={"alluxio.user.file.writetype.default": "ASYNC_THROUGH"})
+    assert c.write_type == "ASYNC_THROUGH"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"write_type": "SOMETIMES"}, "not a write type"),
+    ({"write_type": "MUST_CACHE"}, "cannot hold data the under-storage does not have"),
+    ({"write_type": "CACHE_THROUGH"}, "name them with --workers"),
+    ({"upload_part_size": "1MiB"}, "--upload-part-size must be between 5MiB and 5GiB"),
+    ({"upload_threads": "0"}, "--upload-threads"),
+])
+def test_bad_write_options_are_refused_at_mount(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config({"source": "/s", "mountpoint": "/m", **values})

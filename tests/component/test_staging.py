@@ -1,0 +1,140 @@
+"""Staged files over a base, and the uploader's order, retries and superseding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from alluxiofuse.errors import BackendUnavailable, NoSpace
+from alluxiofuse.model import FileStatus, Kind
+from alluxiofuse.spool import Record, Spool
+from alluxiofuse.staging import DiskIO, StagedFile, Uploader
+
+BASE = bytes(range(256)) * 64  # 16 KiB of old content
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    spool = Spool.open(str(tmp_path), "src", limit=1 << 20)
+    yield spool
+    spool.close()
+
+
+def io() -> DiskIO:
+    return DiskIO(trio.CapacityLimiter(2), 10.0)
+
+
+class Base:
+    """The committed content, counting what is fetched."""
+
+    def __init__(self) -> None:
+        self.fetched: list[tuple[int, int]] = []
+
+    async def __call__(self, offset: int, length: int) -> bytes:
+        self.fetched.append((offset, length))
+        return BASE[offset:offset + length]
+
+
+def staged_over_base(spool: Spool) -> StagedFile:
+    name, fd = spool.create()
+    os.ftruncate(fd, len(BASE))
+    status = FileStatus(name="f", kind=Kind.FILE, size=len(BASE), mtime_ns=1, mode=0o644)
+    return StagedFile(spool, io(), name, fd, "f", base=status, mode=0o644, uid=0, gid=0,
+                      mtime_ns=1)
+
+
+async def test_only_the_ranges_read_are_fetched(spool: Spool) -> None:
+    staged, base = staged_over_base(spool), Base()
+    await staged.write(100, b"NEW")
+    assert await staged.read(90, 20, base) == BASE[90:100] + b"NEW" + BASE[103:110]
+    assert base.fetched == [(90, 10), (103, 7)]  # never the written range, never the rest
+    assert await staged.read(90, 20, base) == BASE[90:100] + b"NEW" + BASE[103:110]
+    assert len(base.fetched) == 2  # held now
+    assert not staged.complete
+    async with staged.lock:
+        await staged.fill_locked(base)
+    assert staged.complete
+    expected = bytearray(BASE)
+    expected[100:103] = b"NEW"
+    assert os.pread(staged.fd, len(BASE) + 1, 0) == bytes(expected)
+    staged.close()
+
+
+async def test_truncate_then_extend_reads_zeros_not_the_old_bytes(spool: Spool) -> None:
+    staged, base = staged_over_base(spool), Base()
+    await staged.truncate(10)
+    await staged.truncate(30)
+    assert await staged.read(0, 100, base) == BASE[:10] + bytes(20)
+    await staged.write(40, b"x")  # a hole, then a byte
+    assert await staged.read(0, 100, base) == BASE[:10] + bytes(30) + b"x"
+    assert staged.size == 41 and staged.dirty
+    staged.close()
+
+
+async def test_fork_leaves_the_old_data_file_as_it_was(spool: Spool) -> None:
+    staged, base = staged_over_base(spool), Base()
+    async with staged.lock:
+        await staged.fill_locked(base)
+    old_name = staged.name
+    staged.record = Record(data=old_name, path="f", size=len(BASE))
+    await staged.fork()
+    await staged.write(0, b"changed")
+    with open(spool.data_path(old_name), "rb") as f:
+        assert f.read() == BASE
+    assert staged.name != old_name and staged.record is None
+    staged.close()
+
+
+async def test_spool_bound_refuses_writes_past_it(tmp_path: Path) -> None:
+    spool = Spool.open(str(tmp_path), "small", limit=1000)
+    name, fd = spool.create()
+    staged = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
+                        mtime_ns=1)
+    await staged.write(0, b"x" * 900)
+    with pytest.raises(NoSpace):
+        await staged.write(900, b"x" * 200)
+    assert staged.size == 900
+    staged.close()
+    assert spool.used == 0
+    spool.close()
+
+
+@pytest.mark.allow_warnings
+async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool) -> None:
+    attempts: list[tuple[str, int]] = []
+    failures = {"a": 2}
+
+    async def upload(record: Record) -> FileStatus:
+        attempts.append((record.path, record.seq))
+        if failures.get(record.path):
+            failures[record.path] -= 1
+            raise BackendUnavailable("store down")
+        await trio.sleep(0.01)
+        return FileStatus(name=record.path, kind=Kind.FILE, size=record.size)
+
+    done: list[int] = []
+    uploader = Uploader(spool, io(), 2, upload, lambda r, s: done.append(r.seq) or False)
+
+    def record(path: str) -> Record:
+        name, fd = spool.create()
+        os.close(fd)
+        r = Record(data=name, path=path, size=0)
+        spool.journal(r)
+        return r
+
+    a, b1, b2 = record("a"), record("b"), record("b")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        for r in (a, b1, b2):
+            uploader.submit(r)
+        assert uploader.busy("a") and uploader.busy("") and not uploader.busy("c")
+        await uploader.wait("", 100)
+        nursery.cancel_scope.cancel()
+    assert sorted(done) == [a.seq, b2.seq]  # b1 was superseded by b2: never sent
+    assert ("b", b1.seq) not in attempts
+    assert attempts.count(("a", a.seq)) == 3  # two failures, then success
+    assert spool.records() == []
