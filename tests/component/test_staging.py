@@ -83,8 +83,7 @@ async def test_fork_leaves_the_old_data_file_as_it_was(spool: Spool) -> None:
     staged.record = Record(data=old_name, path="f", size=len(BASE))
     await staged.fork()
     await staged.write(0, b"changed")
-    with open(spool.data_path(old_name), "rb") as f:
-        assert f.read() == BASE
+    assert Path(spool.data_path(old_name)).read_bytes() == BASE  # noqa: ASYNC240
     assert staged.name != old_name and staged.record is None
     staged.close()
 
