@@ -298,7 +298,7 @@ class Filesystem:
             fh, _ = await self.open(inode.ino, flags | os.O_WRONLY)
             return fh, inode
         staged = await writes.create(path, mode & 0o7777, *owner)
-        self.meta.forget(path)
+        self._forget(path)
         inode = self._learn(path, staged.status(name))
         self.inodes.remember(inode)
         inode.attrs_version = inode.status.version
@@ -449,8 +449,8 @@ class Filesystem:
         else:
             writes.renamed(old, new)
             self.inodes.rename(old, new)
-        self.meta.forget(old, tree=True)
-        self.meta.forget(new, tree=True)
+        self._forget(old, tree=True)
+        self._forget(new, tree=True)
 
     async def link(self, ino: int, parent_ino: int, name: str) -> Inode:
         self._writable()
@@ -498,13 +498,21 @@ class Filesystem:
 
     def committed(self, path: str, status: FileStatus) -> None:
         """``path``'s new content is in the under-storage, as ``status``."""
-        self.meta.forget(path)
+        self._forget(path)
         self.meta.put_status(path, status)
         if self.inodes.by_path(path) is not None:
             self._learn(path, status)
 
+    def _forget(self, path: str, *, tree: bool = False) -> None:
+        """``path`` changed through the mount: drop what is cached about it. Its directory
+        is being written: look names up there one by one from now on, rather than list
+        it again after every change (tar x into a directory of 100 files listed it about
+        50 times per file)."""
+        self.meta.forget(path, tree=tree)
+        self._unlisted[parent_and_name(path)[0]] = True
+
     def _made(self, path: str, status: FileStatus) -> Inode:
-        self.meta.forget(path)
+        self._forget(path)
         self.meta.put_status(path, status)
         inode = self._learn(path, status)
         self.inodes.remember(inode)
@@ -512,7 +520,7 @@ class Filesystem:
         return inode
 
     def _removed(self, path: str, *, tree: bool = False) -> None:
-        self.meta.forget(path, tree=tree)
+        self._forget(path, tree=tree)
         self.meta.put_missing(path)
         self.inodes.unlink(path)
 
