@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import logging.handlers
 import os
@@ -119,6 +120,9 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
             await read_membership(cluster.membership)
         root = await check_source(backend)
         writes = None
+        if not config.read_only and not backend.writes.files:
+            log.info("%s cannot be written: mounting it read-only", backend.description)
+            config = dataclasses.replace(config, read_only=True)
         if not config.read_only:
             spool = await trio.to_thread.run_sync(
                 Spool.open, config.cache_dir, config.source, config.cache_size)

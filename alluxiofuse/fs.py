@@ -336,27 +336,14 @@ class Filesystem:
                 or ((attrs.uid, attrs.gid) != (None, None) and not support.owners)
                 or ((attrs.atime_ns, attrs.mtime_ns) != (None, None) and not support.times)):
             raise NotSupported(f"{self.backend.description} does not keep this attribute")
-        ufs_attrs = attrs
-        if staged is not None:
-            if attrs.mode is not None:
-                staged.mode = attrs.mode
-            if attrs.uid is not None:
-                staged.uid = attrs.uid
-            if attrs.gid is not None:
-                staged.gid = attrs.gid
-            if attrs.mtime_ns is not None and (staged.dirty or staged.base is None):
-                await writes.set_mtime(staged, attrs.mtime_ns)
-                ufs_attrs = Attrs(attrs.mode, attrs.uid, attrs.gid)
-            if staged.base is None:  # not in the under-storage yet: the commit carries it
-                staged.dirty = staged.dirty or ufs_attrs != Attrs()
-                ufs_attrs = Attrs()
+        ufs_attrs = attrs if staged is None else await writes.set_attrs(staged, attrs)
         if ufs_attrs != Attrs():
             status = await self.backend.setattr(path, ufs_attrs)
             self.meta.put_status(path, status)
             if staged is None:
                 self._learn(path, status)
             else:
-                staged.committed(status) if not staged.dirty else None
+                staged.committed(status)
         if staged is not None and staged.handles == 0:  # truncate(2), chmod(2) by name
             try:
                 await self._commit(staged)

@@ -76,6 +76,7 @@ class WriteSupport:
     """What a backend can change and keep, known before any change is attempted, so that
     what it cannot do is refused at once with a documented errno."""
 
+    files: bool = True  # files can be written at all (not over HTTP, inside archives, ...)
     modes: bool = False  # chmod
     owners: bool = False  # chown
     times: bool = False  # utimens

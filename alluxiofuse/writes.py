@@ -26,7 +26,7 @@ import trio
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, NotFound
-from alluxiofuse.model import FileStatus
+from alluxiofuse.model import Attrs, FileStatus
 from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
 
@@ -143,9 +143,26 @@ class Writes:
         await self._own(staged)
         await staged.truncate(size)
 
-    async def set_mtime(self, staged: StagedFile, mtime_ns: int) -> None:
-        await self._own(staged)
-        staged.set_mtime(mtime_ns)
+    async def set_attrs(self, staged: StagedFile, attrs: Attrs) -> Attrs:
+        """Record ``attrs`` in ``staged``, so its commits keep them; what must be set in
+        the under-storage now (nothing if a commit of this file is still to come)."""
+        if attrs == Attrs():
+            return attrs
+        pending = staged.dirty or staged.base is None  # new content still to be committed
+        if pending:
+            await self._own(staged)
+        if attrs.mode is not None:
+            staged.mode = attrs.mode
+        if attrs.uid is not None:
+            staged.uid = attrs.uid
+        if attrs.gid is not None:
+            staged.gid = attrs.gid
+        if not pending:
+            return attrs
+        if attrs.mtime_ns is not None:
+            staged.set_mtime(attrs.mtime_ns)
+        staged.dirty = True
+        return Attrs()
 
     async def read(self, staged: StagedFile, offset: int, size: int) -> bytes:
         return await staged.read(offset, size, self._fetcher(staged))
@@ -178,7 +195,7 @@ class Writes:
             done = await self.backend.commit(
                 staged.path, self.spool.data_path(staged.name), mode=staged.mode,
                 owner=_owner(staged), mtime_ns=staged.mtime_ns if staged.times_set else None,
-                durable=durable,
+                durable=durable, size=staged.size,
             )
             staged.dirty = False
             staged.linked = done.linked
@@ -232,7 +249,7 @@ class Writes:
         done = await self.backend.commit(
             record.path, self.spool.data_path(record.data), mode=record.mode,
             owner=None if record.uid is None or record.gid is None else (record.uid, record.gid),
-            mtime_ns=record.mtime_ns,
+            mtime_ns=record.mtime_ns, size=record.size,
         )
         staged = self._by_path.get(record.path)
         if done.linked and staged is not None and staged.record is record:

@@ -98,10 +98,11 @@ class Backend(Protocol):
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-        durable: bool = True,
+        durable: bool = True, size: int = 0,
     ) -> Commit:
-        """Make the local file ``staged`` the whole content of ``path``, replacing any old
-        content only once the new is complete (untouched if this fails). Without
+        """Make the local file ``staged`` (``size`` bytes: the deadline grows with it) the
+        whole content of ``path``, replacing any old content only once the new is
+        complete (untouched if this fails). Without
         ``durable``, a store that can (a local disk) may leave it in its page cache, as
         a close(2) on that disk would."""
         ...

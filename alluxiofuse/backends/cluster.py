@@ -447,11 +447,11 @@ class ClusterBackend:
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-        durable: bool = True,
+        durable: bool = True, size: int = 0,
     ) -> Commit:
         self._changing(path)
         return await self.ufs.commit(path, staged, mode=mode, owner=owner, mtime_ns=mtime_ns,
-                                     durable=durable)
+                                     durable=durable, size=size)
 
     async def sync(self, path: str) -> None:
         await self.ufs.sync(path)

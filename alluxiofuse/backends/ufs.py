@@ -60,6 +60,11 @@ T = TypeVar("T")
 # its files at once, so the disk overlaps them; one job per directory read-ahead batch
 # (10,000 small files, 4 readers: 1,806-1,936 files/s against 1,481-1,648 in jobs of 4).
 _READS_PER_JOB = 32
+# fsspec stores that cannot be written: a mount of one is read-only from the start.
+_READ_ONLY_PROTOCOLS = frozenset({"http", "https", "github", "git", "zip", "tar", "libarchive",
+                                  "reference", "jlab", "dask", "dbfs+ro"})
+# The slowest upload rate a commit is given time for, in bytes per second.
+_MIN_UPLOAD_RATE = 1024 * 1024
 # The name a file's new content is written under, beside it, until it is renamed into
 # place: fixed length (a long name plus a suffix could pass NAME_MAX), never listed.
 _TEMP_PREFIX = ".alluxiofuse-"
@@ -115,6 +120,10 @@ class UfsBackend:
         description: str, mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
     ) -> None:
         self.part_size = part_size
+        protocol = getattr(fs, "protocol", ())
+        protocols = protocol if isinstance(protocol, tuple | list) else (protocol,)
+        if _READ_ONLY_PROTOCOLS.intersection(protocols):
+            self.writes = WriteSupport(files=False, directories=False)
         self.fs = fs
         self.root = root
         self.description = description
@@ -180,17 +189,24 @@ class UfsBackend:
     async def aclose(self) -> None:
         """Nothing to release: fsspec filesystems hold no per-mount state we opened."""
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in a worker thread, under the limiter and the deadline."""
+    async def _call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
+        """Run ``fn(*args)`` in a worker thread, under the limiter and the deadline
+        (``within`` seconds, else ``--io-timeout``)."""
+        deadline = self._timeout if within is None else within
         try:
-            with trio.fail_after(self._timeout):
+            with trio.fail_after(deadline):
                 return await trio.to_thread.run_sync(
                     fn, *args, limiter=self._limiter, abandon_on_cancel=True,
                 )
         except trio.TooSlowError:
-            raise BackendTimeout(f"{self.description}: no answer within {self._timeout}s") from None
+            raise BackendTimeout(f"{self.description}: no answer within {deadline:g}s") from None
         except OSError as e:
             raise from_oserror(e) from e
+
+    def _commit_deadline(self, size: int) -> float:
+        """An upload may take ``--io-timeout`` plus a second per MiB: a stalled store
+        still fails, a large file on a slow link does not."""
+        return self._timeout + size / _MIN_UPLOAD_RATE
 
     def _stat_sync(self, path: str) -> FileStatus:
         full = self.full_path(path)
@@ -251,11 +267,13 @@ class UfsBackend:
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-        durable: bool = True,
+        durable: bool = True, size: int = 0,
     ) -> Commit:
-        """Make the local file ``staged`` the content of ``path``: replaced whole once
-        complete, and untouched if this fails (every upload is durable)."""
-        return Commit(await self._call(self._commit_sync, path, staged))
+        """Make the local file ``staged`` (``size`` bytes) the content of ``path``:
+        replaced whole once complete, and untouched if this fails (every upload is
+        durable)."""
+        return Commit(await self._call(self._commit_sync, path, staged,
+                                       within=self._commit_deadline(size)))
 
     async def sync(self, path: str) -> None:
         """Every commit is durable already."""
@@ -591,7 +609,7 @@ class LocalUfs(UfsBackend):
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
         owner: tuple[int, int] | None = None, mtime_ns: int | None = None,
-        durable: bool = True,
+        durable: bool = True, size: int = 0,
     ) -> Commit:
         """Put ``staged`` beside ``path`` under a temporary name (a hard link when the
         spool is on the same file system: no copy; else a copy in the kernel), give it
@@ -599,7 +617,7 @@ class LocalUfs(UfsBackend):
         old content or the new, never a mix. With ``durable``, the file is fsynced first
         and the directory after, so that this holds across a crash too."""
         return await self._call(self._commit_local, path, staged, mode, owner, mtime_ns,
-                                durable)
+                                durable, within=self._commit_deadline(size))
 
     async def sync(self, path: str) -> None:
         def sync() -> None:

@@ -433,3 +433,9 @@ async def test_os_errors_become_domain_errors() -> None:
     fs.error = None
     fs.release.set()
     assert (await backend.stat("x")).size == 1
+
+
+async def test_stores_that_cannot_be_written_say_so_before_any_write() -> None:
+    backend = open_ufs("https://example.invalid/data", {}, limiter(), 5.0)
+    assert not backend.writes.files
+    assert open_ufs("memory://w/", {}, limiter(), 5.0).writes.files
