@@ -128,14 +128,7 @@ class Filesystem:
 
     async def lookup(self, parent_ino: int, name: str) -> Inode:
         """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference."""
-        parent = self.inodes.get(parent_ino)
-        if parent.status.kind is not Kind.DIRECTORY:
-            raise NotADirectory(parent.path)
-        if not valid_name(name):
-            if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
-                raise NameTooLong(name)
-            raise InvalidArgument(f"not a file name: {name!r}")
-        path = join(parent.path, name)
+        path = self._child_path(parent_ino, name)
         inode = self._learn(path, await self._stat(path))
         self.inodes.remember(inode)
         inode.attrs_version = inode.status.version
@@ -451,6 +444,7 @@ class Filesystem:
         return self.writes
 
     def _child_path(self, parent_ino: int, name: str) -> str:
+        """The path of ``name`` in directory ``parent_ino``, if ``name`` can be one."""
         parent = self.inodes.get(parent_ino)
         if parent.status.kind is not Kind.DIRECTORY:
             raise NotADirectory(parent.path)

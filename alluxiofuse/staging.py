@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from alluxiofuse.backends.ufs import pread_all
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
 from alluxiofuse.extents import Extents
 from alluxiofuse.model import FileStatus, Kind, Version
@@ -113,7 +114,7 @@ class StagedFile:
         if self.extents.missing(offset, min(end, self.base_limit)):
             async with self.lock:
                 await self._fill(offset, min(end, self.base_limit), fetch)
-        return await self._io(_pread, self.fd, end - offset, offset)
+        return await self._io(pread_all, self.fd, end - offset, offset)
 
     async def write(self, offset: int, data: bytes) -> None:
         async with self.lock:
@@ -203,18 +204,6 @@ class StagedFile:
         self.mtime_ns = time.time_ns()
         self.times_set = False
         self.dirty = True
-
-
-def _pread(fd: int, length: int, offset: int) -> bytes:
-    chunks = []
-    while length > 0:
-        chunk = os.pread(fd, length, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-        length -= len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _pwrite(fd: int, data: bytes, offset: int) -> None:

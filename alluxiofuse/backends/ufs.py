@@ -500,18 +500,11 @@ class LocalUfs(UfsBackend):
         return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root())
 
     def _read_fd(self, fd: int, path: str, offset: int, length: int, version: Version) -> bytes:
-        chunks = []
-        while length > 0:
-            chunk = os.pread(fd, length, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
-            length -= len(chunk)
+        data = pread_all(fd, length, offset)
         st = os.fstat(fd)
         if st.st_size != version.size or not self._same_mtime(st.st_mtime_ns, version):
             raise StaleFile(f"{path} changed while open")
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return data
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
@@ -715,6 +708,19 @@ class LocalUfs(UfsBackend):
             blocks_avail=st.f_bavail, files=st.f_files, files_free=st.f_ffree,
             name_max=st.f_namemax,
         )
+
+
+def pread_all(fd: int, length: int, offset: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+    chunks = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _copy_all(src: int, dst: int, size: int) -> None:
