@@ -63,6 +63,9 @@ _READS_PER_JOB = 32
 # fsspec stores that cannot be written: a mount of one is read-only from the start.
 _READ_ONLY_PROTOCOLS = frozenset({"http", "https", "github", "git", "zip", "tar", "libarchive",
                                   "reference", "jlab", "dask", "dbfs+ro"})
+# Object stores: no empty directories, so one is kept as a zero-byte marker object "dir/".
+_MARKER_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss",
+                               "oci", "cos", "r2"})
 # The slowest upload rate a commit is given time for, in bytes per second.
 _MIN_UPLOAD_RATE = 1024 * 1024
 # The name a file's new content is written under, beside it, until it is renamed into
@@ -107,23 +110,25 @@ class UfsBackend:
     Changes: new content is written with the store's own ``open(path, "wb")`` in parts of
     ``part_size`` bytes (a multipart upload on object stores, which replaces the object
     only once complete); directories that a store cannot hold empty (object stores) are
-    kept as zero-byte marker objects named ``dir/``; renames are the store's ``mv`` (on
-    object stores a copy and a delete per object, so not atomic for directories); modes,
-    owners, times and symbolic links are not kept.
+    kept as zero-byte marker objects named ``dir/``; a rename is a copy of every file and
+    then the removal of the old ones (not atomic); modes, owners, times and symbolic links
+    are not kept.
     """
 
     warms = False
-    writes = WriteSupport(directories=False)
 
     def __init__(
         self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
         description: str, mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
     ) -> None:
         self.part_size = part_size
-        protocol = getattr(fs, "protocol", ())
-        protocols = protocol if isinstance(protocol, tuple | list) else (protocol,)
-        if _READ_ONLY_PROTOCOLS.intersection(protocols):
-            self.writes = WriteSupport(files=False, directories=False)
+        self._markers = False
+        if fs is not None:  # else a LocalUfs, which says what it supports itself
+            protocol = getattr(fs, "protocol", ())
+            protocols = set(protocol if isinstance(protocol, tuple | list) else (protocol,))
+            self._markers = bool(_MARKER_PROTOCOLS & protocols)
+            self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
+                                       directories=not self._markers)
         self.fs = fs
         self.root = root
         self.description = description
@@ -285,33 +290,37 @@ class UfsBackend:
         self.fs.invalidate_cache(full)
         return bool(self.fs.exists(full))
 
+    # Only single-path fsspec calls below (info, ls, find, mkdir, rmdir, pipe_file,
+    # cp_file, rm_file): the many-path ones (mv, copy, rm) expand glob characters, and
+    # a file may well be called "*".
+
     def _mkdir_sync(self, path: str) -> FileStatus:
         full = self.full_path(path)
         if self._exists(full):
             raise AlreadyExists(path)
-        with contextlib.suppress(FileExistsError):
+        self._make_dir(full)
+        return self._stat_sync(path)
+
+    def _make_dir(self, full: str) -> None:
+        if self._markers:
+            self.fs.pipe_file(full + "/", b"")
+        else:
             self.fs.mkdir(full, create_parents=False)
         self.fs.invalidate_cache(full)
-        if not self.fs.isdir(full):  # an object store: keep the directory as a marker
-            self.fs.pipe_file(full + "/", b"")
-        return self._stat_sync(path)
 
     def _rmdir_sync(self, path: str) -> None:
         full = self.full_path(path)
         if self._list_sync(path):
             raise DirectoryNotEmpty(path)
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(full + "/")  # the marker, where there is one
-        if self._exists(full):  # a store with real directories
+        self._remove_dir(full)
+
+    def _remove_dir(self, full: str) -> None:
+        if self._markers:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(full + "/")
+        else:
             self.fs.rmdir(full)
         self.fs.invalidate_cache(full)
-
-    def _copy_markers(self, old_full: str, new_full: str) -> None:
-        """Directory markers under ``old_full``, made again under ``new_full``."""
-        self.fs.pipe_file(new_full + "/", b"")
-        for name, info in self.fs.find(old_full, withdirs=True, detail=True).items():
-            if info.get("type") == "directory" and name.rstrip("/") != old_full:
-                self.fs.pipe_file(new_full + name.rstrip("/")[len(old_full):] + "/", b"")
 
     def _unlink_sync(self, path: str) -> None:
         full = self.full_path(path)
@@ -319,26 +328,34 @@ class UfsBackend:
         self.fs.invalidate_cache(full)
 
     def _rename_sync(self, old: str, new: str, flags: int) -> None:
+        """A copy, then the removal of the old: a failure half-way leaves both, never
+        neither. A file's copy replaces the target whole."""
         old_full, new_full = self.full_path(old), self.full_path(new)
         if flags & RENAME_NOREPLACE and self._exists(new_full):  # not atomic: documented
             raise AlreadyExists(new)
         self.fs.invalidate_cache(old_full)
-        if self.fs.isdir(old_full):
-            # Every file copied, then the old ones removed: a failure half-way leaves both
-            # trees, never neither. (s3fs's recursive mv stops part-way on a marker.)
-            if self._exists(new_full):  # an empty directory (checked above us): replaced
-                self._rmdir_sync(new)
-            files = [p for p in self.fs.find(old_full) if not p.endswith("/")]
-            for file in files:
-                self.fs.copy(file, new_full + file[len(old_full):])
-            self.fs.invalidate_cache(new_full)
-            if not self.writes.directories:
-                self._copy_markers(old_full, new_full)
-            self.fs.rm(old_full, recursive=True)
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(old_full + "/")
+        if not self.fs.isdir(old_full):
+            self.fs.cp_file(old_full, new_full)
+            self.fs.rm_file(old_full)
         else:
-            self.fs.mv(old_full, new_full)
+            if self._exists(new_full):  # an empty directory (checked above us): replaced
+                self._remove_dir(new_full)
+            tree = self.fs.find(old_full, withdirs=True, detail=True)
+            entries = sorted((name.rstrip("/"), info.get("type")) for name, info in tree.items()
+                             if name.rstrip("/") != old_full)
+            self._make_dir(new_full)
+            for name, kind in entries:
+                target = new_full + name[len(old_full):]
+                if kind == "directory":
+                    self._make_dir(target)
+                else:
+                    self.fs.cp_file(name, target)
+            for name, kind in reversed(entries):  # children before their directories
+                if kind == "directory":
+                    self._remove_dir(name)
+                else:
+                    self.fs.rm_file(name)
+            self._remove_dir(old_full)
         self.fs.invalidate_cache(old_full)
         self.fs.invalidate_cache(new_full)
 

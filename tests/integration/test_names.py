@@ -118,3 +118,34 @@ def test_directory_with_20000_entries(mount: MountFactory, tmp_path: Path) -> No
     assert read_bytes(m.path / "big" / "entry-00007-xxxxxxx") == b"seven"
     # A second listing, after the caches may have expired, is still exact.
     assert sorted(with_timeout(lambda: os.listdir(m.path / "big"), 60)) == sorted(names)
+
+
+@pytest.mark.parametrize("scheme", ["", "flaky://"], ids=["local", "fsspec"])
+def test_awkward_names_are_written_renamed_and_removed(
+    mount: MountFactory, tmp_path: Path, scheme: str,
+) -> None:
+    """Every awkward name can be created, written, renamed and removed through the mount,
+    and lands in the source under exactly that name (255-byte names have no room for a
+    suffix: commits beside a file use a fixed-length temporary name)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    m = mount(f"{scheme}{src}")
+    mnt, srcb = os.fsencode(m.path), os.fsencode(src)
+    for i, name in enumerate(AWKWARD):
+        data = b"%d:" % i + name
+        fd = os.open(os.path.join(mnt, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.write(fd, data)
+        os.close(fd)
+        os.mkdir(os.path.join(mnt, b"d" + name[:254]))
+    assert sorted(os.listdir(srcb)) == sorted([*AWKWARD, *(b"d" + n[:254] for n in AWKWARD)])
+    for i, name in enumerate(AWKWARD):
+        with open(os.path.join(srcb, name), "rb") as f:
+            assert f.read() == b"%d:" % i + name, name
+        os.rename(os.path.join(mnt, name), os.path.join(mnt, b"d" + name[:254], name))
+    for name in AWKWARD:
+        inner = os.path.join(mnt, b"d" + name[:254], name)
+        assert read_bytes(inner).startswith(b"%d:" % AWKWARD.index(name))
+        os.unlink(inner)
+        os.rmdir(os.path.join(mnt, b"d" + name[:254]))
+    assert os.listdir(srcb) == []
+    assert os.listdir(mnt) == []
