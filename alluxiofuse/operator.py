@@ -269,8 +269,10 @@ def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
     root = spool_dir(cache_dir, source)
     owed = list(read_journal(root))
     running = spool_in_use(root)
-    state = "a daemon is uploading them" if running else (
-        "no daemon is running: they resume at the next mount of this source")
+    if running:
+        state = "its daemon is running"
+    else:
+        state = "no daemon is running" + (": they resume at the next mount" if owed else "")
     print(f"{source}: {len(owed)} uploads pending ({state}; spool {root})", file=out)
     now = time.time_ns()
     for record, error in owed:

@@ -189,13 +189,14 @@ def test_async_through_uploads_survive_kill_9(mount: MountFactory, tmp_path: Pat
     for name, data in files.items():
         assert read_bytes(m.path / name) == data  # read-your-writes meanwhile
     assert sorted(os.listdir(m.path / "d")) == sorted(n[2:] for n in files)
-    assert "12 uploads pending (a daemon is uploading them" in status_of(m.path, cache)
+    assert "12 uploads pending (its daemon is running" in status_of(m.path, cache)
     assert not any((src / name).exists() for name in files)
 
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(10)
     fusermount_u(m.path)
-    assert "12 uploads pending (no daemon is running" in status_of(f"flaky://{src}", cache)
+    assert "12 uploads pending (no daemon is running: they resume" in status_of(
+        f"flaky://{src}", cache)
     clear_failure(control)
 
     again = mount(f"flaky://{src}", *options)
