@@ -189,7 +189,10 @@ class Filesystem:
             status = handle.entries[index]
             path = join(handle.path, status.name)
             known = self.inodes.by_path(path)
-            if known is not None and known.status != status:
+            staged = self.writes.get(path) if self.writes is not None else None
+            if staged is not None:  # being written: only its own size is right
+                status = staged.status(status.name)
+            elif known is not None and known.status != status:
                 # Learned since the snapshot: never step back to the snapshot's older
                 # version (open handles of the newer one would turn stale).
                 status = self.meta.status(path) or status
@@ -310,39 +313,44 @@ class Filesystem:
         staged = self._staged.get(fh)
         if staged is not None and self.writes is not None and (durable or fh in self._writers):
             await self._commit(staged, durable=durable)
+        elif staged is None and durable and (handle := self._files.get(fh)) is not None:
+            await self.backend.sync(handle.path)  # an earlier close may not have synced it
 
     async def setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
         writes = self._writable()
         inode = self.inodes.get(ino)
         path = inode.path
-        staged = self._staged.get(fh) if fh is not None else None
-        if staged is None and self.inodes.is_linked(inode):
-            staged = writes.get(path)
-        if staged is None and inode.status.kind is Kind.FILE and size is not None:
-            staged = await writes.open(path, await self._stat(path))
-        if size is not None:
-            if inode.status.kind is not Kind.FILE or staged is None:
-                raise IsADirectory(path)
-            await writes.truncate(staged, size)
         support = self.backend.writes
         if ((attrs.mode is not None and not support.modes)
                 or ((attrs.uid, attrs.gid) != (None, None) and not support.owners)
                 or ((attrs.atime_ns, attrs.mtime_ns) != (None, None) and not support.times)):
             raise NotSupported(f"{self.backend.description} does not keep this attribute")
-        ufs_attrs = attrs if staged is None else await writes.set_attrs(staged, attrs)
-        if ufs_attrs != Attrs():
-            status = await self.backend.setattr(path, ufs_attrs)
+        staged = self._staged.get(fh) if fh is not None else None
+        if staged is None and self.inodes.is_linked(inode):
+            staged = writes.get(path)
+        if staged is None and size is not None:
+            if inode.status.kind is not Kind.FILE:
+                raise IsADirectory(path)
+            staged = await writes.open(path, await self._stat(path))
+        if staged is None:
+            status = await self.backend.setattr(path, attrs)
             self.meta.put_status(path, status)
-            if staged is None:
-                self._learn(path, status)
-            else:
-                staged.committed(status)
-        if staged is not None and staged.handles == 0:  # truncate(2), chmod(2) by name
-            try:
+            self._learn(path, status)
+            return inode
+        staged.handles += 1  # held while this runs, so nothing closes it meanwhile
+        try:
+            if size is not None:
+                await writes.truncate(staged, size)
+            ufs_attrs = await writes.set_attrs(staged, attrs)
+            if ufs_attrs != Attrs():
+                staged.committed(await self.backend.setattr(path, ufs_attrs))
+            if staged.handles == 1:  # truncate(2), chmod(2) by name: done at once
                 await self._commit(staged)
-            finally:
+        finally:
+            staged.handles -= 1
+            if staged.handles == 0:
                 await writes.release(staged)
-        if staged is not None and self.inodes.is_linked(inode):
+        if self.inodes.is_linked(inode):
             self._learn(path, staged.status(inode.status.name))
         return inode
 
@@ -369,15 +377,13 @@ class Filesystem:
         status = await self._stat(path)
         if status.kind is Kind.DIRECTORY:
             raise IsADirectory(path)
-        staged = writes.get(path)
-        if staged is None or staged.base is not None or staged.record is not None:
-            await writes.uploader.wait(path, self.config.drain_timeout)
+        async with writes.removing(path) as staged:
             try:
                 await self.backend.unlink(path)
             except NotFound:
-                if staged is None:
+                if staged is None:  # else a new file not committed yet
                     raise
-        writes.unlinked(path)
+            writes.unlinked(path)
         self._removed(path)
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
@@ -413,22 +419,19 @@ class Filesystem:
             if flags & RENAME_NOREPLACE:
                 raise AlreadyExists(new)
             await self._check_replace(source, target, new)
-        # The under-storage must hold what moves, and nothing owed may land at a name
-        # that has moved on.
-        await writes.settle(old)
-        await writes.settle(new)
-        await self.backend.rename(old, new, flags)
-        if flags & RENAME_EXCHANGE:
-            swap = f"{old}\0exchange"  # a path no entry can have
-            writes.renamed(old, swap)
-            self.inodes.rename(old, swap)
-            writes.renamed(new, old)
-            self.inodes.rename(new, old)
-            writes.renamed(swap, new)
-            self.inodes.rename(swap, new)
-        else:
-            writes.renamed(old, new)
-            self.inodes.rename(old, new)
+        async with writes.moving(old, new):
+            await self.backend.rename(old, new, flags)
+            if flags & RENAME_EXCHANGE:
+                swap = f"{old}\0exchange"  # a path no entry can have
+                writes.renamed(old, swap)
+                self.inodes.rename(old, swap)
+                writes.renamed(new, old)
+                self.inodes.rename(new, old)
+                writes.renamed(swap, new)
+                self.inodes.rename(swap, new)
+            else:
+                writes.renamed(old, new)
+                self.inodes.rename(old, new)
         self._forget(old, tree=True)
         self._forget(new, tree=True)
 
@@ -473,9 +476,7 @@ class Filesystem:
 
     async def _commit(self, staged: StagedFile, *, durable: bool = False) -> None:
         assert self.writes is not None
-        status = await self.writes.flush(staged, durable=durable)
-        if status is not None:
-            self.committed(staged.path, status)
+        await self.writes.flush(staged, durable=durable)  # tells ``committed`` of success
 
     def committed(self, path: str, status: FileStatus) -> None:
         """``path``'s new content is in the under-storage, as ``status``."""

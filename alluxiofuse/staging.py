@@ -92,6 +92,7 @@ class StagedFile:
         self.record: Record | None = None  # the journal record this data file backs
         self.unlinked = False  # no name any more: its content is never committed
         self.linked = False  # the data file became the under-storage's file: copy first
+        self.abandoned = False  # a commit timed out: its thread may still read the file
         self.durable = True  # the last commit was fsynced (or nothing was committed)
         self.handles = 0
         self.lock = trio.Lock()  # one change of the data file at a time
@@ -107,36 +108,40 @@ class StagedFile:
         """Whether the data file holds the whole content (no base needed any more)."""
         return self.extents.covers(0, self.base_limit)
 
+    # Every method that touches the data file expects the caller to hold ``lock``: a
+    # change must not land in the middle of a commit, and ``fork`` replaces ``fd``.
+
     async def read(self, offset: int, size: int, fetch: FetchBase) -> bytes:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
         if self.extents.missing(offset, min(end, self.base_limit)):
-            async with self.lock:
-                await self._fill(offset, min(end, self.base_limit), fetch)
+            await self._fill(offset, min(end, self.base_limit), fetch)
         return await self._io(pread_all, self.fd, end - offset, offset)
 
     async def write(self, offset: int, data: bytes) -> None:
-        async with self.lock:
-            end = offset + len(data)
-            self._account(extra=max(0, end - self.size))
-            if len(data) <= _INLINE_WRITE_MAX:
+        end = offset + len(data)
+        self._account(extra=max(0, end - self.size))
+        if len(data) <= _INLINE_WRITE_MAX:
+            try:
                 _pwrite(self.fd, data, offset)
-            else:
-                await self._io(_pwrite, self.fd, data, offset)
-            if offset < self.base_limit:
-                self.extents.add(offset, min(end, self.base_limit))
-            self.size = max(self.size, end)
-            self._touched()
+            except OSError as e:  # ENOSPC, EIO of the spool's disk
+                raise from_oserror(e) from e
+        else:
+            await self._io(_pwrite, self.fd, data, offset)
+        if offset < self.base_limit:
+            self.extents.add(offset, min(end, self.base_limit))
+        self.size = max(self.size, end)
+        self._touched()
 
     async def truncate(self, size: int) -> None:
-        async with self.lock:
-            await self._io(os.ftruncate, self.fd, size)
-            self.extents.truncate(min(size, self.base_limit))
-            self.base_limit = min(self.base_limit, size)
-            self.size = size
-            self._account()
-            self._touched()
+        self._account(extra=max(0, size - self.size))
+        await self._io(os.ftruncate, self.fd, size)
+        self.extents.truncate(min(size, self.base_limit))
+        self.base_limit = min(self.base_limit, size)
+        self.size = size
+        self._account()
+        self._touched()
 
     async def fill_locked(self, fetch: FetchBase) -> None:
         """Fetch every range of the base not yet held, so the base is not needed any more
@@ -153,14 +158,15 @@ class StagedFile:
         await self._io(os.fsync, self.fd)
 
     async def fork(self) -> None:
-        """Move to a copy of the data file, leaving this one to the journal record that
-        names it (an upload may be reading it)."""
-        async with self.lock:
-            name, fd = await self._io(self.spool.copy, self.fd, self.size)
-            os.close(self.fd)
-            if self.linked and self.record is None:  # the old name is nobody's now
-                self.spool.remove(self.name)
-            self.name, self.fd, self.record, self.linked = name, fd, None, False
+        """Move to a copy of the data file, leaving this one to whoever holds it now: the
+        under-storage (linked into place), an owed upload, or an upload that timed out
+        and may still be reading it."""
+        name, fd = await self._io(self.spool.copy, self.fd, self.size)
+        os.close(self.fd)
+        if self.record is None and not self.abandoned:  # the old name is nobody's now
+            self.spool.remove(self.name)
+        self.name, self.fd, self.record = name, fd, None
+        self.linked = self.abandoned = False
 
     def set_mtime(self, mtime_ns: int) -> None:
         self.mtime_ns = mtime_ns
@@ -256,6 +262,16 @@ class Uploader:
     def uploading(self, record: Record | None) -> bool:
         return record is not None and record.seq in self.pending
 
+    def supersede(self, path: str) -> None:
+        """A newer content of ``path`` is about to be committed directly: drop the owed
+        uploads of it (one being sent is left to finish or fail; ``wait`` for it)."""
+        for seq, record in list(self.pending.items()):
+            if record.path == path:
+                del self.pending[seq]
+                if path not in self._running:
+                    self._superseded.append(record)
+        self._wake()
+
     async def wait(self, path: str, within: float) -> None:
         """Wait until nothing under ``path`` is owed ("" waits for everything);
         BackendTimeout if that takes longer than ``within`` seconds."""
@@ -309,7 +325,7 @@ class Uploader:
         while True:
             try:
                 status = await self._upload(record)
-            except AlluxioFuseError as e:
+            except Exception as e:  # a library's own error too: never the daemon's end
                 message = f"{type(e).__name__}: {e}"
                 log.warning("upload of %s failed (%s); retrying in %.0fs; its bytes are kept "
                             "in %s", record.path, message, delay,
@@ -319,10 +335,11 @@ class Uploader:
                     await self._io(self._spool.note_error, record, message)
                 await trio.sleep(delay)
                 delay = min(_MAX_BACKOFF, delay * 2)
-                if record.seq not in self.pending:  # dropped meanwhile (superseded)
+                if record.seq not in self.pending:  # superseded meanwhile
+                    await self._settle(record, keep_data=False)
                     return
                 continue
-            del self.pending[record.seq]
+            self.pending.pop(record.seq, None)
             self._errors.pop(record.seq, None)
             await self._settle(record, keep_data=self._uploaded(record, status))
             return

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
-from alluxiofuse.errors import AlluxioFuseError, NotFound
+from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, NotFound
 from alluxiofuse.model import Attrs, FileStatus
 from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
@@ -131,47 +132,61 @@ class Writes:
         staged = StagedFile(self.spool, self._io, name, fd, path, base=base, mode=mode,
                             uid=uid, gid=gid, mtime_ns=mtime)
         if base is not None:
-            await self._io(_extend, fd, base.size)
+            try:
+                await self._io(_extend, fd, base.size)
+            except BaseException:
+                staged.close()
+                raise
+        raced = self._by_path.get(path)
+        if raced is not None and base is not None:  # another open staged it meanwhile
+            staged.close()
+            return raced
         self._by_path[path] = staged
         return staged
 
     async def write(self, staged: StagedFile, offset: int, data: bytes) -> None:
-        await self._own(staged)
-        await staged.write(offset, data)
+        async with staged.lock:
+            await self._own(staged)
+            await staged.write(offset, data)
 
     async def truncate(self, staged: StagedFile, size: int) -> None:
-        await self._own(staged)
-        await staged.truncate(size)
+        async with staged.lock:
+            await self._own(staged)
+            await staged.truncate(size)
 
     async def set_attrs(self, staged: StagedFile, attrs: Attrs) -> Attrs:
         """Record ``attrs`` in ``staged``, so its commits keep them; what must be set in
         the under-storage now (nothing if a commit of this file is still to come)."""
         if attrs == Attrs():
             return attrs
-        pending = staged.dirty or staged.base is None  # new content still to be committed
-        if pending:
-            await self._own(staged)
-        if attrs.mode is not None:
-            staged.mode = attrs.mode
-        if attrs.uid is not None:
-            staged.uid = attrs.uid
-        if attrs.gid is not None:
-            staged.gid = attrs.gid
-        if not pending:
-            return attrs
-        if attrs.mtime_ns is not None:
-            staged.set_mtime(attrs.mtime_ns)
-        staged.dirty = True
-        return Attrs()
+        async with staged.lock:
+            # New content still to be committed (or uploaded): its commit carries them.
+            pending = (staged.dirty or staged.base is None
+                       or self.uploader.uploading(staged.record))
+            if pending:
+                await self._own(staged)
+            if attrs.mode is not None:
+                staged.mode = attrs.mode
+            if attrs.uid is not None:
+                staged.uid = attrs.uid
+            if attrs.gid is not None:
+                staged.gid = attrs.gid
+            if not pending:
+                return attrs
+            if attrs.mtime_ns is not None:
+                staged.set_mtime(attrs.mtime_ns)
+            staged.dirty = True
+            return Attrs()
 
     async def read(self, staged: StagedFile, offset: int, size: int) -> bytes:
-        return await staged.read(offset, size, self._fetcher(staged))
+        async with staged.lock:
+            return await staged.read(offset, size, self._fetcher(staged))
 
     async def _own(self, staged: StagedFile) -> None:
-        """Before a change: a data file that became the under-storage's own file (linked
-        into place), or that an owed upload names, is theirs now; work on a copy."""
-        if staged.linked or (staged.record is not None
-                             and self.uploader.uploading(staged.record)):
+        """Before a change (the lock is held): a data file that became the
+        under-storage's own file (linked into place), that an owed upload names, or that a
+        timed-out commit may still be reading is theirs now; work on a copy."""
+        if staged.linked or staged.abandoned or self.uploader.uploading(staged.record):
             await staged.fork()
 
     # -- commits
@@ -180,27 +195,41 @@ class Writes:
         """Commit ``staged`` by the write type if it changed (``durable``: fsync(2), else
         close(2)); its new status (None if nothing was committed). Raises on failure,
         keeping every staged byte."""
-        if staged.unlinked or not staged.dirty:
-            if durable and not staged.unlinked and not staged.durable and staged.record is None:
+        async with staged.lock:  # no write lands in the middle of a commit
+            return await self._flush_locked(staged, durable=durable)
+
+    async def _flush_locked(self, staged: StagedFile, *, durable: bool = False,
+                            ) -> FileStatus | None:
+        """``flush`` with the lock held."""
+        if staged.unlinked:
+            return None
+        if not staged.dirty:
+            if durable and not staged.durable and staged.record is None:
                 await self.backend.sync(staged.path)  # committed by a close(2) before
                 staged.durable = True
             return None
-        async with staged.lock:  # no write lands in the middle of a commit
-            if staged.unlinked or not staged.dirty:
-                return None
-            await staged.fill_locked(self._fetcher(staged))
-            if self.config.write_type == "ASYNC_THROUGH":
-                await self._journal(staged)
-                return None
+        await staged.fill_locked(self._fetcher(staged))
+        if self.config.write_type == "ASYNC_THROUGH":
+            await self._journal(staged)
+            return None
+        # An older upload of this file still owed (after a failed close) must not
+        # land after this one: it is dropped, or waited for if it is being sent.
+        self.uploader.supersede(staged.path)
+        await self.uploader.wait(staged.path, self.config.drain_timeout)
+        try:
             done = await self.backend.commit(
                 staged.path, self.spool.data_path(staged.name), mode=staged.mode,
-                owner=_owner(staged), mtime_ns=staged.mtime_ns if staged.times_set else None,
+                owner=_owner(staged),
+                mtime_ns=staged.mtime_ns if staged.times_set else None,
                 durable=durable, size=staged.size,
             )
-            staged.dirty = False
-            staged.linked = done.linked
-            staged.durable = durable
-            staged.committed(done.status)
+        except BackendTimeout:
+            staged.abandoned = True  # its thread may still be reading the data file
+            raise
+        staged.dirty = False
+        staged.linked = done.linked
+        staged.durable = durable
+        staged.committed(done.status)
         self.on_committed(staged.path, done.status)
         if self.config.write_type == "CACHE_THROUGH":
             await self.backend.cache(staged.path)
@@ -222,22 +251,23 @@ class Writes:
         """The last handle of ``staged`` is closed."""
         if staged.handles > 0:
             return
-        if staged.dirty and not staged.unlinked:
-            # Its commit failed and the program was told so; the bytes still have no
-            # other home: owe them, retried in the background until they land.
-            try:
-                async with staged.lock:
+        try:
+            async with staged.lock:
+                if staged.dirty and not staged.unlinked:
+                    # Its commit failed and the program was told so; the bytes still have
+                    # no other home: owe them, retried in the background until they land.
                     await staged.fill_locked(self._fetcher(staged))
                     await self._journal(staged)
-                log.warning("%s: upload owed after a failed commit; its bytes are in %s",
-                            staged.path, self.spool.data_path(staged.name))
-            except AlluxioFuseError as e:
-                log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
-                          "its bytes are kept in %s", staged.path, e,
-                          self.spool.data_path(staged.name))
+                    log.warning("%s: upload owed after a failed commit; its bytes are in %s",
+                                staged.path, self.spool.data_path(staged.name))
+        except AlluxioFuseError as e:
+            log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
+                      "its bytes are kept in %s", staged.path, e,
+                      self.spool.data_path(staged.name))
+            if staged.handles == 0:
                 self._drop(staged, keep_data=True)
-                return
-        if staged.record is None or not self.uploader.uploading(staged.record):
+            return
+        if staged.handles == 0 and not self.uploader.uploading(staged.record):
             self._drop(staged)
 
     def _drop(self, staged: StagedFile, *, keep_data: bool = False) -> None:
@@ -274,12 +304,44 @@ class Writes:
 
     # -- names
 
-    async def settle(self, path: str) -> None:
-        """Before ``path`` (or anything under it) is renamed or removed: commit what is
-        being written there and wait for the uploads owed, so the under-storage has it."""
-        for staged in list(self.under(path)):
-            await self.flush(staged)
-        await self.uploader.wait(path, self.config.drain_timeout)
+    @asynccontextmanager
+    async def moving(self, *paths: str) -> AsyncIterator[None]:
+        """Around a rename of ``paths``: every staged file under them is committed,
+        completed (a copy in an object store is a new version: the old one can no longer
+        be fetched) and locked, and the uploads owed there have landed; so the
+        under-storage holds what moves, and nothing lands at a name that has moved on."""
+        async with AsyncExitStack() as stack:
+            await self._lock_under(stack, paths)
+            for staged in self._locked(paths):
+                await self._flush_locked(staged)
+                if not staged.unlinked:
+                    await staged.fill_locked(self._fetcher(staged))
+            for path in paths:
+                await self.uploader.wait(path, self.config.drain_timeout)
+            yield
+
+    @asynccontextmanager
+    async def removing(self, path: str) -> AsyncIterator[StagedFile | None]:
+        """Around an unlink of ``path``: its staged file (if any) is locked, so no commit
+        runs meanwhile, and no upload of it is owed any more."""
+        async with AsyncExitStack() as stack:
+            await self._lock_under(stack, (path,))
+            self.uploader.supersede(path)
+            await self.uploader.wait(path, self.config.drain_timeout)
+            yield self._by_path.get(path)
+
+    async def _lock_under(self, stack: AsyncExitStack, paths: tuple[str, ...]) -> None:
+        """Take the locks of the staged files under ``paths``, in path order (so that two
+        renames never wait for each other), until no new one has appeared meanwhile."""
+        held: set[int] = set()
+        while todo := [s for s in self._locked(paths) if id(s) not in held]:
+            for staged in todo:
+                await stack.enter_async_context(staged.lock)
+                held.add(id(staged))
+
+    def _locked(self, paths: tuple[str, ...]) -> list[StagedFile]:
+        found = {id(s): s for path in paths for s in self.under(path)}
+        return sorted(found.values(), key=lambda s: s.path)
 
     def unlinked(self, path: str) -> StagedFile | None:
         """``path`` is gone: its staged file (if any) is never committed."""
@@ -310,11 +372,19 @@ class Writes:
                         "its bytes are kept in %s", path)
         records = await self._io(self.spool.records)
         for record in records:
-            fd = await self._io(_open_data, self.spool.data_path(record.data))
+            try:
+                fd = await self._io(_open_data, self.spool.data_path(record.data))
+            except AlluxioFuseError as e:
+                log.error("an owed upload of %s has lost its data file (%s); its journal "
+                          "record is left in %s", record.path, e, self.spool.root)
+                continue
             staged = StagedFile(self.spool, self._io, record.data, fd, record.path, base=None,
                                 mode=record.mode, uid=record.uid, gid=record.gid,
                                 mtime_ns=record.mtime_ns or record.closed_ns)
             await staged.adopt(record)
+            older = self._by_path.get(record.path)
+            if older is not None:  # superseded by this record: the uploader drops it
+                older.close(keep_data=True)
             self._by_path[record.path] = staged
             self.uploader.submit(record)
         if records:

@@ -9,8 +9,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pyfuse3
+import pytest
 import trio
 
+from alluxiofuse.errors import BackendUnavailable
 from alluxiofuse.inodes import ROOT_INODE
 from alluxiofuse.model import Commit
 from tests.component.test_ops import make
@@ -54,4 +56,107 @@ async def test_chmod_of_a_file_still_uploading_keeps_content_and_mode(
     await m.fs.writes.uploader.wait("", 30)  # type: ignore[union-attr]
     assert (src / "f").read_bytes() == b"content"
     assert stat.S_IMODE(os.stat(src / "f").st_mode) == 0o600
+    assert m.fs.writes.spool.records() == []  # type: ignore[union-attr]
+
+
+async def test_a_write_during_a_commit_never_reaches_the_committed_file(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    m = await make(src, nursery)
+    gate = Gate(m.fs.backend.commit)
+    m.fs.backend.commit = gate  # type: ignore[method-assign]
+    fi, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, os.O_RDWR | os.O_CREAT, None)
+    await m.ops.write(fi.fh, 0, b"A" * 10)
+    async with trio.open_nursery() as inner:
+        inner.start_soon(m.ops.flush, fi.fh)
+        await gate.reached.wait()
+        inner.start_soon(m.ops.write, fi.fh, 0, b"B" * 5)  # waits for the commit
+        await trio.sleep(0.05)
+        gate.open.set()
+    assert (src / "f").read_bytes() == b"A" * 10
+    await m.ops.flush(fi.fh)
+    await m.ops.release(fi.fh)
+    assert (src / "f").read_bytes() == b"B" * 5 + b"A" * 5
+
+
+async def test_listing_shows_the_size_of_a_file_being_written(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "log").write_bytes(b"x" * 100)
+    m = await make(src, nursery)
+    ino = (await m.lookup_path("log")).st_ino
+    fi = await m.ops.open(ino, os.O_WRONLY, None)
+    await m.ops.write(fi.fh, 100, b"y" * 2000)
+    dh = await m.ops.opendir(ROOT_INODE, None)
+    sizes: dict[str, int] = {}
+
+    def reply(status: Any, inode: Any, next_id: int) -> bool:
+        sizes[status.name] = status.size
+        return True
+
+    m.fs.readdir(dh, 0, reply)
+    assert sizes == {"log": 2100}
+    await m.ops.flush(fi.fh)
+    await m.ops.release(fi.fh)
+
+
+async def test_concurrent_opens_share_one_staged_file(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"old")
+    m = await make(src, nursery)
+    ino = (await m.lookup_path("f")).st_ino
+    handles: list[int] = []
+
+    async def open_rw() -> None:
+        handles.append((await m.ops.open(ino, os.O_RDWR, None)).fh)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(open_rw)
+        inner.start_soon(open_rw)
+    staged = {id(m.fs._staged[fh]) for fh in handles}
+    assert len(staged) == 1
+    await m.ops.write(handles[0], 0, b"new")
+    assert await m.ops.read(handles[1], 0, 10) == b"new"
+    for fh in handles:
+        await m.ops.flush(fh)
+        await m.ops.release(fh)
+
+
+@pytest.mark.allow_warnings
+async def test_an_owed_upload_never_lands_after_a_newer_commit(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    m = await make(src, nursery)
+    real = m.fs.backend.commit
+    failures = [1]
+
+    async def commit(*args: Any, **kwargs: Any) -> Commit:
+        if failures[0]:
+            failures[0] -= 1
+            raise BackendUnavailable("store down")
+        return await real(*args, **kwargs)  # type: ignore[no-any-return]
+
+    m.fs.backend.commit = commit  # type: ignore[method-assign]
+    fi, attrs = await m.ops.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY | os.O_CREAT, None)
+    await m.ops.write(fi.fh, 0, b"v1")
+    with pytest.raises(pyfuse3.FUSEError):
+        await m.ops.flush(fi.fh)
+    failures[0] = 1  # the background retry fails once more, then would succeed
+    await m.ops.release(fi.fh)  # v1 is owed now
+    assert m.fs.writes.spool.records() != []  # type: ignore[union-attr]
+    fi = await m.ops.open(attrs.st_ino, os.O_WRONLY | os.O_TRUNC, None)
+    await m.ops.write(fi.fh, 0, b"v2")
+    await m.ops.flush(fi.fh)  # committed directly: the owed v1 is dropped
+    await m.ops.release(fi.fh)
+    await trio.sleep(2.5)  # past the retry of v1
+    assert (src / "f").read_bytes() == b"v2"
     assert m.fs.writes.spool.records() == []  # type: ignore[union-attr]
