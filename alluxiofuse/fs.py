@@ -282,14 +282,11 @@ class Filesystem:
         """A new file ``name`` in ``parent_ino``, open; committed at its first flush."""
         writes = self._writable()
         path = self._child_path(parent_ino, name)
-        try:
-            status = await self._stat(path)
-        except NotFound:
-            pass
-        else:
+        existing = await self._status_or_none(path)
+        if existing is not None:  # made meanwhile, or the kernel's view was stale
             if flags & os.O_EXCL:
                 raise AlreadyExists(path)
-            inode = self._learn(path, status)
+            inode = self._learn(path, existing)
             self.inodes.remember(inode)
             fh, _ = await self.open(inode.ino, flags | os.O_WRONLY)
             return fh, inode
@@ -405,10 +402,7 @@ class Filesystem:
         new = self._child_path(new_parent, new_name)
         self._check_rename_flags(flags)
         source = await self._stat(old)
-        try:
-            target: FileStatus | None = await self._stat(new)
-        except NotFound:
-            target = None
+        target = await self._status_or_none(new)
         if source.kind is Kind.DIRECTORY and new.startswith(old + "/"):
             raise InvalidArgument(f"cannot move {old} into itself")
         if old == new:
@@ -458,11 +452,14 @@ class Filesystem:
         return join(parent.path, name)
 
     async def _must_not_exist(self, path: str) -> None:
+        if await self._status_or_none(path) is not None:
+            raise AlreadyExists(path)
+
+    async def _status_or_none(self, path: str) -> FileStatus | None:
         try:
-            await self._stat(path)
+            return await self._stat(path)
         except NotFound:
-            return
-        raise AlreadyExists(path)
+            return None
 
     def _open_staged(self, inode: Inode, staged: StagedFile, *, writing: bool) -> int:
         fh = next(self._handle_ids)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from alluxiofuse.backends.base import run_blocking
 from alluxiofuse.backends.ufs import pread_all
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
 from alluxiofuse.extents import Extents
@@ -57,15 +58,8 @@ class DiskIO:
         self._timeout = timeout
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            with trio.fail_after(self._timeout):
-                return await trio.to_thread.run_sync(
-                    fn, *args, limiter=self._limiter, abandon_on_cancel=True,
-                )
-        except trio.TooSlowError:
-            raise BackendTimeout(f"the spool did not answer within {self._timeout}s") from None
-        except OSError as e:
-            raise from_oserror(e) from e
+        return await run_blocking(fn, *args, limiter=self._limiter, deadline=self._timeout,
+                                  what="the spool")
 
 
 class StagedFile:

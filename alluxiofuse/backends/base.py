@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from alluxiofuse.errors import AlluxioFuseError
+from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
 from alluxiofuse.model import Attrs, Commit, FileStatus, FsStats, Version, WriteSupport
+
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -114,6 +116,23 @@ class Backend(Protocol):
     async def cache(self, path: str) -> None:
         """Ask the cache in front of the under-storage to hold ``path`` (best effort)."""
         ...
+
+
+async def run_blocking(
+    fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter, deadline: float,
+    what: str,
+) -> T:
+    """``fn(*args)`` in a worker thread under ``limiter`` and ``deadline``: BackendTimeout
+    past it (naming ``what``), and OSErrors as the domain errors they stand for."""
+    try:
+        with trio.fail_after(deadline):
+            return await trio.to_thread.run_sync(
+                fn, *args, limiter=limiter, abandon_on_cancel=True,
+            )
+    except trio.TooSlowError:
+        raise BackendTimeout(f"{what}: no answer within {deadline:g}s") from None
+    except OSError as e:
+        raise from_oserror(e) from e
 
 
 async def read_concurrently(

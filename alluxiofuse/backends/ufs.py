@@ -25,12 +25,11 @@ from typing import Any, TypeVar
 import fsspec
 import trio
 
-from alluxiofuse.backends.base import read_concurrently
+from alluxiofuse.backends.base import read_concurrently, run_blocking
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.errors import (
     AlluxioFuseError,
     AlreadyExists,
-    BackendTimeout,
     ConfigError,
     DirectoryNotEmpty,
     InvalidArgument,
@@ -197,16 +196,10 @@ class UfsBackend:
     async def _call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
         """Run ``fn(*args)`` in a worker thread, under the limiter and the deadline
         (``within`` seconds, else ``--io-timeout``)."""
-        deadline = self._timeout if within is None else within
-        try:
-            with trio.fail_after(deadline):
-                return await trio.to_thread.run_sync(
-                    fn, *args, limiter=self._limiter, abandon_on_cancel=True,
-                )
-        except trio.TooSlowError:
-            raise BackendTimeout(f"{self.description}: no answer within {deadline:g}s") from None
-        except OSError as e:
-            raise from_oserror(e) from e
+        return await run_blocking(
+            fn, *args, limiter=self._limiter, what=self.description,
+            deadline=self._timeout if within is None else within,
+        )
 
     def _commit_deadline(self, size: int) -> float:
         """An upload may take ``--io-timeout`` plus a second per MiB: a stalled store
