@@ -22,6 +22,7 @@ from typing import Any
 
 from alluxiofuse import __version__
 from alluxiofuse.config import (
+    DEFAULT_METRICS_ADDR,
     LOG_LEVELS,
     OPTION_NAMES,
     MountConfig,
@@ -42,8 +43,10 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("dir-timeout", "SECONDS", "how long directory listings are cached (default 1)"),
     ("metadata-cache-entries", "N", "bound of the metadata caches in entries (default 100000)"),
     ("page-size", "SIZE", "page size of the page cache (default 1MiB)"),
-    ("page-cache-size", "SIZE", "page cache bound (default: 1/8 of the memory limit, "
-     "64MiB-4GiB)"),
+    ("memory-budget", "SIZE", "memory the page cache and read-ahead may hold (default: 1/8 "
+     "of RAM, 64MiB-4GiB, and at most half the cgroup memory limit)"),
+    ("page-cache-size", "SIZE", "page cache bound, read-ahead included (default: the memory "
+     "budget)"),
     ("max-readahead", "SIZE", "largest read-ahead window of one open file (default 16MiB)"),
     ("kernel-readahead", "SIZE", "the kernel's read-ahead for the mount, so reads reach the "
      "daemon in large requests (default 4MiB; 0 keeps the kernel's 128KiB)"),
@@ -68,8 +71,12 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("upload-threads", "N", "background uploads at once (default 4)"),
     ("drain-timeout", "SECONDS", "at unmount, how long to wait for owed uploads; the rest "
      "resume at the next mount (default 60)"),
+    ("metrics-addr", "HOST:PORT", "serve /metrics, /healthz and /readyz here (default "
+     f"{DEFAULT_METRICS_ADDR}; :PORT for every interface; off turns it off)"),
     ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
     ("log-file", "PATH", "log here (default: stderr in the foreground, syslog in the background)"),
+    ("slow-op-threshold", "SECONDS", "log a warning for each FUSE request slower than this "
+     "(default 10; 0: never)"),
 )
 # Alluxio 3.x cluster options, shared by mount, locate and load.
 _CLUSTER_OPTIONS: tuple[tuple[str, str, str], ...] = (

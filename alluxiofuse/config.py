@@ -37,6 +37,9 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Where /metrics, /healthz and /readyz are served unless --metrics-addr says otherwise:
+# loopback only, as the numbers are nobody else's business by default.
+DEFAULT_METRICS_ADDR = "127.0.0.1:9847"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
@@ -60,7 +63,8 @@ class MountConfig:
     metadata_cache_entries: int = 100_000
     # Data path.
     page_size: int = 1 * MiB
-    page_cache_size: int = 0  # 0 = derived from the memory limit, see default_page_cache_size
+    memory_budget: int = 0  # 0 = derived from the memory limits, see default_memory_budget
+    page_cache_size: int = 0  # 0 = the memory budget (the cache holds read-ahead too)
     max_readahead: int = 16 * MiB  # measured: 4-16 MiB read 2-3x faster than 64 MiB
     kernel_readahead: int = 4 * MiB  # the mount's bdi read_ahead_kb; 0 keeps the kernel's
     prefetch_budget: int = 0  # 0 = page_cache_size // 4, at most 256 MiB
@@ -97,8 +101,10 @@ class MountConfig:
     membership_refresh: float = 30.0
     virtual_nodes: int = 2000
     # Process.
+    metrics_addr: str = DEFAULT_METRICS_ADDR  # "host:port", or "off"
     log_level: str = "info"
     log_file: str | None = None
+    slow_op_threshold: float = 10.0  # a FUSE request slower than this is a warning; 0 = never
     strict: bool = False
 
     @property
@@ -208,6 +214,25 @@ def default_cache_dir() -> str:
     return os.path.join(base, "alluxiofuse")
 
 
+def parse_metrics_addr(value: Any) -> str:
+    """``"127.0.0.1:9847"``, ``":9847"`` (every interface), ``"[::1]:9847"`` or ``"off"``
+    → ``"host:port"`` or ``"off"``."""
+    text = str(value).strip()
+    if text.lower() in ("off", "none", "no", "false", "0", ""):
+        return "off"
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"not HOST:PORT or off: {value!r}")
+    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """``"host:port"`` as made by :func:`parse_metrics_addr` → (host, port)."""
+    host, _, port = addr.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
 def _parse_level(value: Any) -> str:
     level = str(value).lower()
     if level not in LOG_LEVELS:
@@ -225,6 +250,7 @@ _PARSERS: dict[str, Any] = {
     "dir_timeout": parse_duration,
     "metadata_cache_entries": _parse_count,
     "page_size": parse_size,
+    "memory_budget": parse_size,
     "page_cache_size": parse_size,
     "max_readahead": parse_size,
     "kernel_readahead": parse_size,
@@ -258,8 +284,10 @@ _PARSERS: dict[str, Any] = {
     "worker_cooloff": parse_duration,
     "membership_refresh": parse_duration,
     "virtual_nodes": functools.partial(_parse_count, minimum=1),
+    "metrics_addr": parse_metrics_addr,
     "log_level": _parse_level,
     "log_file": str,
+    "slow_op_threshold": parse_duration,
     "strict": _parse_bool,
 }
 OPTION_NAMES = frozenset(_PARSERS)
@@ -278,6 +306,7 @@ ALLUXIO_PROPERTIES: dict[str, str] = {
     "alluxio.etcd.password": "etcd_password",
     "alluxio.user.worker.list.refresh.interval": "membership_refresh",
     "alluxio.user.file.writetype.default": "write_type",
+    "alluxio.fuse.logging.threshold": "slow_op_threshold",
 }
 
 
@@ -344,17 +373,75 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return values
 
 
-def memory_limit() -> int:
-    """The memory this process may use: the cgroup limit when there is one, else RAM."""
-    limits = [_read_meminfo_total()]
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            limits.append(int(text))
-    return min(limits)
+@dataclass(frozen=True)
+class MemoryLimits:
+    """The memory this process may use."""
+
+    ram: int
+    cgroup: int | None  # the tightest cgroup limit over this process; None: unlimited
+
+    @property
+    def effective(self) -> int:
+        return min(self.ram, self.cgroup) if self.cgroup is not None else self.ram
+
+
+def memory_limits() -> MemoryLimits:
+    return MemoryLimits(_read_meminfo_total(), cgroup_memory_limit())
+
+
+# Limits at or above this mean "no limit" (cgroup v1 writes 2**63 rounded down to a page).
+_UNLIMITED = 1 << 62
+
+
+def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup",
+                        root: str = "/sys/fs/cgroup") -> int | None:
+    """The tightest memory limit of the cgroups this process is in, and their ancestors.
+
+    cgroup v2: ``memory.max`` and ``memory.high`` (past which the kernel throttles);
+    cgroup v1: ``memory.limit_in_bytes``. The process's own cgroup is read from
+    ``/proc/self/cgroup``, so a systemd unit's ``MemoryMax=`` counts as much as a
+    container's limit; in a container with its own cgroup namespace that path is "/".
+    None when no limit is set anywhere.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    v2 = ("memory.max", "memory.high")
+    v1 = ("memory.limit_in_bytes",)
+    places: list[tuple[Path, str, tuple[str, ...]]] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            places.append((Path(root), path, v2))
+        elif "memory" in controllers.split(","):
+            places.append((Path(root) / "memory", path, v1))
+    if not places:
+        places = [(Path(root), "/", v2), (Path(root) / "memory", "/", v1)]
+    limits = [limit for base, path, names in places
+              for directory in _cgroup_ancestors(base, path)
+              for name in names
+              if (limit := _read_limit(directory / name)) is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_ancestors(base: Path, path: str) -> list[Path]:
+    """``base/path`` and each directory above it, up to ``base``."""
+    directory = base / path.strip("/")
+    found = [directory]
+    while directory != base and base in directory.parents:
+        directory = directory.parent
+        found.append(directory)
+    return found
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) < _UNLIMITED else None
 
 
 def _read_meminfo_total() -> int:
@@ -367,9 +454,18 @@ def _read_meminfo_total() -> int:
     return 4 * GiB
 
 
-def default_page_cache_size(limit: int) -> int:
-    """An eighth of the memory limit, between 64 MiB and 4 GiB: room for the program itself."""
-    return max(64 * MiB, min(4 * GiB, limit // 8))
+def default_memory_budget(limits: MemoryLimits) -> int:
+    """What the caches may hold unless --memory-budget says.
+
+    On a host: an eighth of RAM, between 64 MiB and 4 GiB, leaving room for the programs
+    reading through the mount. Under a cgroup limit (a container, a systemd unit's
+    MemoryMax=): at most half of it, as the daemon is then usually the cgroup's main
+    tenant and the other half covers the interpreter, threads and allocator slack.
+    """
+    budget = max(64 * MiB, min(4 * GiB, limits.ram // 8))
+    if limits.cgroup is not None:
+        budget = min(budget, limits.cgroup // 2)
+    return max(16 * MiB, budget)
 
 
 def build_config(
@@ -441,8 +537,13 @@ def _validated(c: MountConfig) -> MountConfig:
 
 
 def _with_derived_defaults(c: MountConfig) -> MountConfig:
-    cache = c.page_cache_size or default_page_cache_size(memory_limit())
+    budget = c.memory_budget or c.page_cache_size or default_memory_budget(memory_limits())
+    cache = c.page_cache_size or budget
+    if cache > budget:
+        raise ConfigError(f"--page-cache-size ({cache} bytes) is larger than --memory-budget "
+                          f"({budget} bytes)")
     cache = max(cache, 4 * c.page_size)
-    budget = c.prefetch_budget or min(256 * MiB, cache // 4)
-    return dataclasses.replace(c, page_cache_size=cache, prefetch_budget=max(budget, c.page_size),
+    prefetch = c.prefetch_budget or min(256 * MiB, cache // 4)
+    return dataclasses.replace(c, memory_budget=max(budget, cache), page_cache_size=cache,
+                               prefetch_budget=max(prefetch, c.page_size),
                                cache_dir=os.path.abspath(c.cache_dir or default_cache_dir()))

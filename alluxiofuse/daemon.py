@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import logging.handlers
 import os
 import re
 import signal
@@ -21,12 +20,16 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from alluxiofuse import __version__
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.backends.cluster import MTIME_UNIT_NS, Membership, open_cluster
 from alluxiofuse.backends.ufs import open_ufs
-from alluxiofuse.config import MountConfig
+from alluxiofuse.config import DEFAULT_METRICS_ADDR, MountConfig, memory_limits, split_addr
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
+from alluxiofuse.exporter import Exporter, Health
 from alluxiofuse.fs import Filesystem
+from alluxiofuse.logs import redact, setup_logging
+from alluxiofuse.memory import ALLOWANCE, MemoryGovernor
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
@@ -42,6 +45,9 @@ _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 # FUSE requests served at once; each waits on the page cache or a worker thread.
 MAX_FUSE_TASKS = 128
+# How often /readyz's view of the backend is refreshed, and the memory budget enforced.
+BACKEND_PROBE_INTERVAL = 10.0
+MEMORY_CHECK_INTERVAL = 0.25  # reading our resident size costs ~20 µs
 
 
 class StartupError(Exception):
@@ -55,6 +61,8 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
     it once, so the starting process can return only when the mount is live.
     """
     setup_logging(config, background=notify_fd is not None)
+    log.info("alluxiofuse %s: mounting %s at %s (%s)", __version__, config.source,
+             config.mountpoint, describe_options(config))
     reuse_freed_pages()
 
     def notify(message: str) -> None:
@@ -78,6 +86,15 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
         notify(f"error: {e}")
         return 1
     return 0
+
+
+def describe_options(config: MountConfig) -> str:
+    """The options that differ from their defaults, for the log (which redacts secrets)."""
+    defaults = MountConfig(source="", mountpoint="")
+    changed = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+               if f.name not in ("source", "mountpoint")
+               and getattr(config, f.name) != getattr(defaults, f.name)]
+    return ", ".join(changed) or "defaults"
 
 
 def reuse_freed_pages() -> None:
@@ -108,6 +125,8 @@ def _single(exc: Exception) -> Exception:
 async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
     """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled."""
     metrics = Metrics(new_registry())
+    health = Health()
+    exporter = start_exporter(config, metrics, health)
     limiter = trio.CapacityLimiter(config.io_threads)
     ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
                    mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
@@ -119,6 +138,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
         if cluster is not None:
             await read_membership(cluster.membership)
         root = await check_source(backend)
+        health.backend_error = None
         writes = None
         if not config.read_only and not backend.writes.files:
             log.info("%s cannot be written: mounting it read-only", backend.description)
@@ -129,24 +149,35 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
             io = DiskIO(trio.CapacityLimiter(config.io_threads), config.io_timeout)
             writes = Writes(config, backend, spool, io)
             await writes.recover()
+            uploader = writes.uploader
+            metrics.watch_uploads(lambda: len(uploader), uploader.pending_bytes,
+                                  lambda: uploader.failures)
         async with trio.open_nursery() as nursery:
             if cluster is not None:
                 nursery.start_soon(cluster.membership.run, config.membership_refresh)
             fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
                             invalidate_attrs=invalidate_kernel_attrs, writes=writes)
+            pages = fs.pages
+            metrics.watch_memory(config.memory_budget, lambda: pages.used + pages.reserved)
             if writes is not None:
                 writes.on_committed = fs.committed
                 nursery.start_soon(writes.run)
-            ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
-                _after_init, config,
-            ))
+
+            def on_init() -> None:
+                nursery.start_soon(_after_init, config)
+                health.mounted = True
+
+            ops = Operations(fs, config, metrics, on_init=on_init)
             mount(ops, config)
             try:
-                nursery.start_soon(_terminate_on_signal)
+                nursery.start_soon(_handle_signals, fs, metrics)
+                nursery.start_soon(probe_backend, backend, health, config.io_timeout)
+                nursery.start_soon(govern_memory, fs, config, metrics)
                 log.info("mounted %s at %s", config.source, config.mountpoint)
                 ready()
                 await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
             finally:
+                health.stopping = True
                 pyfuse3.close(unmount=True)
                 if writes is not None:
                     with trio.CancelScope(shield=True):
@@ -156,7 +187,87 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
     finally:
         if spool is not None:
             spool.close()
+        if exporter is not None:
+            exporter.close()
         await backend.aclose()
+
+
+def start_exporter(config: MountConfig, metrics: Metrics, health: Health) -> Exporter | None:
+    """Serve /metrics, /healthz and /readyz at ``--metrics-addr``, unless it is ``off``.
+
+    A busy port is a start-up error when the address was asked for, and a warning at the
+    default address: a second mount on a host must not fail for want of a metrics port.
+    """
+    if config.metrics_addr == "off":
+        return None
+    host, port = split_addr(config.metrics_addr)
+    try:
+        exporter = Exporter(host, port, metrics.registry, health)
+    except OSError as e:
+        message = f"cannot serve metrics on {config.metrics_addr}: {e.strerror or e}"
+        if config.metrics_addr != DEFAULT_METRICS_ADDR:
+            raise StartupError(message + " (choose another --metrics-addr, or off)") from None
+        log.warning("%s; no metrics for this mount (set --metrics-addr)", message)
+        return None
+    log.info("serving metrics at %s/metrics", exporter.url)
+    return exporter
+
+
+async def probe_backend(backend: Backend, health: Health, io_timeout: float) -> None:
+    """Keep /readyz's view of the backend fresh: a stat of the source's root, every
+    BACKEND_PROBE_INTERVAL seconds (for an object store: one request per interval)."""
+    within = min(io_timeout, BACKEND_PROBE_INTERVAL)
+    while True:
+        await trio.sleep(BACKEND_PROBE_INTERVAL)
+        error = None
+        with trio.move_on_after(within) as scope:
+            try:
+                await backend.stat("")
+            except Exception as e:  # whatever the library raised: report it, keep probing
+                error = f"{type(e).__name__}: {e}"
+        if scope.cancelled_caught:
+            error = f"no answer in {within}s"
+        if error != health.backend_error:
+            log.log(logging.WARNING if error else logging.INFO, "backend %s: %s",
+                    backend.description, error or "reachable again")
+        health.backend_error = error
+
+
+async def govern_memory(fs: Filesystem, config: MountConfig, metrics: Metrics) -> None:
+    """Hold the process near its memory budget: the page cache (and read-ahead with it)
+    shrinks while the rest of the process is larger than the budget allows."""
+    governor = MemoryGovernor(config.memory_budget, config.page_cache_size,
+                              floor=4 * config.page_size, cgroup_limit=memory_limits().cgroup)
+    if config.memory_budget + ALLOWANCE > governor.ceiling:
+        log.warning("memory budget %d MiB (+%d MiB for the rest of the process) exceeds 90%% "
+                    "of the cgroup memory limit, %d MiB: the page cache will be held smaller "
+                    "(lower --memory-budget)", config.memory_budget >> 20, ALLOWANCE >> 20,
+                    (governor.cgroup_limit or 0) >> 20)
+    while True:
+        before = governor.current
+        bound = governor.update(resident_bytes(), fs.pages.used + fs.pages.reserved)
+        if bound != before:
+            fs.resize_page_cache(bound)
+            if bound < before:
+                metrics.memory_pressure_shrinks.inc()
+                await trio.to_thread.run_sync(release_free_memory)
+            if config.page_cache_size in (before, bound):  # pressure begins, or is over
+                log.info("memory: page cache bound %d MiB (configured %d MiB; resident %d "
+                         "MiB, ceiling %d MiB)", bound >> 20, config.page_cache_size >> 20,
+                         resident_bytes() >> 20, governor.ceiling >> 20)
+        await trio.sleep(MEMORY_CHECK_INTERVAL)
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (from procfs: memory, not disk)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by evicted pages back to the kernel (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 async def read_membership(membership: Membership) -> None:
@@ -190,7 +301,8 @@ async def check_source(backend: Backend) -> FileStatus:
 def mount_options(config: MountConfig) -> set[str]:
     """libfuse mount options: kernel permission checks, our name in /proc/mounts, ``ro``
     for a read-only mount."""
-    source = config.source.replace("\\", "\\\\").replace(",", "\\,")
+    # /proc/mounts is world-readable: a password in the source URL must not show there.
+    source = redact(config.source, []).replace("\\", "\\\\").replace(",", "\\,")
     options = {"default_permissions", "subtype=alluxiofuse", f"fsname={source}"}
     if config.read_only:
         options.add("ro")
@@ -204,6 +316,15 @@ def mount(ops: Operations, config: MountConfig) -> None:
         pyfuse3.init(ops, config.mountpoint, mount_options(config))
     except RuntimeError as e:
         raise StartupError(f"cannot mount at {config.mountpoint}: {e}") from None
+
+
+def _invalidate_kernel_caches(numbers: list[int]) -> None:
+    """Make the kernel drop the cached data and attributes of these inodes."""
+    for ino in numbers:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as e:  # ENOENT: the kernel has already forgotten the inode
+            log.debug("invalidating inode %d: %s", ino, e.strerror)
 
 
 def invalidate_kernel_attrs(ino: int) -> None:
@@ -260,33 +381,20 @@ def _mount_device(mountpoint: str) -> str | None:
     return device
 
 
-async def _terminate_on_signal() -> None:
-    """SIGTERM or SIGINT: stop serving; ``serve`` then unmounts."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _handle_signals(fs: Filesystem, metrics: Metrics) -> None:
+    """SIGTERM or SIGINT: stop serving (``serve`` then unmounts). SIGHUP: drop the
+    metadata and page caches, ours and the kernel's."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                numbers = fs.drop_caches()
+                # In a thread: the kernel waits for pages being read to be unlocked, and
+                # their reads need this event loop to answer them.
+                await trio.to_thread.run_sync(_invalidate_kernel_caches, numbers)
+                metrics.cache_drops.inc()
+                log.info("SIGHUP: dropped the metadata and page caches (%d inodes)",
+                         len(numbers))
+                continue
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
-
-
-def setup_logging(config: MountConfig, *, background: bool) -> None:
-    """One line per event to ``--log-file``, else stderr (foreground) or syslog (background)."""
-    handler: logging.Handler
-    if config.log_file:
-        handler = logging.FileHandler(config.log_file)
-    elif not background:
-        handler = logging.StreamHandler()
-    elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-    else:
-        handler = logging.NullHandler()
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if isinstance(handler, logging.handlers.SysLogHandler):
-        fmt = "alluxiofuse[%(process)d]: %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(config.logging_level)
-    # Per-request INFO lines from HTTP clients would drown ours.
-    for noisy in ("httpx", "httpcore", "pyfuse3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, config.logging_level))

@@ -150,6 +150,25 @@ class Filesystem:
     def forget(self, ino: int, count: int) -> None:
         self.inodes.forget(ino, count)
 
+    # -- cache control (SIGHUP, memory pressure)
+
+    def drop_caches(self) -> list[int]:
+        """Forget every cached status, listing and page, so that what is read next comes
+        from the backend; files being written keep their bytes (they are in the spool).
+        The inode numbers returned are those whose kernel caches should be dropped too."""
+        self.meta.clear()
+        self.pages.clear()
+        self._recent_listings.clear()
+        self._stat_misses.clear()
+        return self.inodes.numbers()
+
+    def resize_page_cache(self, capacity: int) -> None:
+        """Bound the page cache to ``capacity`` bytes, and read-ahead in proportion."""
+        c = self.config
+        self.pages.resize(capacity)
+        share = c.prefetch_budget * capacity // c.page_cache_size
+        self._prefetcher.budget = max(c.page_size, share)
+
     async def readlink(self, ino: int) -> str:
         inode = self.inodes.get(ino)
         if inode.status.kind is not Kind.SYMLINK:

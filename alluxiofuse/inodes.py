@@ -53,6 +53,9 @@ class InodeTable:
     def __len__(self) -> int:
         return len(self._by_ino)
 
+    def numbers(self) -> list[int]:
+        return list(self._by_ino)
+
     def get(self, ino: int) -> Inode:
         """The live inode ``ino``; a number the table does not hold is a stale handle."""
         try:

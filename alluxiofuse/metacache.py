@@ -51,6 +51,10 @@ class _Ttl:
         if self._cache is not None:
             self._cache.pop(key, None)
 
+    def clear(self) -> None:
+        if self._cache is not None:
+            self._cache.clear()
+
     def pop_under(self, prefix: str) -> None:
         """Drop every key that starts with ``prefix``."""
         if self._cache is not None:
@@ -105,6 +109,11 @@ class MetadataCache:
                 cache.pop_under(path + "/" if path else "")
         if path:
             self._listing.pop(parent_and_name(path)[0])
+
+    def clear(self) -> None:
+        """Forget everything: the next use of any path asks the backend."""
+        for cache in (self._status, self._missing, self._listing):
+            cache.clear()
 
     def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
         """Cache a listing and, since it carries them, each child's status."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -82,6 +82,18 @@ class _HotCollector(Collector):
             yield CounterMetricFamily(c.name, c.documentation, value=c.value)
 
 
+class _FunctionCounter(Collector):
+    """A counter whose value a function gives at scrape time (0 until one is set)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.function: Callable[[], float] = lambda: 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.function())
+
+
 class Metrics:
     """Every instrument the daemon updates; one instance per daemon, never global."""
 
@@ -127,6 +139,37 @@ class Metrics:
         self._page_cache_capacity_bytes = Gauge(
             "alluxiofuse_page_cache_capacity_bytes", "Page cache bound", registry=registry,
         )
+        self._memory_budget_bytes = Gauge(
+            "alluxiofuse_memory_budget_bytes", "Memory the page cache and read-ahead may hold",
+            registry=registry,
+        )
+        self._memory_used_bytes = Gauge(
+            "alluxiofuse_memory_used_bytes", "Memory the page cache and read-ahead hold, pages "
+            "being fetched included", registry=registry,
+        )
+        self.memory_pressure_shrinks = Counter(
+            "alluxiofuse_memory_pressure_shrinks", "Times the page cache was shrunk below its "
+            "bound because the process grew past the memory budget", registry=registry,
+        )
+        self.cache_drops = Counter(
+            "alluxiofuse_cache_drops", "Times the metadata and page caches were dropped (SIGHUP)",
+            registry=registry,
+        )
+        self._pending_uploads = Gauge(
+            "alluxiofuse_pending_uploads", "Uploads owed to the under-storage (ASYNC_THROUGH, "
+            "and failed commits being retried)", registry=registry,
+        )
+        self._pending_upload_bytes = Gauge(
+            "alluxiofuse_pending_upload_bytes", "Bytes of the uploads owed to the under-storage",
+            registry=registry,
+        )
+        self._upload_failures = _FunctionCounter(
+            "alluxiofuse_upload_failures", "Background upload attempts that failed (each is "
+            "retried)",
+        )
+        registry.register(self._upload_failures)
+        # process_resident_memory_bytes and friends, from /proc/self at scrape time.
+        ProcessCollector(registry=registry)
         self._inodes = Gauge("alluxiofuse_inodes", "Inodes the kernel holds", registry=registry)
         self._open_handles = Gauge(
             "alluxiofuse_open_handles", "Open file and directory handles", registry=registry,
@@ -181,9 +224,19 @@ class Metrics:
     def watch_workers(self, count: Callable[[], float]) -> None:
         self._workers.set_function(count)
 
-    def watch_page_cache(self, used: Callable[[], float], capacity: float) -> None:
+    def watch_page_cache(self, used: Callable[[], float], capacity: Callable[[], float]) -> None:
         self._page_cache_bytes.set_function(used)
-        self._page_cache_capacity_bytes.set(capacity)
+        self._page_cache_capacity_bytes.set_function(capacity)
+
+    def watch_memory(self, budget: float, used: Callable[[], float]) -> None:
+        self._memory_budget_bytes.set(budget)
+        self._memory_used_bytes.set_function(used)
+
+    def watch_uploads(self, count: Callable[[], float], size: Callable[[], float],
+                      failures: Callable[[], float]) -> None:
+        self._pending_uploads.set_function(count)
+        self._pending_upload_bytes.set_function(size)
+        self._upload_failures.function = failures
 
     def watch_inodes(self, count: Callable[[], float]) -> None:
         self._inodes.set_function(count)

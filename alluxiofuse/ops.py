@@ -48,7 +48,11 @@ class _Call:
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._ops._metrics.fuse_op_seconds.observe(self._op, time.perf_counter() - self._start)
+        seconds = time.perf_counter() - self._start
+        self._ops._metrics.fuse_op_seconds.observe(self._op, seconds)
+        if seconds > self._ops._slow > 0:
+            log.warning("slow %s: %.3fs (%s)", self._op, seconds,
+                        "ok" if e is None else type(e).__name__)
         if e is not None and (answer := self._ops._map(self._op, e)) is not None:
             raise answer from None
 
@@ -69,6 +73,7 @@ class Operations(pyfuse3.Operations):
         self._on_init = on_init
         self._config = config
         self._metrics = metrics
+        self._slow = config.slow_op_threshold
         # Fixed stand-ins for what a backend does not know: never "now" at each call.
         self._mount_time_ns = time.time_ns()
         self._uid = os.getuid()

@@ -38,7 +38,7 @@ class PageCache:
         self._flights: SingleFlight[PageKey, bytes] = SingleFlight()
         self._unread_prefetch: set[PageKey] = set()
         self._by_ino: dict[int, set[PageKey]] = {}
-        metrics.watch_page_cache(lambda: self.used, capacity)
+        metrics.watch_page_cache(lambda: self.used, lambda: self.capacity)
 
     def __contains__(self, key: PageKey) -> bool:
         """Cached or being fetched."""
@@ -102,6 +102,16 @@ class PageCache:
                     self._flights.finish(key, flight, outcome)
                 else:  # an error, or None: a waiter then fetches the page itself
                     self._flights.finish(key, flight, error=outcome)
+
+    def resize(self, capacity: int) -> None:
+        """Bound the cache to ``capacity`` bytes from now on, evicting what no longer fits."""
+        self.capacity = capacity
+        self._evict()
+
+    def clear(self) -> None:
+        """Forget every cached page (pages being fetched still arrive)."""
+        for ino in list(self._by_ino):
+            self.drop_file(ino)
 
     def drop_file(self, ino: int) -> None:
         """Forget every cached page of ``ino``, all versions (its content changed)."""

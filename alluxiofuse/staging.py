@@ -235,6 +235,7 @@ class Uploader:
         self._upload = upload
         self._uploaded = uploaded
         self.pending: dict[int, Record] = {}  # by seq
+        self.failures = 0  # failed attempts, for the metrics
         self._running: set[str] = set()  # paths being uploaded now
         self._errors: dict[int, str] = {}
         self._superseded: list[Record] = []
@@ -242,6 +243,10 @@ class Uploader:
 
     def __len__(self) -> int:
         return len(self.pending)
+
+    def pending_bytes(self) -> int:
+        # A copy first: the metrics exporter calls this from its own thread.
+        return sum(record.size for record in list(self.pending.values()))
 
     def submit(self, record: Record) -> None:
         self.pending[record.seq] = record
@@ -325,6 +330,7 @@ class Uploader:
                             "in %s", record.path, message, delay,
                             self._spool.data_path(record.data))
                 self._errors[record.seq] = message
+                self.failures += 1
                 with contextlib.suppress(AlluxioFuseError):  # only for ``status``
                     await self._io(self._spool.note_error, record, message)
                 await trio.sleep(delay)

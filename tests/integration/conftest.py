@@ -84,6 +84,25 @@ class Mount:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def metrics_url(self) -> str:
+        """Where the daemon serves /metrics, /healthz and /readyz (from its log)."""
+        deadline = time.monotonic() + 10
+        while not (found := _SERVING.search(self.log_text())):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no metrics address in the log:\n{self.log_text()}")
+            time.sleep(0.05)
+        return found.group(1)
+
+    def scrape(self) -> Scrape:
+        """The daemon's metrics now, by (name, sorted labels)."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.metrics_url() + "/metrics", timeout=10).text
+        return Scrape({(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(text)
+                       for s in family.samples})
+
     def unmount(self, timeout: float = 30.0) -> int:
         """Unmount from outside (as a user would) and return the daemon's exit code."""
         subprocess.run(["fusermount3", "-u", str(self.path)], check=True, timeout=30,
@@ -102,6 +121,21 @@ class Mount:
 
 
 MountFactory = Callable[..., Mount]
+_SERVING = re.compile(r"serving metrics at (http://\S+)/metrics")
+
+
+@dataclass
+class Scrape:
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """A sample's value; 0 for one not exported yet (a labelled counter never incremented)."""
+        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def sum(self, name: str, **labels: str) -> float:
+        """The sum over every sample of ``name`` whose labels include ``labels``."""
+        return sum(v for (n, ls), v in self.samples.items()
+                   if n == name and set(labels.items()) <= set(ls))
 
 
 @pytest.fixture
@@ -119,6 +153,8 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFacto
         args = ["mount", str(source), str(mnt), "-f", "--log-file", str(log), *options]
         if "--cache-dir" not in options:
             args += ["--cache-dir", str(tmp_path / f"cache{n}")]
+        if not any(o.startswith("--metrics-addr") for o in options):
+            args += ["--metrics-addr", "127.0.0.1:0"]  # mounts at once: one port each
         if strict:
             args.append("--strict")
         env = {**os.environ, "PYTHONPATH": str(REPO)}

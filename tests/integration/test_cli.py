@@ -291,7 +291,10 @@ def test_foreground_error_without_log_file_is_one_line(tmp_path: Path, source: s
     lines = result.stderr.decode().splitlines()
     assert result.returncode == 1
     assert lines and lines[-1].startswith("alluxiofuse: "), lines
-    assert len(lines) == 1, f"the start-up failure is reported {len(lines)} times: {lines}"
+    reason = lines[-1].removeprefix("alluxiofuse: ")
+    said = [line for line in lines if reason in line]
+    assert len(said) == 1, f"the start-up failure is reported {len(said)} times: {lines}"
+    assert not [line for line in lines if " INFO " not in line and line != lines[-1]], lines
     assert not ismount(mnt)
 
 

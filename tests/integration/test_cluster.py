@@ -237,3 +237,41 @@ def test_load_reports_a_worker_that_fails_it(etcd: str, tmp_path: Path) -> None:
         assert result.stderr.rstrip().splitlines()[-1].startswith(
             "alluxiofuse: load failed: http://127.0.0.1:")
         assert "Traceback" not in result.stderr
+
+
+def test_worker_rest_metrics_count_the_calls_made(
+    mount: MountFactory, etcd: str, tmp_path: Path,
+) -> None:
+    """Known reads through a worker move the REST histogram and result counters, under
+    Alluxio's own names, by the pages read; an uncached file is counted as a fallback."""
+    ufs = tmp_path / "ufs"
+    ufs.mkdir()
+    cached, uncached = os.urandom(3 * MiB), os.urandom(2 * MiB + 5)
+    (ufs / "cached.bin").write_bytes(cached)
+    (ufs / "uncached.bin").write_bytes(uncached)
+    with sim_cluster(etcd, ufs, tmp_path / "store", 1) as cluster:
+        cluster.load("cached.bin")
+        m = mount(cluster.ufs, *_cluster_options(etcd))
+        before = m.scrape()
+        assert read_bytes(m.path / "cached.bin") == cached
+        after = m.scrape()
+
+        def delta(name: str, **labels: str) -> float:
+            return after(name, **labels) - before(name, **labels)
+
+        assert delta("alluxio_http_server_result_total", method="page", state="success") == 3
+        assert delta("alluxio_http_server_call_latency_ms_count", method="page",
+                     success="true") == 3
+        assert delta("alluxio_http_server_call_latency_ms_bucket", method="page",
+                     success="true", le="+Inf") == 3
+        assert delta("alluxiofuse_worker_read_bytes_total") == 3 * MiB
+        assert delta("alluxiofuse_ufs_fallback_bytes_total") == 0
+        assert cluster.workers[0].stats().get("file", 0) == 3
+
+        before = after
+        assert read_bytes(m.path / "uncached.bin") == uncached
+        after = m.scrape()
+        assert delta("alluxiofuse_ufs_fallback_bytes_total") == len(uncached)
+        assert after.sum("alluxiofuse_ufs_fallback_total", op="read") - before.sum(
+            "alluxiofuse_ufs_fallback_total", op="read") == 3
+        assert delta("alluxiofuse_worker_read_bytes_total") == 0

@@ -12,13 +12,16 @@ from alluxiofuse import config
 from alluxiofuse.config import (
     GiB,
     KiB,
+    MemoryLimits,
     MiB,
     MountConfig,
     build_config,
-    default_page_cache_size,
+    cgroup_memory_limit,
+    default_memory_budget,
     load_config_file,
-    memory_limit,
+    memory_limits,
     parse_duration,
+    parse_metrics_addr,
     parse_mode,
     parse_size,
     parse_ufs_option,
@@ -31,7 +34,7 @@ BASE = {"source": "/data", "mountpoint": "/mnt"}
 @pytest.fixture
 def fixed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """build_config derives defaults from an 8 GiB limit, whatever this machine has."""
-    monkeypatch.setattr(config, "memory_limit", lambda: 8 * GiB)
+    monkeypatch.setattr(config, "memory_limits", lambda: MemoryLimits(8 * GiB, None))
 
 
 # -- parse_size
@@ -250,10 +253,28 @@ def test_build_config_prefetch_budget_is_a_quarter_of_a_small_cache(fixed_memory
 
 
 def test_build_config_derived_cache_follows_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "memory_limit", lambda: 2 * GiB)
+    monkeypatch.setattr(config, "memory_limits", lambda: MemoryLimits(2 * GiB, None))
     c = build_config(BASE)
-    assert c.page_cache_size == 256 * MiB
+    assert c.memory_budget == c.page_cache_size == 256 * MiB
     assert c.prefetch_budget == 64 * MiB
+
+
+def test_build_config_budget_from_the_cgroup_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "memory_limits", lambda: MemoryLimits(64 * GiB, 2 * GiB))
+    c = build_config(BASE)
+    assert c.memory_budget == c.page_cache_size == 1 * GiB
+
+
+def test_build_config_memory_budget_override(fixed_memory: None) -> None:
+    c = build_config({**BASE, "memory_budget": "300MiB"})
+    assert c.memory_budget == c.page_cache_size == 300 * MiB
+    c = build_config({**BASE, "memory_budget": "300MiB", "page_cache_size": "100MiB"})
+    assert (c.memory_budget, c.page_cache_size) == (300 * MiB, 100 * MiB)
+    # A cache bound alone sets the budget, as before there was one.
+    c = build_config({**BASE, "page_cache_size": "100MiB"})
+    assert c.memory_budget == 100 * MiB
+    with pytest.raises(ConfigError, match="larger than --memory-budget"):
+        build_config({**BASE, "memory_budget": "100MiB", "page_cache_size": "200MiB"})
 
 
 def test_build_config_explicit_values_win(fixed_memory: None) -> None:
@@ -341,25 +362,114 @@ def test_build_config_accepts_minimum_cache(fixed_memory: None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("limit", "expected"),
+    ("ram", "cgroup", "expected"),
     [
-        (0, 64 * MiB),
-        (256 * MiB, 64 * MiB),
-        (512 * MiB, 64 * MiB),
-        (1 * GiB, 128 * MiB),
-        (8 * GiB, 1 * GiB),
-        (32 * GiB, 4 * GiB),
-        (1024 * GiB, 4 * GiB),
+        (0, None, 64 * MiB),
+        (512 * MiB, None, 64 * MiB),
+        (1 * GiB, None, 128 * MiB),
+        (8 * GiB, None, 1 * GiB),
+        (32 * GiB, None, 4 * GiB),
+        (1024 * GiB, None, 4 * GiB),
+        (1024 * GiB, 2 * GiB, 1 * GiB),  # a container on a large host: half its limit
+        (1024 * GiB, 64 * GiB, 4 * GiB),  # never more than the host rule gives
+        (8 * GiB, 256 * MiB, 128 * MiB),
+        (8 * GiB, 16 * MiB, 16 * MiB),  # a floor, however tight the limit
     ],
 )
-def test_default_page_cache_size_bounds(limit: int, expected: int) -> None:
-    assert default_page_cache_size(limit) == expected
+def test_default_memory_budget(ram: int, cgroup: int | None, expected: int) -> None:
+    assert default_memory_budget(MemoryLimits(ram, cgroup)) == expected
 
 
-def test_memory_limit_is_a_positive_int() -> None:
-    limit = memory_limit()
-    assert isinstance(limit, int)
-    assert limit > 0
+def test_memory_limits_of_this_machine() -> None:
+    limits = memory_limits()
+    assert limits.ram > 0
+    assert limits.cgroup is None or limits.cgroup > 0
+    assert 0 < limits.effective <= limits.ram
+
+
+def _cgroup_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+def test_cgroup_v2_limit_is_the_tightest_on_the_path(tmp_path: Path) -> None:
+    """A systemd unit's MemoryMax= is on the process's own cgroup; a slice above it may be
+    tighter; memory.high counts too; "max" means no limit; siblings do not count."""
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/alluxiofuse@mnt-data.service\n")
+    root = tmp_path / "fs"
+    _cgroup_tree(root, {
+        "memory.max": "max\n",  # not normally there at the root: harmless
+        "system.slice/memory.max": "8589934592\n",
+        "system.slice/memory.high": "max\n",
+        "system.slice/alluxiofuse@mnt-data.service/memory.max": "2147483648\n",
+        "system.slice/alluxiofuse@mnt-data.service/memory.high": "max\n",
+        "system.slice/other.service/memory.max": "1048576\n",
+    })
+    assert cgroup_memory_limit(str(proc), str(root)) == 2 * GiB
+    (root / "system.slice/memory.high").write_text("1073741824\n")
+    assert cgroup_memory_limit(str(proc), str(root)) == 1 * GiB
+
+
+def test_cgroup_v2_in_a_container_namespace(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/\n")
+    root = tmp_path / "fs"
+    _cgroup_tree(root, {"memory.max": "536870912\n", "memory.high": "max\n"})
+    assert cgroup_memory_limit(str(proc), str(root)) == 512 * MiB
+
+
+def test_cgroup_v1_memory_controller(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:cpu,cpuacct:/x\n4:memory:/kubepods/pod1/c1\n0::/\n")
+    root = tmp_path / "fs"
+    _cgroup_tree(root, {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n",  # the root: unlimited
+        "memory/kubepods/memory.limit_in_bytes": "9223372036854771712\n",
+        "memory/kubepods/pod1/c1/memory.limit_in_bytes": "805306368\n",
+    })
+    assert cgroup_memory_limit(str(proc), str(root)) == 768 * MiB
+
+
+def test_no_cgroup_limit(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/user.slice\n")
+    root = tmp_path / "fs"
+    _cgroup_tree(root, {"user.slice/memory.max": "max\n", "memory.max": "garbage\n"})
+    assert cgroup_memory_limit(str(proc), str(root)) is None
+    assert cgroup_memory_limit(str(tmp_path / "missing"), str(tmp_path / "none")) is None
+
+
+# -- metrics address
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9847", "127.0.0.1:9847"),
+        (":9000", "0.0.0.0:9000"),
+        ("0.0.0.0:0", "0.0.0.0:0"),
+        ("[::1]:9847", "[::1]:9847"),
+        ("off", "off"),
+        ("OFF", "off"),
+        ("none", "off"),
+    ],
+)
+def test_parse_metrics_addr(text: str, expected: str) -> None:
+    assert parse_metrics_addr(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9847", "localhost", "host:port", "host:70000", "host:-1"])
+def test_parse_metrics_addr_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_metrics_addr(text)
+
+
+def test_slow_op_threshold_from_the_alluxio_property(fixed_memory: None) -> None:
+    c = build_config(BASE, alluxio_properties={"alluxio.fuse.logging.threshold": "2s"})
+    assert c.slow_op_threshold == 2.0
+    assert build_config(BASE).slow_op_threshold == 10.0
 
 
 # -- writes

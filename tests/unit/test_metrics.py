@@ -28,7 +28,7 @@ def test_counters_and_gauges_read_current_values_at_scrape() -> None:
     m = Metrics(new_registry())
     state = {"inodes": 3, "used": 10}
     m.watch_inodes(lambda: state["inodes"])
-    m.watch_page_cache(lambda: state["used"], 4096)
+    m.watch_page_cache(lambda: state["used"], lambda: 4096)
     m.page_cache_hit_bytes.inc(100)
     m.page_cache_hit_bytes.inc(23)
     state["inodes"], state["used"] = 7, 20

@@ -457,3 +457,24 @@ async def test_a_cancelled_fill_lets_a_waiter_fetch_the_page_itself() -> None:
                     scope.cancel()
     assert got == [b"z" * 100] and demand.calls == 1
     assert env.cache.reserved == 0
+
+
+async def test_resize_evicts_what_no_longer_fits_and_clear_drops_everything() -> None:
+    env = Env(capacity=1000)
+    for page in range(10):
+        await env.get(key(page), Fetcher(), served=100)
+    assert env.cache.used == 1000
+    env.cache.resize(300)
+    assert env.cache.used == 300
+    assert env.sample("alluxiofuse_page_cache_evicted_bytes_total") == 700
+    assert env.sample("alluxiofuse_page_cache_capacity_bytes") == 300
+    assert [p for p in range(10) if key(p) in env.cache] == [7, 8, 9]  # the most recent
+    env.cache.resize(1000)
+    await env.get(key(0), Fetcher(), served=100)
+    assert env.cache.used == 400
+    env.cache.clear()
+    assert env.cache.used == 0
+    assert not any(key(p) in env.cache for p in range(10))
+    fetch = Fetcher()
+    await env.get(key(9), fetch, served=100)
+    assert fetch.calls == 1  # fetched again after the drop

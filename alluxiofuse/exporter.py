@@ -1,0 +1,111 @@
+"""The daemon's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``, on one thread.
+
+It runs in a thread of its own (stdlib ``wsgiref`` with a thread per request), not on the
+event loop: a scrape must answer while the loop is busy, and ``/healthz`` answering is then
+evidence that the process lives, nothing more. ``/readyz`` reports what the event loop
+last recorded in :class:`Health`: plain attributes, written by the loop, read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+
+class Health:
+    """What ``/readyz`` reports: mounted, and the backend answering its last probe."""
+
+    def __init__(self) -> None:
+        self.mounted = False
+        self.stopping = False
+        self.backend_error: str | None = "not probed yet"
+
+    def problem(self) -> str | None:
+        """Why the mount is not ready, or None when it is."""
+        if self.stopping:
+            return "unmounting"
+        if not self.mounted:
+            return "not mounted yet"
+        if self.backend_error is not None:
+            return f"backend unreachable: {self.backend_error}"
+        return None
+
+
+def wsgi_app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[bytes]]:
+    """/metrics from ``registry``; /healthz and /readyz as plain text; 404 elsewhere."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            return _text(start_response, "200 OK", "ok")
+        if path == "/readyz":
+            problem = health.problem()
+            if problem is None:
+                return _text(start_response, "200 OK", "ready")
+            return _text(start_response, "503 Service Unavailable", problem)
+        return _text(start_response, "404 Not Found", "try /metrics, /healthz or /readyz")
+
+    return app
+
+
+def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
+    data = (body + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(data)))])
+    return [data]
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper must not hold up the daemon's exit
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler]) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Access lines at debug level: one per scrape would drown the daemon's own log."""
+
+    timeout = 10  # seconds a client may take to send its request: a stalled one is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class Exporter:
+    """Serves :func:`wsgi_app` at ``(host, port)`` until :meth:`close`; port 0 picks one."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Health) -> None:
+        # Binding here, in the caller, makes a busy port an error the caller can report.
+        self._server = make_server(host, port, wsgi_app(registry, health),
+                                   server_class=_Server, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="alluxiofuse-exporter", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -1,0 +1,87 @@
+"""The daemon's log: one line per event, at the chosen level, with secrets never written.
+
+Secrets are the values of under-storage options whose names say they are secret (keys,
+passwords, tokens, at any depth: ``client_kwargs = {aws_secret_access_key = ...}``), the
+etcd password, and passwords in URLs (``https://user:password@host``). They are redacted
+from every formatted line, whichever logger or library wrote it: an exception message
+that echoes a request can carry a credential as easily as our own lines can.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from alluxiofuse.config import MountConfig
+
+REDACTED = "***"
+# Option names whose values are secret. "key" alone is s3fs's access key id: redacted too.
+_SECRET_NAME = re.compile(r"secret|passw|token|credential|key|session|signature|auth|sas",
+                          re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+_SHORTEST_SECRET = 4  # shorter values would redact ordinary words and numbers
+
+
+def secrets_of(config: MountConfig) -> list[str]:
+    """The secret values of ``config``, longest first (so that none is left half-redacted)."""
+    found = set(_secret_values(config.ufs_options))
+    if config.etcd_password:
+        found.add(config.etcd_password)
+    return sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True)
+
+
+def _secret_values(options: Mapping[str, Any], secret: bool = False) -> Iterator[str]:
+    for name, value in options.items():
+        is_secret = secret or bool(_SECRET_NAME.search(str(name)))
+        if isinstance(value, Mapping):
+            yield from _secret_values(value, is_secret)
+        elif isinstance(value, list | tuple):
+            yield from _secret_values({str(i): item for i, item in enumerate(value)}, is_secret)
+        elif is_secret and value is not None and not isinstance(value, bool):
+            yield str(value)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret, and every password in a URL, replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + "@", text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Formats a record, traceback included, as one line, with the secrets redacted."""
+
+    def __init__(self, fmt: str, secrets: list[str]) -> None:
+        super().__init__(fmt)
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = redact(super().format(record), self._secrets)
+        return text.replace("\r", "").replace("\n", " | ")
+
+
+def setup_logging(config: MountConfig, *, background: bool) -> None:
+    """One line per event to ``--log-file``, else stderr (foreground) or syslog (background)."""
+    handler: logging.Handler
+    if config.log_file:
+        handler = logging.FileHandler(config.log_file)
+    elif not background:
+        handler = logging.StreamHandler()
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.NullHandler()
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if isinstance(handler, logging.handlers.SysLogHandler):
+        fmt = "alluxiofuse[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(OneLineFormatter(fmt, secrets_of(config)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.logging_level)
+    # Per-request INFO lines from HTTP clients would drown ours.
+    for noisy in ("httpx", "httpcore", "pyfuse3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, config.logging_level))

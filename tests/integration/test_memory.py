@@ -1,0 +1,204 @@
+"""Memory: the budget holds while reading far more than it, comes from the cgroup limit by
+default, and the page cache shrinks when the process nears that limit."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (
+    DAEMON,
+    REPO,
+    Mount,
+    MountFactory,
+    ismount,
+    with_timeout,
+)
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def _dataset(root: Path, files: int, size: int) -> list[Path]:
+    """``files`` distinct files of ``size`` bytes, cheap to make: a random block, varied."""
+    root.mkdir()
+    block = os.urandom(MiB)
+    paths = []
+    for i in range(files):
+        path = root / f"shard-{i:03d}.bin"
+        with open(path, "wb") as f:
+            for j in range(size // MiB):
+                f.write(i.to_bytes(4, "little") + j.to_bytes(4, "little") + block[8:])
+        paths.append(path)
+    return paths
+
+
+def _read_all(paths: list[Path], readers: int = 4) -> None:
+    """Read every file: sequentially from ``readers`` threads, and 200 random 64 KiB reads;
+    check the bytes of each against the source."""
+    errors: list[BaseException] = []
+
+    def sequential(mine: list[Path], mount: Path, source: Path) -> None:
+        try:
+            for p in mine:
+                with open(mount / p.name, "rb") as f, open(source / p.name, "rb") as g:
+                    while chunk := f.read(4 * MiB):
+                        assert chunk == g.read(len(chunk)), p.name
+        except BaseException as e:  # reported by the caller
+            errors.append(e)
+
+    mount, source = paths[0].parent, _SOURCES[paths[0].parent]
+    threads = [threading.Thread(target=sequential, args=(paths[i::readers], mount, source))
+               for i in range(readers)]
+    for t in threads:
+        t.start()
+    rng = random.Random(1)
+    for _ in range(200):
+        p = rng.choice(paths)
+        offset = rng.randrange(0, p.stat().st_size - 65536)
+        with open(p, "rb") as f, open(source / p.name, "rb") as g:
+            f.seek(offset)
+            g.seek(offset)
+            assert f.read(65536) == g.read(65536)
+    for t in threads:
+        t.join(120)
+        assert not t.is_alive()
+    assert not errors, errors
+
+
+_SOURCES: dict[Path, Path] = {}
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_peak_rss_stays_within_budget_reading_eight_times_the_budget(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    paths = _dataset(src, 8, 64 * MiB)  # 512 MiB through a 64 MiB budget
+    m = mount(src, "--memory-budget", "64MiB")
+    _SOURCES[m.path] = src
+    assert m.scrape()("alluxiofuse_memory_budget_bytes") == 64 * MiB
+    with_timeout(lambda: _read_all([m.path / p.name for p in paths]), 300)
+    scrape = m.scrape()
+    peak = _peak_rss(m.proc.pid)
+    assert peak <= 64 * MiB + 150 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
+    # The cache was used and stayed within its bound.
+    assert scrape("alluxiofuse_page_cache_evicted_bytes_total") >= 512 * MiB - 64 * MiB
+    assert scrape("alluxiofuse_page_cache_bytes") <= 64 * MiB
+
+
+# -- under a cgroup memory limit
+
+
+class MemoryCgroup:
+    """A memory cgroup of our own with a limit, v1 or v2, whichever this kernel mounts."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        v2_root = Path("/sys/fs/cgroup")
+        if "memory" in _read(v2_root / "cgroup.controllers").split():
+            self.path = v2_root / name
+            self.path.mkdir()
+            (self.path / "memory.max").write_text(str(limit))
+            self._events = "memory.events"
+        else:  # v1: the memory hierarchy, below the cgroup this test runs in
+            own = next(line.split(":", 2)[2] for line in _read(Path("/proc/self/cgroup"))
+                       .splitlines() if "memory" in line.split(":")[1].split(","))
+            self.path = Path("/sys/fs/cgroup/memory") / own.strip("/") / name
+            self.path.mkdir()
+            (self.path / "memory.limit_in_bytes").write_text(str(limit))
+            self._events = "memory.oom_control"
+
+    def enter(self) -> None:
+        """Move the calling process in (run in the child, before exec)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def cgroup_mount(tmp_path: Path) -> Iterator[object]:
+    made: list[tuple[Mount, MemoryCgroup]] = []
+
+    def start(src: Path, limit: int, *options: str) -> Mount:
+        group = MemoryCgroup(f"alluxiofuse-test-{os.getpid()}-{len(made)}", limit)
+        mnt = tmp_path / f"mnt{len(made)}"
+        mnt.mkdir()
+        log = tmp_path / f"daemon{len(made)}.log"
+        args = ["mount", str(src), str(mnt), "-f", "--log-file", str(log), "--metrics-addr",
+                "127.0.0.1:0", "--cache-dir", str(tmp_path / "cache"), "--strict", *options]
+        proc = subprocess.Popen([*DAEMON, *args], cwd=REPO, preexec_fn=group.enter,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        m = Mount(mnt, str(src), proc, log)
+        made.append((m, group))
+        deadline = time.monotonic() + 30
+        while not ismount(mnt):
+            assert proc.poll() is None, m.log_text()
+            assert time.monotonic() < deadline, m.log_text()
+            time.sleep(0.05)
+        return m
+
+    try:
+        yield start
+    finally:
+        for m, group in made:
+            m.close()
+            group.remove()
+
+
+def test_default_budget_is_half_the_cgroup_limit(cgroup_mount: object, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    m = cgroup_mount(src, 700 * MiB)  # type: ignore[operator]
+    scrape = m.scrape()
+    assert scrape("alluxiofuse_memory_budget_bytes") == 350 * MiB
+    assert scrape("alluxiofuse_page_cache_capacity_bytes") == 350 * MiB
+
+
+@pytest.mark.allow_warnings
+def test_near_the_cgroup_limit_the_cache_shrinks_instead(
+    cgroup_mount: object, tmp_path: Path,
+) -> None:
+    """A budget too large for the cgroup: the process keeps under 90% of the limit by
+    giving up cache, instead of growing into the kernel's reclaim and OOM killer."""
+    src = tmp_path / "src"
+    paths = _dataset(src, 4, 64 * MiB)
+    limit = 224 * MiB
+    m = cgroup_mount(src, limit, "--memory-budget", "200MiB")  # type: ignore[operator]
+    _SOURCES[m.path] = src
+    with_timeout(lambda: _read_all([m.path / p.name for p in paths]), 300)
+    scrape = m.scrape()
+    assert m.proc.poll() is None  # not OOM-killed
+    assert scrape("alluxiofuse_memory_pressure_shrinks_total") >= 1
+    assert scrape("alluxiofuse_page_cache_capacity_bytes") < 200 * MiB
+    assert scrape("process_resident_memory_bytes") <= limit * 9 // 10 + 16 * MiB
