@@ -1,9 +1,10 @@
 """mount.alluxiofuse without mounting: its command line, option quoting, the sorting of
-mount(8)'s and the daemon's options, and exit statuses."""
+mount(8)'s and the daemon's options, exit statuses, and `alluxiofuse install-mount-helper`."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from alluxiofuse.mount_helper import (
     plan,
     split_options,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 # -- split_options: mount(8)'s quoting, and libfuse's backslash
 
@@ -269,3 +272,69 @@ def test_renamed_stderr_rewrites_cli_messages_only(capsys: pytest.CaptureFixture
     ]
     assert stream.getvalue() == ""  # nothing kept
 
+
+# -- alluxiofuse install-mount-helper
+
+
+def _install(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = cli.main(["install-mount-helper", *args])
+    out, err = capsys.readouterr()
+    return status, out.strip(), err.strip()
+
+
+def test_install_is_idempotent_and_runs_this_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    helper = tmp_path / "mount.alluxiofuse"
+    assert _install(capsys, "--sbin-dir", str(tmp_path)) == (0, f"installed {helper}", "")
+    first = helper.read_text()
+    assert _install(capsys, "--sbin-dir", str(tmp_path)) == (0, f"installed {helper}", "")
+    assert helper.read_text() == first
+    assert os.stat(helper).st_mode & 0o777 == 0o755
+    assert sys.executable in first and str(REPO) in first
+    assert sorted(os.listdir(tmp_path)) == ["mount.alluxiofuse"]  # no temporary file left
+    # It runs this working copy's helper, with no PYTHONPATH and from anywhere.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ran = subprocess.run([str(helper), "-h"], capture_output=True, text=True, env=env,
+                         cwd="/", timeout=60, check=False)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert ran.stdout.startswith("usage: mount.alluxiofuse")
+    ran = subprocess.run([str(helper), str(tmp_path), "/mnt", "-f", "-o", "no_such_option"],
+                         capture_output=True, text=True, env=env, cwd="/", timeout=60,
+                         check=False)
+    assert ran.returncode == EX_USAGE
+    assert ran.stderr == "mount.alluxiofuse: unknown option: no_such_option (-s ignores " \
+                         "unknown options)\n"
+
+
+def test_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    helper = tmp_path / "mount.alluxiofuse"
+    assert _install(capsys, "--sbin-dir", str(tmp_path))[0] == 0
+    assert _install(capsys, "--sbin-dir", str(tmp_path), "--uninstall") == (
+        0, f"removed {helper}", "")
+    assert not helper.exists()
+    assert _install(capsys, "--sbin-dir", str(tmp_path), "--uninstall") == (0, "", "")
+
+
+def test_a_foreign_helper_is_kept_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    helper = tmp_path / "mount.alluxiofuse"
+    helper.write_text("#!/bin/sh\necho someone else's\n")
+    for args in ([], ["--uninstall"]):
+        status, out, err = _install(capsys, "--sbin-dir", str(tmp_path), *args)
+        assert (status, out) == (1, "")
+        assert err == f"alluxiofuse: {helper} was not written by alluxiofuse (--force " \
+                      "replaces it)"
+        assert helper.read_text() == "#!/bin/sh\necho someone else's\n"
+    assert _install(capsys, "--sbin-dir", str(tmp_path), "--force")[0] == 0
+    assert "install-mount-helper" in helper.read_text()
+
+
+def test_install_into_a_missing_directory_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, _, err = _install(capsys, "--sbin-dir", str(tmp_path / "nope"))
+    assert status == 1
+    assert err == f"alluxiofuse: cannot write {tmp_path}/nope/mount.alluxiofuse: " \
+                  "No such file or directory"
