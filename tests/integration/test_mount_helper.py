@@ -325,13 +325,16 @@ def test_missing_dev_fuse_is_a_system_error(
 def test_fake_mount_mounts_nothing(helper: Path, tmp_path: Path, cleanup: list[Path]) -> None:
     src = _source(tmp_path)
     mnt = _mountpoint(tmp_path, cleanup)
-    result = mount8("-f", "-v", "-t", "alluxiofuse", src, mnt, "-o",
+    # -n: or mount(8) would record the fake mount in /run/mount/utab (for its _netdev).
+    result = mount8("-f", "-n", "-v", "-t", "alluxiofuse", src, mnt, "-o",
                     _options(tmp_path, "ro", "page_size=64KiB", "_netdev"))
     assert (result.returncode, result.stderr) == (0, "")
     assert (f"mount.alluxiofuse: alluxiofuse mount {src} {mnt} --read-only --page-size=64KiB "
             in result.stdout), result.stdout
     assert "no effect here: _netdev" in result.stdout
     assert not ismount(mnt) and not daemon_pids(mnt)
+    utab = Path("/run/mount/utab")
+    assert not utab.exists() or str(mnt) not in utab.read_text()
     # The options are checked all the same.
     bad = mount8("-f", "-t", "alluxiofuse", src, mnt, "-o", "page_size=3000")
     assert bad.returncode == 1 and bad.stderr.startswith("mount.alluxiofuse: --page-size")
