@@ -153,6 +153,14 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("-z", "--lazy", action="store_true",
                    help="detach now even if busy (the daemon exits when the last user lets go)")
+
+    h = sub.add_parser("install-mount-helper", help="install mount.alluxiofuse, so that "
+                       "'mount -t alluxiofuse' and fstab entries work")
+    h.add_argument("--sbin-dir", default="/sbin", metavar="DIR",
+                   help="where mount(8) looks for helpers (default /sbin)")
+    h.add_argument("--force", action="store_true",
+                   help="replace (or remove) a mount.alluxiofuse this command did not write")
+    h.add_argument("--uninstall", action="store_true", help="remove it instead")
     return p
 
 
@@ -175,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_mount(args)
         if args.command in ("locate", "load"):
             return cmd_cluster(args)
+        if args.command == "install-mount-helper":
+            return cmd_install_mount_helper(args.sbin_dir, force=args.force,
+                                            uninstall=args.uninstall)
         if args.command == "status":
             from alluxiofuse import operator
 
@@ -361,3 +372,51 @@ def _fusermount(path: str, *, lazy: bool, quiet: bool) -> subprocess.CompletedPr
     if quiet and tool:
         cmd.append("-q")
     return subprocess.run([*cmd, path], capture_output=True, text=True, timeout=60, check=False)
+
+
+_HELPER_MARK = "# Written by 'alluxiofuse install-mount-helper'."
+
+
+def cmd_install_mount_helper(sbin_dir: str, *, force: bool, uninstall: bool) -> int:
+    """Write (or remove) ``SBIN_DIR/mount.alluxiofuse``: a script that runs this Python on
+    this copy of alluxiofuse, whatever else is installed or on PYTHONPATH when mount(8)
+    runs it."""
+    import shlex
+    import tempfile
+
+    path = os.path.join(sbin_dir, "mount.alluxiofuse")
+    try:
+        with open(path, encoding="utf-8") as f:
+            ours: bool | None = _HELPER_MARK in f.read()
+    except FileNotFoundError:
+        ours = None
+    except (OSError, UnicodeDecodeError):  # unreadable or binary: someone else's
+        ours = False
+    if ours is False and not force:
+        raise ConfigError(f"{path} was not written by alluxiofuse (--force replaces it)")
+    try:
+        if uninstall:
+            if ours is not None:
+                os.remove(path)
+                print(f"removed {path}")
+            return 0
+        code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+                "from alluxiofuse.mount_helper import main; sys.exit(main(sys.argv[1:]))")
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        script = (f"#!/bin/sh\n{_HELPER_MARK}\n"
+                  "# mount(8) runs it for 'mount -t alluxiofuse' and fstab entries of that type.\n"
+                  f"exec {shlex.quote(sys.executable)} -P -c {shlex.quote(code)} "
+                  f'{shlex.quote(package_parent)} "$@"\n')
+        fd, temp = tempfile.mkstemp(prefix=".mount.alluxiofuse.", dir=sbin_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(script)
+            os.chmod(temp, 0o755)
+            os.replace(temp, path)  # never a half-written helper
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+    except OSError as e:
+        raise ConfigError(f"cannot write {path}: {e.strerror}") from None
+    print(f"installed {path}")
+    return 0

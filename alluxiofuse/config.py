@@ -81,6 +81,9 @@ class MountConfig:
     drain_timeout: float = 60.0
     # Presentation.
     allow_other: bool = False
+    # mount(8)'s flags for the kernel (noexec, nosuid, sync, ...), handed to libfuse as
+    # they are. Set by mount.alluxiofuse from `-o`; not an option of its own.
+    kernel_flags: frozenset[str] = frozenset()
     uid: int | None = None
     gid: int | None = None
     file_mode: int | None = None

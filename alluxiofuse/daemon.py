@@ -300,10 +300,11 @@ async def check_source(backend: Backend) -> FileStatus:
 
 def mount_options(config: MountConfig) -> set[str]:
     """libfuse mount options: kernel permission checks, our name in /proc/mounts, ``ro``
-    for a read-only mount."""
+    for a read-only mount, and the kernel flags mount(8) asked for."""
     # /proc/mounts is world-readable: a password in the source URL must not show there.
     source = redact(config.source, []).replace("\\", "\\\\").replace(",", "\\,")
-    options = {"default_permissions", "subtype=alluxiofuse", f"fsname={source}"}
+    options = {"default_permissions", "subtype=alluxiofuse", f"fsname={source}",
+               *config.kernel_flags}
     if config.read_only:
         options.add("ro")
     if config.allow_other:
