@@ -30,6 +30,7 @@ from alluxiofuse.fs import Filesystem
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
+from alluxiofuse.sdnotify import Notifier
 from alluxiofuse.spool import Spool
 from alluxiofuse.staging import DiskIO
 from alluxiofuse.writes import Writes
@@ -42,6 +43,8 @@ _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 # FUSE requests served at once; each waits on the page cache or a worker thread.
 MAX_FUSE_TASKS = 128
+# Seconds granted beyond --drain-timeout to finish stopping (close the backend, exit).
+_STOP_MARGIN = 30
 
 
 class StartupError(Exception):
@@ -56,6 +59,8 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
     """
     setup_logging(config, background=notify_fd is not None)
     reuse_freed_pages()
+    # systemd's variables are read now and removed, before anything could inherit them.
+    notifier = Notifier.take(os.environ)
 
     def notify(message: str) -> None:
         nonlocal notify_fd
@@ -65,7 +70,7 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
             notify_fd = None
 
     try:
-        trio.run(serve, config, lambda: notify("ready"))
+        trio.run(serve, config, lambda: notify("ready"), notifier)
     except Exception as group:
         e = _single(group)
         if not isinstance(e, ConfigError | StartupError):
@@ -76,6 +81,7 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
         if notify_fd is None:
             print(f"alluxiofuse: {e}", file=sys.stderr)
         notify(f"error: {e}")
+        notifier.send(f"STATUS=failed: {e}")
         return 1
     return 0
 
@@ -105,8 +111,13 @@ def _single(exc: Exception) -> Exception:
     return exc
 
 
-async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
-    """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled."""
+async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
+                notifier: Notifier | None = None) -> None:
+    """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled.
+
+    ``notifier`` tells systemd each step; READY=1 once the kernel's INIT is answered.
+    """
+    notifier = notifier or Notifier({})
     metrics = Metrics(new_registry())
     limiter = trio.CapacityLimiter(config.io_threads)
     ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
@@ -116,6 +127,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
     backend: Backend = cluster or ufs
     spool: Spool | None = None
     try:
+        notifier.send(f"STATUS=checking source {config.source}")
         if cluster is not None:
             await read_membership(cluster.membership)
         root = await check_source(backend)
@@ -138,19 +150,22 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
                 writes.on_committed = fs.committed
                 nursery.start_soon(writes.run)
             ops = Operations(fs, config, metrics, on_init=lambda: nursery.start_soon(
-                _after_init, config,
+                _after_init, config, notifier,
             ))
+            notifier.send(f"STATUS=mounting at {config.mountpoint}")
             mount(ops, config)
             try:
                 nursery.start_soon(_terminate_on_signal)
+                nursery.start_soon(notifier.keep_watchdog)
                 log.info("mounted %s at %s", config.source, config.mountpoint)
                 ready()
                 await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
             finally:
+                notifier.send("STOPPING=1", "STATUS=unmounting")
                 pyfuse3.close(unmount=True)
                 if writes is not None:
                     with trio.CancelScope(shield=True):
-                        await writes.shutdown()
+                        await _drain(writes, notifier)
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", config.mountpoint)
     finally:
@@ -214,14 +229,34 @@ def invalidate_kernel_attrs(ino: int) -> None:
         log.debug("invalidating the attributes of inode %d: %s", ino, e.strerror)
 
 
-async def _after_init(config: MountConfig) -> None:
+async def _after_init(config: MountConfig, notifier: Notifier) -> None:
     """Runs as soon as the INIT reply is out, before the next request is read.
 
     The kernel sizes a file's read-ahead when the file is opened, so the window must be
     set before anyone can open a file. Both files written and read here live in memory
-    (sysfs and procfs), so this does not stall the event loop on I/O.
+    (sysfs and procfs), so this does not stall the event loop on I/O. Only now is the
+    mount live for systemd: a unit ordered after ours may use it at once.
     """
     set_kernel_readahead(config)
+    notifier.send("READY=1", f"STATUS=serving {config.source} at {config.mountpoint}")
+
+
+async def _drain(writes: Writes, notifier: Notifier) -> None:
+    """``writes.shutdown()``, saying every second how many uploads are still owed."""
+    if notifier.enabled:  # systemd's stop timeout must not cut the drain short
+        seconds = writes.config.drain_timeout + _STOP_MARGIN
+        notifier.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+    async def report() -> None:
+        while True:
+            if owed := len(writes.uploader):
+                notifier.send(f"STATUS=draining {owed} owed uploads")
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        await writes.shutdown()
+        nursery.cancel_scope.cancel()
 
 
 def set_kernel_readahead(config: MountConfig) -> None:
