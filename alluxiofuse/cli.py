@@ -206,8 +206,9 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
     mount = args.command == "mount"
     if mount:
         values["mountpoint"] = os.path.abspath(args.mountpoint)
-        if "://" not in values.get("source", "://"):  # a local source, named the same way
-            values["source"] = os.path.abspath(values["source"])  # wherever it is used
+        source = values.get("source")  # "" (an unset variable in a unit) is missing, not "."
+        if source and "://" not in source:  # a local source, named the same way
+            values["source"] = os.path.abspath(source)  # wherever it is used
     ufs = dict(parse_ufs_option(item) for item in args.ufs_option)
     properties = dict(parse_key_value(item, "--alluxio-property")
                       for item in args.alluxio_property)

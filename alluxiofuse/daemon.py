@@ -28,11 +28,12 @@ from alluxiofuse.config import DEFAULT_METRICS_ADDR, MountConfig, memory_limits,
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
 from alluxiofuse.exporter import Exporter, Health
 from alluxiofuse.fs import Filesystem
-from alluxiofuse.logs import redact, setup_logging
+from alluxiofuse.logs import redact, secrets_of, setup_logging
 from alluxiofuse.memory import ALLOWANCE, MemoryGovernor
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
+from alluxiofuse.sdnotify import Notifier
 from alluxiofuse.spool import Spool
 from alluxiofuse.staging import DiskIO
 from alluxiofuse.writes import Writes
@@ -48,6 +49,8 @@ MAX_FUSE_TASKS = 128
 # How often /readyz's view of the backend is refreshed, and the memory budget enforced.
 BACKEND_PROBE_INTERVAL = 10.0
 MEMORY_CHECK_INTERVAL = 0.25  # reading our resident size costs ~20 µs
+# Seconds granted beyond --drain-timeout to finish stopping (close the backend, exit).
+_STOP_MARGIN = 30
 
 
 class StartupError(Exception):
@@ -64,6 +67,8 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
     log.info("alluxiofuse %s: mounting %s at %s (%s)", __version__, config.source,
              config.mountpoint, describe_options(config))
     reuse_freed_pages()
+    # systemd's variables are read now and removed, before anything could inherit them.
+    notifier = Notifier.take(os.environ)
 
     def notify(message: str) -> None:
         nonlocal notify_fd
@@ -73,7 +78,7 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
             notify_fd = None
 
     try:
-        trio.run(serve, config, lambda: notify("ready"))
+        trio.run(serve, config, lambda: notify("ready"), notifier)
     except Exception as group:
         e = _single(group)
         if not isinstance(e, ConfigError | StartupError):
@@ -84,6 +89,7 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
         if notify_fd is None:
             print(f"alluxiofuse: {e}", file=sys.stderr)
         notify(f"error: {e}")
+        notifier.send(f"STATUS=failed: {redact(str(e), secrets_of(config))}")
         return 1
     return 0
 
@@ -122,8 +128,13 @@ def _single(exc: Exception) -> Exception:
     return exc
 
 
-async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
-    """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled."""
+async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
+                notifier: Notifier | None = None) -> None:
+    """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled.
+
+    ``notifier`` tells systemd each step; READY=1 once the kernel's INIT is answered.
+    """
+    notifier = notifier or Notifier({})
     metrics = Metrics(new_registry())
     health = Health()
     exporter = start_exporter(config, metrics, health)
@@ -135,6 +146,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
     backend: Backend = cluster or ufs
     spool: Spool | None = None
     try:
+        notifier.send(f"STATUS=checking source {redact(config.source, [])}")
         if cluster is not None:
             await read_membership(cluster.membership)
         root = await check_source(backend)
@@ -164,24 +176,27 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None) -
                 nursery.start_soon(writes.run)
 
             def on_init() -> None:
-                nursery.start_soon(_after_init, config)
+                nursery.start_soon(_after_init, config, notifier)
                 health.mounted = True
 
             ops = Operations(fs, config, metrics, on_init=on_init)
+            notifier.send(f"STATUS=mounting at {config.mountpoint}")
             mount(ops, config)
             try:
                 nursery.start_soon(_handle_signals, fs, metrics)
                 nursery.start_soon(probe_backend, backend, health, config.io_timeout)
                 nursery.start_soon(govern_memory, fs, config, metrics)
+                nursery.start_soon(notifier.keep_watchdog)
                 log.info("mounted %s at %s", config.source, config.mountpoint)
                 ready()
                 await pyfuse3.main(min_tasks=4, max_tasks=MAX_FUSE_TASKS)
             finally:
                 health.stopping = True
+                notifier.send("STOPPING=1", "STATUS=unmounting")
                 pyfuse3.close(unmount=True)
                 if writes is not None:
                     with trio.CancelScope(shield=True):
-                        await writes.shutdown()
+                        await _drain(writes, notifier)
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", config.mountpoint)
     finally:
@@ -336,14 +351,36 @@ def invalidate_kernel_attrs(ino: int) -> None:
         log.debug("invalidating the attributes of inode %d: %s", ino, e.strerror)
 
 
-async def _after_init(config: MountConfig) -> None:
+async def _after_init(config: MountConfig, notifier: Notifier) -> None:
     """Runs as soon as the INIT reply is out, before the next request is read.
 
     The kernel sizes a file's read-ahead when the file is opened, so the window must be
     set before anyone can open a file. Both files written and read here live in memory
-    (sysfs and procfs), so this does not stall the event loop on I/O.
+    (sysfs and procfs), so this does not stall the event loop on I/O. Only now is the
+    mount live for systemd: a unit ordered after ours may use it at once.
     """
     set_kernel_readahead(config)
+    # systemctl status shows this line to every user: no password from the source URL.
+    notifier.send("READY=1",
+                  f"STATUS=serving {redact(config.source, [])} at {config.mountpoint}")
+
+
+async def _drain(writes: Writes, notifier: Notifier) -> None:
+    """``writes.shutdown()``, saying every second how many uploads are still owed."""
+    if notifier.enabled:  # systemd's stop timeout must not cut the drain short
+        seconds = writes.config.drain_timeout + _STOP_MARGIN
+        notifier.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+    async def report() -> None:
+        while True:
+            if owed := len(writes.uploader):
+                notifier.send(f"STATUS=draining {owed} owed uploads")
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(report)
+        await writes.shutdown()
+        nursery.cancel_scope.cancel()
 
 
 def set_kernel_readahead(config: MountConfig) -> None:
