@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (
+    _LOUD,
     REPO,
     _require_fuse,
     daemon_pids,
@@ -85,7 +86,7 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     _require_fuse()
     src = tmp_path / "src"
     (src / "train").mkdir(parents=True)
@@ -111,6 +112,10 @@ def env(tmp_path: Path) -> Iterator[Env]:
         for pid in daemon_pids(mnt):  # only ours: the mountpoint is under tmp_path
             os.kill(pid, signal.SIGKILL)
         fusermount_u(mnt)
+    # As for every mount in these tests: a daemon warning fails the test.
+    if e.log.exists() and request.node.get_closest_marker("allow_warnings") is None:
+        loud = [line for line in e.log.read_text().splitlines() if _LOUD.search(line)]
+        assert not loud, "daemon logged warnings:\n" + "\n".join(loud[:20])
 
 
 def stop_and_wait(proc: subprocess.Popen[bytes], sig: int) -> int:
@@ -176,6 +181,7 @@ def test_a_dead_mount_is_cleared_at_start(env: Env) -> None:
     env.assert_clean()
 
 
+@pytest.mark.allow_warnings
 def test_a_daemon_that_fails_to_start_fails_the_script(env: Env) -> None:
     proc = env.start(env={"ALLUXIOFUSE_SOURCE": str(env.tmp / "missing")})
     assert proc.wait(TIMEOUT) == 1  # the daemon's exit code
