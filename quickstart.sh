@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev)
-TEST_APT_PACKAGES=(etcd-server)  # tests start their own etcd on loopback ports
+TEST_APT_PACKAGES=(etcd-server tini)  # tests start their own etcd on loopback ports; tini:
+# the container entrypoint is tested under it, as PID 1 (tests/integration/test_entrypoint.py)
 
 install_system_packages() {
     local missing=()
