@@ -275,3 +275,16 @@ def test_worker_rest_metrics_count_the_calls_made(
         assert after.sum("alluxiofuse_ufs_fallback_total", op="read") - before.sum(
             "alluxiofuse_ufs_fallback_total", op="read") == 3
         assert delta("alluxiofuse_worker_read_bytes_total") == 0
+
+        # A worker answering 503 is asked again, --worker-retries times, then read around.
+        (ufs / "busy.bin").write_bytes(cached[:MiB])
+        cluster.load("busy.bin")
+        cluster.workers[0].faults(status=503, routes=["file"])
+        before = after
+        assert read_bytes(m.path / "busy.bin") == cached[:MiB]
+        after = m.scrape()
+        assert delta("alluxiofuse_worker_retries_total", method="page") == 2
+        assert delta("alluxio_http_server_result_total", method="page", state="retryable") == 3
+        assert delta("alluxio_http_server_call_latency_ms_count", method="page",
+                     success="false") == 3
+        assert delta("alluxiofuse_ufs_fallback_bytes_total") == MiB
