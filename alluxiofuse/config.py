@@ -104,7 +104,9 @@ class MountConfig:
     membership_refresh: float = 30.0
     virtual_nodes: int = 2000
     # Process.
-    metrics_addr: str = DEFAULT_METRICS_ADDR  # "host:port", or "off"
+    # "host:port", ":port" (every interface) or "off"; None: DEFAULT_METRICS_ADDR, which
+    # a second mount on the host may find taken (then it runs without metrics)
+    metrics_addr: str | None = None
     log_level: str = "info"
     log_file: str | None = None
     slow_op_threshold: float = 10.0  # a FUSE request slower than this is a warning; 0 = never
@@ -226,12 +228,13 @@ def parse_metrics_addr(value: Any) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"not HOST:PORT or off: {value!r}")
-    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
+    host = host.removeprefix("[").removesuffix("]")
     return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
 
 
 def split_addr(addr: str) -> tuple[str, int]:
-    """``"host:port"`` as made by :func:`parse_metrics_addr` → (host, port)."""
+    """``"host:port"`` as made by :func:`parse_metrics_addr` → (host, port); the host is
+    "" for every interface."""
     host, _, port = addr.rpartition(":")
     return host.removeprefix("[").removesuffix("]"), int(port)
 
@@ -457,17 +460,29 @@ def _read_meminfo_total() -> int:
     return 4 * GiB
 
 
+# What the process may hold beyond its memory budget: Python with the daemon's libraries
+# loaded is about 50 MiB resident; the rest covers threads, buffers and allocator slack.
+ALLOWANCE = 128 * MiB
+
+
+def cgroup_ceiling(limit: int) -> int:
+    """The resident size to keep under in a cgroup of this limit: 90%, leaving the kernel
+    room for the spool's page cache before it reclaims or kills."""
+    return limit * 9 // 10
+
+
 def default_memory_budget(limits: MemoryLimits) -> int:
     """What the caches may hold unless --memory-budget says.
 
     On a host: an eighth of RAM, between 64 MiB and 4 GiB, leaving room for the programs
     reading through the mount. Under a cgroup limit (a container, a systemd unit's
     MemoryMax=): at most half of it, as the daemon is then usually the cgroup's main
-    tenant and the other half covers the interpreter, threads and allocator slack.
+    tenant, and no more than leaves the rest of the process its allowance below the
+    cgroup ceiling (which matters under small limits: 256 MiB gives 102 MiB).
     """
     budget = max(64 * MiB, min(4 * GiB, limits.ram // 8))
     if limits.cgroup is not None:
-        budget = min(budget, limits.cgroup // 2)
+        budget = min(budget, limits.cgroup // 2, cgroup_ceiling(limits.cgroup) - ALLOWANCE)
     return max(16 * MiB, budget)
 
 

@@ -24,12 +24,18 @@ from alluxiofuse import __version__
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.backends.cluster import MTIME_UNIT_NS, Membership, open_cluster
 from alluxiofuse.backends.ufs import open_ufs
-from alluxiofuse.config import DEFAULT_METRICS_ADDR, MountConfig, memory_limits, split_addr
+from alluxiofuse.config import (
+    ALLOWANCE,
+    DEFAULT_METRICS_ADDR,
+    MountConfig,
+    memory_limits,
+    split_addr,
+)
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
 from alluxiofuse.exporter import Exporter, Health
 from alluxiofuse.fs import Filesystem
-from alluxiofuse.logs import redact, secrets_of, setup_logging
-from alluxiofuse.memory import ALLOWANCE, MemoryGovernor
+from alluxiofuse.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
+from alluxiofuse.memory import MemoryGovernor
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
@@ -84,22 +90,25 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
         if not isinstance(e, ConfigError | StartupError):
             log.critical("daemon failed: %s", e, exc_info=e)
             e = StartupError(f"daemon failed: {type(e).__name__}: {e}")
+        reason = redact(str(e), secrets_of(config))  # stderr and the journal: no secrets
         if notify_fd is not None or config.log_file:  # else the log is this very stderr
-            log.error("%s", e)
+            log.error("%s", reason)
         if notify_fd is None:
-            print(f"alluxiofuse: {e}", file=sys.stderr)
-        notify(f"error: {e}")
-        notifier.send(f"STATUS=failed: {redact(str(e), secrets_of(config))}")
+            print(f"alluxiofuse: {reason}", file=sys.stderr)
+        notify(f"error: {reason}")
+        notifier.send(f"STATUS=failed: {reason}")
         return 1
     return 0
 
 
 def describe_options(config: MountConfig) -> str:
-    """The options that differ from their defaults, for the log (which redacts secrets)."""
+    """The options that differ from their defaults, for the log, secrets masked."""
+    shown = dataclasses.replace(config, ufs_options=mask_secrets(config.ufs_options),
+                                etcd_password=config.etcd_password and REDACTED)
     defaults = MountConfig(source="", mountpoint="")
-    changed = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+    changed = [f"{f.name}={getattr(shown, f.name)!r}" for f in dataclasses.fields(shown)
                if f.name not in ("source", "mountpoint")
-               and getattr(config, f.name) != getattr(defaults, f.name)]
+               and getattr(shown, f.name) != getattr(defaults, f.name)]
     return ", ".join(changed) or "defaults"
 
 
@@ -137,15 +146,22 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
     notifier = notifier or Notifier({})
     metrics = Metrics(new_registry())
     health = Health()
-    exporter = start_exporter(config, metrics, health)
-    limiter = trio.CapacityLimiter(config.io_threads)
-    ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
-                   mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
-                   part_size=config.upload_part_size)
-    cluster = open_cluster(config, ufs, metrics) if config.cluster else None
-    backend: Backend = cluster or ufs
-    spool: Spool | None = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # closed in reverse, however it ends
+        exporter = start_exporter(config, metrics, health)
+        if exporter is not None:
+            stack.callback(exporter.close)
+        background = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(background.cancel_scope.cancel)
+        background.start_soon(_beat, health)
+        limiter = trio.CapacityLimiter(config.io_threads)
+        ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
+                       mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
+                       part_size=config.upload_part_size)
+        stack.push_async_callback(ufs.aclose)
+        cluster = open_cluster(config, ufs, metrics) if config.cluster else None
+        if cluster is not None:
+            stack.push_async_callback(cluster.aclose)
+        backend: Backend = cluster or ufs
         notifier.send(f"STATUS=checking source {redact(config.source, [])}")
         if cluster is not None:
             await read_membership(cluster.membership)
@@ -158,12 +174,14 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
         if not config.read_only:
             spool = await trio.to_thread.run_sync(
                 Spool.open, config.cache_dir, config.source, config.cache_size)
+            stack.callback(spool.close)
             io = DiskIO(trio.CapacityLimiter(config.io_threads), config.io_timeout)
             writes = Writes(config, backend, spool, io)
             await writes.recover()
             uploader = writes.uploader
             metrics.watch_uploads(lambda: len(uploader), uploader.pending_bytes,
                                   lambda: uploader.failures)
+        session = KernelSession()
         async with trio.open_nursery() as nursery:
             if cluster is not None:
                 nursery.start_soon(cluster.membership.run, config.membership_refresh)
@@ -183,7 +201,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             notifier.send(f"STATUS=mounting at {config.mountpoint}")
             mount(ops, config)
             try:
-                nursery.start_soon(_handle_signals, fs, metrics)
+                nursery.start_soon(_handle_signals, fs, metrics, session)
                 nursery.start_soon(probe_backend, backend, health, config.io_timeout)
                 nursery.start_soon(govern_memory, fs, config, metrics)
                 nursery.start_soon(notifier.keep_watchdog)
@@ -193,18 +211,37 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             finally:
                 health.stopping = True
                 notifier.send("STOPPING=1", "STATUS=unmounting")
-                pyfuse3.close(unmount=True)
-                if writes is not None:
-                    with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True):
+                    await session.close()
+                    if writes is not None:
                         await _drain(writes, notifier)
                 nursery.cancel_scope.cancel()
         log.info("unmounted %s", config.mountpoint)
-    finally:
-        if spool is not None:
-            spool.close()
-        if exporter is not None:
-            exporter.close()
-        await backend.aclose()
+
+
+class KernelSession:
+    """pyfuse3's one session, open until :meth:`close`.
+
+    A signal can arrive once the session is closed (an unmount from outside, then
+    SIGTERM while uploads drain), and pyfuse3's calls on a closed session crash the
+    process; a SIGHUP's invalidations run in a thread and must not overlap the close.
+    """
+
+    def __init__(self) -> None:
+        self.open = True
+        self.lock = trio.Lock()  # held while the session is used off the event loop
+
+    async def close(self) -> None:
+        async with self.lock:
+            self.open = False
+            pyfuse3.close(unmount=True)
+
+
+async def _beat(health: Health) -> None:
+    """Show /healthz that the event loop runs: a stuck loop stops the beat."""
+    while True:
+        health.beat()
+        await trio.sleep(1)
 
 
 def start_exporter(config: MountConfig, metrics: Metrics, health: Health) -> Exporter | None:
@@ -213,14 +250,15 @@ def start_exporter(config: MountConfig, metrics: Metrics, health: Health) -> Exp
     A busy port is a start-up error when the address was asked for, and a warning at the
     default address: a second mount on a host must not fail for want of a metrics port.
     """
-    if config.metrics_addr == "off":
+    addr = config.metrics_addr or DEFAULT_METRICS_ADDR
+    if addr == "off":
         return None
-    host, port = split_addr(config.metrics_addr)
+    host, port = split_addr(addr)
     try:
         exporter = Exporter(host, port, metrics.registry, health)
     except OSError as e:
-        message = f"cannot serve metrics on {config.metrics_addr}: {e.strerror or e}"
-        if config.metrics_addr != DEFAULT_METRICS_ADDR:
+        message = f"cannot serve metrics on {addr}: {e.strerror or e}"
+        if config.metrics_addr is not None:
             raise StartupError(message + " (choose another --metrics-addr, or off)") from None
         log.warning("%s; no metrics for this mount (set --metrics-addr)", message)
         return None
@@ -419,20 +457,24 @@ def _mount_device(mountpoint: str) -> str | None:
     return device
 
 
-async def _handle_signals(fs: Filesystem, metrics: Metrics) -> None:
-    """SIGTERM or SIGINT: stop serving (``serve`` then unmounts). SIGHUP: drop the
-    metadata and page caches, ours and the kernel's."""
+async def _handle_signals(fs: Filesystem, metrics: Metrics, session: KernelSession) -> None:
+    """SIGTERM or SIGINT: stop serving (``serve`` then unmounts); once stopping, they are
+    noted and otherwise ignored, so that owed uploads drain. SIGHUP: drop the metadata
+    and page caches, ours and the kernel's."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            if signum == signal.SIGHUP:
-                numbers = fs.drop_caches()
-                # In a thread: the kernel waits for pages being read to be unlocked, and
-                # their reads need this event loop to answer them.
-                await trio.to_thread.run_sync(_invalidate_kernel_caches, numbers)
-                metrics.cache_drops.inc()
-                log.info("SIGHUP: dropped the metadata and page caches (%d inodes)",
-                         len(numbers))
-                continue
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+            name = signal.Signals(signum).name
+            async with session.lock:
+                if not session.open:
+                    log.info("%s: already stopping", name)
+                elif signum == signal.SIGHUP:
+                    numbers = fs.drop_caches()
+                    # In a thread: the kernel waits for pages being read to be unlocked,
+                    # and their reads need this event loop to answer them.
+                    await trio.to_thread.run_sync(_invalidate_kernel_caches, numbers)
+                    metrics.cache_drops.inc()
+                    log.info("SIGHUP: dropped the metadata and page caches (%d inodes)",
+                             len(numbers))
+                else:
+                    log.info("%s: unmounting", name)
+                    pyfuse3.terminate()

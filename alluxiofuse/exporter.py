@@ -1,17 +1,19 @@
 """The daemon's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``, on one thread.
 
 It runs in a thread of its own (stdlib ``wsgiref`` with a thread per request), not on the
-event loop: a scrape must answer while the loop is busy, and ``/healthz`` answering is then
-evidence that the process lives, nothing more. ``/readyz`` reports what the event loop
-last recorded in :class:`Health`: plain attributes, written by the loop, read here.
+event loop: a scrape must answer while the loop is busy. ``/healthz`` and ``/readyz``
+report what the event loop last recorded in :class:`Health` (plain attributes, written by
+the loop, read here), so a loop stuck for good makes ``/healthz`` fail.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -23,13 +25,30 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 
 
-class Health:
-    """What ``/readyz`` reports: mounted, and the backend answering its last probe."""
+# /healthz fails once the event loop has not beaten for this long: a loop stuck this long
+# serves no request, and a restart is the only way out.
+STALL_LIMIT = 30.0
 
-    def __init__(self) -> None:
+
+class Health:
+    """What ``/healthz`` and ``/readyz`` report: the event loop beating, mounted, and the
+    backend answering its last probe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.mounted = False
         self.stopping = False
         self.backend_error: str | None = "not probed yet"
+        self._clock = clock
+        self._last_beat = clock()
+
+    def beat(self) -> None:
+        """Called by the event loop every second."""
+        self._last_beat = self._clock()
+
+    def stall(self) -> str | None:
+        """Why the process is not healthy (its event loop stuck), or None."""
+        quiet = self._clock() - self._last_beat
+        return f"event loop stalled for {quiet:.0f}s" if quiet > STALL_LIMIT else None
 
     def problem(self) -> str | None:
         """Why the mount is not ready, or None when it is."""
@@ -51,6 +70,9 @@ def wsgi_app(registry: CollectorRegistry, health: Health) -> Callable[..., Itera
         if path == "/metrics":
             return metrics(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
+            stall = health.stall()
+            if stall is not None:
+                return _text(start_response, "503 Service Unavailable", stall)
             return _text(start_response, "200 OK", "ok")
         if path == "/readyz":
             problem = health.problem()
@@ -89,12 +111,20 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class Exporter:
-    """Serves :func:`wsgi_app` at ``(host, port)`` until :meth:`close`; port 0 picks one."""
+    """Serves :func:`wsgi_app` at ``(host, port)`` until :meth:`close`; port 0 picks one,
+    host "" every interface (IPv6 and IPv4 where the kernel has IPv6, else IPv4)."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry, health: Health) -> None:
         # Binding here, in the caller, makes a busy port an error the caller can report.
-        self._server = make_server(host, port, wsgi_app(registry, health),
-                                   server_class=_Server, handler_class=_QuietHandler)
+        app = wsgi_app(registry, health)
+        try:
+            self._server = make_server(host or "::", port, app, server_class=_Server,
+                                       handler_class=_QuietHandler)
+        except OSError as e:
+            if host or e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            self._server = make_server("0.0.0.0", port, app, server_class=_Server,
+                                       handler_class=_QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="alluxiofuse-exporter", daemon=True)
         self._thread.start()

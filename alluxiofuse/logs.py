@@ -19,10 +19,13 @@ from typing import Any
 from alluxiofuse.config import MountConfig
 
 REDACTED = "***"
-# Option names whose values are secret. "key" alone is s3fs's access key id: redacted too.
-_SECRET_NAME = re.compile(r"secret|passw|token|credential|key|session|signature|auth|sas",
+# Option names whose values are secret. "key" alone is s3fs's access key id: redacted too;
+# a connection string (Azure's) carries an account key.
+_SECRET_NAME = re.compile(r"secret|passw|token|credential|key|session|sig|auth|sas|conn",
                           re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+# user:password@ in a URL; the password may hold '@' and '/': it runs to the last '@'
+# before the end of the word.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)\S*@")
 _SHORTEST_SECRET = 4  # shorter values would redact ordinary words and numbers
 
 
@@ -43,6 +46,20 @@ def _secret_values(options: Mapping[str, Any], secret: bool = False) -> Iterator
             yield from _secret_values({str(i): item for i, item in enumerate(value)}, is_secret)
         elif is_secret and value is not None and not isinstance(value, bool):
             yield str(value)
+
+
+def mask_secrets(options: Mapping[str, Any], secret: bool = False) -> dict[str, Any]:
+    """``options`` with every secret value replaced by ``***``, at any depth."""
+    masked: dict[str, Any] = {}
+    for name, value in options.items():
+        is_secret = secret or bool(_SECRET_NAME.search(str(name)))
+        if isinstance(value, Mapping):
+            masked[name] = mask_secrets(value, is_secret)
+        elif is_secret and value is not None and not isinstance(value, bool):
+            masked[name] = REDACTED
+        else:
+            masked[name] = value
+    return masked
 
 
 def redact(text: str, secrets: list[str]) -> str:

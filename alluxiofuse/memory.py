@@ -11,11 +11,7 @@ bound.
 
 from __future__ import annotations
 
-from alluxiofuse.config import MiB
-
-# What the process may hold beyond its budget: Python with the daemon's libraries loaded
-# is about 50 MiB resident; the rest covers threads, buffers and allocator slack.
-ALLOWANCE = 128 * MiB
+from alluxiofuse.config import ALLOWANCE, cgroup_ceiling
 
 
 class MemoryGovernor:
@@ -34,7 +30,7 @@ class MemoryGovernor:
         below the cgroup's limit, past which the kernel would reclaim or kill."""
         ceiling = self.budget + ALLOWANCE
         if self.cgroup_limit is not None:
-            ceiling = min(ceiling, self.cgroup_limit * 9 // 10)
+            ceiling = min(ceiling, cgroup_ceiling(self.cgroup_limit))
         return ceiling
 
     def update(self, resident: int, cache_bytes: int) -> int:

@@ -25,6 +25,7 @@ from typing import NamedTuple, TextIO
 from alluxiofuse import cli
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import ConfigError
+from alluxiofuse.logs import redact, secrets_of
 
 PROG = "mount.alluxiofuse"
 USAGE = f"usage: {PROG} SOURCE DIR [-sfnv] [-o OPTION[,OPTION...]]"
@@ -299,7 +300,7 @@ def describe(invocation: Invocation, options: Plan, config: MountConfig) -> None
     """What -v prints: the equivalent command and what happens to mount(8)'s options."""
     command = ["alluxiofuse", "mount", invocation.source, invocation.mountpoint,
                *options.cli_args]
-    print(f"{PROG}: {shlex.join(command)}")
+    print(f"{PROG}: {redact(shlex.join(command), secrets_of(config))}")
     if config.kernel_flags:
         print(f"{PROG}: kernel flags: {','.join(sorted(config.kernel_flags))}")
     if options.ignored:

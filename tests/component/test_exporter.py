@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
@@ -80,3 +81,51 @@ def test_a_stalled_client_does_not_block_others(
     host, port = exporter.url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10):  # sends nothing
         assert httpx.get(exporter.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_healthz_fails_when_the_event_loop_stops_beating() -> None:
+    now = [100.0]
+    health, registry = Health(clock=lambda: now[0]), new_registry()
+    exporter = Exporter("127.0.0.1", 0, registry, health)
+    try:
+        def get() -> tuple[int, str]:
+            r = httpx.get(exporter.url + "/healthz", timeout=10)
+            return r.status_code, r.text.strip()
+
+        now[0] += 29
+        assert get() == (200, "ok")
+        now[0] += 2
+        assert get() == (503, "event loop stalled for 31s")
+        health.beat()
+        assert get() == (200, "ok")
+    finally:
+        exporter.close()
+
+
+def test_every_interface_is_reachable_over_ipv4_and_ipv6() -> None:
+    exporter = Exporter("", 0, new_registry(), Health())
+    try:
+        port = int(exporter.url.rsplit(":", 1)[1])
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        if socket.has_ipv6 and os.path.exists("/proc/net/if_inet6"):
+            assert httpx.get(f"http://[::1]:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        exporter.close()
+
+
+@pytest.mark.allow_warnings
+def test_a_busy_port_stops_the_mount_only_when_it_was_asked_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from alluxiofuse import daemon
+    from alluxiofuse.config import build_config
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        addr = f"127.0.0.1:{busy.getsockname()[1]}"
+        asked = build_config({"source": "/s", "mountpoint": "/m", "metrics_addr": addr})
+        with pytest.raises(daemon.StartupError, match=f"cannot serve metrics on {addr}"):
+            daemon.start_exporter(asked, Metrics(new_registry()), Health())
+        monkeypatch.setattr(daemon, "DEFAULT_METRICS_ADDR", addr)
+        default = build_config({"source": "/s", "mountpoint": "/m"})
+        assert daemon.start_exporter(default, Metrics(new_registry()), Health()) is None
+        assert f"cannot serve metrics on {addr}" in caplog.text

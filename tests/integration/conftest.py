@@ -129,8 +129,15 @@ class Scrape:
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
     def __call__(self, name: str, **labels: str) -> float:
-        """A sample's value; 0 for one not exported yet (a labelled counter never incremented)."""
-        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
+        """A sample's value; an AssertionError if the daemon does not export it."""
+        key = (name, tuple(sorted(labels.items())))
+        if key not in self.samples:
+            raise AssertionError(f"no sample {name}{labels or ''} in the scrape")
+        return self.samples[key]
+
+    def get(self, name: str, default: float, **labels: str) -> float:
+        """A sample's value, or ``default`` (a labelled counter not incremented yet)."""
+        return self.samples.get((name, tuple(sorted(labels.items()))), default)
 
     def sum(self, name: str, **labels: str) -> float:
         """The sum over every sample of ``name`` whose labels include ``labels``."""

@@ -55,7 +55,8 @@ class Env:
     procs: list[subprocess.Popen[bytes]]
 
     def options(self) -> list[str]:
-        return ["--cache-dir", str(self.tmp / "cache"), "--log-file", str(self.log)]
+        return ["--cache-dir", str(self.tmp / "cache"), "--log-file", str(self.log),
+                "--metrics-addr", "127.0.0.1:0"]  # never the host's default port
 
     def start(self, *args: str, env: dict[str, str] | None = None,
               prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:

@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     CLI,
     MountFactory,
     errno_of,
+    fusermount_u,
     ismount,
     read_bytes,
     run,
@@ -120,3 +121,29 @@ def test_umount_clears_a_dead_mount_after_kill_9(mount: MountFactory, tmp_path: 
         assert read_bytes(m.path / "f") == b"f"
     finally:
         assert run([*CLI, "umount", str(m.path)], check=False).returncode == 0
+
+
+@pytest.mark.allow_warnings
+def test_sigterm_after_an_outside_unmount_lets_uploads_drain(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    """What Kubernetes does: a preStop unmount, then SIGTERM while uploads are owed. The
+    daemon notes the signal and goes on draining (it must not touch the closed session)."""
+    src, control = tmp_path / "src", str(tmp_path / "control.json")
+    src.mkdir()
+    set_failure(control, ["open_write"], mode="hang")
+    m = mount(f"flaky://{src}", f"--ufs-option=control={control}",
+              "--write-type", "ASYNC_THROUGH")
+    data = os.urandom(200_000)
+    (m.path / "owed").write_bytes(data)
+    fusermount_u(m.path)
+    assert wait_until(lambda: "unmounted" in m.log_text() or not ismount(m.path), 10)
+    time.sleep(0.5)
+    m.proc.send_signal(signal.SIGTERM)
+    m.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "SIGHUP: already stopping" in m.log_text(), 10), m.log_text()
+    assert m.proc.poll() is None  # still draining
+    clear_failure(control)
+    assert m.proc.wait(60) == 0
+    assert (src / "owed").read_bytes() == data
+    assert "SIGTERM: already stopping" in m.log_text()

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import MountFactory
+from tests.integration.conftest import CLI, MountFactory, run
 
 pytestmark = pytest.mark.integration
 
-SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+SECRET = "wJalrXUtnFEMI\\K7MDENG-bPxRfiCY"  # a backslash: repr() would double it
 NESTED = "FwoGZXIvYXdzEJr-session-token"
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 
@@ -70,3 +70,17 @@ def test_log_lines_levels_slow_requests_and_no_secrets(
     levels = {line.split()[2] for line in quiet.log_text().splitlines()}
     assert levels == {"WARNING"}, quiet.log_text()
 
+
+
+@pytest.mark.parametrize("foreground", [True, False], ids=["foreground", "background"])
+def test_a_failed_start_says_why_without_the_password(tmp_path: Path, foreground: bool) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    source = "memory://alice:url-pa55word@/no-such-dir"
+    result = run([*CLI, "mount", source, str(mnt), "--metrics-addr", "off",
+                  "--cache-dir", str(tmp_path / "cache"), *(["-f"] if foreground else [])],
+                 check=False)
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert "source does not exist: memory://alice:***@/no-such-dir" in err
+    assert "url-pa55word" not in err

@@ -3,6 +3,7 @@ default, and the page cache shrinks when the process nears that limit."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -112,16 +113,18 @@ class MemoryCgroup:
         v2_root = Path("/sys/fs/cgroup")
         if "memory" in _read(v2_root / "cgroup.controllers").split():
             self.path = v2_root / name
-            self.path.mkdir()
-            (self.path / "memory.max").write_text(str(limit))
-            self._events = "memory.events"
+            limit_file = "memory.max"
         else:  # v1: the memory hierarchy, below the cgroup this test runs in
             own = next(line.split(":", 2)[2] for line in _read(Path("/proc/self/cgroup"))
                        .splitlines() if "memory" in line.split(":")[1].split(","))
             self.path = Path("/sys/fs/cgroup/memory") / own.strip("/") / name
-            self.path.mkdir()
-            (self.path / "memory.limit_in_bytes").write_text(str(limit))
-            self._events = "memory.oom_control"
+            limit_file = "memory.limit_in_bytes"
+        self.path.mkdir()
+        try:
+            (self.path / limit_file).write_text(str(limit))
+        except OSError:
+            self.path.rmdir()
+            raise
 
     def enter(self) -> None:
         """Move the calling process in (run in the child, before exec)."""
@@ -148,19 +151,21 @@ def _read(path: Path) -> str:
 
 @pytest.fixture
 def cgroup_mount(tmp_path: Path) -> Iterator[object]:
-    made: list[tuple[Mount, MemoryCgroup]] = []
+    cleanup = contextlib.ExitStack()  # each step undone, even if an earlier undo fails
 
     def start(src: Path, limit: int, *options: str) -> Mount:
-        group = MemoryCgroup(f"alluxiofuse-test-{os.getpid()}-{len(made)}", limit)
-        mnt = tmp_path / f"mnt{len(made)}"
+        n = len(list(tmp_path.glob("mnt*")))
+        group = MemoryCgroup(f"alluxiofuse-test-{os.getpid()}-{n}", limit)
+        cleanup.callback(group.remove)
+        mnt = tmp_path / f"mnt{n}"
         mnt.mkdir()
-        log = tmp_path / f"daemon{len(made)}.log"
+        log = tmp_path / f"daemon{n}.log"
         args = ["mount", str(src), str(mnt), "-f", "--log-file", str(log), "--metrics-addr",
                 "127.0.0.1:0", "--cache-dir", str(tmp_path / "cache"), "--strict", *options]
         proc = subprocess.Popen([*DAEMON, *args], cwd=REPO, preexec_fn=group.enter,
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
         m = Mount(mnt, str(src), proc, log)
-        made.append((m, group))
+        cleanup.callback(m.close)
         deadline = time.monotonic() + 30
         while not ismount(mnt):
             assert proc.poll() is None, m.log_text()
@@ -168,12 +173,8 @@ def cgroup_mount(tmp_path: Path) -> Iterator[object]:
             time.sleep(0.05)
         return m
 
-    try:
+    with cleanup:
         yield start
-    finally:
-        for m, group in made:
-            m.close()
-            group.remove()
 
 
 def test_default_budget_is_half_the_cgroup_limit(cgroup_mount: object, tmp_path: Path) -> None:
@@ -202,3 +203,4 @@ def test_near_the_cgroup_limit_the_cache_shrinks_instead(
     assert scrape("alluxiofuse_memory_pressure_shrinks_total") >= 1
     assert scrape("alluxiofuse_page_cache_capacity_bytes") < 200 * MiB
     assert scrape("process_resident_memory_bytes") <= limit * 9 // 10 + 16 * MiB
+    assert _peak_rss(m.proc.pid) < limit  # never near the OOM killer, at any moment

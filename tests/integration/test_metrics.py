@@ -35,7 +35,8 @@ def _read(path: Path, limit: int = -1) -> bytes:
 
 
 def _delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
-    return after(name, **labels) - before(name, **labels)
+    """How far a sample moved; it must be exported afterwards (before, it may not be yet)."""
+    return after(name, **labels) - before.get(name, 0.0, **labels)
 
 
 def _eventually(m: Mount, check: Callable[[Scrape], bool], timeout: float = 20) -> Scrape:
@@ -95,7 +96,7 @@ def test_readahead_used_wasted_evictions_and_sighup(mount: MountFactory, tmp_pat
     # Read-ahead past where the reader stops is wasted once dropped: SIGHUP drops it.
     assert len(_read(m.path / "c.bin", 3 * MiB)) == 3 * MiB
     s2 = _eventually(m, lambda s: s("alluxiofuse_readahead_used_bytes_total") > used
-                     and s("alluxiofuse_fuse_op_seconds_count", op="read") > 0)
+                     and s.get("alluxiofuse_fuse_op_seconds_count", 0, op="read") > 0)
     held = s2("alluxiofuse_page_cache_bytes")
     assert held > 8 * MiB + 3 * MiB  # b, the start of c, and pages of c fetched ahead
     m.proc.send_signal(signal.SIGHUP)

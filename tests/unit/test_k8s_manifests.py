@@ -28,7 +28,9 @@ from alluxiofuse.config import (
     MiB,
     build_config,
     parse_duration,
+    parse_metrics_addr,
     parse_size,
+    split_addr,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,11 +258,10 @@ def problems(docs: list[dict[str, Any]]) -> list[str]:
                 out.append("alluxiofuse: no /dev/fuse (not privileged, no CharDevice hostPath)")
 
         # Probes: where the daemon serves, reachable from the kubelet (the pod's IP).
-        addr = option(args, "metrics-addr") or config.get("metrics_addr") or DEFAULT_METRICS_ADDR
-        host, _, port_text = str(addr).rpartition(":")
-        host = host.strip("[]")
-        if host in ("", "off", "localhost") or (host not in ("0.0.0.0", "::")
-                                                and _is_loopback(host)):
+        addr = parse_metrics_addr(option(args, "metrics-addr") or config.get("metrics_addr")
+                                  or DEFAULT_METRICS_ADDR)
+        host, served = split_addr(addr) if addr != "off" else ("localhost", 0)
+        if host == "localhost" or (host not in ("", "0.0.0.0", "::") and _is_loopback(host)):
             out.append(f"alluxiofuse: metrics on {addr}: the kubelet probes the pod's IP")
         ports = {p.get("name"): p["containerPort"] for p in side.get("ports", [])}
         for probe, path in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"),
@@ -270,7 +271,7 @@ def problems(docs: list[dict[str, Any]]) -> list[str]:
                 out.append(f"alluxiofuse: no {probe} httpGet {path}")
                 continue
             port = ports.get(get["port"], get["port"])
-            if get.get("path") != path or str(port) != port_text or get.get("host"):
+            if get.get("path") != path or port != served or get.get("host"):
                 out.append(f"alluxiofuse: {probe} asks {get.get('host', '')}:{port}"
                            f"{get.get('path')}, the daemon serves {path} on {addr}")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from alluxiofuse.config import GiB, MiB
-from alluxiofuse.memory import ALLOWANCE, MemoryGovernor
+from alluxiofuse.config import ALLOWANCE, GiB, MiB
+from alluxiofuse.memory import MemoryGovernor
 
 
 def governor(cgroup: int | None = None) -> MemoryGovernor:

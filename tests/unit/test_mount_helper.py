@@ -217,6 +217,16 @@ def test_fake_mount_checks_options_and_mounts_nothing(
     assert "-f: not mounting" in out
 
 
+def test_verbose_output_shows_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, _, out = _main(capsys, "s3://alice:url-pa55word@bucket/data", str(tmp_path),
+                           "-fv", "-o", "ufs_option=secret=hunter2-xyz,etcd_password=etcd-pw-1")
+    assert status == EX_OK
+    assert "hunter2-xyz" not in out and "url-pa55word" not in out and "etcd-pw-1" not in out
+    assert "s3://alice:***@bucket/data" in out and "secret=***" in out
+
+
 @pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK), reason="needs /dev/fuse")
 @pytest.mark.parametrize(("argv", "status", "says"), [
     (["{tmp}"], EX_USAGE, "usage: mount.alluxiofuse"),
