@@ -249,8 +249,10 @@ def test_worker_rest_metrics_count_the_calls_made(
     cached, uncached = os.urandom(3 * MiB), os.urandom(2 * MiB + 5)
     (ufs / "cached.bin").write_bytes(cached)
     (ufs / "uncached.bin").write_bytes(uncached)
+    (ufs / "busy.bin").write_bytes(cached[:MiB])
     with sim_cluster(etcd, ufs, tmp_path / "store", 1) as cluster:
         cluster.load("cached.bin")
+        cluster.load("busy.bin")
         m = mount(cluster.ufs, *_cluster_options(etcd))
         before = m.scrape()
         assert read_bytes(m.path / "cached.bin") == cached
@@ -277,8 +279,6 @@ def test_worker_rest_metrics_count_the_calls_made(
         assert delta("alluxiofuse_worker_read_bytes_total") == 0
 
         # A worker answering 503 is asked again, --worker-retries times, then read around.
-        (ufs / "busy.bin").write_bytes(cached[:MiB])
-        cluster.load("busy.bin")
         cluster.workers[0].faults(status=503, routes=["file"])
         before = after
         assert read_bytes(m.path / "busy.bin") == cached[:MiB]
