@@ -8,8 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev)
-TEST_APT_PACKAGES=(etcd-server tini)  # tests start their own etcd on loopback ports; tini:
-# the container entrypoint is tested under it, as PID 1 (tests/integration/test_entrypoint.py)
+# Tests start their own etcd on loopback ports; the container entrypoint is tested under
+# tini as PID 1; the systemd units are checked with systemd-analyze (a missing one fails
+# those tests under CI=true: tests/needs.py).
+TEST_APT_PACKAGES=(etcd-server tini systemd)
 
 install_system_packages() {
     local missing=()

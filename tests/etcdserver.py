@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.needs import need
 
 
 def _free_port() -> int:
@@ -28,11 +29,8 @@ def etcd_server(data_dir: Path) -> Iterator[str]:
     """Start etcd on free 127.0.0.1 ports; yield its client URL. Under CI=true a missing
     etcd binary fails the test (CI installs etcd-server); elsewhere it skips."""
     binary = shutil.which("etcd")
-    if binary is None:
-        message = "etcd not installed (Debian: apt install etcd-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need(binary, "etcd not installed (Debian: apt install etcd-server)")
+    assert binary is not None
     client, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
     log = open(data_dir.parent / "etcd.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(

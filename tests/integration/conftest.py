@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import need
+
 REPO = Path(__file__).resolve().parents[2]
 # The daemon's command line: the real CLI, with the test-only flaky:// protocol registered.
 DAEMON = [
@@ -31,15 +33,8 @@ _LOUD = re.compile(r" (WARNING|ERROR|CRITICAL) alluxiofuse")
 
 
 def _require_fuse() -> None:
-    problem = None
-    if not os.path.exists("/dev/fuse"):
-        problem = "/dev/fuse is missing"
-    elif os.geteuid() != 0:
-        problem = "integration tests mount as root"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{problem}: integration tests must run in CI")
-        pytest.skip(problem)
+    need(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    need(os.geteuid() == 0, "integration tests mount as root")
 
 
 def with_timeout(fn: Callable[[], object], timeout: float) -> object:

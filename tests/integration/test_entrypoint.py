@@ -28,6 +28,7 @@ from tests.integration.conftest import (
     read_bytes,
     wait_until,
 )
+from tests.needs import need
 
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 TIMEOUT = 30.0
@@ -212,10 +213,8 @@ def test_under_tini_as_pid_1(env: Env) -> None:
     """The image's ENTRYPOINT chain: tini is PID 1 of a new PID namespace, as in a
     container, and a SIGTERM to it (what the runtime sends) reaches the daemon."""
     tini = shutil.which("tini")
-    if tini is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("tini is missing: quickstart.sh installs it for the tests")
-        pytest.skip("tini is not installed")
+    need(tini, "tini is not installed (quickstart.sh installs it for the tests)")
+    assert tini is not None
     # --kill-child: if unshare dies, so does everything under it.
     proc = env.start(prefix=("unshare", "--pid", "--fork", "--kill-child", tini, "--"))
     env.wait_mounted(proc)

@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     run,
     wait_until,
 )
+from tests.needs import need
 from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.integration
@@ -306,8 +307,7 @@ def test_missing_dev_fuse_is_a_system_error(
     helper: Path, tmp_path: Path, cleanup: list[Path],
 ) -> None:
     """In a mount namespace of its own, where an empty /dev hides /dev/fuse."""
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare(1)")
+    need(shutil.which("unshare"), "unshare(1) is not installed (util-linux)")
     src = _source(tmp_path)
     mnt = _mountpoint(tmp_path, cleanup)
     script = (f"mount -t tmpfs none /dev && exec mount -t alluxiofuse {src} {mnt} "

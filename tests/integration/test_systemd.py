@@ -39,6 +39,7 @@ from tests.integration.conftest import (
     run,
     wait_until,
 )
+from tests.needs import need
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +61,8 @@ def unit_root(tmp_path: Path) -> Path:
     """A root for ``systemd-analyze verify --root``: the host's own units (the targets ours
     are ordered against), ours in /etc/systemd/system, and an executable at each path our
     units run, as after an install."""
-    if shutil.which("systemd-analyze") is None or not os.path.isdir("/usr/lib/systemd/system"):
-        pytest.skip("systemd-analyze or systemd's units are not installed")
+    need(shutil.which("systemd-analyze") and os.path.isdir("/usr/lib/systemd/system"),
+         "systemd-analyze or systemd's units are not installed (apt install systemd)")
     root = tmp_path / "root"
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)

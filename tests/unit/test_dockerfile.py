@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from tests.needs import need
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -213,8 +213,7 @@ def fuse_conf_edit() -> str:
 def debian_fuse_conf() -> str:
     """/etc/fuse.conf as Debian's fuse3 package ships it (user_allow_other commented)."""
     path = Path("/etc/fuse.conf")
-    if not path.exists():
-        pytest.skip("no /etc/fuse.conf (fuse3 is not installed)")
+    need(path.exists(), "no /etc/fuse.conf (fuse3 is not installed)")
     return re.sub(r"(?m)^user_allow_other$", "#user_allow_other", path.read_text())
 
 

@@ -25,6 +25,7 @@ from alluxiofuse.mount_helper import (
     plan,
     split_options,
 )
+from tests.needs import need
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -227,7 +228,6 @@ def test_verbose_output_shows_no_secret(
     assert "s3://alice:***@bucket/data" in out and "secret=***" in out
 
 
-@pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK), reason="needs /dev/fuse")
 @pytest.mark.parametrize(("argv", "status", "says"), [
     (["{tmp}"], EX_USAGE, "usage: mount.alluxiofuse"),
     (["{tmp}", "{tmp}/mnt", "-o", "bogus"], EX_USAGE, "unknown option: bogus"),
@@ -240,6 +240,7 @@ def test_errors_are_one_line_with_mount8_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], status: int,
     says: str,
 ) -> None:
+    need(os.access("/dev/fuse", os.R_OK | os.W_OK), "/dev/fuse is missing")
     (tmp_path / "afile").write_bytes(b"")
     (tmp_path / "sub").mkdir()
     got, err, _ = _main(capsys, *(a.format(tmp=tmp_path) for a in argv))
