@@ -227,15 +227,20 @@ def stop(proc: subprocess.Popen[bytes], mnt: Path) -> None:
 
 
 @contextlib.contextmanager
-def mounted(target: str, src: Path, extra: str) -> Iterator[Mount]:
-    """Yield a fresh mount of `src` (or `src` itself for direct); always clean up."""
+def mounted(
+    target: str, src: Path, extra: str, command: Callable[[Path], list[str]] | None = None,
+) -> Iterator[Mount]:
+    """Yield a fresh mount of `src` (or `src` itself for direct); always clean up.
+    `command(mountpoint)`, if given, is the daemon's command line instead of target's."""
     if target == "direct":
         yield Mount(target, src)
         return
     mnt = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"bench-{target}-mnt-")))
     fd, errname = tempfile.mkstemp(prefix=f"bench-{target}-", suffix=".log")
     cmd = [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
-    if target in FLOORS:
+    if command is not None:
+        cmd = command(mnt)
+    elif target in FLOORS:
         cmd = [sys.executable, str(REPO_ROOT / "bench" / "floor_fs.py"), str(src), str(mnt)]
         cmd += ["--read"] if target == "floor.read" else []
     if target == "alluxiofuse":

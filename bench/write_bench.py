@@ -186,37 +186,13 @@ class Results:
 
 @contextlib.contextmanager
 def mounted(target: str, src: Path, extra: str) -> Iterator[rb.Mount]:
-    """read_bench's mounted(); for a floor the same steps with bench/floor_write.py."""
-    if target not in FLOORS:
-        with rb.mounted(target, src, extra) as m:
-            yield m
-        return
-    mnt = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"bench-{target}-mnt-")))
-    fd, errname = tempfile.mkstemp(prefix=f"bench-{target}-", suffix=".log")
-    cmd = [sys.executable, str(FLOOR_WRITE), str(src), str(mnt), *FLOORS[target]]
-    with os.fdopen(fd, "wb") as errf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errf,
-                                stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
-    m, clean = rb.Mount(target, mnt, proc, Path(errname)), False
-    try:
-        deadline = time.monotonic() + rb.MOUNT_TIMEOUT
-        with rb.watchdog(m, rb.MOUNT_TIMEOUT + 10, "mount"):
-            while not os.path.ismount(mnt):
-                if proc.poll() is not None:
-                    raise BenchError(f"{target} exited ({proc.returncode}) before mounting"
-                                     f"\n    {m.tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{target} not mounted after {rb.MOUNT_TIMEOUT:.0f}s"
-                                     f"\n    {m.tail()}")
-                time.sleep(0.05)
+    """read_bench's mounted(); a floor runs bench/floor_write.py."""
+    command = None
+    if target in FLOORS:
+        def command(mnt: Path) -> list[str]:
+            return [sys.executable, str(FLOOR_WRITE), str(src), str(mnt), *FLOORS[target]]
+    with rb.mounted(target, src, extra, command) as m:
         yield m
-        clean = True
-    finally:
-        rb.stop(proc, mnt)
-        if clean and proc.returncode != 0:
-            log(f"warning: {target} exited with {proc.returncode}\n    {m.tail()}")
-        elif clean:
-            Path(errname).unlink(missing_ok=True)
 
 
 def floor_counts(m: rb.Mount) -> dict[str, int]:
