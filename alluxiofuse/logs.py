@@ -13,7 +13,7 @@ import logging
 import logging.handlers
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from alluxiofuse.config import MountConfig
@@ -31,35 +31,31 @@ _SHORTEST_SECRET = 4  # shorter values would redact ordinary words and numbers
 
 def secrets_of(config: MountConfig) -> list[str]:
     """The secret values of ``config``, longest first (so that none is left half-redacted)."""
-    found = set(_secret_values(config.ufs_options))
+    found: list[str] = []
+    _mask(dict(config.ufs_options), False, found)
     if config.etcd_password:
-        found.add(config.etcd_password)
-    return sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True)
+        found.append(config.etcd_password)
+    return sorted({s for s in found if len(s) >= _SHORTEST_SECRET}, key=len, reverse=True)
 
 
-def _secret_values(options: Mapping[str, Any], secret: bool = False) -> Iterator[str]:
-    for name, value in options.items():
-        is_secret = secret or bool(_SECRET_NAME.search(str(name)))
-        if isinstance(value, Mapping):
-            yield from _secret_values(value, is_secret)
-        elif isinstance(value, list | tuple):
-            yield from _secret_values({str(i): item for i, item in enumerate(value)}, is_secret)
-        elif is_secret and value is not None and not isinstance(value, bool):
-            yield str(value)
-
-
-def mask_secrets(options: Mapping[str, Any], secret: bool = False) -> dict[str, Any]:
+def mask_secrets(options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` with every secret value replaced by ``***``, at any depth."""
-    masked: dict[str, Any] = {}
-    for name, value in options.items():
-        is_secret = secret or bool(_SECRET_NAME.search(str(name)))
-        if isinstance(value, Mapping):
-            masked[name] = mask_secrets(value, is_secret)
-        elif is_secret and value is not None and not isinstance(value, bool):
-            masked[name] = REDACTED
-        else:
-            masked[name] = value
+    masked: dict[str, Any] = _mask(dict(options), False, [])
     return masked
+
+
+def _mask(value: Any, secret: bool, found: list[str]) -> Any:
+    """``value`` with the values under secret-named keys masked; those values go to
+    ``found``. A key's name makes everything below it secret."""
+    if isinstance(value, Mapping):
+        return {name: _mask(item, secret or bool(_SECRET_NAME.search(str(name))), found)
+                for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(item, secret, found) for item in value]
+    if secret and value is not None and not isinstance(value, bool):
+        found.append(str(value))
+        return REDACTED
+    return value
 
 
 def redact(text: str, secrets: list[str]) -> str:
