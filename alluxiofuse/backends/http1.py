@@ -1,11 +1,12 @@
-"""A minimal HTTP/1.1 GET client on trio streams: the worker page path's transport.
+"""A minimal HTTP/1.1 client on trio streams: the transport of the Alluxio hot paths.
 
-Page reads are the hot path of a cluster mount (one request per small file, one per MiB
-of a large one). Through httpx under trio a request costs about 650 µs of event-loop CPU
-(anyio, httpcore's pool scan and readiness poll, h11); this costs about 100 µs
-(bench/RESULTS.md). It does only what a page read needs: ``GET`` with a keep-alive pool of
-connections per address, responses with a ``Content-Length`` (as workers send pages) or
-chunked, and it tells apart the two ways a reply can fail: no status line at all
+Worker page reads and proxy stream reads are the hot path of a cluster mount (one or more
+requests per small file, one per MiB of a large one). Through httpx under trio a request
+costs about 650 µs of event-loop CPU (anyio, httpcore's pool scan and readiness poll,
+h11); this costs about 100 µs (bench/RESULTS.md). It does only what those calls need:
+``GET`` and ``POST`` with a body (bytes, or parts sent as they come) on a keep-alive pool
+of connections per address; replies with a ``Content-Length`` or chunked, read whole or as
+a stream; and it tells apart the two ways a reply can fail: no status line at all
 (``Dropped``) and a body cut short (``Truncated``). Deadlines are the caller's (a trio
 cancel scope around the call).
 """
@@ -13,6 +14,7 @@ cancel scope around the call).
 from __future__ import annotations
 
 import select
+from collections.abc import AsyncIterable, Callable, Sequence
 
 import trio
 
@@ -50,6 +52,9 @@ class Response:
         self.body = body
 
 
+Body = bytes | AsyncIterable[bytes]
+
+
 class Http1Pool:
     """Keep-alive connections per (host, port), reused one request at a time."""
 
@@ -57,22 +62,56 @@ class Http1Pool:
         self._idle: dict[tuple[str, int], list[trio.SocketStream]] = {}
 
     async def get(self, host: str, port: int, target: str) -> Response:
-        """``GET target`` from ``host:port``, on an idle connection if one is still open
-        (one the server closed while idle is readable: it is dropped, not used)."""
-        request = (f"GET {target} HTTP/1.1\r\nHost: {_host_header(host, port)}\r\n"
-                   "Accept-Encoding: identity\r\n\r\n").encode("ascii")
+        """``GET target`` from ``host:port``: the whole reply."""
+        return await self.request("GET", host, port, target)
+
+    async def request(
+        self, method: str, host: str, port: int, target: str, *, body: Body = b"",
+        length: int | None = None, headers: Sequence[tuple[str, str]] = (),
+    ) -> Response:
+        """``method target`` with ``body`` (``length`` bytes, when it comes in parts): the
+        whole reply."""
+        stream = await self.open(method, host, port, target, body=body, length=length,
+                                 headers=headers)
+        try:
+            data = await stream.read_all()
+        finally:
+            await stream.aclose()
+        return Response(stream.status, stream.headers, data)
+
+    async def open(
+        self, method: str, host: str, port: int, target: str, *, body: Body = b"",
+        length: int | None = None, headers: Sequence[tuple[str, str]] = (),
+    ) -> ResponseStream:
+        """``method target``: the reply's status and headers, its body to be read as it
+        comes (:class:`ResponseStream`, which must be closed).
+
+        The request goes on an idle connection if one is still open (one the server closed
+        while idle is readable: it is dropped, not used).
+        """
+        if isinstance(body, bytes):
+            length = len(body)
+        elif length is None:
+            raise ValueError("a body in parts needs its length")
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {_host_header(host, port)}",
+                 "Accept-Encoding: identity"]
+        if length or method != "GET":
+            lines.append(f"Content-Length: {length}")
+        lines += [f"{name}: {value}" for name, value in headers]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
         idle = self._idle.get((host, port))
         while idle:
             stream = idle.pop()
             if not _readable(stream):
-                return await self._exchange(host, port, stream, request)
+                break
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-        try:
-            stream = await trio.open_tcp_stream(host, port)
-        except OSError as e:
-            raise CannotConnect(str(e)) from None
-        return await self._exchange(host, port, stream, request)
+        else:
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as e:
+                raise CannotConnect(str(e)) from None
+        return await self._exchange(host, port, stream, head, body)
 
     async def aclose(self) -> None:
         for streams in self._idle.values():
@@ -80,49 +119,157 @@ class Http1Pool:
                 await stream.aclose()
         self._idle.clear()
 
-    async def _exchange(self, host: str, port: int, stream: trio.SocketStream,
-                        request: bytes) -> Response:
-        reusable = False
+    def _keep(self, host: str, port: int, stream: trio.SocketStream) -> bool:
+        idle = self._idle.setdefault((host, port), [])
+        if len(idle) >= _MAX_IDLE:
+            return False
+        idle.append(stream)
+        return True
+
+    async def _exchange(self, host: str, port: int, stream: trio.SocketStream, head: bytes,
+                        body: Body) -> ResponseStream:
         try:
             try:
-                await stream.send_all(request)
+                if isinstance(body, bytes):
+                    await stream.send_all(head + body if len(body) < 65536 else head)
+                    if len(body) >= 65536:
+                        await stream.send_all(body)
+                else:
+                    await stream.send_all(head)
+                    async for part in body:
+                        await stream.send_all(part)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 raise Dropped(str(e)) from None
-            response, reusable = await _read_response(stream)
-            return response
-        finally:
-            if reusable:
-                idle = self._idle.setdefault((host, port), [])
-                if len(idle) < _MAX_IDLE:
-                    idle.append(stream)
-                    stream = None  # type: ignore[assignment]
-            if stream is not None:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
+            reply = ResponseStream(stream, lambda: self._keep(host, port, stream))
+            await reply.start()
+            return reply
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
 
 
-async def _read_response(stream: trio.SocketStream) -> tuple[Response, bool]:
-    buffer = bytearray()
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        if len(buffer) > _HEAD_LIMIT:
-            raise BadReply("reply head larger than 64 KiB")
-        chunk = await _receive(stream)
+class ResponseStream:
+    """A reply whose body is read as it arrives. Closing it returns the connection to the
+    pool if the body was read to its end (and the server keeps the connection), else
+    closes the connection."""
+
+    def __init__(self, stream: trio.SocketStream, keep: Callable[[], bool]) -> None:
+        self._stream = stream
+        self._keep = keep
+        self._buffer = bytearray()
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self._chunked = False
+        self._left = 0  # bytes left in the body (Content-Length) or in the current chunk
+        self._done = False
+        self._reusable = False
+        self._closed = False
+
+    async def start(self) -> None:
+        buffer = self._buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            if len(buffer) > _HEAD_LIMIT:
+                raise BadReply("reply head larger than 64 KiB")
+            chunk = await _receive(self._stream)
+            if not chunk:
+                if buffer:
+                    raise BadReply(f"connection closed inside the reply head: "
+                                   f"{bytes(buffer[:80])!r}")
+                raise Dropped("closed without a reply")
+            buffer += chunk
+        self.status, self.headers = _parse_head(bytes(buffer[:end]))
+        del buffer[:end + 4]
+        self._reusable = self.headers.get(b"connection", b"").lower() != b"close"
+        if self.headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            self._chunked = True
+        else:
+            length = self.headers.get(b"content-length")
+            if length is None or not length.isdigit():
+                raise BadReply(f"reply without a usable Content-Length: {length!r}")
+            self._left = int(length)
+            if len(buffer) > self._left:
+                raise BadReply(f"{len(buffer) - self._left} bytes after the body")
+            self._done = self._left == 0
+
+    @property
+    def done(self) -> bool:
+        """Whether the body has been read to its end."""
+        return self._done
+
+    async def read(self, n: int) -> bytes:
+        """The next ``n`` bytes of the body; fewer only at its end."""
+        out = bytearray()
+        while len(out) < n and not self._done:
+            if self._chunked and self._left == 0:
+                await self._next_chunk()
+                continue
+            want = min(n - len(out), self._left)
+            if self._buffer:
+                take = min(want, len(self._buffer))
+                out += self._buffer[:take]
+                del self._buffer[:take]
+            else:  # straight from the socket, never past what is due
+                chunk = await _receive(self._stream, want)
+                if not chunk:
+                    raise Truncated("the connection closed inside a chunked body"
+                                    if self._chunked else
+                                    f"the connection closed with {self._left} body bytes due")
+                take = len(chunk)
+                out += chunk
+            self._left -= take
+            if self._left == 0:
+                if self._chunked:
+                    await self._need(2)
+                    del self._buffer[:2]  # the CRLF after a chunk's data
+                else:
+                    self._done = True
+        return bytes(out)
+
+    async def read_all(self) -> bytes:
+        """The rest of the body."""
+        if not self._chunked:
+            return await self.read(self._left)
+        parts = []
+        while not self._done:
+            parts.append(await self.read(_RECEIVE))
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._done and self._reusable and not self._buffer and self._keep():
+            return
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    async def _next_chunk(self) -> None:
+        while (eol := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > 1024:
+                raise BadReply("a chunk-size line longer than 1 KiB")
+            await self._more()
+        size_text = bytes(self._buffer[:eol]).split(b";")[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadReply(f"bad chunk size {size_text[:20]!r}") from None
+        del self._buffer[:eol + 2]
+        if size == 0:  # the last chunk; no trailers expected
+            await self._need(2)
+            del self._buffer[:2]
+            self._done = True
+        self._left = size
+
+    async def _need(self, n: int) -> None:
+        while len(self._buffer) < n:
+            await self._more()
+
+    async def _more(self) -> None:
+        chunk = await _receive(self._stream)
         if not chunk:
-            if buffer:
-                raise BadReply(f"connection closed inside the reply head: {bytes(buffer[:80])!r}")
-            raise Dropped("closed without a reply")
-        buffer += chunk
-    status, headers = _parse_head(bytes(buffer[:end]))
-    rest = buffer[end + 4:]
-    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        body = await _read_chunked(stream, rest)
-    else:
-        length = headers.get(b"content-length")
-        if length is None or not length.isdigit():
-            raise BadReply(f"reply without a usable Content-Length: {length!r}")
-        body = await _read_exact(stream, rest, int(length))
-    keep = headers.get(b"connection", b"").lower() != b"close"
-    return Response(status, headers, body), keep
+            raise Truncated("the connection closed inside a chunked body")
+        self._buffer += chunk
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
@@ -137,44 +284,6 @@ def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
             raise BadReply(f"not a header line: {line[:80]!r}")
         headers[name.strip().lower()] = value.strip()
     return int(parts[1]), headers
-
-
-async def _read_exact(stream: trio.SocketStream, start: bytearray, length: int) -> bytes:
-    if len(start) > length:
-        raise BadReply(f"{len(start) - length} bytes after the body")
-    body = start
-    while len(body) < length:
-        chunk = await _receive(stream, length - len(body))
-        if not chunk:
-            raise Truncated(f"{len(body)} of {length} body bytes before the connection closed")
-        body += chunk
-    return bytes(body)
-
-
-async def _read_chunked(stream: trio.SocketStream, buffer: bytearray) -> bytes:
-    body = bytearray()
-    while True:
-        while (eol := buffer.find(b"\r\n")) < 0:
-            buffer += await _more(stream)
-        size_text = bytes(buffer[:eol]).split(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadReply(f"bad chunk size {size_text[:20]!r}") from None
-        del buffer[:eol + 2]
-        while len(buffer) < size + 2:
-            buffer += await _more(stream)
-        if size == 0:  # (no trailers expected from a worker)
-            return bytes(body)
-        body += buffer[:size]
-        del buffer[:size + 2]
-
-
-async def _more(stream: trio.SocketStream) -> bytes:
-    chunk = await _receive(stream)
-    if not chunk:
-        raise Truncated("connection closed inside a chunked body")
-    return chunk
 
 
 async def _receive(stream: trio.SocketStream, wanted: int = _RECEIVE) -> bytes:
