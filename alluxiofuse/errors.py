@@ -12,6 +12,9 @@ The tree::
     ├── ReadOnly                     EROFS
     ├── NotSupported                 ENOTSUP
     ├── InvalidArgument              EINVAL
+    │   └── Refused                           (not in the path's present state: an Alluxio
+    │                                          FAILED_PRECONDITION, e.g. a directory not
+    │                                          empty, a file not persisted or pinned)
     ├── NameTooLong                  ENAMETOOLONG
     ├── NoSpace                      ENOSPC   (the spool or the disk is full)
     ├── StaleFile                    ESTALE   (the file changed under an open handle)
@@ -76,6 +79,10 @@ class NotSupported(AlluxioFuseError):
 
 class InvalidArgument(AlluxioFuseError):
     errno = errno.EINVAL
+
+
+class Refused(InvalidArgument):
+    pass
 
 
 class NameTooLong(AlluxioFuseError):
