@@ -55,7 +55,7 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("dir-readahead", "N", "when a directory's files are read in order, fetch the first "
      "pages of up to N next files ahead (default 32; 0 turns it off)"),
     ("io-threads", "N", "under-storage calls at once (default 16)"),
-    ("io-timeout", "SECONDS", "deadline of one under-storage call (default 60)"),
+    ("io-timeout", "SECONDS", "deadline of one under-storage or Alluxio proxy call (default 60)"),
     ("uid", "UID", "owner of every file (default: from the source, else the mounting user)"),
     ("gid", "GID", "group of every file (default: from the source, else the mounting user)"),
     ("file-mode", "OCTAL", "permission bits of every file (default: from the source, else 0644)"),
@@ -63,7 +63,10 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
      "else 0755)"),
     ("write-type", "TYPE", "THROUGH (default: close and fsync return once the under-storage "
      "has the file), CACHE_THROUGH (also cached by the cluster), ASYNC_THROUGH (they return "
-     "once the file is journaled in the spool; uploaded in the background)"),
+     "once the file is journaled in the spool; uploaded in the background), MUST_CACHE "
+     "(alluxio-proxy:// only: kept in Alluxio storage, never persisted)"),
+    ("read-type", "TYPE", "alluxio-proxy:// reads: CACHE (default: Alluxio caches what is read), "
+     "CACHE_PROMOTE (and moves it to the top tier) or NO_CACHE"),
     ("cache-dir", "DIR", "where files being written and owed uploads are kept (default "
      "/var/cache/alluxiofuse as root, else ~/.cache/alluxiofuse)"),
     ("cache-size", "SIZE", "bytes the spool may hold (default: half the disk's free space)"),
@@ -117,7 +120,8 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mount", help="mount SOURCE at MOUNTPOINT (read-only)")
     m.add_argument("source", metavar="SOURCE",
-                   help="a local directory, file:///dir, or any fsspec URL (s3://bucket/prefix)")
+                   help="a local directory, file:///dir, any fsspec URL (s3://bucket/prefix), "
+                   "or an Alluxio 2.x namespace: alluxio-proxy://HOST[:39999]/PATH")
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     m.add_argument("-f", "--foreground", action="store_true", default=None,
                    help="stay in the foreground (default: return once mounted)")
@@ -213,6 +217,10 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
     properties = dict(parse_key_value(item, "--alluxio-property")
                       for item in args.alluxio_property)
     config = build_config(values, ufs, properties, mount=mount)
+    if config.proxy:  # so is a proxy source that names no proxy
+        from alluxiofuse.backends.proxy import parse_source
+
+        parse_source(config.source)
     if config.cluster:  # a bad worker list is a usage error, said before anything starts
         if config.workers:
             parse_static_workers(config.workers, config.worker_http_port)

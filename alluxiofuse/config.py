@@ -74,6 +74,7 @@ class MountConfig:
     # Writes.
     read_only: bool = False
     write_type: str = "THROUGH"  # see WRITE_TYPES
+    read_type: str = "CACHE"  # Alluxio 2.x proxy reads: see READ_TYPES
     cache_dir: str = ""  # "" = default_cache_dir(); the spool and journal live below it
     cache_size: int = 0  # bytes the spool may hold; 0 = half the disk's free space at mount
     upload_part_size: int = 16 * MiB
@@ -116,6 +117,11 @@ class MountConfig:
     def cluster(self) -> bool:
         """Whether reads go through Alluxio workers."""
         return bool(self.workers or self.etcd or self.load_balance_domain)
+
+    @property
+    def proxy(self) -> bool:
+        """Whether the source is an Alluxio 2.x namespace behind a proxy."""
+        return self.source.startswith(PROXY_SCHEME + "://")
 
     @property
     def logging_level(self) -> int:
@@ -201,12 +207,23 @@ def _parse_worker_api(value: Any) -> str:
 
 
 WRITE_TYPES = ("THROUGH", "CACHE_THROUGH", "ASYNC_THROUGH", "MUST_CACHE")
+# How an Alluxio 2.x proxy reads a file for us: NO_CACHE leaves Alluxio storage as it is,
+# CACHE (Alluxio's default) caches what is read, CACHE_PROMOTE also moves it to the top tier.
+READ_TYPES = ("NO_CACHE", "CACHE", "CACHE_PROMOTE")
+PROXY_SCHEME = "alluxio-proxy"
 
 
 def _parse_write_type(value: Any) -> str:
     kind = str(value).strip().upper()
     if kind not in WRITE_TYPES:
         raise ValueError(f"not a write type: {value!r} (one of {', '.join(WRITE_TYPES)})")
+    return kind
+
+
+def _parse_read_type(value: Any) -> str:
+    kind = str(value).strip().upper()
+    if kind not in READ_TYPES:
+        raise ValueError(f"not a read type: {value!r} (one of {', '.join(READ_TYPES)})")
     return kind
 
 
@@ -266,6 +283,7 @@ _PARSERS: dict[str, Any] = {
     "io_timeout": parse_duration,
     "read_only": _parse_bool,
     "write_type": _parse_write_type,
+    "read_type": _parse_read_type,
     "cache_dir": str,
     "cache_size": parse_size,
     "upload_part_size": parse_size,
@@ -312,6 +330,7 @@ ALLUXIO_PROPERTIES: dict[str, str] = {
     "alluxio.etcd.password": "etcd_password",
     "alluxio.user.worker.list.refresh.interval": "membership_refresh",
     "alluxio.user.file.writetype.default": "write_type",
+    "alluxio.user.file.readtype.default": "read_type",
     "alluxio.fuse.logging.threshold": "slow_op_threshold",
 }
 
@@ -541,13 +560,20 @@ def _validated(c: MountConfig) -> MountConfig:
         raise ConfigError("--worker-page-size must be between 4KiB and 64MiB")
     if c.membership_refresh <= 0:
         raise ConfigError("--membership-refresh must be positive")
-    if c.write_type == "MUST_CACHE":
-        raise ConfigError("--write-type MUST_CACHE: Alluxio 3.x workers cannot hold data the "
-                          "under-storage does not have; use THROUGH, CACHE_THROUGH or "
-                          "ASYNC_THROUGH")
-    if c.write_type == "CACHE_THROUGH" and not c.cluster:
-        raise ConfigError("--write-type CACHE_THROUGH caches written files in Alluxio workers: "
-                          "name them with --workers, --etcd or --load-balance-domain")
+    if c.proxy and named:
+        raise ConfigError(f"--{named[0].replace('_', '-')} names Alluxio 3.x workers; a "
+                          f"{PROXY_SCHEME}:// source is read through its proxy alone")
+    if c.proxy and c.ufs_options:
+        raise ConfigError(f"--ufs-option has no meaning for a {PROXY_SCHEME}:// source (the "
+                          "Alluxio cluster holds its under-storage's credentials)")
+    if c.write_type == "MUST_CACHE" and not c.proxy:
+        raise ConfigError("--write-type MUST_CACHE keeps files in Alluxio storage alone, which "
+                          f"only an Alluxio 2.x ({PROXY_SCHEME}://) source can; use THROUGH, "
+                          "CACHE_THROUGH or ASYNC_THROUGH")
+    if c.write_type == "CACHE_THROUGH" and not (c.cluster or c.proxy):
+        raise ConfigError("--write-type CACHE_THROUGH caches written files in Alluxio: name the "
+                          "3.x workers with --workers, --etcd or --load-balance-domain, or "
+                          f"mount a {PROXY_SCHEME}:// source")
     if not 5 * MiB <= c.upload_part_size <= 5 * GiB:
         raise ConfigError("--upload-part-size must be between 5MiB and 5GiB (the limits of "
                           "S3 multipart uploads)")

@@ -23,6 +23,7 @@ import trio
 from alluxiofuse import __version__
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.backends.cluster import MTIME_UNIT_NS, Membership, open_cluster
+from alluxiofuse.backends.proxy import open_proxy
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import (
     ALLOWANCE,
@@ -154,14 +155,22 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
         stack.callback(background.cancel_scope.cancel)
         background.start_soon(_beat, health)
         limiter = trio.CapacityLimiter(config.io_threads)
-        ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
-                       mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
-                       part_size=config.upload_part_size)
-        stack.push_async_callback(ufs.aclose)
-        cluster = open_cluster(config, ufs, metrics) if config.cluster else None
-        if cluster is not None:
-            stack.push_async_callback(cluster.aclose)
-        backend: Backend = cluster or ufs
+        cluster = None
+        backend: Backend
+        if config.proxy:
+            backend = open_proxy(config.source, timeout=config.io_timeout,
+                                 retries=config.worker_retries, read_type=config.read_type,
+                                 write_type=config.write_type, limiter=limiter, metrics=metrics)
+            stack.push_async_callback(backend.aclose)
+        else:
+            ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
+                           mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
+                           part_size=config.upload_part_size)
+            stack.push_async_callback(ufs.aclose)
+            cluster = open_cluster(config, ufs, metrics) if config.cluster else None
+            if cluster is not None:
+                stack.push_async_callback(cluster.aclose)
+            backend = cluster or ufs
         notifier.send(f"STATUS=checking source {redact(config.source, [])}")
         if cluster is not None:
             await read_membership(cluster.membership)

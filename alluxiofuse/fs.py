@@ -277,7 +277,9 @@ class Filesystem:
         return await handle.read(offset, size)
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            await handle.aclose()
         staged = self._staged.pop(fh, None)
         self._writers.discard(fh)
         if staged is not None and self.writes is not None:

@@ -15,12 +15,15 @@ bytes in flight stay under the daemon-wide prefetch budget.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from alluxiofuse.backends.base import Backend
-from alluxiofuse.errors import StaleFile
+import trio
+
+from alluxiofuse.backends.base import Backend, ByteStream
+from alluxiofuse.errors import BackendError, StaleFile
 from alluxiofuse.inodes import Inode
 from alluxiofuse.model import FileStatus, Version
 from alluxiofuse.pages import PageCache, PageKey
@@ -57,6 +60,10 @@ class Prefetcher:
         self._pending.add(key)
         self.spawn(self._run, key, fetch, length)
         return True
+
+    def coming(self, key: PageKey) -> bool:
+        """Whether a task is on its way for page ``key`` (spawned, or fetching it)."""
+        return key in self._pending or self.pages.fetching(key)
 
     def prefetch_many(
         self, pages: Sequence[tuple[PageKey, int]],
@@ -106,6 +113,113 @@ class Prefetcher:
             self._pending.discard(key)
 
 
+class StreamCursor:
+    """One open file's stream, for a backend whose reads are streams (``streams``).
+
+    Pages are read from the stream in order. It is opened at the first page wanted and
+    reopened (at the page wanted) only when a read goes back, or when reading on from where
+    it stands fails (a proxy closes a stream left unused long enough). Read-ahead fetches
+    pages in tasks of their own, which may come for them out of order: pages passed over
+    on the way to a later one are kept for the fetches already waiting for them
+    (``wanted``), never read twice. At the end of the file the stream is closed at once.
+    """
+
+    def __init__(
+        self, backend: Backend, path: str, version: Version, *, page_size: int,
+        wanted: Callable[[int], bool], spawn: Spawn,
+    ) -> None:
+        self._backend = backend
+        self._path = path
+        self._version = version
+        self._page_size = page_size
+        self._wanted = wanted
+        self._spawn = spawn
+        self._lock = trio.Lock()
+        self._stream: ByteStream | None = None
+        self._position = 0
+        self._passed: dict[int, bytes] = {}  # page index -> bytes, for fetches waiting
+        self._closed = False
+
+    async def page(self, index: int, length: int) -> bytes:
+        """Page ``index`` (``length`` bytes) from the stream."""
+        async with self._lock:
+            for stale in [i for i in self._passed if not self._wanted(i)]:
+                del self._passed[stale]
+            data = self._passed.pop(index, None)
+            if data is not None:
+                return data
+            if self._closed:
+                raise StaleFile(f"{self._path}: read after the file was closed")
+            offset = index * self._page_size
+            reused = self._stream is not None and self._position <= offset
+            try:
+                return await self._read_page(index, length)
+            except BackendError as e:
+                await self._drop()
+                if not reused:
+                    raise
+                log.debug("%s: reading on from %d failed (%s); reopening", self._path,
+                          self._position, e)
+            return await self._read_page(index, length)
+
+    async def aclose(self) -> None:
+        """The file is closed: so is its stream, and nothing opens another."""
+        async with self._lock:
+            self._closed = True
+            self._passed.clear()
+            await self._drop()
+
+    async def _read_page(self, index: int, length: int) -> bytes:
+        offset = index * self._page_size
+        if self._stream is None or offset < self._position:
+            await self._drop()
+            self._stream = await self._backend.open_stream(self._path, offset, self._version)
+            self._position = offset
+        try:
+            while self._position < offset:
+                passed = self._position // self._page_size
+                data = await self._read(min(self._page_size, self._version.size - self._position))
+                if self._wanted(passed):
+                    self._passed[passed] = data
+            data = await self._read(length)
+            if self._position >= self._version.size:
+                await self._at_end()
+        except BaseException:
+            await self._drop()  # where the stream stands is not known any more
+            raise
+        return data
+
+    async def _read(self, n: int) -> bytes:
+        assert self._stream is not None
+        data = await self._stream.read(n)
+        if len(data) != n:
+            raise StaleFile(f"{self._path} is shorter than when it was opened")
+        self._position += n
+        return data
+
+    async def _at_end(self) -> None:
+        """The last byte is read: the file must end here, and the stream is closed (in the
+        background: the reader waiting for this page need not wait for that)."""
+        assert self._stream is not None
+        if await self._stream.read(1):
+            raise StaleFile(f"{self._path} is longer than when it was opened")
+        stream, self._stream = self._stream, None
+        self._spawn(_close_stream, stream, self._path)
+
+    async def _drop(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await _close_stream(stream, self._path)
+
+
+async def _close_stream(stream: ByteStream, path: str) -> None:
+    try:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+    except Exception as e:  # closing is tidying up: the reads it served are done
+        log.debug("%s: closing its stream failed: %r", path, e)
+
+
 class FileHandle:
     """One open of a file at one version."""
 
@@ -124,6 +238,11 @@ class FileHandle:
         self._prefetcher = prefetcher
         self._last_page = -1
         self.window = 0  # in pages
+        self._stream = StreamCursor(
+            backend, self.path, version, page_size=page_size, spawn=prefetcher.spawn,
+            wanted=self._wanted,
+        ) if backend.streams else None
+        self._reading: Counter[int] = Counter()  # pages of the reads in progress
 
     @property
     def size(self) -> int:
@@ -142,13 +261,34 @@ class FileHandle:
         ps = self._page_size
         first, last = offset // ps, (end - 1) // ps
         self._advance_window(first, last)
-        parts = []
-        for index in range(first, last + 1):
-            start = max(offset, index * ps) - index * ps
-            stop = min(end, (index + 1) * ps) - index * ps
-            page = await self._page(index, served=stop - start)
-            parts.append(page[start:stop] if (start, stop) != (0, len(page)) else page)
+        pages = range(first, last + 1)
+        streaming = self._stream is not None
+        if streaming:
+            self._reading.update(pages)
+        try:
+            parts = []
+            for index in pages:
+                start = max(offset, index * ps) - index * ps
+                stop = min(end, (index + 1) * ps) - index * ps
+                page = await self._page(index, served=stop - start)
+                parts.append(page[start:stop] if (start, stop) != (0, len(page)) else page)
+        finally:
+            if streaming:
+                self._reading.subtract(pages)
+                for index in pages:
+                    if not self._reading[index]:
+                        del self._reading[index]
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _wanted(self, index: int) -> bool:
+        """Whether a task will come for page ``index``: a read in progress, or a fetch."""
+        return (self._reading[index] > 0
+                or self._prefetcher.coming(PageKey(self.ino, self.version, index)))
+
+    async def aclose(self) -> None:
+        """The file is closed (its stream, if it has one, too)."""
+        if self._stream is not None:
+            await self._stream.aclose()
 
     def start(self) -> None:
         """Begin fetching the first page now: the kernel's first read follows the open."""
@@ -192,6 +332,8 @@ class FileHandle:
         read-ahead inline too).
         """
         offset, length = index * self._page_size, self._length(index)
+        if self._stream is not None:
+            return await self._stream.page(index, length)
         data = None
         if inline and length <= _INLINE_READ_MAX:
             data = self._backend.read_nowait(self.path, offset, length, self.version)

@@ -44,6 +44,10 @@ class PageCache:
         """Cached or being fetched."""
         return key in self._pages or key in self._flights
 
+    def fetching(self, key: PageKey) -> bool:
+        """Being fetched: some task will come for the page's bytes."""
+        return key in self._flights
+
     async def get(
         self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], *, expected: int,
         served: int = 0, prefetch: bool = False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -11,6 +13,31 @@ from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
 from alluxiofuse.model import Attrs, Commit, FileStatus, FsStats, Version, WriteSupport
 
 T = TypeVar("T")
+
+# The name a file's new content is written under, beside it, until it is renamed into
+# place: fixed length (a long name plus a suffix could pass NAME_MAX), never listed.
+_TEMP_PREFIX = ".alluxiofuse-"
+_TEMP_NAME = re.compile(r"\.alluxiofuse-[0-9a-f]{16}\Z")
+
+
+def temp_name() -> str:
+    return f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a commit in progress (or one a crash left behind): not listed."""
+    return _TEMP_NAME.match(name) is not None
+
+
+class ByteStream(Protocol):
+    """A file's bytes in order, from where the stream was opened."""
+
+    async def read(self, n: int) -> bytes:
+        """The next ``n`` bytes; fewer only at the end of the file."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
 
 
 class Backend(Protocol):
@@ -26,6 +53,10 @@ class Backend(Protocol):
     # answered from that cache by ``read_nowait``.
     warms: bool
 
+    # True when an open file is best read through a stream of its own, kept from one read
+    # to the next (``open_stream``): a read at an offset costs the bytes before it.
+    streams: bool
+
     async def stat(self, path: str) -> FileStatus:
         """The status of ``path`` (``NotFound`` if there is none)."""
         ...
@@ -39,6 +70,11 @@ class Backend(Protocol):
 
         Raises ``StaleFile`` when the file is no longer that version.
         """
+        ...
+
+    async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
+        """The bytes of ``version`` of the file from ``offset`` on (only where ``streams``;
+        ``StaleFile`` when the file is no longer that version)."""
         ...
 
     def stat_nowait(self, path: str) -> FileStatus | None:

@@ -35,7 +35,7 @@ from alluxiofuse.backends.alluxio_worker import (
     oss_expressible,
     raw_expressible,
 )
-from alluxiofuse.backends.base import read_concurrently
+from alluxiofuse.backends.base import ByteStream, read_concurrently
 from alluxiofuse.backends.discovery import DnsWorkers, StaticWorkers, WorkerSource
 from alluxiofuse.backends.etcd import EtcdMembership
 from alluxiofuse.backends.ufs import UfsBackend
@@ -47,6 +47,7 @@ from alluxiofuse.errors import (
     BackendUnavailable,
     ContentMismatch,
     NotFound,
+    NotSupported,
     ProtocolError,
     ServerError,
 )
@@ -185,6 +186,7 @@ class ClusterBackend:
     """Files of an under-storage, read through the Alluxio workers that cache them."""
 
     warms = False
+    streams = False
 
     def __init__(
         self, ufs: UfsBackend, membership: Membership, client: WorkerClient,
@@ -387,6 +389,9 @@ class ClusterBackend:
         self._metrics.fallback_reads.labels(op, reason).inc()
         self._health.failed(worker, error)
         log.debug("%s from %s failed, using the under-storage: %s", op, worker.url(), error)
+
+    async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
+        raise NotSupported(f"{self.description} is read by range, not as a stream")
 
     def stat_nowait(self, path: str) -> FileStatus | None:
         return None

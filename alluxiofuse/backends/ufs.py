@@ -16,8 +16,6 @@ import datetime as dt
 import errno
 import logging
 import os
-import re
-import secrets
 import stat as statmod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -25,7 +23,13 @@ from typing import Any, TypeVar
 import fsspec
 import trio
 
-from alluxiofuse.backends.base import read_concurrently, run_blocking
+from alluxiofuse.backends.base import (
+    ByteStream,
+    is_temp_name,
+    read_concurrently,
+    run_blocking,
+    temp_name,
+)
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.errors import (
     AlluxioFuseError,
@@ -67,21 +71,6 @@ _MARKER_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", 
                                "oci", "cos", "r2"})
 # The slowest upload rate a commit is given time for, in bytes per second.
 _MIN_UPLOAD_RATE = 1024 * 1024
-# The name a file's new content is written under, beside it, until it is renamed into
-# place: fixed length (a long name plus a suffix could pass NAME_MAX), never listed.
-_TEMP_PREFIX = ".alluxiofuse-"
-_TEMP_NAME = re.compile(r"\.alluxiofuse-[0-9a-f]{16}\Z")
-
-
-def temp_name() -> str:
-    return f"{_TEMP_PREFIX}{secrets.token_hex(8)}"
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is a commit in progress (or one a crash left behind): not listed."""
-    return _TEMP_NAME.match(name) is not None
-
-
 def open_ufs(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
     mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
@@ -115,6 +104,7 @@ class UfsBackend:
     """
 
     warms = False
+    streams = False
 
     def __init__(
         self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
@@ -174,6 +164,9 @@ class UfsBackend:
     ) -> builtins.list[bytes | AlluxioFuseError]:
         """Concurrent reads, each in its own worker thread: a store's latency overlaps."""
         return await read_concurrently(self.read, reads)
+
+    async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
+        raise NotSupported(f"{self.description} is read by range, not as a stream")
 
     def stat_nowait(self, path: str) -> FileStatus | None:
         return None  # every fsspec call may block

@@ -490,11 +490,25 @@ def test_write_options_parse_and_default() -> None:
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"write_type": "SOMETIMES"}, "not a write type"),
-    ({"write_type": "MUST_CACHE"}, "cannot hold data the under-storage does not have"),
-    ({"write_type": "CACHE_THROUGH"}, "name them with --workers"),
+    ({"write_type": "MUST_CACHE"}, "only an Alluxio 2.x .alluxio-proxy://. source can"),
+    ({"write_type": "CACHE_THROUGH"}, "name the 3.x workers with --workers"),
+    ({"read_type": "SOMETIMES"}, "not a read type"),
+    ({"source": "alluxio-proxy://h/p", "workers": "w1"}, "read through its proxy alone"),
+    ({"source": "alluxio-proxy://h/p", "ufs_options": {"key": "k"}}, "no meaning for a"),
     ({"upload_part_size": "1MiB"}, "--upload-part-size must be between 5MiB and 5GiB"),
     ({"upload_threads": "0"}, "--upload-threads"),
 ])
-def test_bad_write_options_are_refused_at_mount(values: dict[str, str], message: str) -> None:
+def test_bad_write_options_are_refused_at_mount(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config({"source": "/s", "mountpoint": "/m", **values})
+
+
+def test_proxy_sources_take_every_write_type_and_a_read_type() -> None:
+    for kind in ("MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH"):
+        c = build_config({"source": "alluxio-proxy://h:39999/d", "mountpoint": "/m",
+                          "write_type": kind})
+        assert (c.proxy, c.cluster, c.write_type, c.read_type) == (True, False, kind, "CACHE")
+    c = build_config({"source": "alluxio-proxy://h/", "mountpoint": "/m"},
+                     alluxio_properties={"alluxio.user.file.readtype.default": "no_cache"})
+    assert c.read_type == "NO_CACHE"
+    assert not build_config({"source": "/alluxio-proxy:/x", "mountpoint": "/m"}).proxy

@@ -10,7 +10,13 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-from alluxiofuse.errors import BackendError, InvalidArgument, NotFound, StaleFile
+from alluxiofuse.errors import (
+    BackendError,
+    ConnectionDropped,
+    InvalidArgument,
+    NotFound,
+    StaleFile,
+)
 from alluxiofuse.handles import FileHandle, Prefetcher
 from alluxiofuse.inodes import Inode
 from alluxiofuse.metrics import Metrics
@@ -26,6 +32,7 @@ class FakeBackend:
     """One file ``f`` in memory. Reads are counted; reads of held pages wait on ``gate``."""
 
     description = "fake"
+    streams = False
 
     def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
         self.data = data
@@ -88,12 +95,68 @@ class FakeBackend:
 DATA = bytes(i % 251 for i in range(64 * PS + 5))  # 64 full pages and a partial one
 
 
+class FakeStream:
+    """The bytes of a :class:`StreamBackend` file from an offset on, as a proxy's stream."""
+
+    def __init__(self, backend: StreamBackend, offset: int) -> None:
+        self.backend = backend
+        self.position = offset
+        self.closed = False
+
+    async def read(self, n: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        assert not self.closed, "read after close"
+        if self.position in self.backend.drop_at:
+            self.backend.drop_at.discard(self.position)
+            raise ConnectionDropped(f"injected: stream cut at {self.position}")
+        data = self.backend.data[self.position:self.position + n]
+        self.backend.sent += len(data)
+        self.position += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.closed = True
+
+
+class StreamBackend(FakeBackend):
+    """``FakeBackend`` read through streams: opening one at an offset sends (and costs) the
+    bytes before it, as the Alluxio 2.x proxy does."""
+
+    streams = True
+
+    def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
+        super().__init__(data, mtime_ns)
+        self.opened: builtins.list[FakeStream] = []
+        self.sent = 0  # bytes the "proxy" sent, skipped ones included
+        self.drop_at: set[int] = set()  # positions at which a stream is cut, once each
+
+    async def open_stream(self, path: str, offset: int, version: Version) -> FakeStream:
+        assert path == "f"
+        if version != self.status.version:
+            raise StaleFile(path)
+        stream = FakeStream(self, 0)
+        self.opened.append(stream)
+        try:
+            await stream.read(offset)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
+        raise AssertionError("an open file of a streaming backend is read through its stream")
+
+    def open_streams(self) -> int:
+        return sum(not s.closed for s in self.opened)
+
+
 class Env:
     def __init__(
         self, nursery: trio.Nursery, data: bytes = DATA, *, max_readahead: int = 8 * PS,
-        budget: int = 1000 * PS, capacity: int = 1000 * PS,
+        budget: int = 1000 * PS, capacity: int = 1000 * PS, streams: bool = False,
     ) -> None:
-        self.backend = FakeBackend(data)
+        self.backend = StreamBackend(data) if streams else FakeBackend(data)
         self.registry = CollectorRegistry()
         self.pages = PageCache(capacity, Metrics(self.registry))
         self.prefetcher = Prefetcher(nursery.start_soon, self.pages, budget)
@@ -386,3 +449,107 @@ async def test_stale_when_size_changes(nursery: trio.Nursery) -> None:
     with pytest.raises(StaleFile):
         await handle.read(0, 1)
     assert env.backend.reads == []
+
+
+# --- backends read as streams (the Alluxio 2.x proxy) -------------------------------------
+
+
+async def test_a_sequential_read_takes_one_stream_and_closes_it_at_the_end(
+    nursery: trio.Nursery,
+) -> None:
+    env = Env(nursery, streams=True)
+    backend = env.backend
+    assert isinstance(backend, StreamBackend)
+    handle = env.open()
+    handle.start()
+    out = bytearray()
+    while chunk := await handle.read(len(out), 5 * PS + 3):
+        out += chunk
+    assert bytes(out) == DATA
+    await trio.testing.wait_all_tasks_blocked()
+    # One stream for the whole file, read-ahead included; every byte sent once.
+    assert (len(backend.opened), backend.sent) == (1, len(DATA))
+    assert backend.open_streams() == 0, "closed once the end was read"
+    await handle.aclose()
+
+
+async def test_read_ahead_taking_pages_out_of_order_reads_no_byte_twice(
+    nursery: trio.Nursery,
+) -> None:
+    env = Env(nursery, streams=True, max_readahead=16 * PS)
+    backend = env.backend
+    assert isinstance(backend, StreamBackend)
+    handle = env.open()
+    # The first read's page and then read-ahead pages from other tasks: whichever task
+    # takes the stream first, pages it passes are handed to the tasks waiting for them.
+    for offset in range(0, 12 * PS, PS):
+        assert await handle.read(offset, PS) == DATA[offset:offset + PS]
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(backend.opened) == 1
+    assert backend.sent == min(len(DATA), (12 + 16) * PS)
+    await handle.aclose()
+    assert backend.open_streams() == 0
+
+
+async def test_going_back_reopens_and_going_forward_reads_on(nursery: trio.Nursery) -> None:
+    env = Env(nursery, streams=True, max_readahead=0)
+    backend = env.backend
+    assert isinstance(backend, StreamBackend)
+    handle = env.open()
+    assert await handle.read(10 * PS, 3) == DATA[10 * PS:10 * PS + 3]
+    assert (len(backend.opened), backend.sent) == (1, 11 * PS)  # advanced past 10 pages
+    assert await handle.read(20 * PS + 1, 2) == DATA[20 * PS + 1:20 * PS + 3]
+    assert (len(backend.opened), backend.sent) == (1, 21 * PS), "forward: read on"
+    assert await handle.read(2 * PS, 1) == DATA[2 * PS:2 * PS + 1]
+    assert (len(backend.opened), backend.sent) == (2, 24 * PS), "back: a new stream"
+    assert backend.opened[0].closed and backend.open_streams() == 1
+    await handle.aclose()
+    assert backend.open_streams() == 0
+
+
+async def test_a_stream_cut_while_reading_on_is_reopened_once(nursery: trio.Nursery) -> None:
+    env = Env(nursery, streams=True, max_readahead=0)
+    backend = env.backend
+    assert isinstance(backend, StreamBackend)
+    handle = env.open()
+    assert await handle.read(0, PS) == DATA[:PS]
+    backend.drop_at = {PS}  # as a proxy that expired the stream meanwhile
+    assert await handle.read(PS, PS) == DATA[PS:2 * PS]
+    assert len(backend.opened) == 2 and backend.open_streams() == 1
+    # A fresh stream that fails is not tried again: the error is the read's.
+    backend.drop_at = {0}
+    handle2 = env.open()
+    with pytest.raises(ConnectionDropped):
+        await handle2.read(10 * PS, PS)
+    assert backend.open_streams() == 1
+    await handle.aclose()
+
+
+async def test_a_file_that_changed_under_its_stream_is_stale(nursery: trio.Nursery) -> None:
+    env = Env(nursery, streams=True, max_readahead=0)
+    backend = env.backend
+    assert isinstance(backend, StreamBackend)
+    handle = env.open()
+    assert await handle.read(0, PS) == DATA[:PS]
+    backend.data = DATA[:3 * PS]  # shorter now, same status: only the stream can tell
+    with pytest.raises(StaleFile):
+        await handle.read(5 * PS, PS)
+    backend.data = DATA + b"more"
+    handle2 = env.open()
+    with pytest.raises(StaleFile, match="longer"):
+        await handle2.read(len(DATA) - 5, 5)
+    assert backend.open_streams() == 0
+
+
+async def test_no_stream_is_opened_once_the_file_is_closed(nursery: trio.Nursery) -> None:
+    env = Env(nursery, streams=True, max_readahead=8 * PS)
+    backend = env.backend
+    assert isinstance(backend, StreamBackend)
+    handle = env.open()
+    assert await handle.read(0, PS) == DATA[:PS]  # read-ahead of pages 1-2 is spawned
+    await handle.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert backend.open_streams() == 0
+    with pytest.raises(StaleFile):
+        await handle.read(30 * PS, 1)
+    assert backend.open_streams() == 0
