@@ -1,4 +1,5 @@
-"""The ``alluxiofuse`` command: ``mount`` and ``umount``.
+"""The ``alluxiofuse`` command: ``mount`` and ``umount``, and the operator commands
+(``locate``, ``load``, ``free``, ``setattr``, ``status``, ``install-mount-helper``).
 
 ``alluxiofuse mount SOURCE MOUNTPOINT`` returns only once the mount is live (exit 0), or
 prints one line saying why not (exit 1) and leaves nothing mounted. Usage errors exit 2.
@@ -29,6 +30,7 @@ from alluxiofuse.config import (
     build_config,
     default_cache_dir,
     load_config_file,
+    parse_duration,
     parse_key_value,
     parse_ufs_option,
 )
@@ -147,6 +149,40 @@ def parser() -> argparse.ArgumentParser:
                     help="how often progress is asked for (default 1)")
     _add_cluster_options(ld)
 
+    proxy_path = ("an alluxio-proxy://HOST[:PORT]/PATH URI, or a path inside an alluxiofuse "
+                  "mount of one")
+    fr = sub.add_parser("free", help="evict PATH's data from Alluxio storage (Alluxio 2.x; the "
+                        "under-storage keeps it); prints each status after as JSON")
+    fr.add_argument("paths", metavar="PATH", nargs="+", help=proxy_path)
+    fr.add_argument("-r", "--recursive", action="store_true",
+                    help="free a directory and everything below it")
+    fr.add_argument("--forced", action="store_true", help="free pinned files too")
+    fr.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="deadline of each call (default 60)")
+
+    sa = sub.add_parser("setattr", help="set Alluxio attributes of PATH (Alluxio 2.x): pin, "
+                        "TTL, replication; prints each status after as JSON")
+    sa.add_argument("paths", metavar="PATH", nargs="+", help=proxy_path)
+    pin = sa.add_mutually_exclusive_group()
+    pin.add_argument("--pin", dest="pinned", action="store_const", const=True,
+                     help="keep the data in Alluxio storage: never evicted")
+    pin.add_argument("--unpin", dest="pinned", action="store_const", const=False,
+                     help="let the data be evicted again")
+    sa.add_argument("--ttl", metavar="DURATION",
+                    help="act on the path once this long has passed since its creation "
+                    "(1h, 30m, 3600; 'none' removes the TTL)")
+    sa.add_argument("--ttl-action", choices=("free", "delete"),
+                    help="what the TTL does: free the data (keeping it in the under-storage) "
+                    "or delete the path (Alluxio's default)")
+    sa.add_argument("--replication-min", type=int, metavar="N",
+                    help="copies Alluxio keeps at least")
+    sa.add_argument("--replication-max", type=int, metavar="N",
+                    help="copies Alluxio keeps at most (-1: no limit)")
+    sa.add_argument("-r", "--recursive", action="store_true",
+                    help="set them on everything below a directory too")
+    sa.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="deadline of each call (default 60)")
+
     s = sub.add_parser("status", help="list the uploads a mount still owes its source")
     s.add_argument("target", metavar="MOUNTPOINT|SOURCE",
                    help="an alluxiofuse mountpoint, or the source it mounts")
@@ -190,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "install-mount-helper":
             return cmd_install_mount_helper(args.sbin_dir, force=args.force,
                                             uninstall=args.uninstall)
+        if args.command in ("free", "setattr"):
+            return cmd_proxy(args)
         if args.command == "status":
             from alluxiofuse import operator
 
@@ -242,6 +280,46 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     if not args.poll > 0:
         raise ConfigError("--poll must be positive")
     return operator.load(config, args.path, args.poll)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """``free`` and ``setattr``: what an Alluxio 2.x proxy offers beyond POSIX."""
+    if not args.timeout > 0:
+        raise ConfigError("--timeout must be positive")
+    from alluxiofuse import operator
+
+    if args.command == "free":
+        return operator.free(args.paths, recursive=args.recursive, forced=args.forced,
+                             timeout=args.timeout)
+    changes: dict[str, Any] = {}
+    if args.pinned is not None:
+        changes["pinned"] = args.pinned
+    if args.ttl is not None:
+        changes["ttl_ms"] = parse_ttl(args.ttl)
+    if args.ttl_action is not None:
+        changes["ttl_action"] = args.ttl_action.upper()
+    for name in ("replication_min", "replication_max"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < -1 or (name == "replication_min" and value < 0):
+                raise ConfigError(f"--{name.replace('_', '-')} cannot be {value}")
+            changes[name] = value
+    if not changes:
+        raise ConfigError("setattr: nothing to set (--pin, --unpin, --ttl, --ttl-action, "
+                          "--replication-min, --replication-max)")
+    return operator.set_attributes(args.paths, timeout=args.timeout,
+                                   recursive=args.recursive, **changes)
+
+
+def parse_ttl(value: str) -> int:
+    """``"1h"`` → 3,600,000 ms; ``"none"`` (or -1) → -1, which removes a TTL."""
+    if value.strip().lower() in ("none", "-1"):
+        return -1
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"--ttl: {e}") from None
+    return round(seconds * 1000)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

@@ -1,8 +1,13 @@
-"""Operator commands on an Alluxio 3.x cluster: ``locate`` (who owns a file) and ``load``.
+"""Operator commands: what Alluxio offers beyond POSIX, and what a mount still owes.
 
-Both take the same membership options as ``mount`` and name files by their full UFS URI;
-a local path is ``file://`` plus its absolute path, and a path inside an alluxiofuse mount
-is translated to the URI of the file in the mount's source.
+- On an Alluxio 3.x cluster, ``locate`` (who owns a file) and ``load``. They take the same
+  membership options as ``mount`` and name files by their full UFS URI; a local path is
+  ``file://`` plus its absolute path, and a path inside an alluxiofuse mount is translated
+  to the URI of the file in the mount's source.
+- On an Alluxio 2.x namespace, through its proxy: ``free`` (evict from Alluxio storage) and
+  ``setattr`` (pin, TTL, replication). They name files as ``alluxio-proxy://`` URIs or as
+  paths inside an alluxiofuse mount of one.
+- ``status``: the uploads a mount still owes its source.
 """
 
 from __future__ import annotations
@@ -14,16 +19,23 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
 
 import trio
 
+from alluxiofuse.backends.alluxio_proxy import ProxyClient, ProxyStatus
 from alluxiofuse.backends.alluxio_worker import LoadProgress, WorkerClient
 from alluxiofuse.backends.cluster import worker_source
+from alluxiofuse.backends.proxy import ProxySource, parse_source
 from alluxiofuse.backends.ufs import open_ufs
-from alluxiofuse.config import MountConfig
-from alluxiofuse.errors import AlluxioFuseError, BackendUnavailable, ConnectionDropped
+from alluxiofuse.config import PROXY_SCHEME, MountConfig
+from alluxiofuse.errors import (
+    AlluxioFuseError,
+    BackendUnavailable,
+    ConfigError,
+    ConnectionDropped,
+)
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, path_id
 from alluxiofuse.spool import read_journal, spool_dir, spool_in_use
@@ -39,13 +51,21 @@ def to_uri(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
     as the file in the mount's source, any other path as a ``file://`` URI."""
     if "://" in path:
         return path
+    found = _in_mount(path, mountinfo)
+    if found is not None:
+        source, rest = found
+        base = source if "://" in source else f"file://{os.path.abspath(source)}"
+        return f"{base.rstrip('/')}/{rest}" if rest else base
+    return f"file://{os.path.abspath(path)}"
+
+
+def _in_mount(path: str, mountinfo: str) -> tuple[str, str] | None:
+    """(source, path relative to it) when ``path`` is inside an alluxiofuse mount."""
     absolute = os.path.abspath(path)
     for mountpoint, source in _alluxiofuse_mounts(mountinfo):
         if absolute == mountpoint or absolute.startswith(mountpoint.rstrip("/") + "/"):
-            rest = absolute[len(mountpoint):].strip("/")
-            base = source if "://" in source else f"file://{os.path.abspath(source)}"
-            return f"{base.rstrip('/')}/{rest}" if rest else base
-    return f"file://{absolute}"
+            return source, absolute[len(mountpoint):].strip("/")
+    return None
 
 
 def _alluxiofuse_mounts(mountinfo: str) -> list[tuple[str, str]]:
@@ -294,3 +314,76 @@ def _source_of(target: str) -> str:
             return source
     return absolute
 
+
+# --- Alluxio 2.x, through the proxy --------------------------------------------------------
+
+
+def proxy_target(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[ProxySource, str]:
+    """Which proxy, and which Alluxio path, ``path`` names: an ``alluxio-proxy://`` URI (its
+    path percent-decoded), or a path inside an alluxiofuse mount of one."""
+    if "://" in path:
+        where = parse_source(path)
+        return where, where.root
+    found = _in_mount(path, mountinfo)
+    if found is None or not found[0].startswith(f"{PROXY_SCHEME}://"):
+        raise ConfigError(f"{path}: neither an {PROXY_SCHEME}:// URI nor a path inside an "
+                          f"alluxiofuse mount of one")
+    where = parse_source(found[0])
+    return where, where.path(found[1])
+
+
+def free(paths: list[str], *, recursive: bool, forced: bool, timeout: float,
+         out: TextIO | None = None) -> int:
+    """Evict each path's data from Alluxio storage; print each one's status after, as JSON
+    lines. The exit code: 0, or 1 if any path failed (each failure is said on stderr)."""
+    targets = [proxy_target(path) for path in paths]
+
+    async def free_one(client: ProxyClient, apath: str) -> None:
+        await client.free(apath, recursive=recursive, forced=forced)
+
+    return _on_proxy(targets, paths, free_one, timeout, out or sys.stdout, "free")
+
+
+def set_attributes(paths: list[str], *, timeout: float, out: TextIO | None = None,
+                   **changes: Any) -> int:
+    """Set Alluxio attributes (``ProxyClient.set_attribute``'s options) of each path;
+    print each one's status after, as JSON lines. The exit code as for :func:`free`."""
+    targets = [proxy_target(path) for path in paths]
+
+    async def set_one(client: ProxyClient, apath: str) -> None:
+        await client.set_attribute(apath, **changes)
+
+    return _on_proxy(targets, paths, set_one, timeout, out or sys.stdout, "setattr")
+
+
+def _on_proxy(
+    targets: list[tuple[ProxySource, str]], paths: list[str],
+    change: Callable[[ProxyClient, str], Awaitable[None]], timeout: float, out: TextIO,
+    what: str,
+) -> int:
+    async def run() -> int:
+        failed = 0
+        for (where, apath), path in zip(targets, paths, strict=True):
+            client = ProxyClient(where.host, where.port, timeout=timeout)
+            try:
+                await change(client, apath)
+                status = await client.get_status(apath)
+            except AlluxioFuseError as e:
+                print(f"alluxiofuse: {what} {path}: {e}", file=sys.stderr)
+                failed = 1
+                continue
+            finally:
+                await client.aclose()
+            out.write(json.dumps(_describe(status), ensure_ascii=False) + "\n")
+        out.flush()
+        return failed
+
+    return trio.run(run)
+
+
+def _describe(status: ProxyStatus) -> dict[str, Any]:
+    return {"path": status.path, "pinned": status.pinned, "ttl_ms": status.ttl,
+            "ttl_action": status.ttl_action, "in_alluxio_percent": status.in_alluxio_percentage,
+            "persisted": status.persisted, "persistence_state": status.persistence_state,
+            "mode": oct(status.status.mode or 0), "length": status.status.size,
+            "folder": status.status.is_dir}
