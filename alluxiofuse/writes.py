@@ -4,6 +4,8 @@ Write types (Alluxio's names):
 
 - ``THROUGH``: flush, fsync and close return once the under-storage has the file.
 - ``CACHE_THROUGH``: the same, and then the cluster is asked to cache the file.
+- ``MUST_CACHE`` (an Alluxio 2.x proxy only): as ``THROUGH``, the backend being Alluxio
+  storage, which keeps the file without persisting it.
 - ``ASYNC_THROUGH``: they return once the file is complete and fsynced in the spool and
   recorded in its journal; the :class:`~alluxiofuse.staging.Uploader` uploads it in the
   background, and again after a restart if the daemon dies first.

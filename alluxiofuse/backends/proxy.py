@@ -4,8 +4,10 @@ Reads are streams (PROTOCOL.md 4.2): ``open-file`` makes one at the file's start
 stream read answers with everything from there on, so a read at an offset costs the
 bytes before it. :meth:`ProxyBackend.open_stream` opens one and reads past ``offset``;
 the handle layer keeps it from one read to the next. Each stream is checked against the
-version it is opened for (a ``get-status`` sent alongside the ``open-file``): Alluxio files
-are written once, and a file made again at the same path has a new id, the version's etag.
+version it is opened for (a ``get-status`` sent alongside the ``open-file``), unless a status
+naming that version came from the proxy within the last second (the lookup or listing that
+led to the open): Alluxio files are written once, and a file made again at the same path
+has a new id, the version's etag.
 
 Writes: a file's whole new content is written to a hidden temporary name beside it
 (``create-file`` with the mount's write type, one stream write, ``close``) and then renamed
@@ -25,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
+from cachetools import TTLCache
 
 from alluxiofuse.backends.alluxio_proxy import DEFAULT_PORT, ProxyClient, ReadStream
 from alluxiofuse.backends.base import is_temp_name, read_concurrently, temp_name
@@ -57,6 +60,12 @@ log = logging.getLogger(__name__)
 
 SCHEME = "alluxio-proxy"
 _WRITE_PART = 1024 * 1024  # bytes of a staged file read from disk at a time
+# A stream opened this soon after a status named its version is not checked again: the
+# lookup (or listing) before an open is that check, and a second one per small file was a
+# third more requests. Alluxio files are written once; a file made again within this window
+# and read before it passes could be read as the old version (its length is still checked).
+_FRESH = 1.0  # seconds
+_FRESH_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class ProxyBackend:
 
     def __init__(
         self, client: ProxyClient, source: ProxySource, *, description: str, read_type: str,
-        write_type: str, limiter: trio.CapacityLimiter,
+        write_type: str, limiter: trio.CapacityLimiter, fresh_for: float = _FRESH,
     ) -> None:
         self.client = client
         self.source = source
@@ -147,21 +156,25 @@ class ProxyBackend:
         self.read_type = read_type
         self.write_type = write_type
         self._limiter = limiter  # local disk reads of staged files
+        self._fresh: TTLCache[str, Version] = TTLCache(_FRESH_ENTRIES, fresh_for)  # path -> version
 
     # --- metadata ---------------------------------------------------------------------
 
     async def stat(self, path: str) -> FileStatus:
         status = (await self.client.get_status(self.source.path(path))).status
+        self._fresh[path] = status.version
         return _named(status, path)
 
     async def list(self, path: str) -> builtins.list[FileStatus]:
         entries = []
+        prefix = f"{path}/" if path else ""
         for child in await self.client.list_status(self.source.path(path)):
             name = child.status.name
             if not valid_name(name) or is_temp_name(name):
                 log.debug("skipping entry %r of %r: not a usable file name", name, path)
                 continue
             entries.append(child.status)
+            self._fresh[prefix + name] = child.status.version
         return entries
 
     def stat_nowait(self, path: str) -> FileStatus | None:
@@ -193,9 +206,12 @@ class ProxyBackend:
             found.append((await self.client.get_status(apath)).status.version)
 
         try:
-            await _both(open_file, get_status)
-            if found[0] != version:
-                raise StaleFile(f"{path} changed while open")
+            if self._fresh.get(path) == version:
+                await open_file()
+            else:
+                await _both(open_file, get_status)
+                if found[0] != version:
+                    raise StaleFile(f"{path} changed while open")
             body = await self.client.read(opened[0])
         except BaseException as e:
             if opened:
