@@ -28,10 +28,10 @@ simulator is stricter than Jackson on scalar coercions such as ``"5"`` for a num
 ``Content-Type`` the method does not consume gives 415; every failure of the operation itself is
 HTTP 500 with ``{"statusCode": "<gRPC code>", "message": ...}``; void operations answer 200 with
 no entity. Stream reads answer the rest of the file from the stream's position, chunked;
-if the client goes away mid-body the position stays after the last chunk the socket accepted
-(so it may run ahead of what the client received). Unused streams expire after
-``stream_timeout`` seconds (an expired write stream is committed, as Alluxio's stream cache
-closes it).
+if the client goes away mid-body the reading stops and the position stays after the last chunk
+handed to the socket (so it may run ahead of what the client received, by what was buffered).
+Unused streams expire after ``stream_timeout`` seconds (an expired write stream is committed,
+as Alluxio's stream cache closes it).
 
 Fault switches (``POST /_sim/faults`` with a JSON object, or :meth:`SimProxy.set_faults`):
 ``delay`` (seconds before answering), ``stall`` (never answer), ``error`` (answer 500 with this
@@ -1102,9 +1102,11 @@ class SimProxy:
             writer.write(b"%x\r\n" % len(data))
             writer.write(data)
             writer.write(b"\r\n")
-            await writer.drain()  # raises ConnectionError when the client has gone
+            # Counted once handed to the transport, which may send it at once: the position
+            # is never behind what the client got (it may be ahead, by what was buffered).
             stream.pos += len(data)
             self._count("bytes_read", len(data))
+            await writer.drain()  # raises ConnectionError when the client has gone
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         if stream.pos >= stream.length and stream.read_type != "NO_CACHE" \
