@@ -30,6 +30,12 @@ install_python_packages() {
     echo "== installing alluxiofuse and its test tools into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    # alluxio==0.1.4, the official client of the Alluxio 2.x proxy that the proxy simulator's
+    # tests run, is the package "alluxio" like 1.0.0 above: it goes to a directory of its own
+    # (tests/sim/apy01.py loads it from there), without dependencies (requests and six are in
+    # the test extras); --upgrade replaces an earlier copy quietly.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --upgrade \
+        --target .venv/alluxio-0.1.4 alluxio==0.1.4
 }
 
 demo() {
