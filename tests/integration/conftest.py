@@ -269,3 +269,76 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+# -- the Alluxio 2.x proxy simulator, as a process of its own (tests/sim/proxy.py)
+
+
+@dataclass
+class ProxySim:
+    """A running ``python -m tests.sim.proxy`` over ``ufs``."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    ufs: Path
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def source(self, path: str = "") -> str:
+        """The mount source for Alluxio path ``/path``."""
+        return f"alluxio-proxy://127.0.0.1:{self.port}/{path}"
+
+    def stats(self) -> dict[str, int]:
+        import httpx
+
+        return dict(httpx.get(f"{self.url}/_sim/stats", timeout=10).json())
+
+    def faults(self, **faults: object) -> None:
+        import httpx
+
+        httpx.post(f"{self.url}/_sim/faults", json=faults, timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        """SIGTERM (the simulator then removes its spool), SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait(10)
+
+
+ProxySimFactory = Callable[..., ProxySim]
+
+
+@pytest.fixture
+def proxy_sim(tmp_path: Path) -> Iterator[ProxySimFactory]:
+    """``proxy_sim(ufs, *options)`` → a simulated Alluxio 2.x proxy over directory ``ufs``,
+    killed at the end of the test."""
+    sims: list[ProxySim] = []
+
+    def start(ufs: Path, *options: str) -> ProxySim:
+        log = tmp_path / f"proxy{len(sims)}.log"
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.sim.proxy", "--ufs", str(ufs), *options],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.stdout is not None
+        line = with_timeout(proc.stdout.readline, START_TIMEOUT)  # "listening <port>"
+        if not isinstance(line, str) or not line.startswith("listening "):
+            proc.kill()
+            raise AssertionError(f"the proxy simulator did not start: {log.read_text()}")
+        sim = ProxySim(proc, int(line.split()[1]), ufs, log)
+        sims.append(sim)
+        return sim
+
+    try:
+        yield start
+    finally:
+        for sim in sims:
+            sim.stop()

@@ -3,8 +3,8 @@
 Hypothesis drives the same sequence of system calls (create, write at offsets, append,
 truncate, rename, unlink, mkdir, rmdir, read, listdir, stat, and a file kept open across
 steps) into a writable mount and into a reference directory, and compares every result
-and every errno after each step. Run over a local under-storage and over S3 (moto on
-loopback, started by the test).
+and every errno after each step. Run over a local under-storage, over S3 (moto on
+loopback, started by the test) and over an Alluxio 2.x proxy (tests/sim/proxy.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.integration.conftest import MountFactory
+from tests.integration.conftest import MountFactory, ProxySimFactory
 from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.integration
@@ -223,6 +223,27 @@ def test_s3_mount_behaves_like_a_local_directory(mount: MountFactory, tmp_path: 
         m = mount(s3.url("tree"), *options, "--attr-timeout", "0", "--entry-timeout", "0",
                   "--negative-timeout", "0", "--dir-timeout", "0")
         run_differential(m.path, ref, examples=12)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("write_type", ["THROUGH", "MUST_CACHE"])
+def test_alluxio_proxy_mount_behaves_like_a_local_directory(
+    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path, write_type: str,
+) -> None:
+    """Over an Alluxio 2.x proxy: persisted as it goes (THROUGH), or kept in Alluxio
+    storage alone (MUST_CACHE: the under-storage never sees a file)."""
+    ufs, ref = tmp_path / "ufs", tmp_path / "ref"
+    ufs.mkdir()
+    ref.mkdir()
+    sim = proxy_sim(ufs)
+    m = mount(sim.source(), "--write-type", write_type, "--attr-timeout", "0",
+              "--entry-timeout", "0", "--negative-timeout", "0", "--dir-timeout", "0")
+    run_differential(m.path, ref, examples=12)
+    if write_type == "THROUGH":
+        assert tree_of(ufs) == tree_of(ref)
+    else:
+        assert not [p for p in ufs.rglob("*") if p.is_file()]
+    assert sim.stats()["streams_open"] == 0
 
 
 def _json(value: Any) -> str:

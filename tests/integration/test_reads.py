@@ -1,4 +1,8 @@
-"""Reads through the mount return the source's bytes: concurrent, random, sequential, large."""
+"""Reads through the mount return the source's bytes: concurrent, random, sequential, large.
+
+Each test runs on a local source and on the same directory behind a simulated Alluxio 2.x
+proxy (an ``alluxio-proxy://`` source: every read a stream of the proxy's).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,29 @@ import hashlib
 import os
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import MountFactory, with_timeout
+from tests.integration.conftest import MountFactory, ProxySimFactory, with_timeout
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 
 
-def test_concurrent_random_reads_with_eviction(mount: MountFactory, tmp_path: Path) -> None:
+@pytest.fixture(params=["local", "proxy"])
+def served(request: pytest.FixtureRequest, proxy_sim: ProxySimFactory) -> Callable[[Path], str]:
+    """How a test's source directory is mounted: as it is, or through an Alluxio proxy."""
+    if request.param == "local":
+        return str
+    return lambda src: proxy_sim(src).source()
+
+
+def test_concurrent_random_reads_with_eviction(
+    mount: MountFactory, tmp_path: Path, served: Callable[[Path], str],
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     rng = random.Random(7)
@@ -28,7 +43,7 @@ def test_concurrent_random_reads_with_eviction(mount: MountFactory, tmp_path: Pa
         content[name] = rng.randbytes(size)
         (src / name).write_bytes(content[name])
     # 42 MiB of files over a 16 MiB page cache: pages are evicted and fetched again.
-    m = mount(src, "--page-size", "1MiB", "--page-cache-size", "16MiB")
+    m = mount(served(src), "--page-size", "1MiB", "--page-cache-size", "16MiB")
 
     errors: list[str] = []
     reads_done = [0]
@@ -79,12 +94,14 @@ def test_concurrent_random_reads_with_eviction(mount: MountFactory, tmp_path: Pa
     assert m.proc.poll() is None
 
 
-def test_sequential_read_of_50mib_file(mount: MountFactory, tmp_path: Path) -> None:
+def test_sequential_read_of_50mib_file(
+    mount: MountFactory, tmp_path: Path, served: Callable[[Path], str],
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     data = random.Random(3).randbytes(50 * MiB)
     (src / "big.bin").write_bytes(data)
-    m = mount(src, "--page-cache-size", "16MiB")
+    m = mount(served(src), "--page-cache-size", "16MiB")
 
     def read_sha(path: Path, chunk: int) -> tuple[int, str]:
         h = hashlib.sha256()
