@@ -631,14 +631,14 @@ class Context:
             + (f"  RSS {p.rss_mib:.0f} MiB" if p.rss_mib else ""))
 
 
-def wait_quiet(ctx: Context) -> None:
+def wait_quiet(args: argparse.Namespace) -> None:
     """Before a pass: wait (up to --quiet-wait seconds) until the rest of the machine uses
     less than --max-other cores, measured over one second while this run is idle."""
-    deadline, said = time.monotonic() + ctx.args.quiet_wait, False
+    deadline, said = time.monotonic() + args.quiet_wait, False
     while True:
         b0 = machine_busy()
         time.sleep(1.0)
-        if (busy := machine_busy() - b0) < ctx.args.max_other:
+        if (busy := machine_busy() - b0) < args.max_other:
             return
         if time.monotonic() > deadline:
             log(f"  the machine is still busy ({busy:.2f} cores elsewhere): going on")
@@ -653,7 +653,7 @@ def measured(ctx: Context, work: str, target: str, rep: int, fn: Callable[[], Pa
     cores (another job) is discarded and run again, up to --attempts times in all."""
     for attempt in range(1, ctx.args.attempts + 1):
         ctx.cl.check_alive()
-        wait_quiet(ctx)
+        wait_quiet(ctx.args)
         p = fn()
         if p.cpu["other"] <= ctx.args.max_other or attempt == ctx.args.attempts:
             break
