@@ -82,7 +82,7 @@ class InvalidArgument(AlluxioFuseError):
 
 
 class Refused(InvalidArgument):
-    pass
+    """Not in the path's present state (an Alluxio proxy's FAILED_PRECONDITION)."""
 
 
 class NameTooLong(AlluxioFuseError):

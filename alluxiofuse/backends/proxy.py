@@ -233,6 +233,11 @@ class ProxyBackend:
         stream = await self.open_stream(path, offset, version)
         try:
             data = await stream.read(max(0, min(length, version.size - offset)))
+            # At the end of the file, read the reply to its end too: the file must end
+            # there, and a reply read whole gives its connection back to the pool
+            # (directory read-ahead made a new connection per file otherwise).
+            if offset + len(data) >= version.size and await stream.read(1):
+                raise StaleFile(f"{path} is longer than when it was opened")
         finally:
             await stream.aclose()
         if len(data) < min(length, version.size - offset):

@@ -306,3 +306,14 @@ def test_proxy_sources(source: str, where: ProxySource) -> None:
 def test_bad_proxy_sources(source: str) -> None:
     with pytest.raises(ConfigError):
         parse_source(source)
+
+
+async def test_whole_file_reads_give_their_connection_back(sim: SimProxy) -> None:
+    """Directory read-ahead reads first pages of small files one stream each: a reply read
+    to its end keeps its connection, so many files cost few connections."""
+    backend = backend_of(sim)
+    status = await backend.stat("small")
+    for _ in range(20):
+        assert await backend.read("small", 0, 1 << 20, status.version) == b"hello"
+    assert sum(len(idle) for idle in backend.client._pool._idle.values()) == 1
+    await backend.aclose()
