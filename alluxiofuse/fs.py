@@ -41,6 +41,7 @@ from alluxiofuse.model import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     Attrs,
+    Data,
     FileStatus,
     FsStats,
     Kind,
@@ -266,7 +267,7 @@ class Filesystem:
         self._files[fh] = handle
         return fh, keep_cache
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Data:
         staged = self._staged.get(fh)
         if staged is not None:
             assert self.writes is not None

@@ -25,7 +25,7 @@ import trio
 from alluxiofuse.backends.base import Backend, ByteStream
 from alluxiofuse.errors import BackendError, StaleFile
 from alluxiofuse.inodes import Inode
-from alluxiofuse.model import FileStatus, Version
+from alluxiofuse.model import Data, FileStatus, Version
 from alluxiofuse.pages import PageCache, PageKey
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Prefetcher:
     # Spawned but maybe not started yet, so not yet a flight the page cache knows about.
     _pending: set[PageKey] = field(default_factory=set)
 
-    def prefetch(self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], length: int) -> bool:
+    def prefetch(self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int) -> bool:
         """Fetch page ``key`` in the background unless it is cached or being fetched.
 
         Returns False when the budget is spent, so the caller stops asking for more.
@@ -67,7 +67,7 @@ class Prefetcher:
 
     def prefetch_many(
         self, pages: Sequence[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
+        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
     ) -> int:
         """Fetch several pages in the background with one ``fetch_all`` call.
 
@@ -92,7 +92,7 @@ class Prefetcher:
 
     async def _fill(
         self, pages: list[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
+        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
     ) -> None:
         try:
             await self.pages.fill(pages, fetch_all)
@@ -103,7 +103,7 @@ class Prefetcher:
                 self.in_flight -= length
                 self._pending.discard(key)
 
-    async def _run(self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], length: int) -> None:
+    async def _run(self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int) -> None:
         try:
             await self.pages.get(key, fetch, expected=length, prefetch=True)
         except Exception as e:  # a demand read of the page reports it (or fetches again)
@@ -137,10 +137,10 @@ class StreamCursor:
         self._lock = trio.Lock()
         self._stream: ByteStream | None = None
         self._position = 0
-        self._passed: dict[int, bytes] = {}  # page index -> bytes, for fetches waiting
+        self._passed: dict[int, Data] = {}  # page index -> its bytes, for fetches waiting
         self._closed = False
 
-    async def page(self, index: int, length: int) -> bytes:
+    async def page(self, index: int, length: int) -> Data:
         """Page ``index`` (``length`` bytes) from the stream."""
         async with self._lock:
             for stale in [i for i in self._passed if not self._wanted(i)]:
@@ -169,7 +169,7 @@ class StreamCursor:
             self._passed.clear()
             await self._drop()
 
-    async def _read_page(self, index: int, length: int) -> bytes:
+    async def _read_page(self, index: int, length: int) -> Data:
         offset = index * self._page_size
         if self._stream is None or offset < self._position:
             await self._drop()
@@ -189,7 +189,7 @@ class StreamCursor:
             raise
         return data
 
-    async def _read(self, n: int) -> bytes:
+    async def _read(self, n: int) -> Data:
         assert self._stream is not None
         data = await self._stream.read(n)
         if len(data) != n:
@@ -248,7 +248,7 @@ class FileHandle:
     def size(self) -> int:
         return self.version.size
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Data:
         """Up to ``size`` bytes at ``offset``; fewer only at the end of the file.
 
         Raises ``StaleFile`` once the file is known to have changed since the open.
@@ -312,7 +312,7 @@ class FileHandle:
             if not self._prefetcher.prefetch(key, fetch, self._length(index)):
                 return
 
-    async def _page(self, index: int, *, served: int) -> bytes:
+    async def _page(self, index: int, *, served: int) -> Data:
         key = PageKey(self.ino, self.version, index)
         return await self._pages.get(
             key, partial(self._fetch, index), expected=self._length(index), served=served,
@@ -321,7 +321,7 @@ class FileHandle:
     def _length(self, index: int) -> int:
         return max(0, min(self._page_size, self.size - index * self._page_size))
 
-    async def _fetch(self, index: int, *, inline: bool = True) -> bytes:
+    async def _fetch(self, index: int, *, inline: bool = True) -> Data:
         """Page ``index`` from the backend.
 
         A reader waiting for a small page takes what the backend can answer at once: that
@@ -334,7 +334,7 @@ class FileHandle:
         offset, length = index * self._page_size, self._length(index)
         if self._stream is not None:
             return await self._stream.page(index, length)
-        data = None
+        data: Data | None = None
         if inline and length <= _INLINE_READ_MAX:
             data = self._backend.read_nowait(self.path, offset, length, self.version)
         if data is None:

@@ -8,6 +8,10 @@ from typing import NamedTuple
 
 NAME_MAX = 255  # bytes in one path component, as on Linux
 
+# File content as the layers hand it on: ``bytes``, or a read-only ``memoryview`` of the
+# buffer a stream read received it into (socket to kernel with no copy in between).
+Data = bytes | memoryview
+
 
 def valid_name(name: str) -> bool:
     """Whether ``name`` can be a directory entry: no ``/`` or NUL, not ``.``/``..``, ≤ 255 bytes."""

@@ -25,7 +25,7 @@ from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
 from alluxiofuse.fs import Filesystem
 from alluxiofuse.inodes import Inode
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import Attrs, FileStatus, Kind
+from alluxiofuse.model import Attrs, Data, FileStatus, Kind
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,9 @@ class Operations(pyfuse3.Operations):
             fh, keep_cache = await self.fs.open(inode, flags)
             return FileInfo(fh=fh, keep_cache=keep_cache)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 replies with any contiguous buffer (PyObject_GetBuffer), not only the bytes
+    # its stub names: a page received into a buffer goes to the kernel with no copy.
+    async def read(self, fh: int, off: int, size: int) -> Data:  # type: ignore[override]
         with self._call("read"):
             return await self.fs.read(fh, off, size)
 

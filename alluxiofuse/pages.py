@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from alluxiofuse.flight import SingleFlight
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import Version
+from alluxiofuse.model import Data, Version
 
 
 class PageKey(NamedTuple):
@@ -34,8 +34,8 @@ class PageCache:
         self.used = 0  # bytes of cached pages
         self.reserved = 0  # bytes of pages being fetched
         self._metrics = metrics
-        self._pages: OrderedDict[PageKey, bytes] = OrderedDict()
-        self._flights: SingleFlight[PageKey, bytes] = SingleFlight()
+        self._pages: OrderedDict[PageKey, Data] = OrderedDict()
+        self._flights: SingleFlight[PageKey, Data] = SingleFlight()
         self._unread_prefetch: set[PageKey] = set()
         self._by_ino: dict[int, set[PageKey]] = {}
         metrics.watch_page_cache(lambda: self.used, lambda: self.capacity)
@@ -49,9 +49,9 @@ class PageCache:
         return key in self._flights
 
     async def get(
-        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], *, expected: int,
+        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], *, expected: int,
         served: int = 0, prefetch: bool = False,
-    ) -> bytes:
+    ) -> Data:
         """The page ``key``, fetching it with ``fetch()`` on a miss.
 
         ``expected`` is the page's length: a fetch reserves it in the cache up front, so
@@ -74,7 +74,7 @@ class PageCache:
 
     async def fill(
         self, pages: Sequence[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[bytes | Exception]]],
+        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
     ) -> None:
         """Read ahead ``pages`` (key, expected length) with one ``fetch_all(keys)`` call.
 
@@ -90,7 +90,7 @@ class PageCache:
         expected = sum(length for _, length in todo)
         self.reserved += expected
         self._evict()
-        outcomes: Sequence[bytes | Exception | None] = [None] * len(keys)  # None: cancelled
+        outcomes: Sequence[Data | Exception | None] = [None] * len(keys)  # None: cancelled
         try:
             outcomes = await fetch_all(keys)
             if len(outcomes) != len(keys):
@@ -101,7 +101,7 @@ class PageCache:
         finally:
             self.reserved -= expected
             for key, flight, outcome in zip(keys, flights, outcomes, strict=True):
-                if isinstance(outcome, bytes):
+                if isinstance(outcome, bytes | memoryview):  # Data
                     self._insert(key, outcome, prefetch=True)
                     self._flights.finish(key, flight, outcome)
                 else:  # an error, or None: a waiter then fetches the page itself
@@ -125,8 +125,8 @@ class PageCache:
                 self._release(key, data, evicted=False)
 
     async def _fetch(
-        self, key: PageKey, fetch: Callable[[], Awaitable[bytes]], prefetch: bool, expected: int,
-    ) -> bytes:
+        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], prefetch: bool, expected: int,
+    ) -> Data:
         self.reserved += expected
         self._evict()
         try:
@@ -138,7 +138,7 @@ class PageCache:
         self._insert(key, data, prefetch)
         return data
 
-    def _insert(self, key: PageKey, data: bytes, prefetch: bool) -> None:
+    def _insert(self, key: PageKey, data: Data, prefetch: bool) -> None:
         if len(data) > self.capacity:
             return
         self._pages[key] = data
@@ -159,7 +159,7 @@ class PageCache:
                     del self._by_ino[old_key.ino]
             self._release(old_key, old, evicted=True)
 
-    def _release(self, key: PageKey, data: bytes, *, evicted: bool) -> None:
+    def _release(self, key: PageKey, data: Data, *, evicted: bool) -> None:
         self.used -= len(data)
         if evicted:
             self._metrics.page_cache_evicted_bytes.inc(len(data))

@@ -29,7 +29,7 @@ from alluxiofuse.backends.base import run_blocking
 from alluxiofuse.backends.ufs import pread_all
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
 from alluxiofuse.extents import Extents
-from alluxiofuse.model import FileStatus, Kind, Version
+from alluxiofuse.model import Data, FileStatus, Kind, Version
 from alluxiofuse.spool import Record, Spool
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ _INLINE_WRITE_MAX = 1024 * 1024
 _MAX_BACKOFF = 60.0
 
 # Fetch ``length`` bytes at ``offset`` of a staged file's base.
-FetchBase = Callable[[int, int], Awaitable[bytes]]
+FetchBase = Callable[[int, int], Awaitable[Data]]
 
 
 class DiskIO:
@@ -206,7 +206,7 @@ class StagedFile:
         self.dirty = True
 
 
-def _pwrite(fd: int, data: bytes, offset: int) -> None:
+def _pwrite(fd: int, data: Data, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

@@ -29,7 +29,7 @@ import trio
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, NotFound
-from alluxiofuse.model import Attrs, FileStatus
+from alluxiofuse.model import Attrs, Data, FileStatus
 from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
 
@@ -417,7 +417,7 @@ class Writes:
         base = staged.base
         path = staged.path
 
-        async def fetch(offset: int, length: int) -> bytes:
+        async def fetch(offset: int, length: int) -> Data:
             if base is None:  # cannot happen: a new file has no base range to fetch
                 raise NotFound(path)
             return await self.backend.read(path, offset, length, base)

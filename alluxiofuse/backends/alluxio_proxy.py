@@ -53,7 +53,7 @@ from alluxiofuse.errors import (
     ServerError,
 )
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import FileStatus, Kind
+from alluxiofuse.model import Data, FileStatus, Kind
 
 DEFAULT_PORT = 39999  # alluxio.proxy.web.port
 READ_TYPES = ("NO_CACHE", "CACHE", "CACHE_PROMOTE")
@@ -169,28 +169,37 @@ class ReadStream:
     def at_end(self) -> bool:
         return self._body.done
 
-    async def read(self, n: int) -> bytes:
-        """The next ``n`` bytes; fewer only at the end of the file."""
+    async def read(self, n: int) -> Data:
+        """The next ``n`` bytes; fewer only at the end of the file. They are received
+        straight into a buffer of their own, of ``n`` bytes (returned as a read-only view
+        of it): ask for what is due, not for "all"."""
+        buffer = bytearray(n)
+        got = await self.readinto(memoryview(buffer))
+        return memoryview(buffer)[:got].toreadonly()
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` with the next bytes: how many, fewer only at the end of the file."""
         try:
             with trio.fail_after(self._timeout):
-                data = await self._body.read(n)
+                got = await self._body.readinto(view)
         except trio.TooSlowError:
             raise BackendTimeout(f"{self._url}: no data within {self._timeout:g}s") from None
         except http1.Truncated as e:
             raise ConnectionDropped(f"{self._url}: stream cut short ({e})") from None
         except http1.HttpError as e:
             raise ProtocolError(f"{self._url}: {e}") from None
-        self.position += len(data)
-        return data
+        self.position += got
+        return got
 
     async def skip(self, n: int, part: int = 1024 * 1024) -> int:
         """Read past ``n`` bytes; how many there were (fewer at the end of the file)."""
         skipped = 0
+        scratch = memoryview(bytearray(min(part, n)))  # one buffer for all the parts
         while skipped < n:
-            data = await self.read(min(part, n - skipped))
-            if not data:
+            got = await self.readinto(scratch[:min(part, n - skipped)])
+            if not got:
                 break
-            skipped += len(data)
+            skipped += got
         return skipped
 
     async def aclose(self) -> None:

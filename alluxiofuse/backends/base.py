@@ -10,7 +10,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
-from alluxiofuse.model import Attrs, Commit, FileStatus, FsStats, Version, WriteSupport
+from alluxiofuse.model import Attrs, Commit, Data, FileStatus, FsStats, Version, WriteSupport
 
 T = TypeVar("T")
 
@@ -32,8 +32,9 @@ def is_temp_name(name: str) -> bool:
 class ByteStream(Protocol):
     """A file's bytes in order, from where the stream was opened."""
 
-    async def read(self, n: int) -> bytes:
-        """The next ``n`` bytes; fewer only at the end of the file."""
+    async def read(self, n: int) -> Data:
+        """The next ``n`` bytes; fewer only at the end of the file. ``n`` bytes may be
+        allocated up front: ask for what is due."""
         ...
 
     async def aclose(self) -> None:
@@ -65,7 +66,7 @@ class Backend(Protocol):
         """The entries of directory ``path``, without ``.`` and ``..``."""
         ...
 
-    async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
+    async def read(self, path: str, offset: int, length: int, version: Version) -> Data:
         """``length`` bytes at ``offset`` of ``version`` of the file (fewer only at EOF).
 
         Raises ``StaleFile`` when the file is no longer that version.
@@ -94,7 +95,7 @@ class Backend(Protocol):
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
-    ) -> Sequence[bytes | AlluxioFuseError]:
+    ) -> Sequence[Data | AlluxioFuseError]:
         """Several ``read(path, offset, length, version)`` at once; each result is the
         bytes or the error that read alone would have raised."""
         ...
@@ -172,12 +173,12 @@ async def run_blocking(
 
 
 async def read_concurrently(
-    read: Callable[[str, int, int, Version], Awaitable[bytes]],
+    read: Callable[[str, int, int, Version], Awaitable[Data]],
     reads: Sequence[tuple[str, int, int, Version]],
-) -> list[bytes | AlluxioFuseError]:
+) -> list[Data | AlluxioFuseError]:
     """``read_many`` for a backend whose reads overlap well on their own: every read at
     once, each result the bytes or the error that read raised."""
-    results: list[bytes | AlluxioFuseError] = [b""] * len(reads)
+    results: list[Data | AlluxioFuseError] = [b""] * len(reads)
 
     async def one(i: int) -> None:
         try:

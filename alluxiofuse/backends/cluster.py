@@ -53,7 +53,16 @@ from alluxiofuse.errors import (
 )
 from alluxiofuse.membership import WorkerAddress, parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import Attrs, Commit, FileStatus, FsStats, Version, WriteSupport, valid_name
+from alluxiofuse.model import (
+    Attrs,
+    Commit,
+    Data,
+    FileStatus,
+    FsStats,
+    Version,
+    WriteSupport,
+    valid_name,
+)
 from alluxiofuse.ring import DEFAULT_VNODES, HashRing, WorkerIdentity, path_id
 
 log = logging.getLogger(__name__)
@@ -287,7 +296,7 @@ class ClusterBackend:
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
-    ) -> Sequence[bytes | AlluxioFuseError]:
+    ) -> Sequence[Data | AlluxioFuseError]:
         return await read_concurrently(self.read, reads)
 
     async def _data_worker(self, uri: str) -> WorkerAddress | None:

@@ -20,6 +20,7 @@ import trio
 
 _HEAD_LIMIT = 64 * 1024
 _RECEIVE = 256 * 1024
+_FRAMING = 8 * 1024  # received at once for a chunk-size line
 _MAX_IDLE = 32  # idle connections kept per address
 
 
@@ -199,24 +200,33 @@ class ResponseStream:
 
     async def read(self, n: int) -> bytes:
         """The next ``n`` bytes of the body; fewer only at its end."""
-        out = bytearray()
-        while len(out) < n and not self._done:
+        out = bytearray(n)
+        with memoryview(out) as view:
+            got = await self.readinto(view)
+        del out[got:]
+        return bytes(out)
+
+    async def readinto(self, view: memoryview) -> int:
+        """Fill ``view`` with the next bytes of the body: how many, fewer than ``len(view)``
+        only at its end. The bytes go from the socket straight into ``view``."""
+        filled, n = 0, len(view)
+        while filled < n and not self._done:
             if self._chunked and self._left == 0:
                 await self._next_chunk()
                 continue
-            want = min(n - len(out), self._left)
+            want = min(n - filled, self._left)
             if self._buffer:
                 take = min(want, len(self._buffer))
-                out += self._buffer[:take]
+                with memoryview(self._buffer) as buffered:
+                    view[filled:filled + take] = buffered[:take]
                 del self._buffer[:take]
             else:  # straight from the socket, never past what is due
-                chunk = await _receive(self._stream, want)
-                if not chunk:
+                take = await _receive_into(self._stream, view[filled:filled + want])
+                if not take:
                     raise Truncated("the connection closed inside a chunked body"
                                     if self._chunked else
                                     f"the connection closed with {self._left} body bytes due")
-                take = len(chunk)
-                out += chunk
+            filled += take
             self._left -= take
             if self._left == 0:
                 if self._chunked:
@@ -224,15 +234,15 @@ class ResponseStream:
                     del self._buffer[:2]  # the CRLF after a chunk's data
                 else:
                     self._done = True
-        return bytes(out)
+        return filled
 
     async def read_all(self) -> bytes:
         """The rest of the body."""
         if not self._chunked:
             return await self.read(self._left)
         parts = []
-        while not self._done:
-            parts.append(await self.read(_RECEIVE))
+        while not self._done:  # a chunk at a time (a size line first, where one is due)
+            parts.append(await self.read(min(self._left, _RECEIVE) or _FRAMING))
         return b"".join(parts)
 
     async def aclose(self) -> None:
@@ -266,7 +276,9 @@ class ResponseStream:
             await self._more()
 
     async def _more(self) -> None:
-        chunk = await _receive(self._stream)
+        # A chunk's framing: a few bytes are due, then data that is better received
+        # straight into the reader's buffer than copied out of this one.
+        chunk = await _receive(self._stream, _FRAMING)
         if not chunk:
             raise Truncated("the connection closed inside a chunked body")
         self._buffer += chunk
@@ -291,6 +303,13 @@ async def _receive(stream: trio.SocketStream, wanted: int = _RECEIVE) -> bytes:
         return await stream.receive_some(min(wanted, _RECEIVE) if wanted > 0 else _RECEIVE)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return b""
+
+
+async def _receive_into(stream: trio.SocketStream, view: memoryview) -> int:
+    try:
+        return await stream.socket.recv_into(view)
+    except (OSError, trio.ClosedResourceError):  # reset, or closed meanwhile
+        return 0
 
 
 def _readable(stream: trio.SocketStream) -> bool:

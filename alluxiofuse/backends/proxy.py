@@ -49,6 +49,7 @@ from alluxiofuse.model import (
     RENAME_NOREPLACE,
     Attrs,
     Commit,
+    Data,
     FileStatus,
     FsStats,
     Version,
@@ -119,7 +120,7 @@ class ProxyStream:
         self.stream_id = stream_id
         self._body = body
 
-    async def read(self, n: int) -> bytes:
+    async def read(self, n: int) -> Data:
         return await self._body.read(n)
 
     async def aclose(self) -> None:
@@ -228,7 +229,7 @@ class ProxyBackend:
             raise
         return stream
 
-    async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
+    async def read(self, path: str, offset: int, length: int, version: Version) -> Data:
         """A range on a stream of its own (the file layer keeps streams for open files)."""
         stream = await self.open_stream(path, offset, version)
         try:
@@ -246,7 +247,7 @@ class ProxyBackend:
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
-    ) -> builtins.list[bytes | AlluxioFuseError]:
+    ) -> builtins.list[Data | AlluxioFuseError]:
         return await read_concurrently(self.read, reads)
 
     def read_nowait(self, path: str, offset: int, length: int, version: Version) -> bytes | None:

@@ -48,6 +48,7 @@ from alluxiofuse.model import (
     RENAME_NOREPLACE,
     Attrs,
     Commit,
+    Data,
     FileStatus,
     FsStats,
     Kind,
@@ -161,7 +162,7 @@ class UfsBackend:
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
-    ) -> builtins.list[bytes | AlluxioFuseError]:
+    ) -> builtins.list[Data | AlluxioFuseError]:
         """Concurrent reads, each in its own worker thread: a store's latency overlaps."""
         return await read_concurrently(self.read, reads)
 
@@ -511,7 +512,7 @@ class LocalUfs(UfsBackend):
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
-    ) -> builtins.list[bytes | AlluxioFuseError]:
+    ) -> builtins.list[Data | AlluxioFuseError]:
         """Reads in worker-thread jobs of a few each: locally the hand-off to a thread
         costs more than reading a small file, so a job pays it once for several, and the
         jobs run side by side so that the disk's latencies overlap."""

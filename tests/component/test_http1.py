@@ -104,6 +104,38 @@ async def test_chunked_bodies() -> None:
         await pool.aclose()
 
 
+def chunked(parts: Sequence[bytes]) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+async def test_a_body_read_into_buffers_of_any_size(framing: str) -> None:
+    """Bodies read as page reads do: into views that cross chunk and receive boundaries."""
+    data = bytes(range(256)) * 9000  # 2.2 MiB
+    sizes = [3, 1 << 20, 100_000, 7, 1 << 20, len(data)]  # chunks of a chunked body
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(data[at:at + size])
+        at += size
+    reply = chunked(parts) if framing == "chunked" else (
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    async with server([reply]) as (port, connections):
+        pool = http1.Http1Pool()
+        for _ in range(2):
+            stream = await pool.open("GET", "127.0.0.1", port, "/big")
+            got = bytearray()
+            for want in [1, 5000, 1 << 20, 1, 300_001, 1 << 21]:
+                buffer = bytearray(want)
+                n = await stream.readinto(memoryview(buffer))
+                got += buffer[:n]
+                assert n == min(want, len(data) - (len(got) - n))
+            assert bytes(got) == data and stream.done
+            await stream.aclose()
+        assert connections == [1]  # read to its end: the connection was reused
+        await pool.aclose()
+
+
 @pytest.mark.parametrize("reply,error", [
     (None, http1.Dropped),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", http1.Truncated),
