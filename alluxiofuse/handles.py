@@ -47,8 +47,12 @@ class Prefetcher:
     # Spawned but maybe not started yet, so not yet a flight the page cache knows about.
     _pending: set[PageKey] = field(default_factory=set)
 
-    def prefetch(self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int) -> bool:
-        """Fetch page ``key`` in the background unless it is cached or being fetched.
+    def prefetch(
+        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
+        wanted: Callable[[], bool],
+    ) -> bool:
+        """Fetch page ``key`` in the background unless it is cached or being fetched, or
+        no longer ``wanted()`` once the task starts.
 
         Returns False when the budget is spent, so the caller stops asking for more.
         """
@@ -58,7 +62,7 @@ class Prefetcher:
             return False
         self.in_flight += length
         self._pending.add(key)
-        self.spawn(self._run, key, fetch, length)
+        self.spawn(self._run, key, fetch, length, wanted)
         return True
 
     def coming(self, key: PageKey) -> bool:
@@ -103,9 +107,15 @@ class Prefetcher:
                 self.in_flight -= length
                 self._pending.discard(key)
 
-    async def _run(self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int) -> None:
+    async def _run(
+        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
+        wanted: Callable[[], bool],
+    ) -> None:
         try:
-            await self.pages.get(key, fetch, expected=length, prefetch=True)
+            # A reader can get to the page first (fetching it itself) and read it through
+            # before this task starts: fetching it again would be for nothing.
+            if wanted():
+                await self.pages.get(key, fetch, expected=length, prefetch=True)
         except Exception as e:  # a demand read of the page reports it (or fetches again)
             log.debug("prefetch of %s failed: %r", key, e)
         finally:
@@ -243,6 +253,7 @@ class FileHandle:
             wanted=self._wanted,
         ) if backend.streams else None
         self._reading: Counter[int] = Counter()  # pages of the reads in progress
+        self._behind = -1  # the last page read through by sequential reads (and dropped)
 
     @property
     def size(self) -> int:
@@ -278,7 +289,26 @@ class FileHandle:
                 for index in pages:
                     if not self._reading[index]:
                         del self._reading[index]
+        if not self.window:
+            self._behind = -1
+        elif streaming:
+            self._drop_behind(first, last if end % ps == 0 or end == self.size else last - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _drop_behind(self, first: int, last: int) -> None:
+        """A sequential reader of a stream has read pages ``first`` to ``last`` through:
+        they leave the page cache at once. The kernel keeps what it was given in its own
+        cache, and this reader will not be back; freed now, their memory takes the next
+        pages. A page cache filling with fresh memory instead cost 66 page faults per MiB
+        read: 1 GiB through the proxy simulator, ABBA 4+4, went from 779 to 899 MiB/s
+        (daemon CPU 1.10 to 0.90 ms/MiB). Only streams, where it was measured."""
+        for index in range(first, last + 1):
+            self._pages.discard(PageKey(self.ino, self.version, index))
+        self._behind = max(self._behind, last)
+
+    def _ahead(self, index: int) -> bool:
+        """Whether page ``index`` is still to be read (not read through and dropped)."""
+        return index > self._behind
 
     def _wanted(self, index: int) -> bool:
         """Whether a task will come for page ``index``: a read in progress, or a fetch."""
@@ -309,7 +339,8 @@ class FileHandle:
         for index in range(first, last + 1):
             key = PageKey(self.ino, self.version, index)
             fetch = partial(self._fetch, index, inline=False)
-            if not self._prefetcher.prefetch(key, fetch, self._length(index)):
+            wanted = partial(self._ahead, index)
+            if not self._prefetcher.prefetch(key, fetch, self._length(index), wanted):
                 return
 
     async def _page(self, index: int, *, served: int) -> Data:

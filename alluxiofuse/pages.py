@@ -148,16 +148,27 @@ class PageCache:
             self._unread_prefetch.add(key)
         self._evict()
 
+    def discard(self, key: PageKey) -> None:
+        """Forget page ``key``, if cached: it has been read through by a reader that will
+        not be back for it."""
+        data = self._pages.pop(key, None)
+        if data is not None:
+            self._unindex(key)
+            self._release(key, data, evicted=False)
+
     def _evict(self) -> None:
         """Evict least recently used pages until cached plus reserved bytes fit."""
         while self._pages and self.used + self.reserved > self.capacity:
             old_key, old = self._pages.popitem(last=False)
-            keys = self._by_ino.get(old_key.ino)
-            if keys is not None:
-                keys.discard(old_key)
-                if not keys:
-                    del self._by_ino[old_key.ino]
+            self._unindex(old_key)
             self._release(old_key, old, evicted=True)
+
+    def _unindex(self, key: PageKey) -> None:
+        keys = self._by_ino.get(key.ino)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_ino[key.ino]
 
     def _release(self, key: PageKey, data: Data, *, evicted: bool) -> None:
         self.used -= len(data)

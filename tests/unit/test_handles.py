@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+from functools import partial
+from typing import Any
 
 import pytest
 import trio
@@ -183,16 +185,44 @@ async def test_prefetcher_budget(nursery: trio.Nursery) -> None:
     def key(i: int) -> PageKey:
         return PageKey(1, Version(PS, 0), i)
 
-    assert p.prefetch(key(0), fetch, PS)
-    assert p.prefetch(key(1), fetch, 2 * PS)
-    assert not p.prefetch(key(2), fetch, 1)
-    assert p.prefetch(key(0), fetch, PS), "a page already in flight costs nothing"
+    def wanted() -> bool:
+        return True
+
+    assert p.prefetch(key(0), fetch, PS, wanted)
+    assert p.prefetch(key(1), fetch, 2 * PS, wanted)
+    assert not p.prefetch(key(2), fetch, 1, wanted)
+    assert p.prefetch(key(0), fetch, PS, wanted), "a page already in flight costs nothing"
     assert p.in_flight == 3 * PS
     release.set()
     await trio.testing.wait_all_tasks_blocked()
     assert p.in_flight == 0
     assert key(0) in pages and key(1) in pages
-    assert p.prefetch(key(0), fetch, PS) and p.in_flight == 0, "cached: nothing to do"
+    assert p.prefetch(key(0), fetch, PS, wanted) and p.in_flight == 0, "cached: nothing to do"
+
+
+async def test_sequential_reads_drop_the_pages_they_read_through(nursery: trio.Nursery) -> None:
+    """Streams: the kernel caches what it was given, so a page a sequential reader has
+    read to its end leaves the page cache at once; and a read-ahead task that starts only
+    after the reader got there first (and read the page itself) does not go back for it,
+    which would cost a stream reopened and read from the start."""
+    env = Env(nursery, streams=True)
+    spawned: list[tuple[Any, ...]] = []
+    env.prefetcher.spawn = lambda *task: spawned.append(task)  # started only when told
+    handle = env.open()
+    assert await handle.read(0, PS) == DATA[:PS]  # read-ahead of page 1 spawned, not started
+    assert await handle.read(PS, PS + 5) == DATA[PS:2 * PS + 5]  # reads page 1 itself
+    key = partial(PageKey, handle.ino, handle.version)
+    assert key(0) not in env.pages and key(1) not in env.pages  # read through: dropped
+    assert key(2) in env.pages  # read only part-way: kept for the next read
+    for task in spawned:
+        nursery.start_soon(*task)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(env.backend.opened) == 1, "went back for a page read through"
+    assert await handle.read(40 * PS, 3) == DATA[40 * PS:40 * PS + 3]  # random: kept
+    assert key(40) in env.pages
+    plain = Env(nursery)  # a backend read by range: its pages stay cached
+    assert await plain.open().read(0, PS) == DATA[:PS]
+    assert key(0) in plain.pages
 
 
 @pytest.mark.parametrize(
