@@ -200,6 +200,22 @@ async def test_prefetcher_budget(nursery: trio.Nursery) -> None:
     assert p.prefetch(key(0), fetch, PS, wanted) and p.in_flight == 0, "cached: nothing to do"
 
 
+async def test_read_ahead_asks_once_per_page_and_again_after_a_jump(
+    nursery: trio.Nursery,
+) -> None:
+    env = Env(nursery, streams=True)
+    handle = env.open()
+    key = partial(PageKey, handle.ino, handle.version)
+    for page in range(4):
+        await handle.read(page * PS, PS)
+    await trio.testing.wait_all_tasks_blocked()
+    assert key(4) in env.pages  # read ahead (pages 0-3 were read through: dropped)
+    await handle.read(0, PS)  # back to the start: random, a new stream
+    await handle.read(PS, PS)  # sequential again: read-ahead starts over
+    await trio.testing.wait_all_tasks_blocked()
+    assert key(2) in env.pages, "no read-ahead after the jump back"
+
+
 async def test_sequential_reads_drop_the_pages_they_read_through(nursery: trio.Nursery) -> None:
     """Streams: the kernel caches what it was given, so a page a sequential reader has
     read to its end leaves the page cache at once; and a read-ahead task that starts only
