@@ -56,6 +56,7 @@ bytes); whether the targets are met is printed, not judged.
 Run as root (/dev/fuse; needs fusermount3):
   /tmp/venv/bin/python bench/proxy_bench.py --quick --repeat 1       # smoke run
   /tmp/venv/bin/python bench/proxy_bench.py --repeat 3 --markdown    # full run
+  /tmp/venv/bin/python bench/proxy_bench.py --repeat 9 --workloads seq
 """
 
 from __future__ import annotations
@@ -512,7 +513,7 @@ def run(args: argparse.Namespace, ds: rb.Dataset, logs: Path) -> Context:
             # Each workload's two passes back to back, their order rotating: a ratio then
             # compares passes close in time on this noisy machine.
             order = TARGETS[rep % 2:] + TARGETS[:rep % 2]
-            for work in WORKLOADS:
+            for work in args.workloads:
                 # official.whole (not compared) after both: the 2 GiB it frees would make
                 # the next pass's fresh memory cheap (see prewarm)
                 extra = ("official.whole",) if work == "seq" and not args.no_whole else ()
@@ -556,14 +557,15 @@ def report(ctx: Context, markdown: bool) -> None:
              "small_4t": f"small_4t, {n_small:,} files, 4 threads (files/s)"}
     rows = [["workload", "alluxiofuse", "official client", "alluxiofuse / official", "target",
              "met", "official, reader.read() whole"]]
-    for work, (_unit, need) in WORKLOADS.items():
+    for work in ctx.args.workloads:
+        need = WORKLOADS[work][1]
         a, o = med(work, "alluxiofuse"), med(work, "official")
         r = a / o if a and o else None
         rows.append([names[work], cb.summary(vals(work, "alluxiofuse", lambda p: p.value)),
                      cb.summary(vals(work, "official", lambda p: p.value)), rb.ratio(r),
                      f"≥ {need}x", "n/a" if r is None else "yes" if r >= need else "**no**",
                      cb.summary(vals(work, "official.whole", lambda p: p.value))])
-    for work in WORKLOADS:
+    for work in ctx.args.workloads:
         rows.append([f"peak RSS, {work} (MiB)",
                      cb.summary(vals(work, "alluxiofuse", lambda p: p.rss_mib)),
                      cb.summary(vals(work, "official", lambda p: p.rss_mib)),
@@ -571,11 +573,20 @@ def report(ctx: Context, markdown: bool) -> None:
                      cb.summary(vals(work, "official.whole", lambda p: p.rss_mib))])
     print()
     cb.table(rows, markdown)
+    # The two passes of a repetition ran back to back: their ratio compares like moments.
+    for work in ctx.args.workloads:
+        ours = ctx.results.get((work, "alluxiofuse"), [])
+        theirs = ctx.results.get((work, "official"), [])
+        pairs = [a.value / o.value for a, o in zip(ours, theirs, strict=False)]
+        if pairs:
+            print(f"{work}: alluxiofuse / official per repetition: "
+                  f"{', '.join(f'{r:.2f}' for r in pairs)} (median {statistics.median(pairs):.2f})")
 
     rows = [["pass", "rate", "wall (s)", "sim CPU (cores)", "daemon / client CPU (cores)",
              "daemon / client CPU per unit", "reader threads CPU (cores)",
              "rest of the machine (cores)", "simulator requests (last repetition)"]]
-    for work, (unit, _need) in WORKLOADS.items():
+    for work in ctx.args.workloads:
+        unit = WORKLOADS[work][0]
         for target in ("alluxiofuse", "official", "official.whole"):
             ps = ctx.results.get((work, target))
             if not ps:
@@ -617,6 +628,8 @@ def main() -> int:
                    help="where the run's logs go (kept only if something failed)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="256 MiB big file, 2,000 small files")
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+                   help="the workloads to run (default: all)")
     p.add_argument("--apy01-dir", type=Path, default=apy01_dir(),
                    help="the unpacked alluxio 0.1.4 wheel (holds alluxio/__init__.py); "
                         "default $ALLUXIOFUSE_APY01_DIR, else <venv>/alluxio-0.1.4")
