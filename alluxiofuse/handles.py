@@ -9,7 +9,8 @@ Read-ahead: a read that stays on the current page or moves to the next one is se
 and doubles the handle's window (up to ``max_readahead``) each time it enters a new page;
 any other read is random and resets the window to zero. The pages of the window that are
 neither cached nor being fetched are prefetched in the background, but only while the
-bytes in flight stay under the daemon-wide prefetch budget.
+bytes in flight stay under the daemon-wide prefetch budget. A file read through a stream
+drops behind: pages a sequential reader has read through leave the page cache at once.
 """
 
 from __future__ import annotations
