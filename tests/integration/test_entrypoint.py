@@ -120,9 +120,13 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         assert not loud, "daemon logged warnings:\n" + "\n".join(loud[:20])
 
 
-def stop_and_wait(proc: subprocess.Popen[bytes], sig: int) -> int:
+def stop_and_wait(env: Env, proc: subprocess.Popen[bytes], sig: int) -> int:
     proc.send_signal(sig)
-    return proc.wait(TIMEOUT)
+    try:
+        return proc.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:  # say where the daemon stood (seen once in CI)
+        pytest.fail(f"still running {TIMEOUT}s after {signal.Signals(sig).name}; "
+                    f"processes: {daemon_pids(env.mnt)}\n{env.errors()}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
@@ -131,7 +135,7 @@ def test_mounts_then_a_signal_unmounts_and_exits_0(env: Env, sig: int) -> None:
     env.wait_mounted(proc)
     assert read_bytes(env.mnt / "train" / "part-0.bin") == bytes(range(256)) * 4096
 
-    assert stop_and_wait(proc, sig) == 0, env.errors()
+    assert stop_and_wait(env, proc, sig) == 0, env.errors()
     env.assert_clean()
     assert "unmounted" in env.log.read_text()
 
@@ -179,7 +183,7 @@ def test_a_dead_mount_is_cleared_at_start(env: Env) -> None:
     assert len(mount_ids(env.mnt)) == 1
     assert read_bytes(env.mnt / "train" / "part-0.bin")[:4] == bytes(range(4))
     assert "is a dead mount" in env.errors()
-    assert stop_and_wait(proc, signal.SIGTERM) == 0, env.errors()
+    assert stop_and_wait(env, proc, signal.SIGTERM) == 0, env.errors()
     env.assert_clean()
 
 
