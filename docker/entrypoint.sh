@@ -6,7 +6,10 @@
 #   - a dead mount left by an earlier run of this container is detached first (a daemon
 #     that was killed leaves its mount behind, answering "Transport endpoint is not
 #     connected"; on a volume shared with other containers the mount outlives ours);
-#   - SIGTERM and SIGINT are passed on to the daemon, which unmounts and exits 0;
+#   - SIGTERM and SIGINT are passed on to the daemon, which unmounts and exits 0 (SIGINT
+#     only if it was not ignored when this script started, as it is for a background
+#     command of a non-interactive shell: no shell can trap such a signal; tini starts it
+#     with the default);
 #   - the script exits with the daemon's exit code and leaves nothing mounted.
 #
 # It does not exec the daemon, since it must still be there to clean up after it; so it

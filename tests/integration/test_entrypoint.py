@@ -87,6 +87,19 @@ class Env:
         assert wait_until(lambda: not daemon_pids(self.mnt), 10), daemon_pids(self.mnt)
 
 
+@pytest.fixture(autouse=True)
+def sigint_default() -> Iterator[None]:
+    """Start the entrypoint with SIGINT at its default, as tini does in the image.
+
+    A test run in the background of a non-interactive shell (``.ci/run ... &``) has SIGINT
+    ignored; children inherit that, and a shell cannot trap a signal ignored when it
+    started: the SIGINT test then waited 30 s for a daemon that was never told to stop.
+    """
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to SIG_DFL at exec
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
     _require_fuse()
