@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import random
 import urllib.parse
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
@@ -36,10 +35,17 @@ from typing import Any
 import trio
 
 from alluxiofuse.backends import http1
+from alluxiofuse.backends.rest import (
+    Retryable,
+    bad_reply,
+    observe,
+    outcome,
+    retrying,
+    unwrapped,
+)
 from alluxiofuse.errors import (
     AlluxioFuseError,
     AlreadyExists,
-    BackendError,
     BackendTimeout,
     BackendUnavailable,
     ConnectionDropped,
@@ -60,7 +66,6 @@ READ_TYPES = ("NO_CACHE", "CACHE", "CACHE_PROMOTE")
 WRITE_TYPES = ("MUST_CACHE", "CACHE_THROUGH", "THROUGH", "ASYNC_THROUGH")
 TTL_ACTIONS = ("DELETE", "FREE")
 _PREFIX = "/api/v1"
-_BACKOFF_FIRST = 0.05  # seconds; doubled per attempt, with full jitter
 _RETRY_STATUS = frozenset({429, 503})
 _MIN_WRITE_RATE = 1024 * 1024  # bytes per second a write is given time for
 _JSON = (("Content-Type", "application/json"),)
@@ -346,14 +351,14 @@ class ProxyClient:
                     finally:
                         await body.aclose()
         except trio.TooSlowError:
-            self._observe("read", False, started, "timeout")
+            observe(self._metrics, "read", False, started, "timeout")
             raise BackendTimeout(f"{url}: no answer within {self._timeout:g}s") from None
-        except (AlluxioFuseError, http1.HttpError) as e:  # a read is never sent again
-            error = _unwrapped(self._transport_error(url, e)
-                               if isinstance(e, http1.HttpError) else e)
-            self._observe("read", False, started, _state(error))
+        except (AlluxioFuseError, Retryable, http1.HttpError) as e:  # never sent again
+            error = unwrapped(self._transport_error(url, e)
+                              if isinstance(e, http1.HttpError) else e)
+            observe(self._metrics, "read", False, started, outcome(error))
             raise error from None
-        self._observe("read", True, started, "success")
+        observe(self._metrics, "read", True, started, "success")
         return ReadStream(body, url, self._timeout)
 
     async def write(self, stream_id: int, data: bytes | AsyncIterable[bytes],
@@ -395,40 +400,25 @@ class ProxyClient:
         url = self.base_url + target
         timeout = deadline or self._timeout
         until = trio.current_time() + timeout
-        attempt = 0
-        while True:
-            started = trio.current_time()
-            try:
-                try:
-                    with trio.fail_at(until):
-                        response = await self._pool.request(
-                            method, self.host, self.port, target, body=body, length=length,
-                            headers=headers)
-                except trio.TooSlowError:
-                    raise BackendTimeout(f"{url}: no answer within {timeout:g}s") from None
-                except http1.HttpError as e:
-                    raise self._transport_error(url, e) from None
-                reply = self._checked(target, response.status, response.body)
-            except _Retryable as e:
-                error: AlluxioFuseError = e.error
-            except AlluxioFuseError as e:
-                self._observe(op, False, started, _state(e))
-                raise
-            else:
-                self._observe(op, True, started, "success")
-                return reply
-            self._observe(op, False, started, "retryable")
-            delay = random.uniform(0, _BACKOFF_FIRST * 2 ** attempt)
-            attempt += 1
-            if not idempotent or attempt > self._retries or trio.current_time() + delay >= until:
-                raise error
-            if self._metrics:
-                self._metrics.rest_retries.labels(op).inc()
-            await trio.sleep(delay)
 
-    def _transport_error(self, url: str, e: http1.HttpError) -> AlluxioFuseError:
+        async def send() -> bytes:
+            try:
+                with trio.fail_at(until):
+                    response = await self._pool.request(
+                        method, self.host, self.port, target, body=body, length=length,
+                        headers=headers)
+            except trio.TooSlowError:
+                raise BackendTimeout(f"{url}: no answer within {timeout:g}s") from None
+            except http1.HttpError as e:
+                raise self._transport_error(url, e) from None
+            return self._checked(target, response.status, response.body)
+
+        return await retrying(send, op=op, deadline=until, retries=self._retries,
+                              idempotent=idempotent, metrics=self._metrics)
+
+    def _transport_error(self, url: str, e: http1.HttpError) -> AlluxioFuseError | Retryable:
         if isinstance(e, http1.CannotConnect):
-            return _Retryable(BackendUnavailable(f"{url}: cannot connect: {e}"))
+            return Retryable(BackendUnavailable(f"{url}: cannot connect: {e}"))
         if isinstance(e, http1.Dropped):
             return ConnectionDropped(f"{url}: closed without a reply ({e})")
         if isinstance(e, http1.Truncated):
@@ -440,7 +430,7 @@ class ProxyClient:
             return body
         url = self.base_url + target
         if status in _RETRY_STATUS:
-            raise _Retryable(ServerError(f"{url}: HTTP {status}: {body[:200]!r}"))
+            raise Retryable(ServerError(f"{url}: HTTP {status}: {body[:200]!r}"))
         if status != 500:  # 400: the proxy's JSON mapping refused the options; 404: no proxy
             raise self._bad("bad_status", f"{url}: HTTP {status}: {body[:200]!r}")
         try:
@@ -450,7 +440,7 @@ class ProxyClient:
             raise self._bad("bad_json", f"{url}: HTTP 500 without a status: "
                             f"{body[:200]!r}") from None
         exc = _BY_CODE.get(code, ServerError)(f"{message} ({code})")
-        raise _Retryable(exc) if code in _RETRY_CODES else exc
+        raise Retryable(exc) if code in _RETRY_CODES else exc
 
     def _stream_id(self, reply: Any, path: str) -> int:
         if not _is_int(reply):
@@ -459,21 +449,7 @@ class ProxyClient:
         return int(reply)
 
     def _bad(self, kind: str, message: str) -> ProtocolError:
-        if self._metrics:
-            self._metrics.bad_replies.labels(kind).inc()
-        return ProtocolError(message)
-
-    def _observe(self, op: str, success: bool, started: float, state: str) -> None:
-        if self._metrics:
-            self._metrics.observe_rest_call(op, success, trio.current_time() - started, state)
-
-
-class _Retryable(BackendError):
-    """Internal: a failure worth another attempt; carries the error to raise if not."""
-
-    def __init__(self, error: AlluxioFuseError) -> None:
-        super().__init__(str(error))
-        self.error = error
+        return bad_reply(self._metrics, kind, message)
 
 
 def _quote(path: str) -> str:
@@ -492,15 +468,6 @@ def _parse_json(body: bytes, client: ProxyClient, what: str) -> Any:
     except ValueError:
         raise client._bad("bad_json", f"{client.base_url}{what}: not JSON: "
                           f"{body[:200]!r}") from None
-
-
-def _unwrapped(e: AlluxioFuseError) -> AlluxioFuseError:
-    return e.error if isinstance(e, _Retryable) else e
-
-
-def _state(e: AlluxioFuseError) -> str:
-    e = _unwrapped(e)
-    return e.reason if isinstance(e, BackendError) else type(e).__name__
 
 
 def _is_int(value: Any) -> bool:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import random
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -39,9 +38,8 @@ import httpx
 import trio
 
 from alluxiofuse.backends import http1
+from alluxiofuse.backends.rest import Retryable, bad_reply, retrying
 from alluxiofuse.errors import (
-    AlluxioFuseError,
-    BackendError,
     BackendTimeout,
     BackendUnavailable,
     ConnectionDropped,
@@ -55,7 +53,6 @@ from alluxiofuse.model import FileStatus, Kind
 
 DEFAULT_PAGE_SIZE = 1024 * 1024  # alluxio.worker.page.store.page.size
 _RETRY_STATUS = frozenset({429, 503})
-_BACKOFF_FIRST = 0.05  # seconds; doubled per attempt, with full jitter
 # What the OSS server percent-decodes in ``path=`` (upper-case escapes only).
 _OSS_DECODED = (("%2F", "/"), ("%3A", ":"), ("%3F", "?"))
 # ``requests``' re-quoting of a URL: these stay as they are (``%`` too, when it starts an
@@ -247,31 +244,14 @@ class WorkerClient:
         page path's own transport (http1.py) instead of httpx."""
         url = worker.url() + target
         deadline = trio.current_time() + self._timeout
-        attempt = 0
-        while True:
-            started = trio.current_time()
-            try:
-                if fast:
-                    body = await self._send_fast(worker, target, url, deadline)
-                else:
-                    body = await self._send(url, deadline)
-            except _Retryable as e:
-                error: AlluxioFuseError = e.error
-            except AlluxioFuseError as e:
-                self._observe(method, False, started, e.reason if isinstance(
-                    e, BackendError) else type(e).__name__)
-                raise
-            else:
-                self._observe(method, True, started, "success")
-                return body
-            self._observe(method, False, started, "retryable")
-            delay = random.uniform(0, _BACKOFF_FIRST * 2 ** attempt)
-            attempt += 1
-            if not idempotent or attempt > self._retries or trio.current_time() + delay >= deadline:
-                raise error
-            if self._metrics:
-                self._metrics.rest_retries.labels(method).inc()
-            await trio.sleep(delay)
+
+        async def send() -> bytes:
+            if fast:
+                return await self._send_fast(worker, target, url, deadline)
+            return await self._send(url, deadline)
+
+        return await retrying(send, op=method, deadline=deadline, retries=self._retries,
+                              idempotent=idempotent, metrics=self._metrics)
 
     async def _send_fast(
         self, worker: WorkerAddress, target: str, url: str, deadline: float,
@@ -282,7 +262,7 @@ class WorkerClient:
         except trio.TooSlowError:
             raise BackendTimeout(f"{url}: no answer within {self._timeout}s") from None
         except http1.CannotConnect as e:
-            raise _Retryable(BackendUnavailable(f"{url}: cannot connect: {e}")) from None
+            raise Retryable(BackendUnavailable(f"{url}: cannot connect: {e}")) from None
         except http1.Dropped as e:
             raise ConnectionDropped(f"{url}: closed without a reply ({e})") from None
         except http1.Truncated as e:
@@ -298,7 +278,7 @@ class WorkerClient:
                 try:
                     response = await self._client.send(request, stream=True)
                 except httpx.ConnectError as e:
-                    raise _Retryable(BackendUnavailable(f"{url}: cannot connect: {e}")) from None
+                    raise Retryable(BackendUnavailable(f"{url}: cannot connect: {e}")) from None
                 except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
                     raise ConnectionDropped(f"{url}: closed without a reply ({e})") from None
                 try:
@@ -318,7 +298,7 @@ class WorkerClient:
             return body
         detail = f"{url}: HTTP {status}: {body[:200]!r}"
         if status in _RETRY_STATUS:
-            raise _Retryable(ServerError(detail))
+            raise Retryable(ServerError(detail))
         if status == 404:
             raise NotFound(detail)
         if status >= 500:
@@ -332,21 +312,7 @@ class WorkerClient:
             raise self._bad("bad_json", f"{worker.url()}: {e}") from None
 
     def _bad(self, kind: str, message: str) -> ProtocolError:
-        if self._metrics:
-            self._metrics.bad_replies.labels(kind).inc()
-        return ProtocolError(message)
-
-    def _observe(self, method: str, success: bool, started: float, state: str) -> None:
-        if self._metrics:
-            self._metrics.observe_rest_call(method, success, trio.current_time() - started, state)
-
-
-class _Retryable(Exception):
-    """Internal: a failure worth another attempt; carries the error to raise if not."""
-
-    def __init__(self, error: AlluxioFuseError) -> None:
-        super().__init__(str(error))
-        self.error = error
+        return bad_reply(self._metrics, kind, message)
 
 
 def parse_file_info(item: Any) -> WorkerFileInfo:
