@@ -480,14 +480,7 @@ def client_pass(ctx: Context, work: str, rep: int) -> Pass:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    want = ds.big_size if work == "seq" else ds.small_bytes
-    if reply["bytes"] != want:
-        raise BenchError(f"official {work}: read {reply['bytes']} bytes, expected {want}")
-    if rep == 0:
-        expect = ds.big_sha256 if work == "seq" else ctx.small_sha256
-        if reply["digest"] != expect:
-            raise BenchError(f"official {work}: sha256 {reply['digest']}, not {expect}")
-        ctx.checked.append(f"official {work}")
+    check_reply(f"official {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
     wall, cpu, reqs = ctx.cl.cost(a, b)
     secs = reply["secs"]
     # The driver's snapshots bracket the child's own timing: per second of the child's.
@@ -629,6 +622,21 @@ class Context:
             f"{p.cpu['sims_max']:.2f}) proc {p.cpu['proc']:.2f} readers "
             f"{p.cpu['readers']:.2f} other {p.cpu['other']:.2f}  requests: {requests(p.requests)}"
             + (f"  RSS {p.rss_mib:.0f} MiB" if p.rss_mib else ""))
+
+
+def check_reply(who: str, work: str, reply: dict[str, Any], ds: rb.Dataset,
+                small_sha256: str, verify: bool, checked: list[str]) -> None:
+    """A client pass's reply: the bytes it read (``reply["bytes"]``) and, when
+    ``verify``, their sha256 (``reply["digest"]``) against the source's."""
+    seq = work == "seq"
+    want = ds.big_size if seq else ds.small_bytes
+    if reply["bytes"] != want:
+        raise BenchError(f"{who}: read {reply['bytes']} bytes, expected {want}")
+    if verify:
+        expect = ds.big_sha256 if seq else small_sha256
+        if reply["digest"] != expect:
+            raise BenchError(f"{who}: sha256 {reply['digest']}, not {expect}")
+        checked.append(who)
 
 
 def wait_quiet(args: argparse.Namespace) -> None:

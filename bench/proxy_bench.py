@@ -448,14 +448,7 @@ def client_pass(ctx: Context, work: str, rep: int, whole: bool = False) -> Pass:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    want = ds.big_size if work == "seq" else ds.small_bytes
-    if reply["bytes"] != want:
-        raise BenchError(f"{target} {work}: read {reply['bytes']} bytes, expected {want}")
-    if rep == 0:
-        expect = ds.big_sha256 if work == "seq" else ctx.small_sha256
-        if reply["digest"] != expect:
-            raise BenchError(f"{target} {work}: sha256 {reply['digest']}, not {expect}")
-        ctx.checked.append(f"{target} {work}")
+    cb.check_reply(f"{target} {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
     ctx.streams_left(open_before, f"{target} {work} (repetition {rep + 1})")
     wall, cpu, reqs = ctx.cost(a, b)
     secs = reply["secs"]
