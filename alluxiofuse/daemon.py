@@ -256,8 +256,10 @@ async def _beat(health: Health) -> None:
 def start_exporter(config: MountConfig, metrics: Metrics, health: Health) -> Exporter | None:
     """Serve /metrics, /healthz and /readyz at ``--metrics-addr``, unless it is ``off``.
 
-    A busy port is a start-up error when the address was asked for, and a warning at the
-    default address: a second mount on a host must not fail for want of a metrics port.
+    A busy port is a start-up error when the address was asked for. The default port is
+    taken whenever a second mount runs on the host: that mount must neither fail nor go
+    without metrics and probes, so it serves on a port the system picks, on the same
+    interface, and its log says where (the one line that names the address, as always).
     """
     addr = config.metrics_addr or DEFAULT_METRICS_ADDR
     if addr == "off":
@@ -269,8 +271,14 @@ def start_exporter(config: MountConfig, metrics: Metrics, health: Health) -> Exp
         message = f"cannot serve metrics on {addr}: {e.strerror or e}"
         if config.metrics_addr is not None:
             raise StartupError(message + " (choose another --metrics-addr, or off)") from None
-        log.warning("%s; no metrics for this mount (set --metrics-addr)", message)
-        return None
+        try:
+            exporter = Exporter(host, 0, metrics.registry, health)
+        except OSError as again:  # no port at all on that interface: mount without
+            log.warning("%s, nor on any other port (%s); no metrics for this mount (set "
+                        "--metrics-addr)", message, again.strerror or again)
+            return None
+        log.info("%s (another mount's?): serving on a port of the system's choosing",
+                 message)
     log.info("serving metrics at %s/metrics", exporter.url)
     return exporter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -113,7 +114,6 @@ def test_every_interface_is_reachable_over_ipv4_and_ipv6() -> None:
         exporter.close()
 
 
-@pytest.mark.allow_warnings
 def test_a_busy_port_stops_the_mount_only_when_it_was_asked_for(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -125,7 +125,17 @@ def test_a_busy_port_stops_the_mount_only_when_it_was_asked_for(
         asked = build_config({"source": "/s", "mountpoint": "/m", "metrics_addr": addr})
         with pytest.raises(daemon.StartupError, match=f"cannot serve metrics on {addr}"):
             daemon.start_exporter(asked, Metrics(new_registry()), Health())
+        # The default address taken (another mount on the host): served elsewhere, and said.
         monkeypatch.setattr(daemon, "DEFAULT_METRICS_ADDR", addr)
         default = build_config({"source": "/s", "mountpoint": "/m"})
-        assert daemon.start_exporter(default, Metrics(new_registry()), Health()) is None
+        caplog.set_level(logging.INFO)
+        exporter = daemon.start_exporter(default, Metrics(new_registry()), Health())
+        assert exporter is not None
+        try:
+            assert exporter.url.startswith("http://127.0.0.1:") and exporter.url != f"http://{addr}"
+            assert httpx.get(f"{exporter.url}/healthz", timeout=10).status_code == 200
+        finally:
+            exporter.close()
         assert f"cannot serve metrics on {addr}" in caplog.text
+        assert f"serving metrics at {exporter.url}/metrics" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

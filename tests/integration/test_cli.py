@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.flakyfs import clear_failure, set_failure
@@ -100,6 +103,39 @@ def test_background_mount_is_live_on_return_and_umount_ends_daemon(
     assert again.returncode == 1
     lines = again.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("alluxiofuse:"), lines
+
+
+@contextlib.contextmanager
+def _default_metrics_port_held() -> Iterator[None]:
+    """127.0.0.1:9847, the default metrics address, taken while the block runs: held here,
+    or already held by someone else (another mount on this host), which is the same."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(socket.create_server(("127.0.0.1", 9847)))
+        except OSError as e:
+            assert e.errno == errno.EADDRINUSE, e
+        yield
+
+
+def test_default_metrics_port_taken(tmp_path: Path, cleanup: list[Path]) -> None:
+    """A mount with the defaults, while another mount holds the default metrics port: it
+    mounts without a warning, serves its metrics on a port of its own and logs where."""
+    src = _source(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cleanup.append(mnt)
+    log = tmp_path / "daemon.log"
+    with _default_metrics_port_held():
+        result = cli("mount", src, mnt, "--log-file", log, "--cache-dir", tmp_path / "cache")
+        assert (result.returncode, result.stderr) == (0, b"")
+        text = log.read_text()
+        assert "WARNING" not in text, text
+        found = re.search(r"serving metrics at (http://127\.0\.0\.1:(\d+))/metrics", text)
+        assert found and found.group(2) != "9847", text
+        assert b"alluxiofuse_open_handles" in httpx.get(found.group(1) + "/metrics",
+                                                        timeout=10).content
+    assert cli("umount", mnt).returncode == 0
+    assert _gone(mnt)
 
 
 def test_background_mount_waits_for_a_slow_source(tmp_path: Path, cleanup: list[Path]) -> None:
