@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import trio
@@ -62,14 +63,15 @@ def to_uri(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
 def _in_mount(path: str, mountinfo: str) -> tuple[str, str] | None:
     """(source, path relative to it) when ``path`` is inside an alluxiofuse mount."""
     absolute = os.path.abspath(path)
-    for mountpoint, source in _alluxiofuse_mounts(mountinfo):
+    for mountpoint, source, _ in _alluxiofuse_mounts(mountinfo):
         if absolute == mountpoint or absolute.startswith(mountpoint.rstrip("/") + "/"):
             return source, absolute[len(mountpoint):].strip("/")
     return None
 
 
-def _alluxiofuse_mounts(mountinfo: str) -> list[tuple[str, str]]:
-    """(mountpoint, source) of every alluxiofuse mount, longest mountpoint first."""
+def _alluxiofuse_mounts(mountinfo: str) -> list[tuple[str, str, str]]:
+    """(mountpoint, source, mount options) of every alluxiofuse mount, longest mountpoint
+    first."""
     mounts = []
     try:
         with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
@@ -77,7 +79,7 @@ def _alluxiofuse_mounts(mountinfo: str) -> list[tuple[str, str]]:
                 fields = line.split()
                 sep = fields.index("-")
                 if fields[sep + 1] == "fuse.alluxiofuse":
-                    mounts.append((_unescape(fields[4]), _unescape(fields[sep + 2])))
+                    mounts.append((_unescape(fields[4]), _unescape(fields[sep + 2]), fields[5]))
     except (OSError, ValueError, IndexError):
         return []
     return sorted(mounts, key=lambda m: -len(m[0]))
@@ -283,13 +285,30 @@ def _human(n: float) -> str:
 
 def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
     """Print the uploads owed for ``target`` (an alluxiofuse mountpoint, or a source) and
-    whether a daemon is running to make them."""
+    whether a daemon is running to make them; the exit code: 0, or 1 (said on stderr)
+    when ``target`` is neither a mount nor a source that has a spool in ``cache_dir``."""
     out = out or sys.stdout
-    source = _source_of(target)
+    mount = _mount_at(target)
+    if mount is None and "://" not in target and not os.path.exists(target):
+        print(f"alluxiofuse: {target}: no such file or directory", file=sys.stderr)
+        return 1
+    source = mount.source if mount else target if "://" in target else os.path.abspath(target)
+    if mount is not None and mount.read_only:  # no spool: nothing can be owed
+        print(f"{source}: no uploads pending (mounted read-only at {mount.mountpoint})",
+              file=out)
+        return 0
     root = spool_dir(cache_dir, source)
+    if not os.path.isdir(root):
+        if mount is not None:
+            print(f"alluxiofuse: {source} is mounted at {mount.mountpoint}, but its spool is "
+                  f"not in {cache_dir}: give the mount's --cache-dir", file=sys.stderr)
+        else:
+            print(f"alluxiofuse: {target} is not an alluxiofuse mount, nor a source with a "
+                  f"spool in {cache_dir} (a mount with another --cache-dir: give it)",
+                  file=sys.stderr)
+        return 1
     owed = list(read_journal(root))
-    running = spool_in_use(root)
-    if running:
+    if spool_in_use(root):
         state = "its daemon is running"
     else:
         state = "no daemon is running" + (": they resume at the next mount" if owed else "")
@@ -297,22 +316,29 @@ def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
     now = time.time_ns()
     for record, error in owed:
         age = max(0, now - record.closed_ns) / 1e9
-        line = f"  {record.path}  {_human(record.size)}B  closed {age:.0f}s ago"
+        line = f"  {record.path}  {_human(record.size)}  closed {age:.0f}s ago"
         if error:
             line += f"  last error: {error}"
         print(line, file=out)
     return 0
 
 
-def _source_of(target: str) -> str:
-    """The source of the alluxiofuse mount at ``target``, else ``target`` as a source."""
+@dataclass(frozen=True)
+class _Mount:
+    mountpoint: str
+    source: str
+    read_only: bool
+
+
+def _mount_at(target: str, mountinfo: str = "/proc/self/mountinfo") -> _Mount | None:
+    """The alluxiofuse mount whose mountpoint ``target`` is, if it is one."""
     if "://" in target:
-        return target
+        return None
     absolute = os.path.abspath(target)
-    for mountpoint, source in _alluxiofuse_mounts("/proc/self/mountinfo"):
+    for mountpoint, source, options in _alluxiofuse_mounts(mountinfo):
         if absolute == mountpoint:
-            return source
-    return absolute
+            return _Mount(mountpoint, source, "ro" in options.split(","))
+    return None
 
 
 # --- Alluxio 2.x, through the proxy --------------------------------------------------------

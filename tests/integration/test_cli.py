@@ -471,3 +471,29 @@ def test_kernel_refusing_the_mount_is_reported(
     ours = [line for line in lines if not line.startswith("fuse: ")]
     assert len(ours) == 1, lines
     assert ours[0].startswith(f"alluxiofuse: cannot mount at {mnt}"), lines
+
+
+# -- status
+
+
+def test_status_of_a_read_only_mount(mount: MountFactory, tmp_path: Path) -> None:
+    """A live --read-only mount has no spool: status says it is mounted, owes nothing."""
+    m = mount(_source(tmp_path), "--read-only")
+    result = cli("status", m.path, "--cache-dir", tmp_path / "unused-cache")
+    assert (result.returncode, result.stderr) == (0, b""), result
+    assert result.stdout.decode() == (
+        f"{m.source}: no uploads pending (mounted read-only at {m.path})\n")
+    assert not (tmp_path / "unused-cache").exists()
+
+
+def test_status_of_a_mountpoint_after_unmount(mount: MountFactory, tmp_path: Path) -> None:
+    m = mount(_source(tmp_path))
+    cache = m.args[m.args.index("--cache-dir") + 1]
+    live = cli("status", m.path, "--cache-dir", cache)
+    assert live.returncode == 0 and b"0 uploads pending (its daemon is running" in live.stdout
+    assert m.unmount() == 0
+    result = cli("status", m.path, "--cache-dir", cache)
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode() == (
+        f"alluxiofuse: {m.path} is not an alluxiofuse mount, nor a source with a spool in "
+        f"{cache} (a mount with another --cache-dir: give it)\n")
