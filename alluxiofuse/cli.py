@@ -51,13 +51,14 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
      "budget)"),
     ("max-readahead", "SIZE", "largest read-ahead window of one open file (default 16MiB)"),
     ("kernel-readahead", "SIZE", "the kernel's read-ahead for the mount, so reads reach the "
-     "daemon in large requests (default 4MiB; 0 keeps the kernel's 128KiB)"),
+     "daemon in large requests (root only; default 4MiB; 0 keeps the kernel's)"),
     ("prefetch-budget", "SIZE", "read-ahead bytes in flight, all files together "
      "(default: page cache / 4, at most 256MiB)"),
     ("dir-readahead", "N", "when a directory's files are read in order, fetch the first "
      "pages of up to N next files ahead (default 32; 0 turns it off)"),
     ("io-threads", "N", "under-storage calls at once (default 16)"),
-    ("io-timeout", "SECONDS", "deadline of one under-storage or Alluxio proxy call (default 60)"),
+    ("io-timeout", "SECONDS", "deadline of one under-storage or Alluxio proxy call; an "
+     "upload has one second per MiB more (default 60)"),
     ("uid", "UID", "owner of every file (default: from the source, else the mounting user)"),
     ("gid", "GID", "group of every file (default: from the source, else the mounting user)"),
     ("file-mode", "OCTAL", "permission bits of every file (default: from the source, else 0644)"),
@@ -77,7 +78,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("drain-timeout", "SECONDS", "at unmount, how long to wait for owed uploads; the rest "
      "resume at the next mount (default 60)"),
     ("metrics-addr", "HOST:PORT", "serve /metrics, /healthz and /readyz here (default "
-     f"{DEFAULT_METRICS_ADDR}; :PORT for every interface; off turns it off)"),
+     f"{DEFAULT_METRICS_ADDR}, or a port the system picks if another mount has it, named "
+     "in the log; :PORT for every interface; off turns it off)"),
     ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
     ("log-file", "PATH", "log here (default: stderr in the foreground, syslog in the background)"),
     ("slow-op-threshold", "SECONDS", "log a warning for each FUSE request slower than this "
@@ -115,16 +117,19 @@ _FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alluxiofuse",
-        description="Mount an Alluxio namespace or any fsspec under-storage as a directory.",
+        description="Mount a local directory, any fsspec under-storage or an Alluxio "
+        "namespace as a directory.",
     )
     p.add_argument("--version", action="version", version=f"alluxiofuse {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    m = sub.add_parser("mount", help="mount SOURCE at MOUNTPOINT (read-only)")
+    m = sub.add_parser("mount", help="mount SOURCE at MOUNTPOINT (writable unless "
+                       "--read-only)")
     m.add_argument("source", metavar="SOURCE",
                    help="a local directory, file:///dir, any fsspec URL (s3://bucket/prefix), "
                    "or an Alluxio 2.x namespace: alluxio-proxy://HOST[:39999]/PATH")
-    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory, not "
+                   "mounted already (what it holds is hidden while mounted)")
     m.add_argument("-f", "--foreground", action="store_true", default=None,
                    help="stay in the foreground (default: return once mounted)")
     for name, metavar, help_text in _VALUE_OPTIONS:

@@ -334,6 +334,22 @@ def test_foreground_error_without_log_file_is_one_line(tmp_path: Path, source: s
     assert not ismount(mnt)
 
 
+def test_mount_over_a_non_empty_directory(tmp_path: Path, cleanup: list[Path]) -> None:
+    """As `mount --help` says: any existing directory; what it holds is hidden meanwhile."""
+    src = _source(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cleanup.append(mnt)
+    (mnt / "underneath").write_bytes(b"u")
+    result = cli("mount", src, mnt, "--log-file", tmp_path / "daemon.log",
+                 "--cache-dir", tmp_path / "cache")
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert sorted(os.listdir(mnt)) == ["hello", "sub"]
+    assert cli("umount", mnt).returncode == 0
+    assert _gone(mnt)
+    assert os.listdir(mnt) == ["underneath"]
+
+
 @pytest.mark.parametrize("args", [[], ["mount"], ["mount", "/tmp"], ["mount", "--bogus", "a", "b"],
                                   ["frobnicate"], ["umount"]])
 def test_usage_errors_exit_2(args: list[str]) -> None:

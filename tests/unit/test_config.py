@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -512,3 +513,48 @@ def test_proxy_sources_take_every_write_type_and_a_read_type() -> None:
                      alluxio_properties={"alluxio.user.file.readtype.default": "no_cache"})
     assert c.read_type == "NO_CACHE"
     assert not build_config({"source": "/alluxio-proxy:/x", "mountpoint": "/m"}).proxy
+
+
+# -- what `alluxiofuse mount --help` says of each option is what the daemon does
+
+_DEFAULT_CLAIM = re.compile(r"[(;] ?default ([^;,()\s]+)[;),]")
+_CHOICE_DEFAULT = re.compile(r"(\w+) \(default[:)]")
+
+
+def test_every_default_in_the_help_is_the_default() -> None:
+    """Each "(default X)" in an option's help, parsed as that option, gives the value the
+    daemon takes when the option is not given."""
+    from alluxiofuse import cli
+
+    defaults = build_config(BASE)
+    checked = []
+    for name, metavar, text in cli._VALUE_OPTIONS + cli._CLUSTER_OPTIONS:
+        found = _DEFAULT_CLAIM.search(text)
+        if metavar in ("TYPE", "API"):  # "THROUGH (default: ...), CACHE_THROUGH ..."
+            found = _CHOICE_DEFAULT.search(text)
+        if found is None:  # derived defaults (1/8 of RAM, half the free disk ...)
+            continue
+        field = name.replace("-", "_")
+        claimed = getattr(build_config({**BASE, field: found.group(1)}), field)
+        actual = getattr(defaults, field)
+        if field == "metrics_addr":
+            actual = actual or config.DEFAULT_METRICS_ADDR
+        assert claimed == actual, (name, found.group(1), actual)
+        checked.append(name)
+    assert len(checked) >= 20, checked
+
+
+def test_the_help_says_what_mount_does() -> None:
+    """The claims found false once: mounts are writable by default, and a mountpoint need
+    not be empty (tests/integration/test_cli.py mounts over a non-empty one)."""
+    from alluxiofuse import cli
+
+    parser = cli.parser()
+    top = parser.format_help()
+    mount_line = next(line for line in top.splitlines() if line.strip().startswith("mount "))
+    assert "read-only)" not in mount_line and "writable" in mount_line, mount_line
+    subparsers = next(a for a in parser._actions if a.choices and "mount" in a.choices)
+    mount_help = " ".join(subparsers.choices["mount"].format_help().split())
+    assert "empty" not in mount_help
+    assert "MOUNTPOINT an existing directory" in mount_help
+    assert build_config(BASE).read_only is False
