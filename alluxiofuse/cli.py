@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import select
 import shutil
 import signal
@@ -29,6 +30,7 @@ from alluxiofuse.config import (
     MountConfig,
     build_config,
     default_cache_dir,
+    default_log_file,
     load_config_file,
     parse_duration,
     parse_key_value,
@@ -81,7 +83,9 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
      f"{DEFAULT_METRICS_ADDR}, or a port the system picks if another mount has it, named "
      "in the log; :PORT for every interface; off turns it off)"),
     ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
-    ("log-file", "PATH", "log here (default: stderr in the foreground, syslog in the background)"),
+    ("log-file", "PATH", "log here (default: stderr in the foreground; in the background "
+     "/var/log/alluxiofuse/MOUNTPOINT.log as root, else ~/.local/state/alluxiofuse/, the "
+     "mountpoint escaped as by systemd-escape --path, and said at mount)"),
     ("slow-op-threshold", "SECONDS", "log a warning for each FUSE request slower than this "
      "(default 10; 0: never)"),
 )
@@ -206,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--force", action="store_true",
                    help="replace (or remove) a mount.alluxiofuse this command did not write")
     h.add_argument("--uninstall", action="store_true", help="remove it instead")
+    for command in sub.choices.values():  # a usage error is said with the command's usage
+        command.set_defaults(command_parser=command)
     return p
 
 
@@ -222,7 +228,9 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:  # said by the command's parser, with its usage, not the top-level one
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "mount":
             return cmd_mount(args)
@@ -375,6 +383,17 @@ def _start_in_background(config: MountConfig) -> int:
     """Fork the daemon, wait until it says the mount is live, and check that it is."""
     from alluxiofuse import daemon
 
+    # The daemon has no stderr: its log must be writable before it starts, and the user
+    # told where it is unless they chose it.
+    log_file = config.log_file or default_log_file(config.mountpoint)
+    try:
+        os.makedirs(os.path.dirname(log_file), mode=0o750, exist_ok=True)
+        with open(log_file, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        print(f"alluxiofuse: cannot write the log {log_file}: {e.strerror or e}"
+              + ("" if config.log_file else " (choose one with --log-file)"), file=sys.stderr)
+        return 1
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -384,9 +403,13 @@ def _start_in_background(config: MountConfig) -> int:
         os._exit(daemon.run(config, notify_fd=write_fd))
     os.close(write_fd)
     deadline = time.monotonic() + config.io_timeout + 30
-    message = _read_message(read_fd, deadline)
+    warnings, message = _read_messages(read_fd, deadline)
     os.close(read_fd)
+    for warning in warnings:  # the mount works, but not as asked
+        print(f"alluxiofuse: warning: {warning}", file=sys.stderr)
     if message == "ready" and _wait_mounted(config.mountpoint, deadline):
+        if not config.log_file:
+            print(f"alluxiofuse: the daemon logs to {log_file}")
         return 0
     if message.startswith("error: "):
         reason = message.removeprefix("error: ")
@@ -406,17 +429,24 @@ def _detach_stdio() -> None:
     os.close(devnull)
 
 
-def _read_message(fd: int, deadline: float) -> str:
+def _read_messages(fd: int, deadline: float) -> tuple[list[str], str]:
+    """What the daemon says on the pipe: ``warning: ...`` lines, then ``ready`` or
+    ``error: <reason>`` ("" if it exited or the deadline passed first)."""
     data = b""
-    while b"\n" not in data:
+    while True:
+        lines = data.decode("utf-8", "replace").split("\n")
+        warnings = [line.removeprefix("warning: ") for line in lines[:-1]
+                    if line.startswith("warning: ")]
+        final = [line for line in lines[:-1] if not line.startswith("warning: ")]
+        if final:
+            return warnings, final[0].strip()
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            break
+            return warnings, ""
         chunk = os.read(fd, 4096)
         if not chunk:
-            break
+            return warnings, ""
         data += chunk
-    return data.decode("utf-8", "replace").strip()
 
 
 def _wait_mounted(mountpoint: str, deadline: float) -> bool:
@@ -448,12 +478,33 @@ def _stop_daemon(pid: int, mountpoint: str) -> None:
 
 def cmd_umount(mountpoint: str, *, lazy: bool) -> int:
     path = os.path.abspath(mountpoint)
+    if not _mounted_at(path):  # fusermount3 would answer "Invalid argument"
+        # lexists, only now: an lstat fails on a dead mount too.
+        why = "not mounted" if os.path.lexists(path) else "no such file or directory"
+        print(f"alluxiofuse: cannot unmount {path}: {why}", file=sys.stderr)
+        return 1
     result = _fusermount(path, lazy=lazy, quiet=False)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["unmount failed"])[-1]
         print(f"alluxiofuse: cannot unmount {path}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _mounted_at(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether something is mounted at ``path``, as the kernel's mount table says: a
+    stat of the path would hang on a hung mount, and fail on a dead one."""
+    # The mount table has the real path: resolve the parent only (never the mountpoint).
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    target = os.fsencode(real.rstrip("/") or "/")
+    with open(mountinfo, "rb") as f:
+        for line in f:
+            # The kernel writes space, tab, newline and backslash as octal escapes.
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]),
+                           line.split()[4])
+            if point == target:
+                return True
+    return False
 
 
 def _fusermount(path: str, *, lazy: bool, quiet: bool) -> subprocess.CompletedProcess[str]:

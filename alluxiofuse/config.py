@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -106,10 +107,10 @@ class MountConfig:
     virtual_nodes: int = 2000
     # Process.
     # "host:port", ":port" (every interface) or "off"; None: DEFAULT_METRICS_ADDR, which
-    # a second mount on the host may find taken (then it runs without metrics)
+    # a second mount on the host may find taken (then it serves on a port of its own)
     metrics_addr: str | None = None
     log_level: str = "info"
-    log_file: str | None = None
+    log_file: str | None = None  # None: stderr, or default_log_file() in the background
     slow_op_threshold: float = 10.0  # a FUSE request slower than this is a warning; 0 = never
     strict: bool = False
 
@@ -234,6 +235,47 @@ def default_cache_dir() -> str:
         return "/var/cache/alluxiofuse"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "alluxiofuse")
+
+
+# A log file name longer than this (a deep mountpoint) is cut, and a digest of the whole
+# mountpoint keeps it apart from others (file names end at 255 bytes).
+_LOG_NAME_MAX = 200
+
+
+def default_log_file(mountpoint: str) -> str:
+    """Where a daemon in the background logs unless --log-file says: one file per
+    mountpoint, named as ``systemd-escape --path`` names the mountpoint's units
+    (``/mnt/data`` → ``mnt-data.log``), in the system's log directory for root, else in
+    the user's state directory. A foreground daemon logs to stderr instead."""
+    if os.geteuid() == 0:
+        base = "/var/log/alluxiofuse"
+    else:
+        state = (os.environ.get("XDG_STATE_HOME")
+                 or os.path.join(os.path.expanduser("~"), ".local", "state"))
+        base = os.path.join(state, "alluxiofuse")
+    name = escape_path(mountpoint)
+    if len(name) > _LOG_NAME_MAX:
+        digest = hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
+        name = f"{name[:_LOG_NAME_MAX - 17]}-{digest}"
+    return os.path.join(base, f"{name}.log")
+
+
+def escape_path(path: str) -> str:
+    """``path`` as ``systemd-escape --path`` writes it: ``/srv/my-data`` → ``srv-my\\x2ddata``,
+    ``/`` → ``-``."""
+    trimmed = "/".join(part for part in path.split("/") if part)
+    if not trimmed:
+        return "-"
+    escaped = []
+    for i, byte in enumerate(os.fsencode(trimmed)):
+        char = chr(byte)
+        if char == "/":
+            escaped.append("-")
+        elif char.isascii() and (char.isalnum() or char in ":_.") and not (i == 0 and char == "."):
+            escaped.append(char)
+        else:
+            escaped.append(f"\\x{byte:02x}")
+    return "".join(escaped)
 
 
 def parse_metrics_addr(value: Any) -> str:

@@ -36,6 +36,7 @@ from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
 from alluxiofuse.exporter import Exporter, Health
 from alluxiofuse.fs import Filesystem
 from alluxiofuse.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
+from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.memory import MemoryGovernor
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
@@ -84,8 +85,16 @@ def run(config: MountConfig, *, notify_fd: int | None = None) -> int:
             os.close(notify_fd)
             notify_fd = None
 
+    def warn(message: str) -> None:
+        """A start-up warning the user must see (it is in the log already): on the
+        starting command's stderr in the background, on ours in the foreground."""
+        if notify_fd is not None:
+            os.write(notify_fd, f"warning: {message}\n".encode("utf-8", "replace"))
+        elif config.log_file:  # else the log line was this very stderr
+            print(f"alluxiofuse: warning: {message}", file=sys.stderr)
+
     try:
-        trio.run(serve, config, lambda: notify("ready"), notifier)
+        trio.run(serve, config, lambda: notify("ready"), notifier, warn)
     except Exception as group:
         e = _single(group)
         if not isinstance(e, ConfigError | StartupError):
@@ -139,10 +148,12 @@ def _single(exc: Exception) -> Exception:
 
 
 async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
-                notifier: Notifier | None = None) -> None:
+                notifier: Notifier | None = None,
+                warn: Callable[[str], None] = lambda message: None) -> None:
     """Mount ``config.mountpoint``, call ``ready()``, serve until unmounted or signalled.
 
     ``notifier`` tells systemd each step; READY=1 once the kernel's INIT is answered.
+    ``warn`` shows the user what works, but not as asked (no worker answers).
     """
     notifier = notifier or Notifier({})
     metrics = Metrics(new_registry())
@@ -174,6 +185,9 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
         notifier.send(f"STATUS=checking source {redact(config.source, [])}")
         if cluster is not None:
             await read_membership(cluster.membership)
+            problem = await unanswered_workers(cluster.membership, config.worker_timeout)
+            if problem is not None:
+                warn(problem)
         root = await check_source(backend)
         health.backend_error = None
         writes = None
@@ -349,6 +363,43 @@ async def read_membership(membership: Membership) -> None:
     except AlluxioFuseError as e:
         raise StartupError(f"cannot read the workers from {membership.source.description}: "
                            f"{e}") from None
+
+
+# Workers asked at once at start-up whether they answer; one answer is enough.
+_WORKERS_KNOCKED = 16
+
+
+async def unanswered_workers(membership: Membership, within: float) -> str | None:
+    """Why no worker will serve reads now, if none will: the list is empty, or none of
+    its workers takes a connection ``within`` seconds. The mount still works (through the
+    under-storage), but a user who named workers must hear it, not find it out from the
+    metrics; it is logged here too."""
+    workers = membership.workers()
+    answered = False
+
+    async def knock(worker: WorkerAddress, cancel: trio.CancelScope) -> None:
+        nonlocal answered
+        with contextlib.suppress(OSError):
+            stream = await trio.open_tcp_stream(worker.host, worker.http_port)
+            await stream.aclose()
+            answered = True
+            cancel.cancel()
+
+    with trio.move_on_after(within):
+        async with trio.open_nursery() as nursery:
+            for worker in workers[:_WORKERS_KNOCKED]:
+                nursery.start_soon(knock, worker, nursery.cancel_scope)
+    if answered:
+        return None
+    where = membership.source.description
+    if workers:
+        shown = ", ".join(w.url() for w in workers[:3]) + (", ..." if len(workers) > 3 else "")
+        problem = (f"no worker of {where} answers ({shown}): reading from the "
+                   "under-storage until one does")
+    else:
+        problem = f"{where} lists no workers: reading from the under-storage until it does"
+    log.warning("%s", problem)
+    return problem
 
 
 async def check_source(backend: Backend) -> FileStatus:

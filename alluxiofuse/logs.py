@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from alluxiofuse.config import MountConfig
+from alluxiofuse.config import MountConfig, default_log_file
 
 REDACTED = "***"
 # Option names whose values are secret. "key" alone is s3fs's access key id: redacted too;
@@ -77,20 +77,26 @@ class OneLineFormatter(logging.Formatter):
         return text.replace("\r", "").replace("\n", " | ")
 
 
+# The default log file (a background daemon without --log-file) is bounded: past this
+# size it is renamed to NAME.log.1 (replacing the one before) and begun anew.
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+
+
 def setup_logging(config: MountConfig, *, background: bool) -> None:
-    """One line per event to ``--log-file``, else stderr (foreground) or syslog (background)."""
+    """One line per event to ``--log-file``, else stderr (foreground) or, in the
+    background, :func:`~alluxiofuse.config.default_log_file` (rotated at
+    DEFAULT_LOG_MAX_BYTES): a daemon's log is always somewhere a user finds it."""
     handler: logging.Handler
     if config.log_file:
         handler = logging.FileHandler(config.log_file)
     elif not background:
         handler = logging.StreamHandler()
-    elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
     else:
-        handler = logging.NullHandler()
+        path = default_log_file(config.mountpoint)
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=DEFAULT_LOG_MAX_BYTES, backupCount=1)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if isinstance(handler, logging.handlers.SysLogHandler):
-        fmt = "alluxiofuse[%(process)d]: %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(OneLineFormatter(fmt, secrets_of(config)))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -115,6 +115,10 @@ class Membership:
     def __len__(self) -> int:
         return len(self._workers)
 
+    def workers(self) -> list[WorkerAddress]:
+        """The workers listed now."""
+        return list(self._workers.values())
+
     async def refresh(self) -> bool:
         """Read the source; rebuild the ring if the workers changed. Whether they did."""
         workers = await self.source.workers()

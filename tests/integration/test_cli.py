@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from alluxiofuse.config import default_log_file
 from tests.flakyfs import clear_failure, set_failure
 from tests.integration.conftest import (
     CLI,
@@ -66,6 +67,11 @@ def _source(tmp_path: Path) -> Path:
     return src
 
 
+def _own_files(tmp_path: Path) -> list[str]:
+    """Options that keep a mount's spool and log in the test's tmp_path."""
+    return ["--cache-dir", str(tmp_path / "cache"), "--log-file", str(tmp_path / "daemon.log")]
+
+
 def _gone(mnt: Path, timeout: float = 5.0) -> bool:
     return wait_until(lambda: not daemon_pids(mnt), timeout)
 
@@ -81,7 +87,7 @@ def test_background_mount_is_live_on_return_and_umount_ends_daemon(
     mnt.mkdir()
     cleanup.append(mnt)
     log = tmp_path / "daemon.log"
-    result = cli("mount", src, mnt, "--log-file", log)
+    result = cli("mount", src, mnt, "--log-file", log, "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr
     # Live the moment the command returns: no polling.
     assert sorted(os.listdir(mnt)) == ["hello", "sub"]
@@ -102,7 +108,71 @@ def test_background_mount_is_live_on_return_and_umount_ends_daemon(
     again = cli("umount", mnt)  # nothing mounted any more
     assert again.returncode == 1
     lines = again.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("alluxiofuse:"), lines
+    assert lines == [f"alluxiofuse: cannot unmount {mnt}: not mounted"], lines
+    missing = cli("umount", tmp_path / "no-such-dir")
+    assert missing.returncode == 1
+    assert missing.stderr.decode() == (
+        f"alluxiofuse: cannot unmount {tmp_path}/no-such-dir: no such file or directory\n")
+
+
+def _remove_default_log(mnt: Path, dir_existed: bool) -> None:
+    """Remove what a background mount without --log-file wrote, and its directory if it
+    was made for the test and holds nothing else (other mounts may be writing there)."""
+    path = Path(default_log_file(str(mnt)))
+    for log in (path, path.with_name(path.name + ".1")):
+        log.unlink(missing_ok=True)
+    if not dir_existed:
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+def test_background_mount_logs_to_a_file_it_names(tmp_path: Path, cleanup: list[Path]) -> None:
+    """Without --log-file, a daemon in the background logs to a file of its mountpoint
+    (with or without syslog on the host), and `mount` says which."""
+    src = _source(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cleanup.append(mnt)
+    log = Path(default_log_file(str(mnt)))
+    assert log.parent == Path("/var/log/alluxiofuse")  # as root
+    assert log.name == str(mnt).strip("/").replace("-", "\\x2d").replace("/", "-") + ".log"
+    dir_existed = log.parent.exists()
+    try:
+        result = cli("mount", src, mnt, "--cache-dir", tmp_path / "cache",
+                     "--metrics-addr", "off")
+        assert (result.returncode, result.stderr) == (0, b""), result.stderr
+        assert result.stdout.decode() == f"alluxiofuse: the daemon logs to {log}\n"
+        assert read_bytes(mnt / "hello") == b"hello\n"
+        assert cli("umount", mnt).returncode == 0
+        assert _gone(mnt)
+        text = log.read_text()
+        assert f"INFO alluxiofuse.daemon: mounted {src} at {mnt}" in text, text
+        assert f"INFO alluxiofuse.daemon: unmounted {mnt}" in text, text
+    finally:
+        _remove_default_log(mnt, dir_existed)
+
+
+def test_no_worker_answers_at_mount(tmp_path: Path, cleanup: list[Path]) -> None:
+    """Workers named, none of them answering: the mount works through the under-storage,
+    and says so on stderr."""
+    src = _source(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cleanup.append(mnt)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "daemon.log"
+    result = cli("mount", src, mnt, "--workers", f"127.0.0.1:{port}", "--worker-timeout", "2",
+                 "--log-file", log, "--cache-dir", tmp_path / "cache", "--metrics-addr", "off")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode() == (
+        f"alluxiofuse: warning: no worker of workers 127.0.0.1:{port} answers "
+        f"(http://127.0.0.1:{port}): reading from the under-storage until one does\n")
+    assert read_bytes(mnt / "sub" / "inner") == b"inner\n"
+    assert cli("umount", mnt).returncode == 0
+    assert _gone(mnt)
+    assert "WARNING alluxiofuse.daemon: no worker of" in log.read_text()
 
 
 @contextlib.contextmanager
@@ -150,7 +220,7 @@ def test_background_mount_waits_for_a_slow_source(tmp_path: Path, cleanup: list[
     try:
         start = time.monotonic()
         result = cli("mount", f"flaky://{src}", mnt, "--ufs-option", f"control={control}",
-                     "--io-timeout", "20", flaky=True)
+                     "--io-timeout", "20", *_own_files(tmp_path), flaky=True)
         elapsed = time.monotonic() - start
     finally:
         timer.cancel()
@@ -167,7 +237,7 @@ def test_sigterm_to_background_daemon_unmounts(tmp_path: Path, cleanup: list[Pat
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     cleanup.append(mnt)
-    assert cli("mount", src, mnt).returncode == 0
+    assert cli("mount", src, mnt, *_own_files(tmp_path)).returncode == 0
     (pid,) = daemon_pids(mnt)
     os.kill(pid, signal.SIGTERM)
     assert wait_until(lambda: not ismount(mnt), 10)
@@ -284,8 +354,9 @@ def test_errors_exit_nonzero_with_one_line(
     args = make_args(src, tmp_path)
     mnt = Path(args[2])
     cleanup.append(mnt)
-    if foreground:  # logs to a file, so that stderr holds only what the command says
-        args += ["-f", "--log-file", str(tmp_path / "daemon.log")]
+    args += _own_files(tmp_path)  # a foreground daemon's log too: stderr holds only what
+    if foreground:  # the command says
+        args.append("-f")
     result = cli(*args, flaky=case == "failing-source", timeout=60)
     lines = result.stderr.decode(errors="replace").splitlines()
     assert result.returncode == 1, (result.returncode, lines)
@@ -358,6 +429,17 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert b"usage:" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["mount", "umount", "status", "locate", "load", "free",
+                                     "setattr", "install-mount-helper"])
+def test_an_unknown_option_prints_the_commands_usage(command: str) -> None:
+    result = cli(command, "--bogus", "a", "b")
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2, lines
+    assert lines[0].startswith(f"usage: alluxiofuse {command} "), lines
+    assert lines[-1].startswith(f"alluxiofuse {command}: error: unrecognized arguments: "
+                                "--bogus"), lines
+
+
 def test_version_and_help() -> None:
     assert cli("--version").stdout.startswith(b"alluxiofuse ")
     helped = cli("mount", "--help")
@@ -409,7 +491,8 @@ def test_config_file_in_background_mode(tmp_path: Path, cleanup: list[Path]) -> 
     cleanup.append(mnt)
     log = tmp_path / "daemon.log"
     config = tmp_path / "c.toml"
-    config.write_text(f'file_mode = "0444"\nlog_file = "{log}"\nlog_level = "debug"\n')
+    config.write_text(f'file_mode = "0444"\nlog_file = "{log}"\nlog_level = "debug"\n'
+                      f'cache_dir = "{tmp_path}/cache"\n')
     result = cli("mount", src, mnt, "--config", config)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(os.stat(mnt / "hello").st_mode) == 0o444
@@ -475,9 +558,9 @@ def test_kernel_refusing_the_mount_is_reported(
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     cleanup.append(mnt)
-    args = ["mount", source, str(mnt)]
+    args = ["mount", source, str(mnt), *_own_files(tmp_path)]
     if foreground:
-        args += ["-f", "--log-file", str(tmp_path / "daemon.log")]
+        args.append("-f")
     result = cli(*args)
     lines = result.stderr.decode(errors="replace").splitlines()
     assert result.returncode == 1, lines

@@ -115,7 +115,7 @@ def test_umount_clears_a_dead_mount_after_kill_9(mount: MountFactory, tmp_path: 
     assert not ismount(m.path)
     # The same mountpoint takes a new mount.
     new = [*CLI, "mount", str(src), str(m.path), "--metrics-addr", "off",
-           "--cache-dir", str(tmp_path / "cache-again")]
+           "--cache-dir", str(tmp_path / "cache-again"), "--log-file", str(tmp_path / "again.log")]
     assert run(new, check=False).returncode == 0
     try:
         assert read_bytes(m.path / "f") == b"f"

@@ -77,10 +77,14 @@ def test_a_failed_start_says_why_without_the_password(tmp_path: Path, foreground
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     source = "memory://alice:url-pa55word@/no-such-dir"
+    log = tmp_path / "daemon.log"
     result = run([*CLI, "mount", source, str(mnt), "--metrics-addr", "off",
-                  "--cache-dir", str(tmp_path / "cache"), *(["-f"] if foreground else [])],
+                  "--cache-dir", str(tmp_path / "cache"), "--log-file", str(log),
+                  *(["-f"] if foreground else [])],
                  check=False)
     err = result.stderr.decode()
     assert result.returncode == 1
     assert "source does not exist: memory://alice:***@/no-such-dir" in err
     assert "url-pa55word" not in err
+    assert "source does not exist: memory://alice:***@/no-such-dir" in log.read_text()
+    assert "url-pa55word" not in log.read_text()
