@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,35 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFacto
             loud = [line for line in m.log_text().splitlines() if _LOUD.search(line)]
             if loud and not m.allow_warnings:
                 pytest.fail("daemon logged warnings:\n" + "\n".join(loud[:20]))
+
+
+@pytest.fixture(autouse=True)
+def _leaves_no_spool_or_log(tmp_path: Path) -> Iterator[None]:
+    """Fail a test that leaves, outside its tmp_path, a spool (the default --cache-dir)
+    or a daemon log (the default log file of a background mount) for a source or a
+    mountpoint inside its tmp_path; and remove them. Other tests may be writing there at
+    the same time: only what names this test's tmp_path is its own."""
+    yield
+    from alluxiofuse.config import default_cache_dir, default_log_file, escape_path
+
+    left: list[Path] = []
+    cache = Path(default_cache_dir())
+    for spool in cache.iterdir() if cache.is_dir() else ():
+        try:
+            source = (spool / "lock").read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if str(tmp_path) in source:
+            left.append(spool)
+            shutil.rmtree(spool, ignore_errors=True)
+    logs = Path(default_log_file(str(tmp_path))).parent
+    prefix = escape_path(str(tmp_path)) + "-"
+    for log in logs.iterdir() if logs.is_dir() else ():
+        if log.name.startswith(prefix):
+            left.append(log)
+            log.unlink(missing_ok=True)
+    if left:
+        pytest.fail("the test left (now removed): " + ", ".join(map(str, left)))
 
 
 def make_tree(root: Path, *, files: int = 200, seed: int = 1) -> dict[str, bytes]:
