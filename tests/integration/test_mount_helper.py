@@ -10,13 +10,18 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from alluxiofuse import cli
+from alluxiofuse.config import parse_ufs_option
+from alluxiofuse.mount_helper import daemon_options, parse_command_line, plan, split_options
 from tests.integration.conftest import (
     CLI,
+    REPO,
     _require_fuse,
     daemon_pids,
     errno_of,
@@ -353,3 +358,60 @@ def test_sloppy_mount_ignores_unknown_options(
     assert "ro" in _mount_entry(mnt)[2]
     assert umount8(mnt).returncode == 0
     assert _gone(mnt)
+
+
+# -- the README's own fstab lines, through mount(8)'s fstab parser
+
+
+def _readme_fstab_lines() -> list[str]:
+    """Every line of type alluxiofuse in the README's untagged code blocks (fstab's; the
+    shell's are tagged sh)."""
+    found = []
+    fence: str | None = None  # the tag of the code block we are in, if in one
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None
+        elif fence == "" and len(line.split()) >= 4 and line.split()[2] == "alluxiofuse":
+            found.append(line)
+    return found
+
+
+def test_the_readmes_fstab_lines_reach_the_helper_as_meant(tmp_path: Path) -> None:
+    """mount(8) parses each README fstab line (fields end at whitespace; \\040 and the like
+    are decoded) and runs the helper (here a stand-in of a type of its own, which records
+    what it is given, under -f: nothing is mounted). The options it gets, parsed as
+    mount.alluxiofuse parses them, are the ones the README means."""
+    _require_fuse()  # root, to write in /sbin
+    lines = _readme_fstab_lines()
+    assert len(lines) >= 2, lines
+    assert any("ufs_option=" in line for line in lines)
+    fstype = f"alluxiofusereadme{os.getpid()}"
+    capture = Path(f"/sbin/mount.{fstype}")
+    argv_file = tmp_path / "argv.json"
+    capture.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                       f"open({str(argv_file)!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
+    capture.chmod(0o755)
+    try:
+        for n, line in enumerate(lines):
+            source, _, _, options, *rest = line.split()
+            mnt = tmp_path / f"mnt{n}"
+            mnt.mkdir()
+            fstab = tmp_path / f"fstab{n}"
+            # The mountpoint must exist, and the helper is the stand-in: the rest verbatim.
+            fstab.write_text(" ".join([source, str(mnt), fstype, options, *rest]) + "\n")
+            argv_file.unlink(missing_ok=True)
+            result = mount8("-T", fstab, "-f", "-n", "-v", mnt)
+            assert result.returncode == 0, (line, result.stderr)
+            invocation = parse_command_line(json.loads(argv_file.read_text()))
+            assert (invocation.source, invocation.mountpoint) == (source, str(mnt))
+            planned = plan(split_options(invocation.options), daemon_options())
+            assert not planned.unknown, planned
+            args = cli.parser().parse_args(["mount", *planned.cli_args, "--", source, str(mnt)])
+            assert args.read_only, line
+            ufs = dict(parse_ufs_option(item) for item in args.ufs_option)
+            if "region_name" in line:
+                assert ufs == {"client_kwargs": {"region_name": "eu-west-1"}}, line
+            if "config=" in line:
+                assert args.config == "/etc/alluxiofuse/datasets.toml", line
+    finally:
+        capture.unlink()
