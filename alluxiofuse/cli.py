@@ -477,7 +477,7 @@ def _stop_daemon(pid: int, mountpoint: str) -> None:
 
 
 def cmd_umount(mountpoint: str, *, lazy: bool) -> int:
-    path = os.path.abspath(mountpoint)
+    path = _real_path(os.path.abspath(mountpoint))  # fusermount3 takes no symbolic link
     if not _mounted_at(path):  # fusermount3 would answer "Invalid argument"
         # lexists, only now: an lstat fails on a dead mount too.
         why = "not mounted" if os.path.lexists(path) else "no such file or directory"
@@ -491,12 +491,19 @@ def cmd_umount(mountpoint: str, *, lazy: bool) -> int:
     return 0
 
 
+def _real_path(path: str) -> str:
+    """``path`` without symbolic links, as the mount table names mountpoints. Its parent
+    is resolved, and the path itself only if it is a symbolic link: what may be a hung or
+    dead mount is never asked."""
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def _mounted_at(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
-    """Whether something is mounted at ``path``, as the kernel's mount table says: a
-    stat of the path would hang on a hung mount, and fail on a dead one."""
-    # The mount table has the real path: resolve the parent only (never the mountpoint).
-    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-    target = os.fsencode(real.rstrip("/") or "/")
+    """Whether something is mounted at ``path`` (a real path), as the kernel's mount table
+    says: a stat of the path would hang on a hung mount, and fail on a dead one."""
+    target = os.fsencode(path.rstrip("/") or "/")
     with open(mountinfo, "rb") as f:
         for line in f:
             # The kernel writes space, tab, newline and backslash as octal escapes.

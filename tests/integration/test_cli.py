@@ -98,7 +98,9 @@ def test_background_mount_is_live_on_return_and_umount_ends_daemon(
     assert len(pids) == 1, pids
     assert os.getsid(pids[0]) == pids[0]  # detached into its own session
 
-    result = cli("umount", mnt)
+    link = tmp_path / "link"  # named through a symbolic link, as users may
+    link.symlink_to(mnt)
+    result = cli("umount", link)
     assert result.returncode == 0, result.stderr
     assert not ismount(mnt)
     assert _gone(mnt), f"daemon still running: {daemon_pids(mnt)}"
