@@ -637,7 +637,14 @@ class LocalUfs(UfsBackend):
             with self._at(path) as (fd, name):
                 os.mkdir(name, mode, dir_fd=fd)
             self._give(path, owner)
-            return self._stat_sync(path)
+            status = self._stat_sync(path)
+            made = status.mode if status.mode is not None else mode
+            if made & 0o777 != mode & 0o777:
+                # mkdir(2) took the daemon's umask away as well, but the kernel had applied
+                # the caller's already: the mode asked for is final. (A set-group-ID bit
+                # inherited from the parent stays.)
+                return self._setattr_sync(path, Attrs(mode=made & ~0o777 | mode & 0o777))
+            return status
         return await self._call(mkdir)
 
     async def rmdir(self, path: str) -> None:

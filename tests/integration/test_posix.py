@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,35 @@ from tests.integration.conftest import MountFactory
 pytestmark = pytest.mark.integration
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_mkdir_keeps_the_mode_the_kernel_asks_for(mount: MountFactory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with umask(0o077):  # the daemon inherits a umask that would take bits away
+        m = mount(src)
+    with umask(0):
+        for name, mode in (("open", 0o777), ("sticky", 0o1777), ("odd", 0o751),
+                           ("private", 0o700)):
+            os.mkdir(m.path / name, mode)
+            assert stat.S_IMODE(os.stat(src / name).st_mode) == mode, name
+            assert stat.S_IMODE(os.stat(m.path / name).st_mode) == mode, name
+        os.close(os.open(m.path / "file", os.O_WRONLY | os.O_CREAT, 0o666))
+        assert stat.S_IMODE(os.stat(src / "file").st_mode) == 0o666
+        assert stat.S_IMODE(os.stat(m.path / "file").st_mode) == 0o666
+    with umask(0o027):  # the caller's umask is the kernel's to apply: applied once
+        os.mkdir(m.path / "masked", 0o777)
+    assert stat.S_IMODE(os.stat(src / "masked").st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(m.path / "masked").st_mode) == 0o750
 
 
 # 30 levels of 200-byte names: 6,030 bytes from the mount's root, more than PATH_MAX (4,096).
