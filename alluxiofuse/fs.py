@@ -450,6 +450,8 @@ class Filesystem:
                 self.inodes.rename(old, new)
         self._forget(old, tree=True)
         self._forget(new, tree=True)
+        self._dir_changed(old, kernel=True)
+        self._dir_changed(new, kernel=True)
 
     async def link(self, ino: int, parent_ino: int, name: str) -> Inode:
         self._writable()
@@ -495,11 +497,17 @@ class Filesystem:
 
     async def _commit(self, staged: StagedFile, *, durable: bool = False) -> None:
         assert self.writes is not None
-        await self.writes.flush(staged, durable=durable)  # tells ``committed`` of success
+        # Tells ``committed`` of success, which forgets the directory's cached attributes:
+        # the kernel may have taken them since the create, before the file was in it.
+        if await self.writes.flush(staged, durable=durable) is not None:
+            self._dir_changed(staged.path, kernel=True)
 
     def committed(self, path: str, status: FileStatus) -> None:
-        """``path``'s new content is in the under-storage, as ``status``."""
+        """``path``'s new content is in the under-storage, as ``status``. (Its directory
+        changed too: a local commit renames a new file into it.) Also called once the
+        kernel session is closed, for uploads that drain: nothing here may call it."""
         self._forget(path)
+        self._dir_changed(path, kernel=False)
         self.meta.put_status(path, status)
         if self.inodes.by_path(path) is not None:
             self._learn(path, status)
@@ -512,8 +520,21 @@ class Filesystem:
         self.meta.forget(path, tree=tree)
         self._unlisted[parent_and_name(path)[0]] = True
 
+    def _dir_changed(self, path: str, *, kernel: bool) -> None:
+        """An entry ``path`` was made, removed or renamed through the mount, so the mtime,
+        ctime and link count of its directory changed in the under-storage: drop what the
+        daemon caches of them and, with ``kernel`` (only while serving a request: the
+        session is open), what the kernel does, so that the change shows at once."""
+        parent = parent_and_name(path)[0]
+        self.meta.forget(parent)  # its status, and the listing of its own parent
+        inode = self.inodes.by_path(parent)
+        if kernel and inode is not None:
+            self._invalidate_attrs(inode.ino)
+            inode.attrs_version = None
+
     def _made(self, path: str, status: FileStatus) -> Inode:
         self._forget(path)
+        self._dir_changed(path, kernel=True)
         self.meta.put_status(path, status)
         inode = self._learn(path, status)
         self.inodes.remember(inode)
@@ -522,6 +543,7 @@ class Filesystem:
 
     def _removed(self, path: str, *, tree: bool = False) -> None:
         self._forget(path, tree=tree)
+        self._dir_changed(path, kernel=True)
         self.meta.put_missing(path)
         self.inodes.unlink(path)
 

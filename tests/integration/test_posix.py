@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,3 +136,50 @@ def test_a_tree_deeper_than_path_max_is_made_used_and_removed_through_the_mount(
         _close(fds)
     assert os.listdir(src) == []
     assert os.listdir(m.path) == []
+
+
+LONG = ("--attr-timeout", "60", "--entry-timeout", "60", "--dir-timeout", "60",
+        "--negative-timeout", "60")
+
+
+def _times_and_links(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_nlink
+
+
+def test_a_change_through_the_mount_shows_in_its_directory_at_once(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    m = mount(src, *LONG)  # every attribute cached for 60 s, by the daemon and the kernel
+
+    def write_then_close() -> None:
+        with open(m.path / "a" / "new", "wb") as f:
+            f.write(b"x")
+            os.stat(m.path / "a")  # the kernel caches it while the file is not yet in it
+        # The close put the file in the source: that changed the directory.
+
+    steps = [
+        ("mkdir", lambda: os.mkdir(m.path / "a" / "sub"), ["a"]),
+        ("create", lambda: (m.path / "a" / "f").write_bytes(b"x"), ["a"]),
+        ("symlink", lambda: os.symlink("f", m.path / "a" / "l"), ["a"]),
+        ("rename in a directory", lambda: os.rename(m.path / "a" / "f", m.path / "a" / "g"),
+         ["a", "a/g"]),
+        ("rename across", lambda: os.rename(m.path / "a" / "sub", m.path / "b" / "sub"),
+         ["a", "b", "b/sub"]),
+        ("close of a new file", write_then_close, ["a"]),
+        ("rename out", lambda: os.rename(m.path / "a" / "new", m.path / "b" / "moved"),
+         ["a", "b"]),
+        ("unlink", lambda: os.unlink(m.path / "a" / "g"), ["a"]),
+        ("rmdir", lambda: os.rmdir(m.path / "b" / "sub"), ["b"]),
+        ("chmod", lambda: os.chmod(m.path / "b" / "moved", 0o600), ["b/moved"]),
+    ]
+    for what, change, paths in steps:
+        before = {p: _times_and_links(m.path / p) for p in paths if os.path.lexists(m.path / p)}
+        time.sleep(0.02)  # past the file system's timestamp granularity
+        change()
+        for p in paths:
+            assert _times_and_links(m.path / p) == _times_and_links(src / p), (what, p)
+            assert _times_and_links(m.path / p) != before.get(p), (what, p)
