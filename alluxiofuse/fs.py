@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
@@ -61,6 +61,10 @@ _STREAK_START = 2
 # Status misses in one directory after which it is listed rather than stat-ed per name.
 _MISSES_BEFORE_LISTING = 2
 
+# How much longer than --negative-timeout a miss is remembered for SIGHUP: the kernel's
+# timeout starts when the reply reaches it, a little after the daemon recorded the miss.
+_NEGATIVE_MARGIN = 1.0
+
 # Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it.
 ReplyFn = Callable[[FileStatus, Inode, int], bool]
 
@@ -83,6 +87,14 @@ class _DirReadahead:
         else:
             self.streak, self.furthest, self.fetched_to = 0, index, 0
         return self.streak >= _STREAK_START
+
+
+@dataclass(frozen=True)
+class KernelCaches:
+    """What the kernel may hold that a cache drop must make it forget too."""
+
+    inodes: list[int]  # inodes whose attributes and pages it may cache
+    misses: list[tuple[int, str]]  # negative entries it may cache: (directory inode, name)
 
 
 class Filesystem:
@@ -119,6 +131,13 @@ class Filesystem:
         self._listings: SingleFlight[str, Listing] = SingleFlight()
         self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
         self._unlisted: LRUCache[str, bool] = LRUCache(maxsize=1024)
+        # The misses the kernel was told it may cache (negative entries), for SIGHUP:
+        # only the kernel can drop them, and only by name. Bounded like the metadata
+        # cache; one forgotten early still expires in the kernel on its own.
+        self._misses: TTLCache[tuple[int, str], bool] | None = None
+        if config.negative_timeout > 0:
+            self._misses = TTLCache(maxsize=config.metadata_cache_entries,
+                                    ttl=config.negative_timeout + _NEGATIVE_MARGIN)
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._handle_ids = itertools.count(1)
@@ -128,9 +147,16 @@ class Filesystem:
     # -- names and attributes
 
     async def lookup(self, parent_ino: int, name: str) -> Inode:
-        """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference."""
+        """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference.
+        NotFound is a negative entry the kernel caches for ``--negative-timeout``."""
         path = self._child_path(parent_ino, name)
-        inode = self._learn(path, await self._stat(path))
+        try:
+            status = await self._stat(path)
+        except NotFound:
+            if self._misses is not None:
+                self._misses[parent_ino, name] = True
+            raise
+        inode = self._learn(path, status)
         self.inodes.remember(inode)
         inode.attrs_version = inode.status.version
         return inode
@@ -153,15 +179,19 @@ class Filesystem:
 
     # -- cache control (SIGHUP, memory pressure)
 
-    def drop_caches(self) -> list[int]:
+    def drop_caches(self) -> KernelCaches:
         """Forget every cached status, listing and page, so that what is read next comes
         from the backend; files being written keep their bytes (they are in the spool).
-        The inode numbers returned are those whose kernel caches should be dropped too."""
+        Returned: what the kernel may cache, to be dropped there too."""
         self.meta.clear()
         self.pages.clear()
         self._recent_listings.clear()
         self._stat_misses.clear()
-        return self.inodes.numbers()
+        misses: list[tuple[int, str]] = []
+        if self._misses is not None:
+            misses = list(self._misses)
+            self._misses.clear()
+        return KernelCaches(self.inodes.numbers(), misses)
 
     def resize_page_cache(self, capacity: int) -> None:
         """Bound the page cache to ``capacity`` bytes, and read-ahead in proportion."""

@@ -4,7 +4,9 @@ and SIGHUP dropping the kernel's negative entries."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import MountFactory
+from tests.integration.conftest import MountFactory, errno_of, read_bytes, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +185,24 @@ def test_a_change_through_the_mount_shows_in_its_directory_at_once(
         for p in paths:
             assert _times_and_links(m.path / p) == _times_and_links(src / p), (what, p)
             assert _times_and_links(m.path / p) != before.get(p), (what, p)
+
+
+def test_sighup_makes_a_name_made_in_the_source_show_at_once(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    m = mount(src, *LONG)
+    names = [m.path / "new", m.path / "d" / "new", m.path / "d" / "newdir"]
+    for path in names:  # misses, now negative entries in the kernel for 60 s
+        assert errno_of(lambda path=path: os.stat(path)) == errno.ENOENT
+    (src / "new").write_bytes(b"top")
+    (src / "d" / "new").write_bytes(b"below")
+    (src / "d" / "newdir").mkdir()
+    time.sleep(0.2)
+    assert errno_of(lambda: os.stat(names[1])) == errno.ENOENT  # cached for 60 s
+    m.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "dropped the metadata and page caches" in m.log_text(), 10)
+    assert os.stat(names[0]).st_size == 3  # by name, without listing the directory first
+    assert read_bytes(names[1]) == b"below"
+    assert os.path.isdir(names[2])
