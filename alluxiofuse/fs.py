@@ -333,7 +333,7 @@ class Filesystem:
     ) -> tuple[int, Inode]:
         """A new file ``name`` in ``parent_ino``, open; committed at its first flush."""
         writes = self._writable()
-        path = self._child_path(parent_ino, name)
+        path = self._new_path(parent_ino, name)
         existing = await self._status_or_none(path)
         if existing is not None:  # made meanwhile, or the kernel's view was stale
             if flags & os.O_EXCL:
@@ -405,7 +405,7 @@ class Filesystem:
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, owner: tuple[int, int]) -> Inode:
         self._writable()
-        path = self._child_path(parent_ino, name)
+        path = self._new_path(parent_ino, name)
         await self._must_not_exist(path)
         status = await self.backend.mkdir(path, mode & 0o7777, owner)
         return self._made(path, status)
@@ -416,7 +416,7 @@ class Filesystem:
         self._writable()
         if not self.backend.writes.symlinks:
             raise NotSupported(f"{self.backend.description} has no symbolic links")
-        path = self._child_path(parent_ino, name)
+        path = self._new_path(parent_ino, name)
         await self._must_not_exist(path)
         return self._made(path, await self.backend.symlink(path, target, owner))
 
@@ -451,7 +451,7 @@ class Filesystem:
     ) -> None:
         writes = self._writable()
         old = self._child_path(old_parent, old_name)
-        new = self._child_path(new_parent, new_name)
+        new = self._new_path(new_parent, new_name)
         self._check_rename_flags(flags)
         source = await self._stat(old)
         target = await self._status_or_none(new)
@@ -504,6 +504,16 @@ class Filesystem:
                 raise NameTooLong(name)
             raise InvalidArgument(f"not a file name: {name!r}")
         return join(parent.path, name)
+
+    def _new_path(self, parent_ino: int, name: str) -> str:
+        """The path of a new entry ``name`` in ``parent_ino``: one the backend can keep
+        (else a new file's commit could never land, and its upload would be owed for ever)."""
+        path = self._child_path(parent_ino, name)
+        limit = self.backend.writes.path_max
+        if limit is not None and len(path.encode("utf-8", "surrogateescape")) > limit:
+            raise NameTooLong(f"{path!r}: {self.backend.description} keeps paths of up to "
+                              f"{limit} bytes")
+        return path
 
     async def _must_not_exist(self, path: str) -> None:
         if await self._status_or_none(path) is not None:

@@ -74,6 +74,8 @@ _MARKER_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", 
 _MIN_UPLOAD_RATE = 1024 * 1024
 # The longest path one system call takes, its final NUL included (Linux's PATH_MAX).
 _PATH_MAX = 4096
+# The longest key of the object stores, in bytes (S3, GCS and Azure alike).
+_KEY_MAX = 1024
 # Directories opened to walk a long path: descriptors usable only as a place to start from.
 _WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -124,6 +126,8 @@ class UfsBackend:
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
                                        directories=not self._markers)
+            if self._markers:  # a file whose key the store refuses could never be committed
+                self.writes = dataclasses.replace(self.writes, path_max=_path_room(root))
         self.fs = fs
         self.root = root
         self.description = description
@@ -816,6 +820,13 @@ def _copy_all(src: int, dst: int, size: int) -> None:
         if copied == 0:
             raise OSError(errno.EIO, f"staged file ended at {offset} of {size} bytes")
         offset += copied
+
+
+def _path_room(root: str) -> int:
+    """The longest path an object store keeps below ``root`` (``bucket/prefix``): a key is
+    the prefix, a slash and the path, and a directory's marker ends in one more slash."""
+    prefix = root.partition("/")[2]
+    return _KEY_MAX - (len(prefix.encode("utf-8")) + 1 if prefix else 0) - 1
 
 
 def _pieces(path: bytes) -> builtins.list[bytes]:

@@ -5,6 +5,7 @@ and SIGHUP dropping the kernel's negative entries."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import MountFactory, errno_of, read_bytes, wait_until
+from tests.s3server import moto_s3
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +208,25 @@ def test_sighup_makes_a_name_made_in_the_source_show_at_once(
     assert os.stat(names[0]).st_size == 3  # by name, without listing the directory first
     assert read_bytes(names[1]) == b"below"
     assert os.path.isdir(names[2])
+
+
+@pytest.mark.timeout(120)
+def test_an_object_store_refuses_at_create_a_key_it_cannot_keep(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    """S3 keys are at most 1,024 bytes: a longer one could never be committed."""
+    with moto_s3() as s3:
+        s3.fs().pipe_file(f"{s3.bucket}/tree/", b"")
+        options = [f"--ufs-option={k}={v if isinstance(v, str) else json.dumps(v)}"
+                   for k, v in s3.ufs_options.items()]
+        m = mount(s3.url("tree"), *options)
+        deep = m.path.joinpath(*["d" * 250] * 4)  # "tree/" and 1,003 bytes
+        deep.mkdir(parents=True)
+        (deep / ("f" * 14)).write_bytes(b"fits")  # a 1,023-byte key
+        too_long = deep / ("f" * 100)
+        assert errno_of(lambda: too_long.write_bytes(b"x")) == errno.ENAMETOOLONG
+        assert errno_of(lambda: too_long.mkdir()) == errno.ENAMETOOLONG
+        assert errno_of(lambda: (deep / ("f" * 14)).rename(too_long)) == errno.ENAMETOOLONG
+        files = [k for k in s3.fs().find(f"{s3.bucket}/tree") if not k.endswith("/")]
+        assert [k.rpartition("/")[2] for k in files] == ["f" * 14]  # nothing else made
+        assert read_bytes(deep / ("f" * 14)) == b"fits"
