@@ -342,6 +342,12 @@ class Filesystem:
             self.inodes.remember(inode)
             fh, _ = await self.open(inode.ino, flags | os.O_WRONLY)
             return fh, inode
+        if self.backend.writes.directories:
+            # Its directory must still exist (it may have been removed behind the mount),
+            # or the commit could never land. Object stores need none: a key is enough.
+            directory = parent_and_name(path)[0]
+            if (await self._stat(directory)).kind is not Kind.DIRECTORY:
+                raise NotADirectory(directory)
         staged = await writes.create(path, mode & 0o7777, *owner)
         self._forget(path)
         inode = self._learn(path, staged.status(name))

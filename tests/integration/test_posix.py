@@ -4,6 +4,7 @@ and SIGHUP dropping the kernel's negative entries."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -230,3 +231,33 @@ def test_an_object_store_refuses_at_create_a_key_it_cannot_keep(
         files = [k for k in s3.fs().find(f"{s3.bucket}/tree") if not k.endswith("/")]
         assert [k.rpartition("/")[2] for k in files] == ["f" * 14]  # nothing else made
         assert read_bytes(deep / ("f" * 14)) == b"fits"
+
+
+def test_a_create_in_a_directory_gone_from_the_source_fails_at_once(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    """Accepted, the new file's commit could never land: its upload would be owed for ever."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "e").mkdir()
+    (src / "other").mkdir()
+    # The kernel keeps what it learns of "d" and "e" for 60 s; the daemon's cache holds one
+    # status, so it has forgotten theirs by the time the file is made.
+    m = mount(src, *LONG, "--negative-timeout", "0", "--metadata-cache-entries", "1")
+    assert os.path.isdir(m.path / "d")
+    assert os.path.isdir(m.path / "e")
+    assert os.path.isdir(m.path / "other")
+    (src / "d").rmdir()
+    (src / "e").rmdir()
+    (src / "e").write_bytes(b"now a file")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    for path, code in ((m.path / "d" / "new", errno.ENOENT), (m.path / "e" / "new", errno.ENOTDIR)):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            assert e.errno == code, path
+        else:
+            with contextlib.suppress(OSError):  # the commit fails
+                os.close(fd)
+            pytest.fail(f"{path} was created: its commit can never land")
+    assert sorted(os.listdir(src)) == ["e", "other"]
