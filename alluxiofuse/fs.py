@@ -342,9 +342,9 @@ class Filesystem:
             self.inodes.remember(inode)
             fh, _ = await self.open(inode.ino, flags | os.O_WRONLY)
             return fh, inode
-        if self.backend.writes.directories:
-            # Its directory must still exist (it may have been removed behind the mount),
-            # or the commit could never land. Object stores need none: a key is enough.
+        if self.backend.writes.needs_parent:
+            # Its directory may have been removed behind the mount: the commit could then
+            # never land. (One status more per create, mostly cached; local and cheap.)
             directory = parent_and_name(path)[0]
             if (await self._stat(directory)).kind is not Kind.DIRECTORY:
                 raise NotADirectory(directory)

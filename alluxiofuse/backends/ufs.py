@@ -634,7 +634,7 @@ class LocalUfs(UfsBackend):
     # -- changes: the local system calls, relative to the root descriptor
 
     writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True,
-                          rename_noreplace=True, rename_exchange=True)
+                          rename_noreplace=True, rename_exchange=True, needs_parent=True)
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
         def mkdir() -> FileStatus:
