@@ -550,8 +550,8 @@ class Filesystem:
 
     def committed(self, path: str, status: FileStatus) -> None:
         """``path``'s new content is in the under-storage, as ``status``. (Its directory
-        changed too: a local commit renames a new file into it.) Also called once the
-        kernel session is closed, for uploads that drain: nothing here may call it."""
+        changed too: a local commit renames a new file into it.) Also called for uploads
+        that drain once the kernel session is closed: nothing here may notify the kernel."""
         self._forget(path)
         self._dir_changed(path, kernel=False)
         self.meta.put_status(path, status)
