@@ -79,6 +79,7 @@ _KEY_MAX = 1024
 # Directories opened to walk a long path: descriptors usable only as a place to start from.
 _WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
+
 def open_ufs(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
     mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
