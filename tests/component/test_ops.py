@@ -184,6 +184,20 @@ async def test_without_negative_cache_a_missing_name_is_enoent(
         await m.ops.lookup(ROOT_INODE, b"nope")
     assert e.value.errno == errno.ENOENT
     assert m.sample("alluxiofuse_fuse_errors_total", op="lookup", errno="ENOENT") == 1
+    assert m.fs.drop_caches().misses == []  # the kernel was given none to cache
+
+
+async def test_a_cache_drop_names_the_negative_entries_the_kernel_was_given(
+    local: Mounted,
+) -> None:
+    dir_ino = (await local.lookup_path("dir")).st_ino
+    assert (await local.ops.lookup(ROOT_INODE, b"nope")).st_ino == 0
+    assert (await local.ops.lookup(dir_ino, b"gone")).st_ino == 0
+    assert (await local.ops.lookup(dir_ino, b"three-pages.bin")).st_ino != 0
+    caches = local.fs.drop_caches()
+    assert sorted(caches.misses) == sorted([(ROOT_INODE, "nope"), (dir_ino, "gone")])
+    assert dir_ino in caches.inodes
+    assert local.fs.drop_caches().misses == []  # each is dropped once
 
 
 async def test_hostile_names(tree: Path, nursery: trio.Nursery) -> None:
