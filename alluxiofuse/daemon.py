@@ -34,7 +34,7 @@ from alluxiofuse.config import (
 )
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
 from alluxiofuse.exporter import Exporter, Health
-from alluxiofuse.fs import Filesystem
+from alluxiofuse.fs import Filesystem, KernelCaches
 from alluxiofuse.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.memory import MemoryGovernor
@@ -440,13 +440,19 @@ def mount(ops: Operations, config: MountConfig) -> None:
         raise StartupError(f"cannot mount at {config.mountpoint}: {e}") from None
 
 
-def _invalidate_kernel_caches(numbers: list[int]) -> None:
-    """Make the kernel drop the cached data and attributes of these inodes."""
-    for ino in numbers:
+def _invalidate_kernel_caches(caches: KernelCaches) -> None:
+    """Make the kernel drop the cached data and attributes of these inodes, and these
+    negative entries (else a name made in the source stays missing until they expire)."""
+    for ino in caches.inodes:
         try:
             pyfuse3.invalidate_inode(ino, attr_only=False)
         except OSError as e:  # ENOENT: the kernel has already forgotten the inode
             log.debug("invalidating inode %d: %s", ino, e.strerror)
+    for parent, name in caches.misses:
+        try:
+            pyfuse3.invalidate_entry(parent, os.fsencode(name))
+        except OSError as e:  # ENOENT: expired, or its directory forgotten, already
+            log.debug("invalidating entry %r of inode %d: %s", name, parent, e.strerror)
 
 
 def invalidate_kernel_attrs(ino: int) -> None:
@@ -536,13 +542,13 @@ async def _handle_signals(fs: Filesystem, metrics: Metrics, session: KernelSessi
                 if not session.open:
                     log.info("%s: already stopping", name)
                 elif signum == signal.SIGHUP:
-                    numbers = fs.drop_caches()
+                    caches = fs.drop_caches()
                     # In a thread: the kernel waits for pages being read to be unlocked,
                     # and their reads need this event loop to answer them.
-                    await trio.to_thread.run_sync(_invalidate_kernel_caches, numbers)
+                    await trio.to_thread.run_sync(_invalidate_kernel_caches, caches)
                     metrics.cache_drops.inc()
-                    log.info("SIGHUP: dropped the metadata and page caches (%d inodes)",
-                             len(numbers))
+                    log.info("SIGHUP: dropped the metadata and page caches (%d inodes, "
+                             "%d missing names)", len(caches.inodes), len(caches.misses))
                 else:
                     log.info("%s: unmounting", name)
                     pyfuse3.terminate()

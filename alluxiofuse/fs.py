@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
@@ -61,6 +61,10 @@ _STREAK_START = 2
 # Status misses in one directory after which it is listed rather than stat-ed per name.
 _MISSES_BEFORE_LISTING = 2
 
+# How much longer than --negative-timeout a miss is remembered for SIGHUP: the kernel's
+# timeout starts when the reply reaches it, a little after the daemon recorded the miss.
+_NEGATIVE_MARGIN = 1.0
+
 # Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it.
 ReplyFn = Callable[[FileStatus, Inode, int], bool]
 
@@ -83,6 +87,14 @@ class _DirReadahead:
         else:
             self.streak, self.furthest, self.fetched_to = 0, index, 0
         return self.streak >= _STREAK_START
+
+
+@dataclass(frozen=True)
+class KernelCaches:
+    """What the kernel may hold that a cache drop must make it forget too."""
+
+    inodes: list[int]  # inodes whose attributes and pages it may cache
+    misses: list[tuple[int, str]]  # negative entries it may cache: (directory inode, name)
 
 
 class Filesystem:
@@ -119,6 +131,13 @@ class Filesystem:
         self._listings: SingleFlight[str, Listing] = SingleFlight()
         self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
         self._unlisted: LRUCache[str, bool] = LRUCache(maxsize=1024)
+        # The misses the kernel was told it may cache (negative entries), for SIGHUP:
+        # only the kernel can drop them, and only by name. Bounded like the metadata
+        # cache; one forgotten early still expires in the kernel on its own.
+        self._misses: TTLCache[tuple[int, str], bool] | None = None
+        if config.negative_timeout > 0:
+            self._misses = TTLCache(maxsize=config.metadata_cache_entries,
+                                    ttl=config.negative_timeout + _NEGATIVE_MARGIN)
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._handle_ids = itertools.count(1)
@@ -128,9 +147,16 @@ class Filesystem:
     # -- names and attributes
 
     async def lookup(self, parent_ino: int, name: str) -> Inode:
-        """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference."""
+        """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference.
+        NotFound is a negative entry the kernel caches for ``--negative-timeout``."""
         path = self._child_path(parent_ino, name)
-        inode = self._learn(path, await self._stat(path))
+        try:
+            status = await self._stat(path)
+        except NotFound:
+            if self._misses is not None:
+                self._misses[parent_ino, name] = True
+            raise
+        inode = self._learn(path, status)
         self.inodes.remember(inode)
         inode.attrs_version = inode.status.version
         return inode
@@ -153,15 +179,19 @@ class Filesystem:
 
     # -- cache control (SIGHUP, memory pressure)
 
-    def drop_caches(self) -> list[int]:
+    def drop_caches(self) -> KernelCaches:
         """Forget every cached status, listing and page, so that what is read next comes
         from the backend; files being written keep their bytes (they are in the spool).
-        The inode numbers returned are those whose kernel caches should be dropped too."""
+        Returned: what the kernel may cache, to be dropped there too."""
         self.meta.clear()
         self.pages.clear()
         self._recent_listings.clear()
         self._stat_misses.clear()
-        return self.inodes.numbers()
+        misses: list[tuple[int, str]] = []
+        if self._misses is not None:
+            misses = list(self._misses)
+            self._misses.clear()
+        return KernelCaches(self.inodes.numbers(), misses)
 
     def resize_page_cache(self, capacity: int) -> None:
         """Bound the page cache to ``capacity`` bytes, and read-ahead in proportion."""
@@ -303,7 +333,7 @@ class Filesystem:
     ) -> tuple[int, Inode]:
         """A new file ``name`` in ``parent_ino``, open; committed at its first flush."""
         writes = self._writable()
-        path = self._child_path(parent_ino, name)
+        path = self._new_path(parent_ino, name)
         existing = await self._status_or_none(path)
         if existing is not None:  # made meanwhile, or the kernel's view was stale
             if flags & os.O_EXCL:
@@ -312,6 +342,12 @@ class Filesystem:
             self.inodes.remember(inode)
             fh, _ = await self.open(inode.ino, flags | os.O_WRONLY)
             return fh, inode
+        if self.backend.writes.needs_parent:
+            # Its directory may have been removed behind the mount: the commit could then
+            # never land. (One status more per create, mostly cached; local and cheap.)
+            directory = parent_and_name(path)[0]
+            if (await self._stat(directory)).kind is not Kind.DIRECTORY:
+                raise NotADirectory(directory)
         staged = await writes.create(path, mode & 0o7777, *owner)
         self._forget(path)
         inode = self._learn(path, staged.status(name))
@@ -375,7 +411,7 @@ class Filesystem:
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, owner: tuple[int, int]) -> Inode:
         self._writable()
-        path = self._child_path(parent_ino, name)
+        path = self._new_path(parent_ino, name)
         await self._must_not_exist(path)
         status = await self.backend.mkdir(path, mode & 0o7777, owner)
         return self._made(path, status)
@@ -386,7 +422,7 @@ class Filesystem:
         self._writable()
         if not self.backend.writes.symlinks:
             raise NotSupported(f"{self.backend.description} has no symbolic links")
-        path = self._child_path(parent_ino, name)
+        path = self._new_path(parent_ino, name)
         await self._must_not_exist(path)
         return self._made(path, await self.backend.symlink(path, target, owner))
 
@@ -421,7 +457,7 @@ class Filesystem:
     ) -> None:
         writes = self._writable()
         old = self._child_path(old_parent, old_name)
-        new = self._child_path(new_parent, new_name)
+        new = self._new_path(new_parent, new_name)
         self._check_rename_flags(flags)
         source = await self._stat(old)
         target = await self._status_or_none(new)
@@ -450,6 +486,8 @@ class Filesystem:
                 self.inodes.rename(old, new)
         self._forget(old, tree=True)
         self._forget(new, tree=True)
+        self._dir_changed(old, kernel=True)
+        self._dir_changed(new, kernel=True)
 
     async def link(self, ino: int, parent_ino: int, name: str) -> Inode:
         self._writable()
@@ -473,6 +511,16 @@ class Filesystem:
             raise InvalidArgument(f"not a file name: {name!r}")
         return join(parent.path, name)
 
+    def _new_path(self, parent_ino: int, name: str) -> str:
+        """The path of a new entry ``name`` in ``parent_ino``: one the backend can keep
+        (else a new file's commit could never land, and its upload would be owed for ever)."""
+        path = self._child_path(parent_ino, name)
+        limit = self.backend.writes.path_max
+        if limit is not None and len(path.encode("utf-8", "surrogateescape")) > limit:
+            raise NameTooLong(f"{path!r}: {self.backend.description} keeps paths of up to "
+                              f"{limit} bytes")
+        return path
+
     async def _must_not_exist(self, path: str) -> None:
         if await self._status_or_none(path) is not None:
             raise AlreadyExists(path)
@@ -495,11 +543,17 @@ class Filesystem:
 
     async def _commit(self, staged: StagedFile, *, durable: bool = False) -> None:
         assert self.writes is not None
-        await self.writes.flush(staged, durable=durable)  # tells ``committed`` of success
+        # Tells ``committed`` of success, which forgets the directory's cached attributes:
+        # the kernel may have taken them since the create, before the file was in it.
+        if await self.writes.flush(staged, durable=durable) is not None:
+            self._dir_changed(staged.path, kernel=True)
 
     def committed(self, path: str, status: FileStatus) -> None:
-        """``path``'s new content is in the under-storage, as ``status``."""
+        """``path``'s new content is in the under-storage, as ``status``. (Its directory
+        changed too: a local commit renames a new file into it.) Also called for uploads
+        that drain once the kernel session is closed: nothing here may notify the kernel."""
         self._forget(path)
+        self._dir_changed(path, kernel=False)
         self.meta.put_status(path, status)
         if self.inodes.by_path(path) is not None:
             self._learn(path, status)
@@ -512,8 +566,21 @@ class Filesystem:
         self.meta.forget(path, tree=tree)
         self._unlisted[parent_and_name(path)[0]] = True
 
+    def _dir_changed(self, path: str, *, kernel: bool) -> None:
+        """An entry ``path`` was made, removed or renamed through the mount, so the mtime,
+        ctime and link count of its directory changed in the under-storage: drop what the
+        daemon caches of them and, with ``kernel`` (only while serving a request: the
+        session is open), what the kernel does, so that the change shows at once."""
+        parent = parent_and_name(path)[0]
+        self.meta.forget(parent)  # its status, and the listing of its own parent
+        inode = self.inodes.by_path(parent)
+        if kernel and inode is not None:
+            self._invalidate_attrs(inode.ino)
+            inode.attrs_version = None
+
     def _made(self, path: str, status: FileStatus) -> Inode:
         self._forget(path)
+        self._dir_changed(path, kernel=True)
         self.meta.put_status(path, status)
         inode = self._learn(path, status)
         self.inodes.remember(inode)
@@ -522,6 +589,7 @@ class Filesystem:
 
     def _removed(self, path: str, *, tree: bool = False) -> None:
         self._forget(path, tree=tree)
+        self._dir_changed(path, kernel=True)
         self.meta.put_missing(path)
         self.inodes.unlink(path)
 

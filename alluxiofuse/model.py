@@ -88,6 +88,12 @@ class WriteSupport:
     rename_noreplace: bool = False  # RENAME_NOREPLACE, atomically
     rename_exchange: bool = False  # RENAME_EXCHANGE, atomically
     directories: bool = True  # empty directories exist on their own (else: marker objects)
+    # The longest path a new entry may have, in UTF-8 bytes from the mount's root (object
+    # stores: what their key length leaves); None: no bound but the names'.
+    path_max: int | None = None
+    # A file's commit needs its directory to exist (a local rename into it): a create
+    # checks that it still does, else the new file could never be committed.
+    needs_parent: bool = False
 
 
 class Commit(NamedTuple):

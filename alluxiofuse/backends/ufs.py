@@ -17,7 +17,7 @@ import errno
 import logging
 import os
 import stat as statmod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import fsspec
@@ -72,6 +72,14 @@ _MARKER_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", 
                                "oci", "cos", "r2"})
 # The slowest upload rate a commit is given time for, in bytes per second.
 _MIN_UPLOAD_RATE = 1024 * 1024
+# The longest path one system call takes, its final NUL included (Linux's PATH_MAX).
+_PATH_MAX = 4096
+# The longest key of the object stores, in bytes (S3, GCS and Azure alike).
+_KEY_MAX = 1024
+# Directories opened to walk a long path: descriptors usable only as a place to start from.
+_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def open_ufs(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
     mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
@@ -119,6 +127,8 @@ class UfsBackend:
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
                                        directories=not self._markers)
+            if self._markers:  # a file whose key the store refuses could never be committed
+                self.writes = dataclasses.replace(self.writes, path_max=_path_room(root))
         self.fs = fs
         self.root = root
         self.description = description
@@ -463,7 +473,8 @@ class LocalUfs(UfsBackend):
 
     def _stat_sync(self, path: str) -> FileStatus:
         if path:
-            st = os.lstat(path, dir_fd=self._root())
+            with self._at(path) as (fd, name):
+                st = os.lstat(name, dir_fd=fd)
         elif self._root_fd is not None:
             st = os.fstat(self._root_fd)
         else:  # say what is there instead (nothing, a file) rather than why it cannot open
@@ -477,7 +488,8 @@ class LocalUfs(UfsBackend):
 
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
         entries = []
-        fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root())
+        with self._at(path) as (at, name):
+            fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=at)
         try:
             with os.scandir(fd) as it:  # reads a duplicate of fd
                 for entry in it:
@@ -501,7 +513,52 @@ class LocalUfs(UfsBackend):
             os.close(fd)
 
     def _open(self, path: str) -> int:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root())
+        with self._at(path) as (fd, name):
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+
+    @contextlib.contextmanager
+    def _at(self, path: str, *, room: int = 0) -> Iterator[tuple[int, str]]:
+        """``path`` as a directory descriptor and a name relative to it that one system
+        call takes, for the ``*at`` calls (``dir_fd=``).
+
+        Almost every path fits in one call as it is, relative to the root descriptor: that
+        is the hot path, with no extra call. PATH_MAX counts from the mount's root here,
+        not from the caller's directory as on the mount, so a deep tree that a caller
+        reaches with relative paths can be longer: its parent directory is then opened
+        first (``_open_dir``), and the name is relative to that. ``room`` bytes more must
+        fit too (a commit's temporary name beside ``path``).
+        """
+        root = self._root()
+        # A character takes at most 4 bytes: the encoding is needed only near the limit.
+        if (len(path) * 4 + room < _PATH_MAX
+                or len(os.fsencode(path)) + room < _PATH_MAX):
+            yield root, path
+            return
+        parent, _, name = path.rpartition("/")
+        fd = self._open_dir(parent)
+        try:
+            yield fd, name
+        finally:
+            if fd != root:
+                os.close(fd)
+
+    def _open_dir(self, path: str) -> int:
+        """A descriptor of directory ``path`` (the root's own for ""), opened a piece of
+        up to PATH_MAX bytes at a time, each piece from the last one's descriptor. Each
+        piece resolves as a whole path would in one call, so a long path means what a
+        short one does; only the last component of a piece must not be a symbolic link."""
+        root = fd = self._root()
+        try:
+            for piece in _pieces(os.fsencode(path)):
+                opened = os.open(piece, _WALK_FLAGS, dir_fd=fd)
+                if fd != root:
+                    os.close(fd)
+                fd = opened
+        except BaseException:
+            if fd != root:
+                os.close(fd)
+            raise
+        return fd
 
     def _read_fd(self, fd: int, path: str, offset: int, length: int, version: Version) -> bytes:
         data = pread_all(fd, length, offset)
@@ -570,32 +627,50 @@ class LocalUfs(UfsBackend):
         return from_oserror(e)
 
     async def readlink(self, path: str) -> str:
-        return await self._call(lambda: os.readlink(path, dir_fd=self._root()))
+        def readlink() -> str:
+            with self._at(path) as (fd, name):
+                return os.readlink(name, dir_fd=fd)
+        return await self._call(readlink)
 
     # -- changes: the local system calls, relative to the root descriptor
 
     writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True,
-                          rename_noreplace=True, rename_exchange=True)
+                          rename_noreplace=True, rename_exchange=True, needs_parent=True)
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
         def mkdir() -> FileStatus:
-            os.mkdir(path, mode, dir_fd=self._root())
+            with self._at(path) as (fd, name):
+                os.mkdir(name, mode, dir_fd=fd)
             self._give(path, owner)
-            return self._stat_sync(path)
+            status = self._stat_sync(path)
+            made = status.mode if status.mode is not None else mode
+            if made & 0o777 != mode & 0o777:
+                # mkdir(2) took the daemon's umask away as well, but the kernel had applied
+                # the caller's already: the mode asked for is final. (A set-group-ID bit
+                # inherited from the parent stays.)
+                return self._setattr_sync(path, Attrs(mode=made & ~0o777 | mode & 0o777))
+            return status
         return await self._call(mkdir)
 
     async def rmdir(self, path: str) -> None:
-        await self._call(lambda: os.rmdir(path, dir_fd=self._root()))
+        def rmdir() -> None:
+            with self._at(path) as (fd, name):
+                os.rmdir(name, dir_fd=fd)
+        await self._call(rmdir)
 
     async def unlink(self, path: str) -> None:
-        await self._call(lambda: os.unlink(path, dir_fd=self._root()))
+        def unlink() -> None:
+            with self._at(path) as (fd, name):
+                os.unlink(name, dir_fd=fd)
+        await self._call(unlink)
 
     async def rename(self, old: str, new: str, flags: int) -> None:
         await self._call(self._rename_sync, old, new, flags)
 
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         def symlink() -> FileStatus:
-            os.symlink(target, path, dir_fd=self._root())
+            with self._at(path) as (fd, name):
+                os.symlink(target, name, dir_fd=fd)
             self._give(path, owner)
             return self._stat_sync(path)
         return await self._call(symlink)
@@ -623,19 +698,27 @@ class LocalUfs(UfsBackend):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(path.rpartition("/")[0] or ".", self._root())
+            with self._at(path) as (at, name):
+                _fsync_dir(name.rpartition("/")[0] or ".", at)
         await self._call(sync)
 
     def _commit_local(
         self, path: str, staged: str, mode: int | None, owner: tuple[int, int] | None,
         mtime_ns: int | None, durable: bool,
     ) -> Commit:
-        parent, _, _ = path.rpartition("/")
+        with self._at(path, room=NAME_MAX) as (at, name):
+            return self._commit_at(at, name, path, staged, mode, owner, mtime_ns, durable)
+
+    def _commit_at(
+        self, root: int, name: str, path: str, staged: str, mode: int | None,
+        owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool,
+    ) -> Commit:
+        """``_commit_local`` with ``path`` named ``name`` relative to ``root`` (``_at``)."""
+        parent, _, _ = name.rpartition("/")
         temp = f"{parent}/{temp_name()}" if parent else temp_name()
-        root = self._root()
         src = os.open(staged, os.O_RDWR | os.O_CLOEXEC)
         try:
-            linked = self._link_or_copy(staged, src, temp)
+            linked = self._link_or_copy(staged, src, temp, root)
             dst = src if linked else os.open(temp, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root)
             try:
                 if mode is not None:
@@ -649,7 +732,7 @@ class LocalUfs(UfsBackend):
             finally:
                 if dst != src:
                     os.close(dst)
-            os.rename(temp, path, src_dir_fd=root, dst_dir_fd=root)
+            os.rename(temp, name, src_dir_fd=root, dst_dir_fd=root)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=root)
@@ -660,9 +743,9 @@ class LocalUfs(UfsBackend):
             _fsync_dir(parent or ".", root)
         return Commit(self._stat_sync(path), linked)
 
-    def _link_or_copy(self, staged: str, src: int, temp: str) -> bool:
-        """Make ``temp`` hold ``staged``'s bytes: a hard link (True) or a copy (False)."""
-        root = self._root()
+    def _link_or_copy(self, staged: str, src: int, temp: str, root: int) -> bool:
+        """Make ``temp`` (relative to ``root``) hold ``staged``'s bytes: a hard link (True)
+        or a copy (False)."""
         try:
             os.link(staged, temp, dst_dir_fd=root)
             return True
@@ -680,29 +763,32 @@ class LocalUfs(UfsBackend):
     def _give(self, path: str, owner: tuple[int, int] | None) -> None:
         """A new entry belongs to whoever made it (the daemon can say so only as root)."""
         if owner is not None and os.geteuid() == 0:
-            os.chown(path, *owner, dir_fd=self._root(), follow_symlinks=False)
+            with self._at(path) as (fd, name):
+                os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
 
     def _rename_sync(self, old: str, new: str, flags: int) -> None:
-        root = self._root()
-        if not flags:
-            os.rename(old, new, src_dir_fd=root, dst_dir_fd=root)
-            return
-        if _renameat2(root, os.fsencode(old), root, os.fsencode(new), flags) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code), old)
+        with self._at(old) as (old_at, old_name), self._at(new) as (new_at, new_name):
+            if not flags:
+                os.rename(old_name, new_name, src_dir_fd=old_at, dst_dir_fd=new_at)
+                return
+            if _renameat2(old_at, os.fsencode(old_name), new_at, os.fsencode(new_name),
+                          flags) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code), old)
 
     def _setattr_sync(self, path: str, attrs: Attrs) -> FileStatus:
-        root = self._root()
-        if attrs.mode is not None:
-            os.chmod(path, attrs.mode, dir_fd=root)
-        if attrs.uid is not None or attrs.gid is not None:
-            os.chown(path, -1 if attrs.uid is None else attrs.uid,
-                     -1 if attrs.gid is None else attrs.gid, dir_fd=root, follow_symlinks=False)
-        if attrs.atime_ns is not None or attrs.mtime_ns is not None:
-            st = os.lstat(path, dir_fd=root)
-            times = (st.st_atime_ns if attrs.atime_ns is None else attrs.atime_ns,
-                     st.st_mtime_ns if attrs.mtime_ns is None else attrs.mtime_ns)
-            os.utime(path, ns=times, dir_fd=root, follow_symlinks=False)
+        with self._at(path) as (fd, name):
+            if attrs.mode is not None:
+                os.chmod(name, attrs.mode, dir_fd=fd)
+            if attrs.uid is not None or attrs.gid is not None:
+                os.chown(name, -1 if attrs.uid is None else attrs.uid,
+                         -1 if attrs.gid is None else attrs.gid, dir_fd=fd,
+                         follow_symlinks=False)
+            if attrs.atime_ns is not None or attrs.mtime_ns is not None:
+                st = os.lstat(name, dir_fd=fd)
+                times = (st.st_atime_ns if attrs.atime_ns is None else attrs.atime_ns,
+                         st.st_mtime_ns if attrs.mtime_ns is None else attrs.mtime_ns)
+                os.utime(name, ns=times, dir_fd=fd, follow_symlinks=False)
         return self._stat_sync(path)
 
     async def statfs(self) -> FsStats:
@@ -735,6 +821,24 @@ def _copy_all(src: int, dst: int, size: int) -> None:
         if copied == 0:
             raise OSError(errno.EIO, f"staged file ended at {offset} of {size} bytes")
         offset += copied
+
+
+def _path_room(root: str) -> int:
+    """The longest path an object store keeps below ``root`` (``bucket/prefix``): a key is
+    the prefix, a slash and the path, and a directory's marker ends in one more slash."""
+    prefix = root.partition("/")[2]
+    return _KEY_MAX - (len(prefix.encode("utf-8")) + 1 if prefix else 0) - 1
+
+
+def _pieces(path: bytes) -> builtins.list[bytes]:
+    """``path`` cut at slashes into pieces that each fit in one system call."""
+    pieces: builtins.list[bytes] = []
+    for component in path.split(b"/"):
+        if pieces and len(pieces[-1]) + 1 + len(component) < _PATH_MAX:
+            pieces[-1] += b"/" + component
+        else:
+            pieces.append(component)
+    return [piece for piece in pieces if piece]
 
 
 def _fsync_dir(path: str, dir_fd: int) -> None:

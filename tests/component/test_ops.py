@@ -184,6 +184,20 @@ async def test_without_negative_cache_a_missing_name_is_enoent(
         await m.ops.lookup(ROOT_INODE, b"nope")
     assert e.value.errno == errno.ENOENT
     assert m.sample("alluxiofuse_fuse_errors_total", op="lookup", errno="ENOENT") == 1
+    assert m.fs.drop_caches().misses == []  # the kernel was given none to cache
+
+
+async def test_a_cache_drop_names_the_negative_entries_the_kernel_was_given(
+    local: Mounted,
+) -> None:
+    dir_ino = (await local.lookup_path("dir")).st_ino
+    assert (await local.ops.lookup(ROOT_INODE, b"nope")).st_ino == 0
+    assert (await local.ops.lookup(dir_ino, b"gone")).st_ino == 0
+    assert (await local.ops.lookup(dir_ino, b"three-pages.bin")).st_ino != 0
+    caches = local.fs.drop_caches()
+    assert sorted(caches.misses) == sorted([(ROOT_INODE, "nope"), (dir_ino, "gone")])
+    assert dir_ino in caches.inodes
+    assert local.fs.drop_caches().misses == []  # each is dropped once
 
 
 async def test_hostile_names(tree: Path, nursery: trio.Nursery) -> None:
@@ -563,3 +577,30 @@ async def test_a_failing_listing_falls_back_to_stat(
     for name in sorted(many_small)[:5]:
         attrs = await m.ops.lookup(dir_ino, name.encode())
         assert attrs.st_size == len(many_small[name])
+
+
+async def test_a_change_drops_its_directorys_attributes_here_and_in_the_kernel(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    invalidated: list[int] = []
+    m = await make(tree, nursery, attr_timeout=60, invalidate_attrs=invalidated.append)
+    dir_ino = (await m.lookup_path("dir")).st_ino
+
+    def source(path: Path) -> tuple[int, int, int]:
+        st = os.stat(path)
+        return st.st_nlink, st.st_mtime_ns, st.st_ctime_ns
+
+    async def mounted(ino: int) -> tuple[int, int, int]:
+        a = await m.ops.getattr(ino)
+        return a.st_nlink, a.st_mtime_ns, a.st_ctime_ns
+
+    before = await mounted(dir_ino)  # cached for 60 s
+    await m.ops.mkdir(dir_ino, b"new", 0o755, None)
+    assert await mounted(dir_ino) == source(tree / "dir") != before
+    assert invalidated == [dir_ino]
+    invalidated.clear()
+    root_before = await mounted(ROOT_INODE)
+    await m.ops.rename(dir_ino, b"new", ROOT_INODE, b"moved", 0, None)
+    assert await mounted(dir_ino) == source(tree / "dir")
+    assert await mounted(ROOT_INODE) == source(tree) != root_before
+    assert sorted(invalidated) == sorted([dir_ino, ROOT_INODE])

@@ -31,7 +31,15 @@ from alluxiofuse.errors import (
     PermissionDenied,
     StaleFile,
 )
-from alluxiofuse.model import NAME_MAX, FileStatus, Kind, Version, valid_name
+from alluxiofuse.model import (
+    NAME_MAX,
+    RENAME_NOREPLACE,
+    Attrs,
+    FileStatus,
+    Kind,
+    Version,
+    valid_name,
+)
 
 UTC = dt.UTC
 
@@ -291,6 +299,45 @@ async def test_local_read_of_changed_file_is_stale(tree: Path) -> None:
     path.write_bytes(b"HELLO!")
     with pytest.raises(StaleFile):
         await backend.read("small", 0, 5, new)
+
+
+async def test_local_paths_longer_than_path_max_work_for_every_operation(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    backend = open_ufs(str(src), {}, limiter(), 5.0)
+    # 240-byte names: 17 of them with their slashes are 4,096 bytes, one more than a system
+    # call takes; such paths are walked, in pieces of at most 4,095 bytes.
+    names = [f"{i:02d}" + "n" * 238 for i in range(20)]
+    for depth in range(1, len(names) + 1):
+        made = await backend.mkdir("/".join(names[:depth]), 0o755, None)
+        assert made.kind is Kind.DIRECTORY
+    for depth in (16, 17, 18, 20):
+        d = "/".join(names[:depth])
+        staged = tmp_path / f"staged{depth}"
+        staged.write_bytes(b"x" * depth)
+        done = await backend.commit(f"{d}/f", str(staged), mode=0o640, size=depth)
+        assert (done.status.size, done.status.mode) == (depth, 0o640)
+        assert await backend.read(f"{d}/f", 0, 100, done.status.version) == b"x" * depth
+        assert [e.name for e in await backend.list(d) if e.kind is Kind.FILE] == ["f"]
+        await backend.rename(f"{d}/f", f"{d}/g", 0)
+        await backend.rename(f"{d}/g", f"{d}/h", RENAME_NOREPLACE)
+        await backend.symlink(f"{d}/s", "h", None)
+        assert await backend.readlink(f"{d}/s") == "h"
+        assert (await backend.setattr(f"{d}/h", Attrs(mode=0o600))).mode == 0o600
+        await backend.sync(f"{d}/h")
+        assert (await backend.stat(f"{d}/s")).kind is Kind.SYMLINK
+        await backend.unlink(f"{d}/h")
+        await backend.unlink(f"{d}/s")
+        with pytest.raises(NotFound):
+            await backend.stat(f"{d}/h")
+    with pytest.raises(NotFound):  # a missing directory on the way
+        await backend.stat("/".join([*names[:17], "missing", "f"]))
+    for depth in range(len(names), 0, -1):
+        await backend.rmdir("/".join(names[:depth]))
+    assert os.listdir(src) == []
+    await backend.aclose()
 
 
 async def test_local_read_does_not_follow_symlinks(tree: Path) -> None:
