@@ -109,8 +109,11 @@ class StagedFile:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
-        if self.extents.missing(offset, min(end, self.base_limit)):
-            await self._fill(offset, min(end, self.base_limit), fetch)
+        # Only the part below base_limit can come from the base; a read wholly past it
+        # (a new file, or past a truncation) is the data file's alone.
+        base_end = min(end, self.base_limit)
+        if offset < base_end and self.extents.missing(offset, base_end):
+            await self._fill(offset, base_end, fetch)
         return await self._io(pread_all, self.fd, end - offset, offset)
 
     async def write(self, offset: int, data: bytes) -> None:

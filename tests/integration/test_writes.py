@@ -236,3 +236,30 @@ def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:
             proc.wait(10)
         fusermount_u(mnt)
 
+
+
+@pytest.mark.allow_warnings
+def test_a_sparse_file_whose_commit_failed_reads_back_its_bytes(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    control = str(tmp_path / "control")
+    set_failure(control, ["open_write"])
+    p = mount(f"flaky://{src}", f"--ufs-option=control={control}").path
+    gib2 = 2 << 30
+    fd = os.open(p / "sparse", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"head")
+        os.ftruncate(fd, gib2 + 10)  # a hole of 2 GiB costs nothing on disk
+        os.pwrite(fd, b"tail", gib2 + 2)
+        assert errno_of(lambda: os.fsync(fd)) == errno.EIO  # the commit fails
+        assert os.pread(fd, 8, 0) == b"head" + bytes(4)
+        assert os.pread(fd, 4, 1 << 30) == bytes(4)
+        assert os.pread(fd, 8, gib2 + 1) == b"\0tail\0\0\0"
+        assert os.pread(fd, 100, gib2 + 6) == bytes(4)
+        assert os.pread(fd, 10, gib2 + 10) == b""
+        os.unlink(p / "sparse")  # never to be committed: nothing owed at unmount
+    finally:
+        os.close(fd)
+    assert not (src / "sparse").exists()
