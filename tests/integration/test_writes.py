@@ -238,6 +238,23 @@ def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:
 
 
 
+def test_an_open_unlinked_file_has_no_links(mount: MountFactory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    p = mount(src).path
+    (p / "f").write_bytes(b"committed")  # its spool file was linked into the source
+    assert os.stat(p / "f").st_nlink == 1
+    for flags in (os.O_RDONLY, os.O_RDWR):
+        (p / "g").write_bytes(b"x")
+        fd = os.open(p / "g", flags)
+        try:
+            assert os.fstat(fd).st_nlink == 1
+            os.unlink(p / "g")
+            assert os.fstat(fd).st_nlink == 0
+        finally:
+            os.close(fd)
+
+
 @pytest.mark.allow_warnings
 def test_a_sparse_file_whose_commit_failed_reads_back_its_bytes(
     mount: MountFactory, tmp_path: Path,
