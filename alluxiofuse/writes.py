@@ -110,7 +110,9 @@ class Writes:
         """A new, empty file at ``path``: committed at its first flush even if nothing is
         written."""
         staged = await self._new(path, base=None, mode=mode, uid=uid, gid=gid)
-        staged.dirty = True
+        # Its times are those of this create, given to the committed file: the data file
+        # was made ahead (its own mtime is then), and a file never written keeps it.
+        staged.set_mtime(staged.mtime_ns)
         return staged
 
     async def open(self, path: str, status: FileStatus) -> StagedFile:

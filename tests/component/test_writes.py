@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -160,3 +161,26 @@ async def test_an_owed_upload_never_lands_after_a_newer_commit(
     await trio.sleep(2.5)  # past the retry of v1
     assert (src / "f").read_bytes() == b"v2"
     assert m.fs.writes.spool.records() == []  # type: ignore[union-attr]
+
+
+async def test_a_new_empty_file_keeps_the_times_of_its_create(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    m = await make(src, nursery)
+    writes = m.fs.writes
+    assert writes is not None
+    before = time.time_ns()
+    fi, attrs = await m.ops.create(ROOT_INODE, b"empty", 0o644, os.O_WRONLY | os.O_CREAT, None)
+    after = time.time_ns()
+    assert before <= attrs.st_mtime_ns <= after
+    assert attrs.st_ctime_ns == attrs.st_mtime_ns
+    staged = writes.get("empty")
+    assert staged is not None
+    os.utime(staged.fd, ns=(10**18, 10**18))  # its data file was made long before
+    await m.ops.flush(fi.fh)
+    await m.ops.release(fi.fh)
+    assert os.stat(src / "empty").st_mtime_ns == attrs.st_mtime_ns  # the committed file's
+    m.fs.meta.clear()  # as once the attribute cache expires
+    assert (await m.lookup_path("empty")).st_mtime_ns == attrs.st_mtime_ns
