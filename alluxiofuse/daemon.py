@@ -41,7 +41,7 @@ from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
 from alluxiofuse.sdnotify import Notifier
-from alluxiofuse.spool import Spool
+from alluxiofuse.spool import Spool, owed_uploads
 from alluxiofuse.staging import DiskIO
 from alluxiofuse.writes import Writes
 
@@ -188,7 +188,10 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             writes = Writes(config, backend, spool, io)
             await writes.recover()
             uploader = writes.uploader
-            metrics.watch_uploads(lambda: len(uploader), uploader.pending_bytes,
+            # What the journal owes, as ``alluxiofuse status`` counts it (scraped in the
+            # exporter's thread: reading the journal there blocks no request).
+            metrics.watch_uploads(lambda: len(owed_uploads(spool.root)),
+                                  lambda: sum(r.size for r, _ in owed_uploads(spool.root)),
                                   lambda: uploader.failures)
         session = KernelSession()
         async with trio.open_nursery() as nursery:

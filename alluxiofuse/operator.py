@@ -38,7 +38,7 @@ from alluxiofuse.errors import (
 )
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, path_id
-from alluxiofuse.spool import read_journal, spool_dir, spool_in_use
+from alluxiofuse.spool import owed_uploads, spool_dir, spool_in_use
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -287,7 +287,7 @@ def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     source = _source_of(target)
     root = spool_dir(cache_dir, source)
-    owed = list(read_journal(root))
+    owed = owed_uploads(root)
     running = spool_in_use(root)
     if running:
         state = "its daemon is running"

@@ -218,6 +218,15 @@ def spool_in_use(root: str) -> bool:
     return False
 
 
+def owed_uploads(root: str) -> list[tuple[Record, str | None]]:
+    """The uploads owed through the spool at ``root``, oldest first, each with its last
+    error: the journal's records, not what a daemon's uploader holds in memory (a record
+    whose data file is lost, or that could not be dropped, is owed and never queued).
+    ``alluxiofuse status`` and the pending-upload metrics both count these, so they agree.
+    Readable without the lock, from any thread."""
+    return list(read_journal(root))
+
+
 def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
     """The records of the spool at ``root`` in the order they were made, each with the
     last error noted for it. Readable without the lock (``alluxiofuse status``)."""

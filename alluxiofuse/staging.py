@@ -247,10 +247,6 @@ class Uploader:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def pending_bytes(self) -> int:
-        # A copy first: the metrics exporter calls this from its own thread.
-        return sum(record.size for record in list(self.pending.values()))
-
     def submit(self, record: Record) -> None:
         self.pending[record.seq] = record
         self._wake()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from alluxiofuse.spool import Record, Spool
 from tests.flakyfs import clear_failure, set_failure
 from tests.integration.conftest import (
     DAEMON,
@@ -205,6 +206,26 @@ def test_async_through_uploads_survive_kill_9(mount: MountFactory, tmp_path: Pat
     assert "0 uploads pending" in status_of(again.path, cache)
     assert "resuming 12 uploads" in again.log_text()
 
+
+
+@pytest.mark.allow_warnings
+def test_status_and_the_pending_uploads_metric_count_the_same_uploads(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    # Owed from an earlier run, and never to be uploaded: their data files are lost, so
+    # the uploader never queues them, yet the journal still owes them.
+    spool = Spool.open(str(cache), str(src))
+    for seq in (1, 2, 3):
+        spool.journal(Record(data=f"{seq}.data", path=f"lost{seq}", size=100 * seq))
+    spool.close()
+    m = mount(src, "--cache-dir", str(cache))
+    assert "3 uploads pending (its daemon is running" in status_of(m.path, cache)
+    scrape = m.scrape()
+    assert scrape("alluxiofuse_pending_uploads") == 3
+    assert scrape("alluxiofuse_pending_upload_bytes") == 600
+    assert "has lost its data file" in m.log_text()
 
 @pytest.mark.timeout(120)
 def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:
