@@ -10,8 +10,9 @@ One directory per mounted source under ``--cache-dir``, locked by the daemon tha
         journal/N.error why the last attempt at that upload failed (for ``status``)
 
 A journal record is written to a temporary name, fsynced and renamed into place, and the
-directory fsynced, only after its data file is fsynced: a record that exists after a crash
-always names complete, durable bytes. Every method here does blocking disk I/O: callers
+directory fsynced, only after its data file and data/ (the file's name there) are
+fsynced: a record that exists after a crash, a power loss too, always names complete,
+durable bytes. Every method here does blocking disk I/O: callers
 run them in a worker thread.
 """
 
@@ -144,7 +145,9 @@ class Spool:
     # -- the journal
 
     def journal(self, record: Record) -> None:
-        """Record an upload owed, durably (the data file must be fsynced already)."""
+        """Record an upload owed, durably (the data file must be fsynced already; its
+        name in data/ is made durable here, before the record that promises it)."""
+        _fsync_dir(self._data)
         final = os.path.join(self._journal, f"{record.seq}.json")
         temp = final + ".tmp"
         with open(temp, "w", encoding="utf-8") as f:
@@ -152,7 +155,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.rename(temp, final)
-        self._fsync_journal()
+        _fsync_dir(self._journal)
 
     def settle(self, record: Record, *, keep_data: bool = False) -> None:
         """The upload of ``record`` is done: drop the record, then (unless ``keep_data``)
@@ -160,7 +163,7 @@ class Spool:
         for suffix in (".json", ".error"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._journal, f"{record.seq}{suffix}"))
-        self._fsync_journal()
+        _fsync_dir(self._journal)
         if not keep_data:
             self.remove(record.data)
 
@@ -195,12 +198,6 @@ class Spool:
             moved.append(target)
         return moved
 
-    def _fsync_journal(self) -> None:
-        fd = os.open(self._journal, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def spool_in_use(root: str) -> bool:
@@ -252,3 +249,12 @@ def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
             error = f.read().strip() or None
         found.append((record, error))
     yield from sorted(found, key=lambda item: item[0].seq)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make the names in directory ``path`` durable (made, renamed, removed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
