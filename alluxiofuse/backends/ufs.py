@@ -30,6 +30,7 @@ from alluxiofuse.backends.base import (
     run_blocking,
     temp_name,
 )
+from alluxiofuse.backends.fence import CommitFence
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.errors import (
     AlluxioFuseError,
@@ -128,6 +129,8 @@ class UfsBackend:
         self.mtime_unit_ns = mtime_unit_ns
         self._limiter = limiter
         self._timeout = timeout
+        # A commit that timed out may still finish in its thread: never over a newer one.
+        self._fence = CommitFence()
 
     def uri(self, path: str) -> str:
         """The full URI of ``path`` in the under-storage, as Alluxio names files."""
@@ -194,6 +197,14 @@ class UfsBackend:
             fn, *args, limiter=self._limiter, what=self.description,
             deadline=self._timeout if within is None else within,
         )
+
+    def _fenced(self, path: str, commit: Callable[..., T], *args: Any) -> T:
+        """``commit(*args)``, a commit of ``path`` (in its thread): its fence ticket ends
+        when the thread is done, even one the caller stopped waiting for."""
+        try:
+            return commit(*args)
+        finally:
+            self._fence.end(path)
 
     def _commit_deadline(self, size: int) -> float:
         """An upload may take ``--io-timeout`` plus a second per MiB: a stalled store
@@ -264,8 +275,9 @@ class UfsBackend:
         """Make the local file ``staged`` (``size`` bytes) the content of ``path``:
         replaced whole once complete, and untouched if this fails (every upload is
         durable)."""
-        return Commit(await self._call(self._commit_sync, path, staged,
-                                       within=self._commit_deadline(size)))
+        ticket = self._fence.begin(path)
+        return Commit(await self._call(self._fenced, path, self._commit_sync, path, staged,
+                                       ticket, within=self._commit_deadline(size)))
 
     async def sync(self, path: str) -> None:
         """Every commit is durable already."""
@@ -346,10 +358,11 @@ class UfsBackend:
         self.fs.invalidate_cache(old_full)
         self.fs.invalidate_cache(new_full)
 
-    def _commit_sync(self, path: str, staged: str) -> FileStatus:
+    def _commit_sync(self, path: str, staged: str, ticket: int) -> FileStatus:
         """Write with ``autocommit=False``: nothing is published until ``commit()`` (S3:
         the multipart upload is completed only then), and ``discard()`` on any failure
-        (S3: aborted), so a failed upload never leaves part of a file behind."""
+        (S3: aborted), so a failed upload never leaves part of a file behind; nor does one
+        that a newer commit of ``path`` began after (``ticket``) while it ran late."""
         full = self.full_path(path)
         with open(staged, "rb") as src:
             dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False)
@@ -357,7 +370,8 @@ class UfsBackend:
                 while chunk := src.read(self.part_size):
                     dst.write(chunk)
                 dst.close()
-                dst.commit()
+                with self._fence.publishing(path, ticket):
+                    dst.commit()
             except BaseException:
                 with contextlib.suppress(Exception):
                     dst.discard()
@@ -613,8 +627,10 @@ class LocalUfs(UfsBackend):
         ``mode``, ``owner`` and ``mtime_ns``, and rename it over ``path``: ``path`` is the
         old content or the new, never a mix. With ``durable``, the file is fsynced first
         and the directory after, so that this holds across a crash too."""
-        return await self._call(self._commit_local, path, staged, mode, owner, mtime_ns,
-                                durable, within=self._commit_deadline(size))
+        ticket = self._fence.begin(path)
+        return await self._call(self._fenced, path, self._commit_local, path, staged, mode,
+                                owner, mtime_ns, durable, ticket,
+                                within=self._commit_deadline(size))
 
     async def sync(self, path: str) -> None:
         def sync() -> None:
@@ -628,7 +644,7 @@ class LocalUfs(UfsBackend):
 
     def _commit_local(
         self, path: str, staged: str, mode: int | None, owner: tuple[int, int] | None,
-        mtime_ns: int | None, durable: bool,
+        mtime_ns: int | None, durable: bool, ticket: int,
     ) -> Commit:
         parent, _, _ = path.rpartition("/")
         temp = f"{parent}/{temp_name()}" if parent else temp_name()
@@ -649,7 +665,8 @@ class LocalUfs(UfsBackend):
             finally:
                 if dst != src:
                     os.close(dst)
-            os.rename(temp, path, src_dir_fd=root, dst_dir_fd=root)
+            with self._fence.publishing(path, ticket):  # never over a newer commit
+                os.rename(temp, path, src_dir_fd=root, dst_dir_fd=root)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=root)

@@ -1,0 +1,82 @@
+"""A commit that timed out never lands over a newer commit of the same file."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import tests.flakyfs  # noqa: F401  (registers flaky://)
+from alluxiofuse.backends.fence import CommitFence
+from alluxiofuse.backends.ufs import UfsBackend, open_ufs
+from alluxiofuse.errors import BackendTimeout, StaleFile
+
+
+def test_only_the_newest_commit_begun_publishes() -> None:
+    fence = CommitFence()
+    old = fence.begin("f")
+    new = fence.begin("f")
+    other = fence.begin("g")
+    with pytest.raises(StaleFile), fence.publishing("f", old):
+        pass
+    with fence.publishing("f", new), fence.publishing("g", other):
+        pass
+    for path in ("f", "f", "g"):
+        fence.end(path)
+    assert len(fence) == 0  # nothing kept per path once its commits are done
+
+
+def _slowed(backend: UfsBackend, release: threading.Event, done: threading.Event) -> None:
+    """Hold the first commit's thread before it publishes (until ``release``), as a
+    stalled disk or store would, and set ``done`` when that thread is over."""
+    slow_thread: list[int] = []  # the thread of the first commit
+
+    def slow(step: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not slow_thread:
+                slow_thread.append(threading.get_ident())
+                release.wait(30)
+            return step(*args, **kwargs)
+        return wrapper
+
+    if hasattr(backend, "_link_or_copy"):  # a local source: before the final rename
+        backend._link_or_copy = slow(backend._link_or_copy)  # type: ignore[method-assign]
+        name = "_commit_local"
+    else:  # fsspec: before the upload is written and committed
+        backend.fs.open = slow(backend.fs.open)
+        name = "_commit_sync"
+    commit = getattr(backend, name)
+
+    def watched(*args: Any) -> Any:
+        try:
+            return commit(*args)
+        finally:
+            if slow_thread == [threading.get_ident()]:
+                done.set()
+
+    setattr(backend, name, watched)
+
+
+@pytest.mark.parametrize("scheme", ["local", "fsspec"])
+async def test_a_late_commit_never_lands_over_a_newer_one(tmp_path: Path, scheme: str) -> None:
+    src, spool = tmp_path / "src", tmp_path / "spool"
+    src.mkdir()
+    spool.mkdir()
+    (spool / "old").write_bytes(b"old version")
+    (spool / "new").write_bytes(b"new version")
+    source = str(src) if scheme == "local" else f"flaky://{src}"
+    backend = open_ufs(source, {}, trio.CapacityLimiter(4), 0.3)
+    release, done = threading.Event(), threading.Event()
+    _slowed(backend, release, done)
+    with pytest.raises(BackendTimeout):  # its thread is abandoned, still running
+        await backend.commit("f", str(spool / "old"), size=11)
+    await backend.commit("f", str(spool / "new"), size=11)
+    assert (src / "f").read_bytes() == b"new version"
+    release.set()  # the late thread goes on to publish...
+    assert await trio.to_thread.run_sync(done.wait, 30)
+    assert (src / "f").read_bytes() == b"new version"  # ...and does not
+    assert sorted(p.name for p in src.iterdir()) == ["f"]  # its temporary file is gone
