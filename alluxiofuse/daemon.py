@@ -187,6 +187,8 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             io = DiskIO(trio.CapacityLimiter(config.io_threads), config.io_timeout)
             writes = Writes(config, backend, spool, io)
             await writes.recover()
+            if not config.proxy:  # a local source's commits write temporary files there
+                await trio.to_thread.run_sync(ufs.note_commits, spool.commits)
             uploader = writes.uploader
             # What the journal owes, as ``alluxiofuse status`` counts it (scraped in the
             # exporter's thread: reading the journal there blocks no request).

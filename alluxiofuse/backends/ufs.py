@@ -131,6 +131,7 @@ class UfsBackend:
         self._timeout = timeout
         # A commit that timed out may still finish in its thread: never over a newer one.
         self._fence = CommitFence()
+        self._commit_notes: str | None = None  # see note_commits
 
     def uri(self, path: str) -> str:
         """The full URI of ``path`` in the under-storage, as Alluxio names files."""
@@ -197,6 +198,12 @@ class UfsBackend:
             fn, *args, limiter=self._limiter, what=self.description,
             deadline=self._timeout if within is None else within,
         )
+
+    def note_commits(self, directory: str) -> builtins.list[str]:
+        """Name each commit's temporary file in ``directory`` (the spool's, held by this
+        daemon) while it exists, first removing those a crash left: the source-relative
+        paths removed. fsspec commits leave none (the store's writer discards its own)."""
+        return []
 
     def _fenced(self, path: str, commit: Callable[..., T], *args: Any) -> T:
         """``commit(*args)``, a commit of ``path`` (in its thread): its fence ticket ends
@@ -650,6 +657,7 @@ class LocalUfs(UfsBackend):
         temp = f"{parent}/{temp_name()}" if parent else temp_name()
         root = self._root()
         src = os.open(staged, os.O_RDWR | os.O_CLOEXEC)
+        note = self._note_commit(temp)
         try:
             linked = self._link_or_copy(staged, src, temp)
             dst = src if linked else os.open(temp, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root)
@@ -673,9 +681,53 @@ class LocalUfs(UfsBackend):
             raise
         finally:
             os.close(src)
+            if note is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(note)
         if durable:
             _fsync_dir(parent or ".", root)
         return Commit(self._stat_sync(path), linked)
+
+    def note_commits(self, directory: str) -> builtins.list[str]:
+        removed = []
+        for name in os.listdir(directory):
+            note = os.path.join(directory, name)
+            if is_temp_name(name):
+                try:
+                    with open(note, "rb") as f:
+                        temp = os.fsdecode(f.read())
+                    # Only the file the note names, carrying this project's temporary name.
+                    if temp.rpartition("/")[2] == name:
+                        os.unlink(temp, dir_fd=self._root())
+                        removed.append(temp)
+                        log.info("removed %s, the temporary file of a commit that a crash "
+                                 "interrupted", self.full_path(temp))
+                except FileNotFoundError:  # renamed into place, or never made
+                    pass
+                except OSError as e:  # the note stays: tried again at the next mount
+                    log.warning("cannot remove %s, left by a crash: %s", temp, e.strerror)
+                    continue
+            os.unlink(note)
+        self._commit_notes = directory
+        return removed
+
+    def _note_commit(self, temp: str) -> str | None:
+        """Name ``temp`` in the spool while it may exist, so that after a crash the next
+        daemon removes it (``note_commits``); the note's path. Best effort: a note that
+        cannot be written costs only that tidying."""
+        if self._commit_notes is None:
+            return None
+        note = os.path.join(self._commit_notes, temp.rpartition("/")[2])
+        try:
+            fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            log.debug("cannot note the commit of %s in the spool: %s", temp, e)
+            return None
+        try:
+            os.write(fd, os.fsencode(temp))
+        finally:
+            os.close(fd)
+        return note
 
     def _link_or_copy(self, staged: str, src: int, temp: str) -> bool:
         """Make ``temp`` hold ``staged``'s bytes: a hard link (True) or a copy (False)."""

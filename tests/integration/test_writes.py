@@ -6,6 +6,7 @@ hanging stands for an under-storage that refuses or stalls uploads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -226,6 +227,61 @@ def test_status_and_the_pending_uploads_metric_count_the_same_uploads(
     assert scrape("alluxiofuse_pending_uploads") == 3
     assert scrape("alluxiofuse_pending_upload_bytes") == 600
     assert "has lost its data file" in m.log_text()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.allow_warnings
+def test_after_kill_9_the_spool_keeps_only_what_is_nowhere_else(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    options = ("--cache-dir", str(cache))
+
+    def crash_while_writing(name: str) -> Path:
+        """A daemon dies with two files open: one committed by fsync (its data file is
+        the source's file now, linked into place), one whose bytes are only in the spool."""
+        m = mount(src, *options)
+        [spool] = cache.iterdir()
+        assert wait_until(lambda: len(os.listdir(spool / "data")) >= 16, 10)  # made ahead
+        committed = os.open(m.path / f"{name}-committed", os.O_WRONLY | os.O_CREAT, 0o644)
+        unflushed = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(committed, b"committed")
+        os.fsync(committed)
+        os.write(unflushed, name.encode())
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        for fd in (committed, unflushed):
+            with contextlib.suppress(OSError):  # no daemon to answer the flush
+                os.close(fd)
+        fusermount_u(m.path)
+        return spool
+
+    def orphans(spool: Path) -> dict[bytes, int]:
+        return {p.read_bytes(): p.stat().st_nlink for p in (spool / "orphaned").iterdir()}
+
+    spool = crash_while_writing("first")
+    m = mount(src, *options)
+    # Only the bytes nowhere else are kept, and the log says so of those alone.
+    assert orphans(spool) == {b"first": 1}
+    assert (src / "first-committed").stat().st_nlink == 1
+    assert m.log_text().count("its bytes are kept in") == 1
+    m.close()
+    spool = crash_while_writing("second")  # the same steps: the same data file names
+    # What a crash in the middle of a local commit leaves (a note names the temporary
+    # file beside the target), and a record half written; a temporary file no note of
+    # this spool names belongs to someone else and stays.
+    (src / ".alluxiofuse-00000000000000aa").write_bytes(b"half committed")
+    (spool / "commits" / ".alluxiofuse-00000000000000aa").write_bytes(
+        b".alluxiofuse-00000000000000aa")
+    (src / ".alluxiofuse-00000000000000bb").write_bytes(b"another daemon's")
+    (spool / "journal" / "99.json.tmp").write_bytes(b"{")
+    mount(src, *options)
+    assert orphans(spool) == {b"first": 1, b"second": 1}  # no orphan lands on another
+    assert sorted(os.listdir(src)) == [".alluxiofuse-00000000000000bb", "first-committed",
+                                       "second-committed"]
+    assert os.listdir(spool / "commits") == []
+    assert os.listdir(spool / "journal") == []
 
 @pytest.mark.timeout(120)
 def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""A commit that timed out never lands over a newer commit of the same file."""
+"""Commits to the under-storage: one that timed out never lands over a newer commit of
+the same file, and the temporary files of one a crash interrupted are removed later."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import trio
 
 import tests.flakyfs  # noqa: F401  (registers flaky://)
 from alluxiofuse.backends.fence import CommitFence
-from alluxiofuse.backends.ufs import UfsBackend, open_ufs
+from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
 from alluxiofuse.errors import BackendTimeout, StaleFile
 
 
@@ -80,3 +81,39 @@ async def test_a_late_commit_never_lands_over_a_newer_one(tmp_path: Path, scheme
     assert await trio.to_thread.run_sync(done.wait, 30)
     assert (src / "f").read_bytes() == b"new version"  # ...and does not
     assert sorted(p.name for p in src.iterdir()) == ["f"]  # its temporary file is gone
+
+
+async def test_a_local_commit_names_its_temporary_file_in_the_spool_while_it_exists(
+    tmp_path: Path,
+) -> None:
+    src, notes, staged = tmp_path / "src", tmp_path / "commits", tmp_path / "staged"
+    (src / "d").mkdir(parents=True)
+    notes.mkdir()
+    staged.write_bytes(b"content")
+    backend = open_ufs(str(src), {}, trio.CapacityLimiter(4), 10)
+    assert isinstance(backend, LocalUfs)
+    # What a crash mid-commit left: the temporary file and its note; and a temporary
+    # file without a note (another daemon's, maybe committing now): never touched.
+    (src / "d" / ".alluxiofuse-00000000000000aa").write_bytes(b"half")
+    (notes / ".alluxiofuse-00000000000000aa").write_bytes(b"d/.alluxiofuse-00000000000000aa")
+    (notes / ".alluxiofuse-00000000000000bb").write_bytes(b"d/.alluxiofuse-00000000000000bb")
+    (src / "d" / ".alluxiofuse-00000000000000cc").write_bytes(b"not ours")
+    removed = backend.note_commits(str(notes))
+    assert removed == ["d/.alluxiofuse-00000000000000aa"]
+    assert sorted(p.name for p in (src / "d").iterdir()) == [".alluxiofuse-00000000000000cc"]
+    assert list(notes.iterdir()) == []
+    seen: list[tuple[str, bytes]] = []
+    link_or_copy = backend._link_or_copy
+
+    def watched(staged_path: str, fd: int, temp: str) -> bool:
+        [note] = notes.iterdir()
+        seen.append((temp, note.read_bytes()))
+        assert note.name == temp.rpartition("/")[2]
+        return link_or_copy(staged_path, fd, temp)
+
+    backend._link_or_copy = watched  # type: ignore[method-assign]
+    await backend.commit("d/f", str(staged), size=7)
+    [(temp, noted)] = seen
+    assert noted == temp.encode() and temp.startswith("d/.alluxiofuse-")
+    assert list(notes.iterdir()) == []  # committed: nothing left to tidy
+    assert (src / "d" / "f").read_bytes() == b"content"
