@@ -23,14 +23,19 @@ from alluxiofuse.errors import StaleFile
 @dataclass
 class _Path:
     latest: int  # the ticket of the newest commit begun
-    running: int = 0  # commits begun and not ended: the entry lives while there are any
     # Held around the check and the publish, so an older commit that passed its check
     # finishes publishing before a newer one publishes over it.
     publish: threading.Lock = field(default_factory=threading.Lock)
 
 
 class CommitFence:
-    """Per-path tickets for commits; see the module docstring."""
+    """Per-path tickets for commits; see the module docstring.
+
+    A path is known while its newest commit runs: that commit's ``end`` forgets it (a
+    late older one then finds nothing, which means it was overtaken). A commit whose
+    thread never started (its deadline passed waiting for one) leaves its path known
+    until the path's next commit ends.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards _paths and _tickets only, never held for I/O
@@ -38,15 +43,15 @@ class CommitFence:
         self._tickets = 0
 
     def begin(self, path: str) -> int:
-        """A commit of ``path`` begins (on the event loop): its ticket. Every ticket must
-        be ``end``-ed, by the thread that runs the commit."""
+        """A commit of ``path`` begins (on the event loop, in request order): its
+        ticket, for ``publishing`` and ``end`` in the commit's thread."""
         with self._lock:
             self._tickets += 1
             entry = self._paths.get(path)
             if entry is None:
-                entry = self._paths[path] = _Path(self._tickets)
-            entry.latest = self._tickets
-            entry.running += 1
+                self._paths[path] = _Path(self._tickets)
+            else:
+                entry.latest = self._tickets
             return self._tickets
 
     @contextmanager
@@ -54,21 +59,26 @@ class CommitFence:
         """Around the step that makes commit ``ticket`` of ``path`` visible (in its
         thread): StaleFile instead if a newer commit of ``path`` has begun."""
         with self._lock:
-            entry = self._paths[path]
+            entry = self._paths.get(path)
+        if entry is None:  # forgotten by the end of a newer commit
+            raise _overtaken(path)
         with entry.publish:
             if entry.latest != ticket:
-                raise StaleFile(f"{path}: a newer commit began while this one ran late; "
-                                f"it is not published")
+                raise _overtaken(path)
             yield
 
-    def end(self, path: str) -> None:
-        """The thread of a commit of ``path`` is done (whatever the outcome)."""
+    def end(self, path: str, ticket: int) -> None:
+        """Commit ``ticket`` of ``path`` is over, whatever the outcome (in its thread)."""
         with self._lock:
-            entry = self._paths[path]
-            entry.running -= 1
-            if not entry.running:
+            entry = self._paths.get(path)
+            if entry is not None and entry.latest == ticket:
                 del self._paths[path]
 
     def __len__(self) -> int:
-        """Paths with a commit running (for tests: nothing is kept once they end)."""
+        """Paths known now (for tests: none once their commits are over)."""
         return len(self._paths)
+
+
+def _overtaken(path: str) -> StaleFile:
+    return StaleFile(f"{path}: a newer commit began while this one ran late; it is not "
+                     f"published")

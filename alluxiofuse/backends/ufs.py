@@ -205,13 +205,13 @@ class UfsBackend:
         paths removed. fsspec commits leave none (the store's writer discards its own)."""
         return []
 
-    def _fenced(self, path: str, commit: Callable[..., T], *args: Any) -> T:
-        """``commit(*args)``, a commit of ``path`` (in its thread): its fence ticket ends
-        when the thread is done, even one the caller stopped waiting for."""
+    def _fenced(self, path: str, ticket: int, commit: Callable[..., T], *args: Any) -> T:
+        """``commit(*args)``, commit ``ticket`` of ``path`` (in its thread): its ticket
+        ends when the thread is done, even one the caller stopped waiting for."""
         try:
             return commit(*args)
         finally:
-            self._fence.end(path)
+            self._fence.end(path, ticket)
 
     def _commit_deadline(self, size: int) -> float:
         """An upload may take ``--io-timeout`` plus a second per MiB: a stalled store
@@ -283,8 +283,8 @@ class UfsBackend:
         replaced whole once complete, and untouched if this fails (every upload is
         durable)."""
         ticket = self._fence.begin(path)
-        return Commit(await self._call(self._fenced, path, self._commit_sync, path, staged,
-                                       ticket, within=self._commit_deadline(size)))
+        return Commit(await self._call(self._fenced, path, ticket, self._commit_sync, path,
+                                       staged, ticket, within=self._commit_deadline(size)))
 
     async def sync(self, path: str) -> None:
         """Every commit is durable already."""
@@ -635,8 +635,8 @@ class LocalUfs(UfsBackend):
         old content or the new, never a mix. With ``durable``, the file is fsynced first
         and the directory after, so that this holds across a crash too."""
         ticket = self._fence.begin(path)
-        return await self._call(self._fenced, path, self._commit_local, path, staged, mode,
-                                owner, mtime_ns, durable, ticket,
+        return await self._call(self._fenced, path, ticket, self._commit_local, path, staged,
+                                mode, owner, mtime_ns, durable, ticket,
                                 within=self._commit_deadline(size))
 
     async def sync(self, path: str) -> None:

@@ -26,9 +26,20 @@ def test_only_the_newest_commit_begun_publishes() -> None:
         pass
     with fence.publishing("f", new), fence.publishing("g", other):
         pass
-    for path in ("f", "f", "g"):
-        fence.end(path)
-    assert len(fence) == 0  # nothing kept per path once its commits are done
+    fence.end("f", old)
+    fence.end("g", other)
+    assert len(fence) == 1  # f's newest commit is still running
+    fence.end("f", new)
+    assert len(fence) == 0  # nothing kept per path once its newest commit is over
+    with pytest.raises(StaleFile), fence.publishing("f", old):  # late, and overtaken
+        pass
+    newest = fence.begin("f")
+    with pytest.raises(StaleFile), fence.publishing("f", old):
+        pass
+    fence.end("f", old)
+    assert len(fence) == 1
+    fence.end("f", newest)
+    assert len(fence) == 0
 
 
 def _slowed(backend: UfsBackend, release: threading.Event, done: threading.Event) -> None:
