@@ -692,22 +692,21 @@ class LocalUfs(UfsBackend):
         removed = []
         for name in os.listdir(directory):
             note = os.path.join(directory, name)
-            if is_temp_name(name):
-                try:
+            try:
+                if is_temp_name(name):
                     with open(note, "rb") as f:
                         temp = os.fsdecode(f.read())
                     # Only the file the note names, carrying this project's temporary name.
                     if temp.rpartition("/")[2] == name:
-                        os.unlink(temp, dir_fd=self._root())
-                        removed.append(temp)
-                        log.info("removed %s, the temporary file of a commit that a crash "
-                                 "interrupted", self.full_path(temp))
-                except FileNotFoundError:  # renamed into place, or never made
-                    pass
-                except OSError as e:  # the note stays: tried again at the next mount
-                    log.warning("cannot remove %s, left by a crash: %s", temp, e.strerror)
-                    continue
-            os.unlink(note)
+                        with contextlib.suppress(FileNotFoundError):  # renamed into place
+                            os.unlink(temp, dir_fd=self._root())
+                            removed.append(temp)
+                            log.info("removed %s, the temporary file of a commit that a "
+                                     "crash interrupted", self.full_path(temp))
+                os.unlink(note)
+            except OSError as e:  # the note stays: tried again at the next mount
+                log.warning("cannot remove the temporary file that %s names, left by a "
+                            "crash: %s", note, e.strerror)
         self._commit_notes = directory
         return removed
 
@@ -719,14 +718,12 @@ class LocalUfs(UfsBackend):
             return None
         note = os.path.join(self._commit_notes, temp.rpartition("/")[2])
         try:
-            fd = os.open(note, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            # A note cut short names no file of that name: the next daemon just drops it.
+            with open(note, "xb") as f:
+                f.write(os.fsencode(temp))
         except OSError as e:
             log.debug("cannot note the commit of %s in the spool: %s", temp, e)
             return None
-        try:
-            os.write(fd, os.fsencode(temp))
-        finally:
-            os.close(fd)
         return note
 
     def _link_or_copy(self, staged: str, src: int, temp: str) -> bool:
