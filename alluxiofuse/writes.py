@@ -219,7 +219,7 @@ class Writes:
             return None
         # An older upload of this file still owed (after a failed close) must not
         # land after this one: it is dropped, or waited for if it is being sent.
-        self.uploader.supersede(staged.path)
+        await self.uploader.supersede(staged.path)
         await self.uploader.wait(staged.path, self.config.drain_timeout)
         try:
             done = await self.backend.commit(
@@ -332,7 +332,7 @@ class Writes:
         runs meanwhile, and no upload of it is owed any more."""
         async with AsyncExitStack() as stack:
             await self._lock_under(stack, (path,))
-            self.uploader.supersede(path)
+            await self.uploader.supersede(path)
             await self.uploader.wait(path, self.config.drain_timeout)
             yield self._by_path.get(path)
 

@@ -164,3 +164,39 @@ async def test_reads_past_the_base_limit_are_the_data_files_own(tmp_path: Path) 
     assert base.fetched == [(95, 5)]
     staged.close()
     spool.close()
+
+
+@pytest.mark.allow_warnings
+async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
+    spool: Spool,
+) -> None:
+    # The one upload thread retries an upload that never lands; the owed uploads of the
+    # paths removed or committed anew meanwhile must leave the journal all the same, or
+    # status counts them for ever and the next mount sends them again (a removed file
+    # back from the dead).
+    started = trio.Event()
+
+    async def upload(record: Record) -> FileStatus:
+        started.set()
+        raise BackendUnavailable("never lands")
+
+    uploader = Uploader(spool, io(), 1, upload, lambda r, s: False)
+
+    def record(path: str) -> Record:
+        name, fd = spool.create()
+        os.close(fd)
+        r = Record(data=name, path=path, size=0)
+        spool.journal(r)
+        return r
+
+    stuck, b1, b2 = record("stuck"), record("b"), record("b")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        for r in (stuck, b1, b2):
+            uploader.submit(r)
+        await started.wait()
+        await uploader.supersede("b")  # as an unlink of b does
+        await uploader.wait("b", 10)
+        assert [r.path for r in spool.records()] == ["stuck"]
+        assert os.listdir(f"{spool.root}/data") == [stuck.data]  # b's bytes are dropped
+        nursery.cancel_scope.cancel()
