@@ -42,7 +42,7 @@ from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
 from alluxiofuse.sdnotify import Notifier
-from alluxiofuse.spool import Spool
+from alluxiofuse.spool import Spool, owed_uploads
 from alluxiofuse.staging import DiskIO
 from alluxiofuse.writes import Writes
 
@@ -201,8 +201,13 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             io = DiskIO(trio.CapacityLimiter(config.io_threads), config.io_timeout)
             writes = Writes(config, backend, spool, io)
             await writes.recover()
+            if not config.proxy:  # a local source's commits write temporary files there
+                await trio.to_thread.run_sync(ufs.note_commits, spool.commits)
             uploader = writes.uploader
-            metrics.watch_uploads(lambda: len(uploader), uploader.pending_bytes,
+            # What the journal owes, as ``alluxiofuse status`` counts it (scraped in the
+            # exporter's thread: reading the journal there blocks no request).
+            metrics.watch_uploads(lambda: len(owed_uploads(spool.root)),
+                                  lambda: sum(r.size for r, _ in owed_uploads(spool.root)),
                                   lambda: uploader.failures)
         session = KernelSession()
         async with trio.open_nursery() as nursery:

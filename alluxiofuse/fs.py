@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import NoReturn
 
@@ -167,6 +167,7 @@ class Filesystem:
             staged = self._staged_inodes.get(ino)
             if staged is not None:
                 inode.status = staged.status(inode.status.name)
+            inode.status = replace(inode.status, nlink=0)  # no name any more
             return inode
         status = await self._stat(inode.path)
         if status.kind is inode.status.kind:

@@ -39,7 +39,7 @@ from alluxiofuse.errors import (
 )
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, path_id
-from alluxiofuse.spool import read_journal, spool_dir, spool_in_use
+from alluxiofuse.spool import owed_uploads, spool_dir, spool_in_use
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -307,7 +307,7 @@ def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
                   f"spool in {cache_dir} (a mount with another --cache-dir: give it)",
                   file=sys.stderr)
         return 1
-    owed = list(read_journal(root))
+    owed = owed_uploads(root)
     if spool_in_use(root):
         state = "its daemon is running"
     else:

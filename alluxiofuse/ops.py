@@ -120,7 +120,7 @@ class Operations(pyfuse3.Operations):
             override = None
         perm = override if override is not None else s.mode
         a.st_mode = _TYPE_BITS[s.kind] | (perm if perm is not None else _DEFAULT_MODES[s.kind])
-        a.st_nlink = s.nlink or (2 if s.kind is Kind.DIRECTORY else 1)
+        a.st_nlink = s.nlink if s.nlink is not None else (2 if s.kind is Kind.DIRECTORY else 1)
         a.st_uid = c.uid if c.uid is not None else s.uid if s.uid is not None else self._uid
         a.st_gid = c.gid if c.gid is not None else s.gid if s.gid is not None else self._gid
         a.st_rdev = 0

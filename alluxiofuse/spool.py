@@ -8,10 +8,14 @@ One directory per mounted source under ``--cache-dir``, locked by the daemon tha
         journal/N.json  an upload a program was told is done but the under-storage may
                         lack (ASYNC_THROUGH, or a close whose upload failed)
         journal/N.error why the last attempt at that upload failed (for ``status``)
+        orphaned/N.data the bytes of a file being written when a daemon died (never closed)
+        commits/.alluxiofuse-*  a local commit in progress: its temporary file in the
+                        source, named so that the next daemon removes what a crash left
 
 A journal record is written to a temporary name, fsynced and renamed into place, and the
-directory fsynced, only after its data file is fsynced: a record that exists after a crash
-always names complete, durable bytes. Every method here does blocking disk I/O: callers
+directory fsynced, only after its data file and data/ (the file's name there) are
+fsynced: a record that exists after a crash, a power loss too, always names complete,
+durable bytes. Every method here does blocking disk I/O: callers
 run them in a worker thread.
 """
 
@@ -67,8 +71,12 @@ class Spool:
         self._lock_fd = lock_fd
         self._data = os.path.join(root, "data")
         self._journal = os.path.join(root, "journal")
+        self.commits = os.path.join(root, "commits")
+        self._orphaned = os.path.join(root, "orphaned")
+        # Data file names are never reused while an orphan keeps one: a file set aside
+        # later must not land on an older orphan's name.
         highest = max((r.seq for r in self.records()), default=0)
-        for name in os.listdir(self._data):
+        for name in (*os.listdir(self._data), *os.listdir(self._orphaned)):
             with contextlib.suppress(ValueError):
                 highest = max(highest, int(name.partition(".")[0]))
         self._seq = itertools.count(highest + 1)
@@ -79,7 +87,7 @@ class Spool:
         daemon holds it. A ``limit`` of 0 is half the disk's free space now."""
         root = spool_dir(cache_dir, source)
         try:
-            for sub in ("data", "journal", "orphaned"):
+            for sub in ("data", "journal", "orphaned", "commits"):
                 os.makedirs(os.path.join(root, sub), mode=0o700, exist_ok=True)
             fd = os.open(os.path.join(root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
@@ -144,7 +152,9 @@ class Spool:
     # -- the journal
 
     def journal(self, record: Record) -> None:
-        """Record an upload owed, durably (the data file must be fsynced already)."""
+        """Record an upload owed, durably (the data file must be fsynced already; its
+        name in data/ is made durable here, before the record that promises it)."""
+        _fsync_dir(self._data)
         final = os.path.join(self._journal, f"{record.seq}.json")
         temp = final + ".tmp"
         with open(temp, "w", encoding="utf-8") as f:
@@ -152,7 +162,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.rename(temp, final)
-        self._fsync_journal()
+        _fsync_dir(self._journal)
 
     def settle(self, record: Record, *, keep_data: bool = False) -> None:
         """The upload of ``record`` is done: drop the record, then (unless ``keep_data``)
@@ -160,7 +170,7 @@ class Spool:
         for suffix in (".json", ".error"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self._journal, f"{record.seq}{suffix}"))
-        self._fsync_journal()
+        _fsync_dir(self._journal)
         if not keep_data:
             self.remove(record.data)
 
@@ -181,26 +191,34 @@ class Spool:
     def set_aside_orphans(self) -> list[str]:
         """Move data files no record names (files being written when a daemon died, never
         closed) to orphaned/, so they cost no spool space; their paths, for a log line.
-        Empty ones (made ahead, never used) are removed."""
+        Removed instead: empty ones (made ahead, never used), and those whose bytes are
+        committed already (a data file linked into the source as the file's new
+        content: its other link is that file). Records half written by a crash (never
+        promised: the close had not returned) are removed too."""
+        for name in os.listdir(self._journal):
+            if name.endswith(".json.tmp"):
+                os.unlink(os.path.join(self._journal, name))
         named = {r.data for r in self.records()}
         moved = []
         for name in sorted(os.listdir(self._data)):
             if name in named:
                 continue
-            if os.stat(self.data_path(name)).st_size == 0:
+            st = os.stat(self.data_path(name))
+            if st.st_nlink > 1:
+                log.info("%s: a data file the last daemon left is a file of the source now "
+                         "(committed, linked into place): removed from the spool",
+                         self.data_path(name))
+            if st.st_size == 0 or st.st_nlink > 1:
                 self.remove(name)
                 continue
-            target = os.path.join(self.root, "orphaned", name)
+            target = os.path.join(self._orphaned, name)
             os.rename(self.data_path(name), target)
             moved.append(target)
+        if moved:  # the orphans' new names must outlast a power loss, as the old ones did
+            _fsync_dir(self._orphaned)
+            _fsync_dir(self._data)
         return moved
 
-    def _fsync_journal(self) -> None:
-        fd = os.open(self._journal, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def spool_in_use(root: str) -> bool:
@@ -216,6 +234,15 @@ def spool_in_use(root: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def owed_uploads(root: str) -> list[tuple[Record, str | None]]:
+    """The uploads owed through the spool at ``root``, oldest first, each with its last
+    error: the journal's records, not what a daemon's uploader holds in memory (a record
+    whose data file is lost, or that could not be dropped, is owed and never queued).
+    ``alluxiofuse status`` and the pending-upload metrics both count these, so they agree.
+    Readable without the lock, from any thread."""
+    return list(read_journal(root))
 
 
 def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
@@ -243,3 +270,12 @@ def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
             error = f.read().strip() or None
         found.append((record, error))
     yield from sorted(found, key=lambda item: item[0].seq)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make the names in directory ``path`` durable (made, renamed, removed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -109,8 +109,11 @@ class StagedFile:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
-        if self.extents.missing(offset, min(end, self.base_limit)):
-            await self._fill(offset, min(end, self.base_limit), fetch)
+        # Only the part below base_limit can come from the base; a read wholly past it
+        # (a new file, or past a truncation) is the data file's alone.
+        base_end = min(end, self.base_limit)
+        if offset < base_end and self.extents.missing(offset, base_end):
+            await self._fill(offset, base_end, fetch)
         return await self._io(pread_all, self.fd, end - offset, offset)
 
     async def write(self, offset: int, data: bytes) -> None:
@@ -236,17 +239,13 @@ class Uploader:
         self._uploaded = uploaded
         self.pending: dict[int, Record] = {}  # by seq
         self.failures = 0  # failed attempts, for the metrics
-        self._running: set[str] = set()  # paths being uploaded now
+        self._running: dict[str, int] = {}  # paths being uploaded now: the record's seq
         self._errors: dict[int, str] = {}
         self._superseded: list[Record] = []
         self._changed = trio.Event()  # something to do, or something done
 
     def __len__(self) -> int:
         return len(self.pending)
-
-    def pending_bytes(self) -> int:
-        # A copy first: the metrics exporter calls this from its own thread.
-        return sum(record.size for record in list(self.pending.values()))
 
     def submit(self, record: Record) -> None:
         self.pending[record.seq] = record
@@ -261,15 +260,21 @@ class Uploader:
     def uploading(self, record: Record | None) -> bool:
         return record is not None and record.seq in self.pending
 
-    def supersede(self, path: str) -> None:
-        """A newer content of ``path`` is about to be committed directly: drop the owed
-        uploads of it (one being sent is left to finish or fail; ``wait`` for it)."""
+    async def supersede(self, path: str) -> None:
+        """A newer content of ``path`` is about to be committed directly, or ``path`` is
+        removed: drop the owed uploads of it, and their journal records now (one being
+        sent is left to finish or fail, then dropped; ``wait`` for it). Not left to an
+        upload thread: every one may be busy retrying for ever, and a record left in the
+        journal is counted as owed, and sent again after a restart."""
+        dropped = []
         for seq, record in list(self.pending.items()):
             if record.path == path:
                 del self.pending[seq]
-                if path not in self._running:
-                    self._superseded.append(record)
+                if self._running.get(path) != seq:
+                    dropped.append(record)
         self._wake()
+        for record in dropped:
+            await self._settle(record, keep_data=False)
 
     async def wait(self, path: str, within: float) -> None:
         """Wait until nothing under ``path`` is owed ("" waits for everything);
@@ -296,11 +301,11 @@ class Uploader:
             if record is None:
                 await self._changed_event().wait()
                 continue
-            self._running.add(record.path)
+            self._running[record.path] = record.seq
             try:
                 await self._attempt(record)
             finally:
-                self._running.discard(record.path)
+                del self._running[record.path]
                 self._wake()
 
     def _next(self) -> Record | None:

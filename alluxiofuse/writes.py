@@ -18,6 +18,7 @@ whole file, fetching first any range of the old content not yet held.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ import trio
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, NotFound
-from alluxiofuse.model import Attrs, Data, FileStatus
+from alluxiofuse.model import Attrs, Commit, Data, FileStatus
 from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
 
@@ -109,7 +110,9 @@ class Writes:
         """A new, empty file at ``path``: committed at its first flush even if nothing is
         written."""
         staged = await self._new(path, base=None, mode=mode, uid=uid, gid=gid)
-        staged.dirty = True
+        # Its times are those of this create, given to the committed file: the data file
+        # was made ahead (its own mtime is then), and a file never written keeps it.
+        staged.set_mtime(staged.mtime_ns)
         return staged
 
     async def open(self, path: str, status: FileStatus) -> StagedFile:
@@ -216,7 +219,7 @@ class Writes:
             return None
         # An older upload of this file still owed (after a failed close) must not
         # land after this one: it is dropped, or waited for if it is being sent.
-        self.uploader.supersede(staged.path)
+        await self.uploader.supersede(staged.path)
         await self.uploader.wait(staged.path, self.config.drain_timeout)
         try:
             done = await self.backend.commit(
@@ -228,14 +231,15 @@ class Writes:
         except BackendTimeout:
             staged.abandoned = True  # its thread may still be reading the data file
             raise
+        status = _as_mounted(done)
         staged.dirty = False
         staged.linked = done.linked
         staged.durable = durable
-        staged.committed(done.status)
-        self.on_committed(staged.path, done.status)
+        staged.committed(status)
+        self.on_committed(staged.path, status)
         if self.config.write_type == "CACHE_THROUGH":
             await self.backend.cache(staged.path)
-        return done.status
+        return status
 
     async def _journal(self, staged: StagedFile) -> None:
         """Make the staged content durable locally and owe its upload (the lock is held)."""
@@ -286,7 +290,7 @@ class Writes:
         staged = self._by_path.get(record.path)
         if done.linked and staged is not None and staged.record is record:
             staged.linked = True
-        return done.status
+        return _as_mounted(done)
 
     def _uploaded(self, record: Record, status: FileStatus) -> bool:
         """An owed upload landed; whether its data file is still a staged file's."""
@@ -328,7 +332,7 @@ class Writes:
         runs meanwhile, and no upload of it is owed any more."""
         async with AsyncExitStack() as stack:
             await self._lock_under(stack, (path,))
-            self.uploader.supersede(path)
+            await self.uploader.supersede(path)
             await self.uploader.wait(path, self.config.drain_timeout)
             yield self._by_path.get(path)
 
@@ -422,6 +426,14 @@ class Writes:
                 raise NotFound(path)
             return await self.backend.read(path, offset, length, base)
         return fetch
+
+
+def _as_mounted(done: Commit) -> FileStatus:
+    """The committed file's status as the mount shows it: a data file linked into place
+    is the spool's link too, one more than the file keeps once the spool lets go."""
+    if done.linked and done.status.nlink is not None and done.status.nlink > 1:
+        return dataclasses.replace(done.status, nlink=done.status.nlink - 1)
+    return done.status
 
 
 def _owner(staged: StagedFile) -> tuple[int, int] | None:

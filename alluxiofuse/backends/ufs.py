@@ -30,6 +30,7 @@ from alluxiofuse.backends.base import (
     run_blocking,
     temp_name,
 )
+from alluxiofuse.backends.fence import CommitFence
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.errors import (
     AlluxioFuseError,
@@ -138,6 +139,9 @@ class UfsBackend:
         self.mtime_unit_ns = mtime_unit_ns
         self._limiter = limiter
         self._timeout = timeout
+        # A commit that timed out may still finish in its thread: never over a newer one.
+        self._fence = CommitFence()
+        self._commit_notes: str | None = None  # see note_commits
 
     def uri(self, path: str) -> str:
         """The full URI of ``path`` in the under-storage, as Alluxio names files."""
@@ -204,6 +208,20 @@ class UfsBackend:
             fn, *args, limiter=self._limiter, what=self.description,
             deadline=self._timeout if within is None else within,
         )
+
+    def note_commits(self, directory: str) -> builtins.list[str]:
+        """Name each commit's temporary file in ``directory`` (the spool's, held by this
+        daemon) while it exists, first removing those a crash left: the source-relative
+        paths removed. fsspec commits leave none (the store's writer discards its own)."""
+        return []
+
+    def _fenced(self, path: str, ticket: int, commit: Callable[..., T], *args: Any) -> T:
+        """``commit(*args)``, commit ``ticket`` of ``path`` (in its thread): its ticket
+        ends when the thread is done, even one the caller stopped waiting for."""
+        try:
+            return commit(*args)
+        finally:
+            self._fence.end(path, ticket)
 
     def _commit_deadline(self, size: int) -> float:
         """An upload may take ``--io-timeout`` plus a second per MiB: a stalled store
@@ -274,8 +292,9 @@ class UfsBackend:
         """Make the local file ``staged`` (``size`` bytes) the content of ``path``:
         replaced whole once complete, and untouched if this fails (every upload is
         durable)."""
-        return Commit(await self._call(self._commit_sync, path, staged,
-                                       within=self._commit_deadline(size)))
+        ticket = self._fence.begin(path)
+        return Commit(await self._call(self._fenced, path, ticket, self._commit_sync, path,
+                                       staged, ticket, within=self._commit_deadline(size)))
 
     async def sync(self, path: str) -> None:
         """Every commit is durable already."""
@@ -356,10 +375,11 @@ class UfsBackend:
         self.fs.invalidate_cache(old_full)
         self.fs.invalidate_cache(new_full)
 
-    def _commit_sync(self, path: str, staged: str) -> FileStatus:
+    def _commit_sync(self, path: str, staged: str, ticket: int) -> FileStatus:
         """Write with ``autocommit=False``: nothing is published until ``commit()`` (S3:
         the multipart upload is completed only then), and ``discard()`` on any failure
-        (S3: aborted), so a failed upload never leaves part of a file behind."""
+        (S3: aborted), so a failed upload never leaves part of a file behind; nor does one
+        that a newer commit of ``path`` began after (``ticket``) while it ran late."""
         full = self.full_path(path)
         with open(staged, "rb") as src:
             dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False)
@@ -367,7 +387,8 @@ class UfsBackend:
                 while chunk := src.read(self.part_size):
                     dst.write(chunk)
                 dst.close()
-                dst.commit()
+                with self._fence.publishing(path, ticket):
+                    dst.commit()
             except BaseException:
                 with contextlib.suppress(Exception):
                     dst.discard()
@@ -688,8 +709,10 @@ class LocalUfs(UfsBackend):
         ``mode``, ``owner`` and ``mtime_ns``, and rename it over ``path``: ``path`` is the
         old content or the new, never a mix. With ``durable``, the file is fsynced first
         and the directory after, so that this holds across a crash too."""
-        return await self._call(self._commit_local, path, staged, mode, owner, mtime_ns,
-                                durable, within=self._commit_deadline(size))
+        ticket = self._fence.begin(path)
+        return await self._call(self._fenced, path, ticket, self._commit_local, path, staged,
+                                mode, owner, mtime_ns, durable, ticket,
+                                within=self._commit_deadline(size))
 
     async def sync(self, path: str) -> None:
         def sync() -> None:
@@ -704,19 +727,25 @@ class LocalUfs(UfsBackend):
 
     def _commit_local(
         self, path: str, staged: str, mode: int | None, owner: tuple[int, int] | None,
-        mtime_ns: int | None, durable: bool,
+        mtime_ns: int | None, durable: bool, ticket: int,
     ) -> Commit:
         with self._at(path, room=NAME_MAX) as (at, name):
-            return self._commit_at(at, name, path, staged, mode, owner, mtime_ns, durable)
+            return self._commit_at(at, name, path, staged, mode, owner, mtime_ns, durable,
+                                   ticket)
 
     def _commit_at(
         self, root: int, name: str, path: str, staged: str, mode: int | None,
-        owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool,
+        owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool, ticket: int,
     ) -> Commit:
         """``_commit_local`` with ``path`` named ``name`` relative to ``root`` (``_at``)."""
         parent, _, _ = name.rpartition("/")
-        temp = f"{parent}/{temp_name()}" if parent else temp_name()
+        leaf = temp_name()
+        temp = f"{parent}/{leaf}" if parent else leaf
         src = os.open(staged, os.O_RDWR | os.O_CLOEXEC)
+        # The note names the temporary file from the source's root (``temp`` is relative
+        # to ``root``, which is a directory below it when ``path`` is long).
+        path_parent = path.rpartition("/")[0]
+        note = self._note_commit(f"{path_parent}/{leaf}" if path_parent else leaf)
         try:
             linked = self._link_or_copy(staged, src, temp, root)
             dst = src if linked else os.open(temp, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root)
@@ -732,16 +761,59 @@ class LocalUfs(UfsBackend):
             finally:
                 if dst != src:
                     os.close(dst)
-            os.rename(temp, name, src_dir_fd=root, dst_dir_fd=root)
+            with self._fence.publishing(path, ticket):  # never over a newer commit
+                os.rename(temp, name, src_dir_fd=root, dst_dir_fd=root)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=root)
             raise
         finally:
             os.close(src)
+            if note is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(note)
         if durable:
             _fsync_dir(parent or ".", root)
         return Commit(self._stat_sync(path), linked)
+
+    def note_commits(self, directory: str) -> builtins.list[str]:
+        removed = []
+        for name in os.listdir(directory):
+            note = os.path.join(directory, name)
+            try:
+                if is_temp_name(name):
+                    with open(note, "rb") as f:
+                        temp = os.fsdecode(f.read())
+                    # Only the file the note names, carrying this project's temporary name.
+                    if temp.rpartition("/")[2] == name:
+                        with (contextlib.suppress(FileNotFoundError),  # renamed into place
+                              self._at(temp) as (at, leaf)):
+                            os.unlink(leaf, dir_fd=at)
+                            removed.append(temp)
+                            log.info("removed %s, the temporary file of a commit that a "
+                                     "crash interrupted", self.full_path(temp))
+                os.unlink(note)
+            except OSError as e:  # the note stays: tried again at the next mount
+                log.warning("cannot remove the temporary file that %s names, left by a "
+                            "crash: %s", note, e.strerror)
+        self._commit_notes = directory
+        return removed
+
+    def _note_commit(self, temp: str) -> str | None:
+        """Name ``temp`` in the spool while it may exist, so that after a crash the next
+        daemon removes it (``note_commits``); the note's path. Best effort: a note that
+        cannot be written costs only that tidying."""
+        if self._commit_notes is None:
+            return None
+        note = os.path.join(self._commit_notes, temp.rpartition("/")[2])
+        try:
+            # A note cut short names no file of that name: the next daemon just drops it.
+            with open(note, "xb") as f:
+                f.write(os.fsencode(temp))
+        except OSError as e:
+            log.debug("cannot note the commit of %s in the spool: %s", temp, e)
+            return None
+        return note
 
     def _link_or_copy(self, staged: str, src: int, temp: str, root: int) -> bool:
         """Make ``temp`` (relative to ``root``) hold ``staged``'s bytes: a hard link (True)

@@ -137,3 +137,66 @@ async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool
     assert ("b", b1.seq) not in attempts
     assert attempts.count(("a", a.seq)) == 3  # two failures, then success
     assert spool.records() == []
+
+
+async def test_reads_past_the_base_limit_are_the_data_files_own(tmp_path: Path) -> None:
+    # A new file (no base at all) and a file truncated below its old size: a read that
+    # starts at or past base_limit fetches nothing and returns the written bytes and zeros.
+    spool = Spool.open(str(tmp_path), "sparse", limit=4 << 30)  # counted, not on disk
+    name, fd = spool.create()
+    new = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
+                     mtime_ns=1)
+    await new.write(0, b"head")
+    await new.truncate(3 << 30)  # sparse: no disk space
+    await new.write((2 << 30) + 2, b"tail")
+    nothing = Base()
+    assert await new.read((2 << 30) + 1, 8, nothing) == b"\0tail\0\0\0"
+    assert await new.read(1 << 30, 4, nothing) == bytes(4)
+    assert await new.read(2, 4, nothing) == b"ad\0\0"
+    assert nothing.fetched == []
+    new.close()
+    staged, base = staged_over_base(spool), Base()
+    await staged.truncate(100)
+    await staged.truncate(200)
+    assert await staged.read(150, 10, base) == bytes(10)
+    assert await staged.read(100, 10, base) == bytes(10)
+    assert await staged.read(95, 10, base) == BASE[95:100] + bytes(5)
+    assert base.fetched == [(95, 5)]
+    staged.close()
+    spool.close()
+
+
+@pytest.mark.allow_warnings
+async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
+    spool: Spool,
+) -> None:
+    # The one upload thread retries an upload that never lands; the owed uploads of the
+    # paths removed or committed anew meanwhile must leave the journal all the same, or
+    # status counts them for ever and the next mount sends them again (a removed file
+    # back from the dead).
+    started = trio.Event()
+
+    async def upload(record: Record) -> FileStatus:
+        started.set()
+        raise BackendUnavailable("never lands")
+
+    uploader = Uploader(spool, io(), 1, upload, lambda r, s: False)
+
+    def record(path: str) -> Record:
+        name, fd = spool.create()
+        os.close(fd)
+        r = Record(data=name, path=path, size=0)
+        spool.journal(r)
+        return r
+
+    stuck, b1, b2 = record("stuck"), record("b"), record("b")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        for r in (stuck, b1, b2):
+            uploader.submit(r)
+        await started.wait()
+        await uploader.supersede("b")  # as an unlink of b does
+        await uploader.wait("b", 10)
+        assert [r.path for r in spool.records()] == ["stuck"]
+        assert os.listdir(f"{spool.root}/data") == [stuck.data]  # b's bytes are dropped
+        nursery.cancel_scope.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -160,3 +161,70 @@ async def test_an_owed_upload_never_lands_after_a_newer_commit(
     await trio.sleep(2.5)  # past the retry of v1
     assert (src / "f").read_bytes() == b"v2"
     assert m.fs.writes.spool.records() == []  # type: ignore[union-attr]
+
+
+async def test_a_new_empty_file_keeps_the_times_of_its_create(
+    tmp_path: Path, nursery: trio.Nursery,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    m = await make(src, nursery)
+    writes = m.fs.writes
+    assert writes is not None
+    before = time.time_ns()
+    fi, attrs = await m.ops.create(ROOT_INODE, b"empty", 0o644, os.O_WRONLY | os.O_CREAT, None)
+    after = time.time_ns()
+    assert before <= attrs.st_mtime_ns <= after
+    assert attrs.st_ctime_ns == attrs.st_mtime_ns
+    staged = writes.get("empty")
+    assert staged is not None
+    os.utime(staged.fd, ns=(10**18, 10**18))  # its data file was made long before
+    await m.ops.flush(fi.fh)
+    await m.ops.release(fi.fh)
+    assert os.stat(src / "empty").st_mtime_ns == attrs.st_mtime_ns  # the committed file's
+    m.fs.meta.clear()  # as once the attribute cache expires
+    assert (await m.lookup_path("empty")).st_mtime_ns == attrs.st_mtime_ns
+
+
+async def test_a_journal_record_is_written_only_once_its_data_file_is_durable(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A power loss cannot be tested here; what can be is that every fsync the journal's
+    # promise needs happens, in order, before the record exists.
+    src = tmp_path / "src"
+    src.mkdir()
+    m = await make(src, nursery, write_type="ASYNC_THROUGH")
+    gate = Gate(m.fs.backend.commit)  # the upload waits: only the journal's I/O is seen
+    m.fs.backend.commit = gate  # type: ignore[method-assign]
+    fi, _ = await m.ops.create(ROOT_INODE, b"f", 0o644, os.O_WRONLY | os.O_CREAT, None)
+    await m.ops.write(fi.fh, 0, b"content")
+    staged = m.fs.writes.get("f")  # type: ignore[union-attr]
+    assert staged is not None
+    spool = m.fs.writes.spool  # type: ignore[union-attr]
+    events: list[tuple[str, str]] = []
+    fsync, rename = os.fsync, os.rename
+
+    def record_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def record_rename(old: str, new: str, **kwargs: Any) -> None:
+        events.append(("rename", os.fspath(new)))
+        rename(old, new, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "rename", record_rename)
+    await m.ops.flush(fi.fh)  # journaled
+    monkeypatch.undo()
+    record = os.path.join(spool.root, "journal", f"{staged.record.seq}.json")  # type: ignore[union-attr]
+    assert events == [
+        ("fsync", spool.data_path(staged.name)),  # the bytes
+        ("fsync", os.path.join(spool.root, "data")),  # the data file's name
+        ("fsync", record + ".tmp"),  # the record
+        ("rename", record),
+        ("fsync", os.path.join(spool.root, "journal")),  # the record's name
+    ]
+    gate.open.set()
+    await m.ops.release(fi.fh)
+    await m.fs.writes.uploader.wait("", 30)  # type: ignore[union-attr]
+    assert (src / "f").read_bytes() == b"content"

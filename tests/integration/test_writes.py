@@ -6,6 +6,7 @@ hanging stands for an under-storage that refuses or stalls uploads.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from alluxiofuse.spool import Record, Spool
 from tests.flakyfs import clear_failure, set_failure
 from tests.integration.conftest import (
     DAEMON,
@@ -206,6 +208,81 @@ def test_async_through_uploads_survive_kill_9(mount: MountFactory, tmp_path: Pat
     assert "resuming 12 uploads" in again.log_text()
 
 
+
+@pytest.mark.allow_warnings
+def test_status_and_the_pending_uploads_metric_count_the_same_uploads(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    # Owed from an earlier run, and never to be uploaded: their data files are lost, so
+    # the uploader never queues them, yet the journal still owes them.
+    spool = Spool.open(str(cache), str(src))
+    for seq in (1, 2, 3):
+        spool.journal(Record(data=f"{seq}.data", path=f"lost{seq}", size=100 * seq))
+    spool.close()
+    m = mount(src, "--cache-dir", str(cache))
+    assert "3 uploads pending (its daemon is running" in status_of(m.path, cache)
+    scrape = m.scrape()
+    assert scrape("alluxiofuse_pending_uploads") == 3
+    assert scrape("alluxiofuse_pending_upload_bytes") == 600
+    assert "has lost its data file" in m.log_text()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.allow_warnings
+def test_after_kill_9_the_spool_keeps_only_what_is_nowhere_else(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    options = ("--cache-dir", str(cache))
+
+    def crash_while_writing(name: str) -> Path:
+        """A daemon dies with two files open: one committed by fsync (its data file is
+        the source's file now, linked into place), one whose bytes are only in the spool."""
+        m = mount(src, *options)
+        [spool] = cache.iterdir()
+        assert wait_until(lambda: len(os.listdir(spool / "data")) >= 16, 10)  # made ahead
+        committed = os.open(m.path / f"{name}-committed", os.O_WRONLY | os.O_CREAT, 0o644)
+        unflushed = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(committed, b"committed")
+        os.fsync(committed)
+        os.write(unflushed, name.encode())
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        for fd in (committed, unflushed):
+            with contextlib.suppress(OSError):  # no daemon to answer the flush
+                os.close(fd)
+        fusermount_u(m.path)
+        return spool
+
+    def orphans(spool: Path) -> dict[bytes, int]:
+        return {p.read_bytes(): p.stat().st_nlink for p in (spool / "orphaned").iterdir()}
+
+    spool = crash_while_writing("first")
+    m = mount(src, *options)
+    # Only the bytes nowhere else are kept, and the log says so of those alone.
+    assert orphans(spool) == {b"first": 1}
+    assert (src / "first-committed").stat().st_nlink == 1
+    assert m.log_text().count("its bytes are kept in") == 1
+    m.close()
+    spool = crash_while_writing("second")  # the same steps: the same data file names
+    # What a crash in the middle of a local commit leaves (a note names the temporary
+    # file beside the target), and a record half written; a temporary file no note of
+    # this spool names belongs to someone else and stays.
+    (src / ".alluxiofuse-00000000000000aa").write_bytes(b"half committed")
+    (spool / "commits" / ".alluxiofuse-00000000000000aa").write_bytes(
+        b".alluxiofuse-00000000000000aa")
+    (src / ".alluxiofuse-00000000000000bb").write_bytes(b"another daemon's")
+    (spool / "journal" / "99.json.tmp").write_bytes(b"{")
+    mount(src, *options)
+    assert orphans(spool) == {b"first": 1, b"second": 1}  # no orphan lands on another
+    assert sorted(os.listdir(src)) == [".alluxiofuse-00000000000000bb", "first-committed",
+                                       "second-committed"]
+    assert os.listdir(spool / "commits") == []
+    assert os.listdir(spool / "journal") == []
+
 @pytest.mark.timeout(120)
 def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:
     src, mnt, cache = tmp_path / "src", tmp_path / "mnt", tmp_path / "cache"
@@ -236,3 +313,47 @@ def test_sigterm_drains_owed_uploads_before_exiting(tmp_path: Path) -> None:
             proc.wait(10)
         fusermount_u(mnt)
 
+
+
+def test_an_open_unlinked_file_has_no_links(mount: MountFactory, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    p = mount(src).path
+    (p / "f").write_bytes(b"committed")  # its spool file was linked into the source
+    assert os.stat(p / "f").st_nlink == 1
+    for flags in (os.O_RDONLY, os.O_RDWR):
+        (p / "g").write_bytes(b"x")
+        fd = os.open(p / "g", flags)
+        try:
+            assert os.fstat(fd).st_nlink == 1
+            os.unlink(p / "g")
+            assert os.fstat(fd).st_nlink == 0
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.allow_warnings
+def test_a_sparse_file_whose_commit_failed_reads_back_its_bytes(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    control = str(tmp_path / "control")
+    set_failure(control, ["open_write"])
+    p = mount(f"flaky://{src}", f"--ufs-option=control={control}").path
+    gib2 = 2 << 30
+    fd = os.open(p / "sparse", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"head")
+        os.ftruncate(fd, gib2 + 10)  # a hole of 2 GiB costs nothing on disk
+        os.pwrite(fd, b"tail", gib2 + 2)
+        assert errno_of(lambda: os.fsync(fd)) == errno.EIO  # the commit fails
+        assert os.pread(fd, 8, 0) == b"head" + bytes(4)
+        assert os.pread(fd, 4, 1 << 30) == bytes(4)
+        assert os.pread(fd, 8, gib2 + 1) == b"\0tail\0\0\0"
+        assert os.pread(fd, 100, gib2 + 6) == bytes(4)
+        assert os.pread(fd, 10, gib2 + 10) == b""
+        os.unlink(p / "sparse")  # never to be committed: nothing owed at unmount
+    finally:
+        os.close(fd)
+    assert not (src / "sparse").exists()
