@@ -116,11 +116,11 @@ async def test_a_local_commit_names_its_temporary_file_in_the_spool_while_it_exi
     seen: list[tuple[str, bytes]] = []
     link_or_copy = backend._link_or_copy
 
-    def watched(staged_path: str, fd: int, temp: str) -> bool:
+    def watched(staged_path: str, fd: int, temp: str, root: int) -> bool:
         [note] = notes.iterdir()
         seen.append((temp, note.read_bytes()))
         assert note.name == temp.rpartition("/")[2]
-        return link_or_copy(staged_path, fd, temp)
+        return link_or_copy(staged_path, fd, temp, root)
 
     backend._link_or_copy = watched  # type: ignore[method-assign]
     await backend.commit("d/f", str(staged), size=7)
