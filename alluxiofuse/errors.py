@@ -17,6 +17,7 @@ The tree::
     │                                          empty, a file not persisted or pinned)
     ├── NameTooLong                  ENAMETOOLONG
     ├── NoSpace                      ENOSPC   (the spool or the disk is full)
+    ├── FileTooLarge                 EFBIG    (past the largest file the store keeps)
     ├── StaleFile                    ESTALE   (the file changed under an open handle)
     └── BackendError                 EIO      (``reason`` labels the metric)
         ├── BackendUnavailable                (connection refused, DNS, 5xx after retries)
@@ -93,6 +94,10 @@ class NoSpace(AlluxioFuseError):
     errno = errno.ENOSPC
 
 
+class FileTooLarge(AlluxioFuseError):
+    errno = errno.EFBIG
+
+
 class StaleFile(AlluxioFuseError):
     errno = errno.ESTALE
 
@@ -146,6 +151,7 @@ _BY_ERRNO: dict[int, type[AlluxioFuseError]] = {
     errno.ENAMETOOLONG: NameTooLong,
     errno.ENOSPC: NoSpace,
     errno.EDQUOT: NoSpace,
+    errno.EFBIG: FileTooLarge,
     errno.ESTALE: StaleFile,
     errno.ETIMEDOUT: BackendTimeout,
     errno.ECONNREFUSED: BackendUnavailable,

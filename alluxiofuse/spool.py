@@ -142,9 +142,10 @@ class Spool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.data_path(name))
 
-    def reserve(self, nbytes: int) -> None:
-        """Count ``nbytes`` more (negative: fewer) staged bytes; NoSpace past the limit."""
-        if nbytes > 0 and self.used + nbytes > self.limit:
+    def reserve(self, nbytes: int, *, refusable: bool = True) -> None:
+        """Count ``nbytes`` more (negative: fewer) staged bytes; NoSpace past the limit,
+        unless not ``refusable`` (a count of bytes already on disk)."""
+        if refusable and nbytes > 0 and self.used + nbytes > self.limit:
             raise NoSpace(f"the spool {self.root} is full ({self.limit} bytes); "
                           f"raise --cache-size or close files being written")
         self.used += nbytes

@@ -118,21 +118,25 @@ class StagedFile:
 
     async def write(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
-        self._account(extra=max(0, end - self.size))
-        if len(data) <= _INLINE_WRITE_MAX:
-            try:
-                _pwrite(self.fd, data, offset)
-            except OSError as e:  # ENOSPC, EIO of the spool's disk
-                raise from_oserror(e) from e
-        else:
-            await self._io(_pwrite, self.fd, data, offset)
+        self._charge(len(data))
+        try:
+            if len(data) <= _INLINE_WRITE_MAX:
+                try:
+                    _pwrite(self.fd, data, offset)
+                except OSError as e:  # ENOSPC, EIO of the spool's disk
+                    raise from_oserror(e) from e
+            else:
+                await self._io(_pwrite, self.fd, data, offset)
+        finally:
+            self._account()
         if offset < self.base_limit:
             self.extents.add(offset, min(end, self.base_limit))
         self.size = max(self.size, end)
         self._touched()
 
     async def truncate(self, size: int) -> None:
-        self._account(extra=max(0, size - self.size))
+        # Extending takes no disk (a hole), so nothing is charged ahead: a sparse file of
+        # any size the spool's file system takes can be staged.
         await self._io(os.ftruncate, self.fd, size)
         self.extents.truncate(min(size, self.base_limit))
         self.base_limit = min(self.base_limit, size)
@@ -188,19 +192,30 @@ class StagedFile:
 
     async def _fill(self, start: int, end: int, fetch: FetchBase) -> None:
         """Fetch the missing parts of ``[start, end)`` (the lock is held)."""
-        for gap_start, gap_end in self.extents.missing(start, end):
-            for offset in range(gap_start, gap_end, _FILL_CHUNK):
-                length = min(_FILL_CHUNK, gap_end - offset)
-                self._account(extra=length)
-                data = await fetch(offset, length)
-                await self._io(_pwrite, self.fd, data, offset)
-                self.extents.add(offset, offset + length)
-        self._account()
+        try:
+            for gap_start, gap_end in self.extents.missing(start, end):
+                for offset in range(gap_start, gap_end, _FILL_CHUNK):
+                    length = min(_FILL_CHUNK, gap_end - offset)
+                    self._charge(length)
+                    data = await fetch(offset, length)
+                    await self._io(_pwrite, self.fd, data, offset)
+                    self.extents.add(offset, offset + length)
+        finally:  # a failed fetch gives back what it was charged
+            self._account()
 
-    def _account(self, extra: int = 0) -> None:
-        """Count the bytes held (plus ``extra`` about to be) against the spool's limit."""
-        held = self.extents.total + (self.size - self.base_limit) + extra
-        self.spool.reserve(held - self._held)
+    def _charge(self, nbytes: int) -> None:
+        """Count ``nbytes`` about to be written against the spool's limit, before they
+        are: NoSpace (ENOSPC) past it."""
+        self.spool.reserve(nbytes)
+        self._held += nbytes
+
+    def _account(self) -> None:
+        """Count what the data file takes on disk now, after a change. Holes take
+        nothing, so a file extended by ``truncate`` or written far past its end costs the
+        spool only the bytes it holds. Never refused: those bytes are there already (a
+        write was charged its length first)."""
+        held = os.fstat(self.fd).st_blocks * 512
+        self.spool.reserve(held - self._held, refusable=False)
         self._held = held
 
     def _touched(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from alluxiofuse.errors import BackendUnavailable, NoSpace
+from alluxiofuse.errors import BackendUnavailable, FileTooLarge, NoSpace
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, StagedFile, Uploader
@@ -97,6 +98,41 @@ async def test_spool_bound_refuses_writes_past_it(tmp_path: Path) -> None:
     with pytest.raises(NoSpace):
         await staged.write(900, b"x" * 200)
     assert staged.size == 900
+    staged.close()
+    assert spool.used == 0
+    spool.close()
+
+
+def _make_sized(path: Path, size: int) -> None:
+    path.touch()
+    os.truncate(path, size)
+
+
+async def test_a_sparse_extension_is_charged_nothing_and_a_size_too_large_is_efbig(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(str(tmp_path), "sparse", limit=1 << 20)
+    name, fd = spool.create()
+    staged = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
+                        mtime_ns=1)
+    # 100 GiB of hole, then 4 KiB written far past the end: the spool holds 4 KiB.
+    await staged.truncate(100 << 30)
+    await staged.write(200 << 30, b"y" * 4096)
+    assert staged.size == (200 << 30) + 4096
+    assert 4096 <= spool.used < 1 << 20
+    assert await staged.read((200 << 30) - 2, 4, Base()) == b"\0\0yy"
+    # A size the spool's file system cannot hold is EFBIG, as there (not EIO); a file
+    # system that takes it (tmpfs) takes it through the spool too.
+    huge = 1 << 62
+    try:
+        _make_sized(tmp_path / "probe", huge)
+    except OSError as e:
+        assert e.errno == errno.EFBIG
+        with pytest.raises(FileTooLarge):
+            await staged.truncate(huge)
+    else:
+        await staged.truncate(huge)
+        assert staged.size == huge
     staged.close()
     assert spool.used == 0
     spool.close()

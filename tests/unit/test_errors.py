@@ -31,6 +31,7 @@ from alluxiofuse.errors import (
         (errors.NotSupported, errno.ENOTSUP),
         (errors.InvalidArgument, errno.EINVAL),
         (errors.NameTooLong, errno.ENAMETOOLONG),
+        (errors.FileTooLarge, errno.EFBIG),
         (errors.StaleFile, errno.ESTALE),
         (errors.BackendError, errno.EIO),
         (errors.BackendUnavailable, errno.EIO),
@@ -86,6 +87,7 @@ def test_config_error_is_not_an_errno_error() -> None:
         (errno.EIO, errors.BackendError),
         (errno.ENOSPC, errors.NoSpace),
         (errno.EDQUOT, errors.NoSpace),
+        (errno.EFBIG, errors.FileTooLarge),
         (errno.EXDEV, errors.BackendError),
     ],
 )
