@@ -78,8 +78,13 @@ class Writes:
         while True:
             if len(self._ready) < _READY_FILES // 2:
                 try:
-                    self._ready += await self._io(self.spool.create_many,
-                                                  _READY_FILES - len(self._ready))
+                    # Shielded: a thread abandoned at shutdown would make its files after
+                    # _drop_ready, leaking their descriptors and leaving them in data/,
+                    # where the next mount takes them for files a crash left open.
+                    with trio.CancelScope(shield=True):
+                        made = await self._io(self.spool.create_many,
+                                              _READY_FILES - len(self._ready))
+                    self._ready += made
                 except AlluxioFuseError as e:  # create() makes them one by one instead
                     log.debug("making spool files ahead failed: %s", e)
                     await trio.sleep(1)

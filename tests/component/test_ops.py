@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -93,8 +94,9 @@ async def make(
 ) -> Mounted:
     values = {"source": str(source), "mountpoint": "/unused", "page_cache_size": "8MiB",
               "strict": True, **options}
+    made_cache_dir = None  # ours to remove when the filesystem stops
     if not values.get("read_only") and "cache_dir" not in values:
-        values["cache_dir"] = tempfile.mkdtemp(prefix="alluxiofuse-spool-")
+        values["cache_dir"] = made_cache_dir = tempfile.mkdtemp(prefix="alluxiofuse-spool-")
     ufs = values.pop("ufs_options", {})
     config = build_config(values, ufs)
     metrics = Metrics(CollectorRegistry())
@@ -105,7 +107,9 @@ async def make(
     if not config.read_only:
         spool = Spool.open(config.cache_dir, config.source, config.cache_size)
         writes = Writes(config, backend, spool, DiskIO(trio.CapacityLimiter(4), 10.0))
-        nursery.start_soon(_run_then_close, writes, spool)
+        nursery.start_soon(_run_then_close, writes, spool, made_cache_dir)
+    elif made_cache_dir is not None:
+        shutil.rmtree(made_cache_dir)
     fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
                     invalidate_attrs=invalidate_attrs, writes=writes)
     if writes is not None:
@@ -113,11 +117,13 @@ async def make(
     return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
 
 
-async def _run_then_close(writes: Writes, spool: Spool) -> None:
+async def _run_then_close(writes: Writes, spool: Spool, cache_dir: str | None) -> None:
     try:
         await writes.run()
     finally:
         spool.close()
+        if cache_dir is not None:  # tests leave nothing behind
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,9 +13,14 @@ import pyfuse3
 import pytest
 import trio
 
+from alluxiofuse.backends.ufs import open_ufs
+from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendUnavailable
 from alluxiofuse.inodes import ROOT_INODE
 from alluxiofuse.model import Commit
+from alluxiofuse.spool import Spool
+from alluxiofuse.staging import DiskIO
+from alluxiofuse.writes import Writes
 from tests.component.test_ops import make
 
 
@@ -228,3 +233,34 @@ async def test_a_journal_record_is_written_only_once_its_data_file_is_durable(
     await m.ops.release(fi.fh)
     await m.fs.writes.uploader.wait("", 30)  # type: ignore[union-attr]
     assert (src / "f").read_bytes() == b"content"
+
+
+async def test_files_made_ahead_leave_with_the_daemon(tmp_path: Path) -> None:
+    """A shutdown while data files are being made ahead leaves none of them behind: the
+    next mount would take one for a file a crash left open (and its fd leaked)."""
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    config = build_config({"source": str(src), "mountpoint": "/unused",
+                           "cache_dir": str(cache)}, {})
+    spool = Spool.open(config.cache_dir, config.source, config.cache_size)
+    data = Path(spool.root) / "data"
+    making = trio.Event()
+    create_many = spool.create_many
+
+    def slow_create_many(count: int) -> list[tuple[str, int]]:
+        trio.from_thread.run_sync(making.set)
+        time.sleep(0.3)  # the shutdown comes while the thread makes the files
+        return create_many(count)
+
+    spool.create_many = slow_create_many  # type: ignore[method-assign]
+    backend = open_ufs(config.source, {}, trio.CapacityLimiter(2), 10)
+    writes = Writes(config, backend, spool, DiskIO(trio.CapacityLimiter(2), 10.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writes.run)
+        await making.wait()
+        nursery.cancel_scope.cancel()
+    await trio.sleep(0.5)  # an abandoned thread would have made its files by now
+    try:
+        assert list(data.iterdir()) == []
+    finally:
+        spool.close()
