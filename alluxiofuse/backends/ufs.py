@@ -99,9 +99,9 @@ class UfsBackend:
     Changes: new content is written with the store's own ``open(path, "wb")`` in parts of
     ``part_size`` bytes (a multipart upload on object stores, which replaces the object
     only once complete); directories that a store cannot hold empty (object stores) are
-    kept as zero-byte marker objects named ``dir/``; a rename is a copy of every file and
-    then the removal of the old ones (not atomic); modes, owners, times and symbolic links
-    are not kept.
+    kept as zero-byte marker objects named ``dir/``; a rename is a copy of every key and
+    then the removal of the old ones (not atomic, undone if a copy fails); modes, owners,
+    times and symbolic links are not kept.
     """
 
     warms = False
@@ -113,10 +113,12 @@ class UfsBackend:
     ) -> None:
         self.part_size = part_size
         self._markers = False
+        self._s3 = False  # s3fs: the S3 calls fsspec has no portable form for
         if fs is not None:  # else a LocalUfs, which says what it supports itself
             protocol = getattr(fs, "protocol", ())
             protocols = set(protocol if isinstance(protocol, tuple | list) else (protocol,))
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
+            self._s3 = bool({"s3", "s3a"} & protocols) and hasattr(fs, "call_s3")
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
                                        directories=not self._markers)
         self.fs = fs
@@ -315,8 +317,8 @@ class UfsBackend:
         self.fs.invalidate_cache(full)
 
     def _rename_sync(self, old: str, new: str, flags: int) -> None:
-        """A copy, then the removal of the old: a failure half-way leaves both, never
-        neither. A file's copy replaces the target whole."""
+        """A copy, then the removal of the old: a failure half-way leaves the old as it
+        was (see ``_rename_dir``). A file's copy replaces the target whole."""
         old_full, new_full = self.full_path(old), self.full_path(new)
         if flags & RENAME_NOREPLACE and self._exists(new_full):  # not atomic: documented
             raise AlreadyExists(new)
@@ -325,26 +327,85 @@ class UfsBackend:
             self.fs.cp_file(old_full, new_full)
             self.fs.rm_file(old_full)
         else:
-            if self._exists(new_full):  # an empty directory (checked above us): replaced
-                self._remove_dir(new_full)
-            tree = self.fs.find(old_full, withdirs=True, detail=True)
-            entries = sorted((name.rstrip("/"), info.get("type")) for name, info in tree.items()
-                             if name.rstrip("/") != old_full)
-            self._make_dir(new_full)
-            for name, kind in entries:
-                target = new_full + name[len(old_full):]
-                if kind == "directory":
-                    self._make_dir(target)
-                else:
-                    self.fs.cp_file(name, target)
-            for name, kind in reversed(entries):  # children before their directories
-                if kind == "directory":
-                    self._remove_dir(name)
-                else:
-                    self.fs.rm_file(name)
-            self._remove_dir(old_full)
+            self._rename_dir(old_full, new_full)
         self.fs.invalidate_cache(old_full)
         self.fs.invalidate_cache(new_full)
+
+    def _rename_dir(self, old_full: str, new_full: str) -> None:
+        """Copy every key of the tree to its new key, then remove the old keys.
+
+        On object stores the keys are the objects themselves, directory markers ``dir/``
+        included (copied as the markers they are, never as files named ``dir``); a
+        directory made of a prefix alone stays one. If a copy fails, the copies made so
+        far are removed again: the old tree is as it was and no part of the new one is
+        left. Once every copy is in, the old keys are removed (children before their
+        directories); should one of those removals fail, the new tree is whole and the
+        rest of the old one is still removed before the error is raised.
+        """
+        replaced = self._exists(new_full)  # an empty directory (checked above us)
+        moves = self._tree_moves(old_full, new_full)
+        made: builtins.list[tuple[str, bool]] = []
+        try:
+            for source, target, is_dir in moves:
+                if is_dir:  # stores with real directories: made, not copied
+                    if target == new_full and replaced:
+                        continue
+                    self._make_dir(target)
+                else:
+                    self._copy_key(source, target)
+                made.append((target, is_dir))
+        except BaseException:
+            self._remove_keys([target for target, _ in reversed(made)])
+            if replaced and self._markers and not self._exists(new_full):
+                self._make_dir(new_full)  # its marker was copied over, then removed
+            raise
+        self._remove_keys([source for source, _, _ in reversed(moves)], strict=True)
+
+    def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[tuple[str, str, bool]]:
+        """(old key, new key, is a directory to make) for every key of the tree at
+        ``old_full``, parents before children."""
+        if self._markers:  # every object under the prefix, markers "d/" and "d/sub/" too
+            keys = sorted(str(name) for name in self.fs.find(old_full, withdirs=False)
+                          if str(name).startswith(old_full + "/"))
+            return [(key, new_full + key[len(old_full):], False) for key in keys]
+        tree = self.fs.find(old_full, withdirs=True, detail=True)
+        entries = sorted((str(name).rstrip("/"), info.get("type") == "directory")
+                         for name, info in tree.items() if str(name).rstrip("/") != old_full)
+        return [(old_full, new_full, True)] + [
+            (name, new_full + name[len(old_full):], is_dir) for name, is_dir in entries]
+
+    def _copy_key(self, source: str, target: str) -> None:
+        """Copy one object (or file) to ``target`` exactly, a marker ``dir/`` included."""
+        if not source.endswith("/"):
+            self.fs.cp_file(source, target)
+        elif self._s3:
+            # fsspec drops a path's trailing slash before copying (s3fs's cp_file copies
+            # "d/sub" for "d/sub/"): the marker is copied by its exact key instead, with
+            # whatever metadata it carries.
+            bucket, key, _ = self.fs.split_path(source)
+            new_bucket, new_key, _ = self.fs.split_path(target)
+            self.fs.call_s3("copy_object", Bucket=new_bucket, Key=new_key,
+                            CopySource={"Bucket": bucket, "Key": key})
+        else:
+            self.fs.pipe_file(target, b"")
+        self.fs.invalidate_cache(target.rstrip("/"))
+
+    def _remove_keys(self, keys: Sequence[str], *, strict: bool = False) -> None:
+        """Remove each key (a directory: the empty directory); go on past failures and
+        raise the first at the end with ``strict``, else only log them."""
+        first: BaseException | None = None
+        for key in keys:
+            try:
+                if key.endswith("/") or (not self._markers and self.fs.isdir(key)):
+                    self._remove_dir(key.rstrip("/"))
+                else:
+                    self.fs.rm_file(key)
+            except Exception as e:  # the others are still removed
+                log.warning("rename: cannot remove %r: %r", key, e)
+                first = first or e
+            self.fs.invalidate_cache(key.rstrip("/"))
+        if strict and first is not None:
+            raise first
 
     def _commit_sync(self, path: str, staged: str) -> FileStatus:
         """Write with ``autocommit=False``: nothing is published until ``commit()`` (S3:
