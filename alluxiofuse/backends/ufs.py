@@ -100,8 +100,8 @@ class UfsBackend:
     ``part_size`` bytes (a multipart upload on object stores, which replaces the object
     only once complete); directories that a store cannot hold empty (object stores) are
     kept as zero-byte marker objects named ``dir/``; a rename is a copy of every key and
-    then the removal of the old ones (not atomic, undone if a copy fails); modes, owners,
-    times and symbolic links are not kept.
+    then the removal of the old ones (not atomic, undone if a copy fails); modes, owners
+    and times are kept in object metadata on S3 alone; symbolic links are not kept.
     """
 
     warms = False
@@ -119,8 +119,10 @@ class UfsBackend:
             protocols = set(protocol if isinstance(protocol, tuple | list) else (protocol,))
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
             self._s3 = bool({"s3", "s3a"} & protocols) and hasattr(fs, "call_s3")
+            # S3 keeps modes, owners and times in object metadata (as s3fs-fuse does).
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
-                                       directories=not self._markers)
+                                       directories=not self._markers, modes=self._s3,
+                                       owners=self._s3, times=self._s3)
         self.fs = fs
         self.root = root
         self.description = description
@@ -139,10 +141,13 @@ class UfsBackend:
         """``status`` at the precision this backend reports (see ``mtime_unit_ns``)."""
         if self.mtime_unit_ns == 1:
             return status
-        mtime = status.mtime_ns
+        mtime, version_mtime = status.mtime_ns, status.version_mtime_ns
         if mtime is not None:
             mtime -= mtime % self.mtime_unit_ns
-        return dataclasses.replace(status, etag=None, mtime_ns=mtime)
+        if version_mtime is not None:
+            version_mtime -= version_mtime % self.mtime_unit_ns
+        return dataclasses.replace(status, etag=None, mtime_ns=mtime,
+                                   version_mtime_ns=version_mtime)
 
     def _same_mtime(self, mtime_ns: int, version: Version) -> bool:
         return mtime_ns - mtime_ns % self.mtime_unit_ns == version.mtime_ns
@@ -205,7 +210,37 @@ class UfsBackend:
     def _stat_sync(self, path: str) -> FileStatus:
         full = self.full_path(path)
         self.fs.invalidate_cache(full)
+        if self._s3:
+            return self._reported(self._s3_stat(path, full))
         return self._reported(status_from_info(path.rpartition("/")[2], self.fs.info(full)))
+
+    def _s3_stat(self, path: str, full: str) -> FileStatus:
+        """The status with what the object's metadata keeps (mode, owner, times): a HEAD
+        of the object (one request, as ``info`` costs), else of the directory's marker
+        ``dir/``, else a directory made of a prefix alone (a listing of one key)."""
+        name = path.rpartition("/")[2]
+        bucket, key, _ = self.fs.split_path(full)
+        if not key:  # the bucket itself
+            return status_from_info(name, self.fs.info(full))
+        head = self._s3_head(bucket, key)
+        if head is not None:
+            info = {"type": "file", "size": head.get("ContentLength"), "ETag": head.get("ETag"),
+                    "LastModified": head.get("LastModified")}
+            return with_metadata(status_from_info(name, info), head.get("Metadata") or {})
+        head = self._s3_head(bucket, key + "/")
+        if head is not None:
+            return with_metadata(FileStatus(name, Kind.DIRECTORY), head.get("Metadata") or {})
+        out = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/",
+                              MaxKeys=1)
+        if out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"):
+            return FileStatus(name, Kind.DIRECTORY)
+        raise NotFound(f"{path!r} does not exist")
+
+    def _s3_head(self, bucket: str, key: str) -> Mapping[str, Any] | None:
+        try:
+            return dict(self.fs.call_s3("head_object", Bucket=bucket, Key=key))
+        except FileNotFoundError:
+            return None
 
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
         full = self.full_path(path)
@@ -217,7 +252,10 @@ class UfsBackend:
             if entry_path == full.rstrip("/") or not valid_name(name) or is_temp_name(name):
                 log.debug("skipping entry %r of %r: not a usable file name", name, path)
                 continue
-            entries.append(self._reported(status_from_info(name, info)))
+            status = status_from_info(name, info)
+            if self._s3:  # a listing carries no object metadata
+                status = dataclasses.replace(status, complete=False)
+            entries.append(self._reported(status))
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
@@ -239,7 +277,7 @@ class UfsBackend:
     # -- changes
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
-        return await self._call(self._mkdir_sync, path)
+        return await self._call(self._mkdir_sync, path, mode, owner)
 
     async def rmdir(self, path: str) -> None:
         await self._call(self._rmdir_sync, path)
@@ -256,7 +294,9 @@ class UfsBackend:
         raise NotSupported(f"{self.description} has no symbolic links")
 
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
-        raise NotSupported(f"{self.description} keeps no modes, owners or times")
+        if not self._s3:
+            raise NotSupported(f"{self.description} keeps no modes, owners or times")
+        return await self._call(self._s3_setattr, path, attrs)
 
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
@@ -266,7 +306,8 @@ class UfsBackend:
         """Make the local file ``staged`` (``size`` bytes) the content of ``path``:
         replaced whole once complete, and untouched if this fails (every upload is
         durable)."""
-        return Commit(await self._call(self._commit_sync, path, staged,
+        metadata = attrs_metadata(Kind.FILE, mode, owner, mtime_ns) if self._s3 else {}
+        return Commit(await self._call(self._commit_sync, path, staged, metadata,
                                        within=self._commit_deadline(size)))
 
     async def sync(self, path: str) -> None:
@@ -283,11 +324,16 @@ class UfsBackend:
     # cp_file, rm_file): the many-path ones (mv, copy, rm) expand glob characters, and
     # a file may well be called "*".
 
-    def _mkdir_sync(self, path: str) -> FileStatus:
+    def _mkdir_sync(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
         full = self.full_path(path)
         if self._exists(full):
             raise AlreadyExists(path)
-        self._make_dir(full)
+        if self._s3:  # the marker keeps the mode and owner
+            self.fs.pipe_file(full + "/", b"",
+                              Metadata=attrs_metadata(Kind.DIRECTORY, mode, owner, None))
+            self.fs.invalidate_cache(full)
+        else:
+            self._make_dir(full)
         return self._stat_sync(path)
 
     def _make_dir(self, full: str) -> None:
@@ -407,13 +453,51 @@ class UfsBackend:
         if strict and first is not None:
             raise first
 
-    def _commit_sync(self, path: str, staged: str) -> FileStatus:
+    def _s3_setattr(self, path: str, attrs: Attrs) -> FileStatus:
+        """Rewrite the object's metadata in place (a copy onto itself that replaces the
+        metadata, keeping the content and its headers); a directory's is its marker's,
+        made if it had none (a directory made of a prefix alone)."""
+        full = self.full_path(path)
+        bucket, key, _ = self.fs.split_path(full)
+        kind, head = Kind.FILE, self._s3_head(bucket, key) if key else None
+        if head is None:
+            kind, key = Kind.DIRECTORY, key + "/"
+            head = self._s3_head(bucket, key) if key != "/" else None
+        if head is None and kind is Kind.DIRECTORY and not self.fs.isdir(full):
+            raise NotFound(f"{path!r} does not exist")
+        metadata = dict((head or {}).get("Metadata") or {})
+        metadata.update(attrs_metadata(kind, attrs.mode, None, attrs.mtime_ns, attrs.atime_ns))
+        if attrs.uid is not None:
+            metadata[_META_UID] = str(attrs.uid)
+        if attrs.gid is not None:
+            metadata[_META_GID] = str(attrs.gid)
+        if head is None:  # a directory without a marker: it gets one
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
+        else:
+            headers = {k: head[k] for k in _KEPT_HEADERS if head.get(k)}
+            copy = {"Metadata": metadata, "MetadataDirective": "REPLACE", **headers}
+            if kind is Kind.FILE:  # cp_file copies objects over 5 GiB in parts
+                self.fs.cp_file(full, full, **copy)
+            else:  # fsspec would drop the marker's trailing slash
+                self.fs.call_s3("copy_object", Bucket=bucket, Key=key,
+                                CopySource={"Bucket": bucket, "Key": key}, **copy)
+        self.fs.invalidate_cache(full)
+        return self._stat_sync(path)
+
+    def _commit_sync(self, path: str, staged: str, metadata: Mapping[str, str]) -> FileStatus:
         """Write with ``autocommit=False``: nothing is published until ``commit()`` (S3:
         the multipart upload is completed only then), and ``discard()`` on any failure
-        (S3: aborted), so a failed upload never leaves part of a file behind."""
+        (S3: aborted), so a failed upload never leaves part of a file behind. On S3 the
+        object carries ``metadata`` (mode, owner, times)."""
         full = self.full_path(path)
+        if metadata and os.path.getsize(staged) == 0:
+            # s3fs publishes an empty file by a touch that drops the metadata: one PUT.
+            bucket, key, _ = self.fs.split_path(full)
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
+            return self._stat_sync(path)
+        extra = {"Metadata": metadata} if metadata else {}
         with open(staged, "rb") as src:
-            dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False)
+            dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False, **extra)
             try:
                 while chunk := src.read(self.part_size):
                     dst.write(chunk)
@@ -863,6 +947,74 @@ def status_from_info(name: str, info: Mapping[str, Any]) -> FileStatus:
         mtime_ns=_time_ns(mtime), etag=etag,
         mode=statmod.S_IMODE(mode) if isinstance(mode, int) else None,
     )
+
+
+# POSIX attributes in S3 object metadata, as s3fs-fuse keeps them: x-amz-meta-mode is st_mode
+# in decimal (file-type bits included), -uid and -gid decimal, -mtime and -atime seconds
+# since the epoch, "1700000000" or with nine decimals, "1700000000.123456789" (rclone
+# writes its x-amz-meta-mtime with the trailing zeros dropped, "1700000000.5", and reads
+# both; s3fs-fuse reads the decimals as nanoseconds, so they are always written as nine).
+_META_MODE, _META_UID, _META_GID, _META_MTIME, _META_ATIME = "mode", "uid", "gid", "mtime", "atime"
+# What a copy that replaces an object's metadata must repeat, or lose.
+_KEPT_HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
+                 "ContentLanguage", "StorageClass")
+_TYPE_BITS = {Kind.FILE: statmod.S_IFREG, Kind.DIRECTORY: statmod.S_IFDIR}
+
+
+def attrs_metadata(
+    kind: Kind, mode: int | None, owner: tuple[int, int] | None, mtime_ns: int | None,
+    atime_ns: int | None = None,
+) -> dict[str, str]:
+    """The object metadata that keeps these attributes (those given)."""
+    metadata = {}
+    if mode is not None:
+        metadata[_META_MODE] = str(_TYPE_BITS[kind] | statmod.S_IMODE(mode))
+    if owner is not None:
+        metadata[_META_UID], metadata[_META_GID] = str(owner[0]), str(owner[1])
+    if mtime_ns is not None:
+        metadata[_META_MTIME] = _seconds(mtime_ns)
+    if atime_ns is not None:
+        metadata[_META_ATIME] = _seconds(atime_ns)
+    return metadata
+
+
+def with_metadata(status: FileStatus, metadata: Mapping[str, str]) -> FileStatus:
+    """``status`` with the attributes ``metadata`` keeps; values that do not parse are
+    ignored (the defaults stand). The version stays the content's own."""
+    mode = _meta_int(metadata, _META_MODE)
+    uid, gid = _meta_int(metadata, _META_UID), _meta_int(metadata, _META_GID)
+    mtime, atime = _meta_ns(metadata, _META_MTIME), _meta_ns(metadata, _META_ATIME)
+    return dataclasses.replace(
+        status, mode=statmod.S_IMODE(mode) if mode is not None else status.mode,
+        uid=uid if uid is not None and uid >= 0 else status.uid,
+        gid=gid if gid is not None and gid >= 0 else status.gid,
+        mtime_ns=mtime if mtime is not None else status.mtime_ns,
+        atime_ns=atime if atime is not None else status.atime_ns,
+        version_mtime_ns=status.version.mtime_ns if mtime is not None else None,
+    )
+
+
+def _seconds(ns: int) -> str:
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    return f"{seconds}.{fraction:09d}" if fraction else str(seconds)
+
+
+def _meta_int(metadata: Mapping[str, str], key: str) -> int | None:
+    try:
+        return int(metadata[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _meta_ns(metadata: Mapping[str, str], key: str) -> int | None:
+    """Seconds with up to nine decimals (more are cut, as rclone does) as nanoseconds."""
+    text = metadata.get(key, "").strip()
+    whole, _, fraction = text.partition(".")
+    if not whole.lstrip("-").isdigit() or (fraction and not fraction.isdigit()):
+        return None
+    ns = int(whole) * 1_000_000_000
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return ns - nanos if whole.startswith("-") else ns + nanos
 
 
 def _time_ns(value: Any) -> int | None:

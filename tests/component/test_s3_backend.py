@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import trio
 
 from alluxiofuse.backends.ufs import UfsBackend
 from alluxiofuse.errors import AlluxioFuseError
+from alluxiofuse.model import Attrs
 from tests.s3server import S3Server, moto_s3
 
 ROOT = "root"  # the mounted prefix inside the bucket
@@ -158,3 +160,96 @@ async def test_a_failed_removal_after_the_copies_finishes_the_rename(s3: S3Serve
         await backend(s3, fs).rename("d", "d2", 0)
     assert keys(s3) == [f"{ROOT}/", f"{ROOT}/d/a", f"{ROOT}/d2/", f"{ROOT}/d2/a", f"{ROOT}/d2/b",
                         f"{ROOT}/d2/sub/", f"{ROOT}/d2/sub/c"]
+
+
+# -- modes, owners and times in object metadata (issue 15, point 9)
+
+
+def head(s3: S3Server, name: str) -> dict[str, Any]:
+    return dict(s3.fs().call_s3("head_object", Bucket=s3.bucket, Key=f"{ROOT}/{name}"))
+
+
+async def test_a_commit_keeps_mode_owner_and_mtime_in_the_object(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    b = backend(s3)
+    for name, data in (("f", b"data"), ("empty", b"")):
+        staged = tmp_path / name
+        staged.write_bytes(data)
+        done = await b.commit(name, str(staged), mode=0o600, owner=(7, 8),
+                              mtime_ns=981_173_106_500_000_000, size=len(data))
+        assert head(s3, name)["Metadata"] == {
+            "mode": "33152", "uid": "7", "gid": "8", "mtime": "981173106.500000000"}
+        status = await b.stat(name)
+        assert status == done.status
+        assert (status.mode, status.uid, status.gid) == (0o600, 7, 8)
+        assert status.mtime_ns == 981_173_106_500_000_000
+        assert s3.fs().cat_file(f"{s3.bucket}/{ROOT}/{name}") == data
+        # A listing carries no metadata: it says so, and names the same version.
+        [entry] = [e for e in await b.list("") if e.name == name]
+        assert not entry.complete
+        assert entry.mode is None
+        assert entry.version == status.version
+
+
+async def test_objects_without_metadata_keep_the_defaults(s3: S3Server) -> None:
+    put(s3, "plain", "dir/", "prefix/x")
+    b = backend(s3)
+    status = await b.stat("plain")
+    assert (status.mode, status.uid, status.gid, status.atime_ns) == (None, None, None, None)
+    assert status.mtime_ns == status.version.mtime_ns  # LastModified
+    for name in ("dir", "prefix"):
+        d = await b.stat(name)
+        assert d.is_dir and d.mode is None and d.mtime_ns is None
+    with pytest.raises(AlluxioFuseError) as e:
+        await b.stat("missing")
+    assert e.value.errno == errno.ENOENT
+
+
+async def test_setattr_rewrites_the_metadata_in_place(s3: S3Server) -> None:
+    fs = s3.fs()
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/f", Body=b"content",
+               ContentType="text/plain", Metadata={"mode": "33188", "other": "kept"})
+    b = backend(s3)
+    before = await b.stat("f")
+    await b.setattr("f", Attrs(mode=0o640))
+    await b.setattr("f", Attrs(uid=5, gid=6))
+    status = await b.setattr("f", Attrs(atime_ns=10**9, mtime_ns=2 * 10**9 + 1))
+    h = head(s3, "f")
+    assert h["Metadata"] == {"mode": "33184", "other": "kept", "uid": "5", "gid": "6",
+                             "atime": "1", "mtime": "2.000000001"}
+    assert h["ContentType"] == "text/plain"
+    assert fs.cat_file(f"{s3.bucket}/{ROOT}/f") == b"content"
+    assert (status.mode, status.uid, status.gid) == (0o640, 5, 6)
+    assert (status.mtime_ns, status.atime_ns) == (2 * 10**9 + 1, 10**9)
+    assert status.etag == before.etag and status.size == before.size
+
+
+async def test_setattr_of_directories_with_and_without_a_marker(s3: S3Server) -> None:
+    put(s3, "marked/", "marked/a", "prefix/a")
+    b = backend(s3)
+    await b.mkdir("made", 0o750, (3, 4))
+    assert head(s3, "made/")["Metadata"] == {"mode": str(0o40750), "uid": "3", "gid": "4"}
+    assert (await b.stat("made")).mode == 0o750
+    for name in ("marked", "prefix", "made"):
+        status = await b.setattr(name, Attrs(mode=0o700, mtime_ns=5 * 10**9))
+        assert status.is_dir and status.mode == 0o700 and status.mtime_ns == 5 * 10**9
+        assert head(s3, f"{name}/")["Metadata"]["mode"] == str(0o40700)
+    assert keys(s3) == [f"{ROOT}/", f"{ROOT}/made/", f"{ROOT}/marked/", f"{ROOT}/marked/a",
+                        f"{ROOT}/prefix/", f"{ROOT}/prefix/a"]
+    with pytest.raises(AlluxioFuseError) as e:
+        await b.setattr("missing", Attrs(mode=0o700))
+    assert e.value.errno == errno.ENOENT
+
+
+async def test_a_rename_keeps_the_metadata(s3: S3Server) -> None:
+    b = backend(s3)
+    await b.mkdir("d", 0o700, (1, 2))
+    await b.mkdir("d/sub", 0o750, (1, 2))
+    put(s3, "d/sub/f")
+    await b.setattr("d/sub/f", Attrs(mode=0o600, mtime_ns=10**9))
+    await b.rename("d", "d2", 0)
+    assert (await b.stat("d2")).mode == 0o700
+    assert (await b.stat("d2/sub")).mode == 0o750
+    f = await b.stat("d2/sub/f")
+    assert (f.mode, f.mtime_ns) == (0o600, 10**9)

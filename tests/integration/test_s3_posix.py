@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Mount, MountFactory, errno_of, run
+from tests.integration.conftest import Mount, MountFactory, errno_of, run, wait_until
 from tests.s3server import S3Server, moto_s3
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,137 @@ def test_a_failed_directory_rename_leaves_the_source_whole(
                             timeout=60, check=False)
     assert result.returncode != 0
     assert keys(s3) == before
+
+
+# -- modes, owners and times in object metadata (issue 15, point 9)
+
+MTIME_NS = 981_173_106_123_456_789  # 2001-02-03 04:05:06.123456789
+Attributes = dict[str, tuple[int, int, int, int, int, bytes | None]]
+
+
+def attributes(root: Path, *, whole_seconds: bool = False) -> Attributes:
+    """(type and mode, uid, gid, size, mtime, bytes) of every path under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        mtime = st.st_mtime_ns - st.st_mtime_ns % 10**9 if whole_seconds else st.st_mtime_ns
+        out[str(p.relative_to(root))] = (
+            st.st_mode, st.st_uid, st.st_gid, 0 if p.is_dir() else st.st_size, mtime,
+            None if p.is_dir() else p.read_bytes())
+    return out
+
+
+def make_source(src: Path) -> None:
+    """Files and directories with modes, owners and times none of them has by default."""
+    (src / "sub/deeper").mkdir(parents=True)
+    (src / "sub/empty-dir").mkdir()
+    for name, data, mode in (("a", b"alpha", 0o600), ("sub/b", b"b" * 70000, 0o751),
+                             ("sub/deeper/c", b"c", 0o444), ("empty", b"", 0o640)):
+        (src / name).write_bytes(data)
+        os.chmod(src / name, mode)
+    os.chown(src / "sub/b", 1234, 5678)
+    os.chmod(src / "sub", 0o700)
+    os.chmod(src / "sub/empty-dir", 0o750)
+    for i, p in enumerate(sorted(src.rglob("*"), reverse=True)):  # children first
+        os.utime(p, ns=(MTIME_NS, MTIME_NS + i * 10**9))
+
+
+TOOLS = {
+    "cp -a": lambda src, dst: ["cp", "-a", f"{src}/.", str(dst)],
+    "rsync -a": lambda src, dst: ["rsync", "-a", f"{src}/", f"{dst}/"],
+    "tar x": lambda src, dst: ["sh", "-c", f"tar cf - -C {src} . | tar xf - -C {dst}"],
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("tool", TOOLS)
+def test_cp_rsync_and_tar_keep_modes_owners_and_times(
+    mount: MountFactory, s3: S3Server, tmp_path: Path, tool: str,
+) -> None:
+    import shutil
+    import signal
+
+    from tests.needs import need
+
+    need(shutil.which(TOOLS[tool]("", "")[0]), f"{tool} is not installed")
+    src = tmp_path / "src"
+    make_source(src)
+    tar = tool == "tar x"  # GNU tar's default format keeps whole seconds
+    want = attributes(src, whole_seconds=tar)
+    m = mount_s3(mount, s3, "--attr-timeout", "0.5", "--entry-timeout", "0.5",
+                 "--dir-timeout", "0.5")
+    dst = m.path / "copy"
+    dst.mkdir()
+    result = run(TOOLS[tool](src, dst), check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stderr == b""
+    assert attributes(dst, whole_seconds=tar) == want
+    time.sleep(1)  # every cache has expired: read back from the objects' metadata
+    assert attributes(dst, whole_seconds=tar) == want
+    run(["ls", "-lR", str(dst)])  # a listing (readdirplus) ...
+    assert attributes(dst, whole_seconds=tar) == want  # ... does not hide the metadata
+    m.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "dropped the metadata and page caches" in m.log_text(), 10)
+    assert attributes(dst, whole_seconds=tar) == want
+    assert m.unmount() == 0
+    again = mount_s3(mount, s3)
+    assert attributes(again.path / "copy", whole_seconds=tar) == want
+
+
+@pytest.fixture
+def s3fs_fuse(s3: S3Server, tmp_path: Path) -> Iterator[Path]:
+    """The bucket's ``ROOT`` mounted by s3fs-fuse (its own caches kept short)."""
+    import shutil
+
+    from tests.needs import need
+
+    need(shutil.which("s3fs"), "s3fs-fuse is not installed (Debian: apt install s3fs)")
+    passwd = tmp_path / "s3fs.passwd"
+    passwd.write_text("testing-key:testing-secret\n")
+    passwd.chmod(0o600)
+    mnt = tmp_path / "s3fs"
+    mnt.mkdir()
+    options = (f"url={s3.endpoint_url},use_path_request_style,passwd_file={passwd},"
+               "stat_cache_expire=1")
+    run(["s3fs", f"{s3.bucket}:/{ROOT}", str(mnt), "-o", options], env=s3.env)
+    try:
+        assert wait_until(lambda: os.path.ismount(mnt), 30)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30,
+                       check=False)
+
+
+def test_s3fs_fuse_and_alluxiofuse_read_each_others_attributes(
+    mount: MountFactory, s3: S3Server, s3fs_fuse: Path,
+) -> None:
+    m = mount_s3(mount, s3, "--attr-timeout", "0", "--entry-timeout", "0",
+                 "--dir-timeout", "0")
+    for writer, reader in ((s3fs_fuse, m.path), (m.path, s3fs_fuse)):
+        name = f"by-{'s3fs' if writer == s3fs_fuse else 'alluxiofuse'}"
+        written = write_with_attributes(writer / name)
+        assert eventually(reader / name, written) == written
+
+
+def eventually(root: Path, want: Attributes, timeout: float = 10.0) -> Attributes:
+    """``attributes(root)`` once it is ``want`` (the other mount's caches expire), or as
+    it is after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (got := attributes(root)) != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
+def write_with_attributes(top: Path) -> Attributes:
+    """A directory and a file with a mode, owner and time of their own, as written."""
+    (top / "d").mkdir(parents=True)
+    (top / "d/f").write_bytes(b"data")
+    os.chmod(top / "d/f", 0o640)
+    os.chown(top / "d/f", 1234, 5678)
+    os.utime(top / "d/f", ns=(MTIME_NS, MTIME_NS))
+    os.chmod(top / "d", 0o710)
+    os.utime(top / "d", ns=(MTIME_NS, MTIME_NS + 10**9))
+    written = attributes(top)
+    assert written["d/f"][:5] == (0o100640, 1234, 5678, 4, MTIME_NS)
+    assert written["d"][0] == 0o40710
+    return written
