@@ -459,11 +459,13 @@ class UfsBackend:
         made if it had none (a directory made of a prefix alone)."""
         full = self.full_path(path)
         bucket, key, _ = self.fs.split_path(full)
-        kind, head = Kind.FILE, self._s3_head(bucket, key) if key else None
+        if not key:
+            raise NotSupported(f"the bucket {bucket!r} itself keeps no modes, owners or times")
+        kind, head = Kind.FILE, self._s3_head(bucket, key)
         if head is None:
             kind, key = Kind.DIRECTORY, key + "/"
-            head = self._s3_head(bucket, key) if key != "/" else None
-        if head is None and kind is Kind.DIRECTORY and not self.fs.isdir(full):
+            head = self._s3_head(bucket, key)
+        if head is None and not self.fs.isdir(full):
             raise NotFound(f"{path!r} does not exist")
         metadata = dict((head or {}).get("Metadata") or {})
         metadata.update(attrs_metadata(kind, attrs.mode, None, attrs.mtime_ns, attrs.atime_ns))

@@ -240,6 +240,12 @@ async def test_setattr_of_directories_with_and_without_a_marker(s3: S3Server) ->
     with pytest.raises(AlluxioFuseError) as e:
         await b.setattr("missing", Attrs(mode=0o700))
     assert e.value.errno == errno.ENOENT
+    bucket = UfsBackend(s3.fs(), s3.bucket, trio.CapacityLimiter(4), 30.0,
+                        description=s3.url())
+    with pytest.raises(AlluxioFuseError) as e:  # the bucket has no object to keep them
+        await bucket.setattr("", Attrs(mode=0o700))
+    assert e.value.errno == errno.ENOTSUP
+    assert (await bucket.stat("")).is_dir
 
 
 async def test_a_rename_keeps_the_metadata(s3: S3Server) -> None:
