@@ -997,8 +997,9 @@ def with_metadata(status: FileStatus, metadata: Mapping[str, str]) -> FileStatus
 
 
 def _seconds(ns: int) -> str:
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    return f"{seconds}.{fraction:09d}" if fraction else str(seconds)
+    sign = "-" if ns < 0 else ""  # before 1970: the decimals count away from zero too
+    seconds, fraction = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{seconds}.{fraction:09d}" if fraction else f"{sign}{seconds}"
 
 
 def _meta_int(metadata: Mapping[str, str], key: str) -> int | None:

@@ -26,6 +26,13 @@ def test_written_as_s3fs_fuse_writes_them() -> None:
     assert attrs_metadata(Kind.DIRECTORY, 0o700, None, 1_009_843_200 * 10**9, 5) == {
         "mode": "16832", "mtime": "1009843200", "atime": "0.000000005"}
     assert attrs_metadata(Kind.FILE, None, None, None) == {}
+    assert attrs_metadata(Kind.FILE, None, None, -1_500_000_000) == {"mtime": "-1.500000000"}
+
+
+@pytest.mark.parametrize("ns", [0, 1, 10**9, 981_173_106_789_000_000, -1, -1_500_000_000])
+def test_times_round_trip(ns: int) -> None:
+    metadata = attrs_metadata(Kind.FILE, None, None, ns)
+    assert with_metadata(listed(), metadata).mtime_ns == ns
 
 
 @pytest.mark.parametrize(("text", "ns"), [
