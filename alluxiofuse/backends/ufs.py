@@ -72,6 +72,21 @@ _MARKER_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", 
                                "oci", "cos", "r2"})
 # The slowest upload rate a commit is given time for, in bytes per second.
 _MIN_UPLOAD_RATE = 1024 * 1024
+# The time a rename is given per key it copies and removes (besides the bytes at the rate
+# above): a directory of 10,000 objects cannot move within one --io-timeout.
+_SECONDS_PER_KEY = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rename:
+    """What a rename through fsspec copies: (old key, new key, is a directory to make)."""
+
+    old: str
+    new: str
+    directory: bool
+    moves: list[tuple[str, str, bool]]
+    size: int  # bytes copied
+    replaced: bool = False  # the target is an empty directory already
 def open_ufs(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
     mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
@@ -287,8 +302,14 @@ class UfsBackend:
 
     async def rename(self, old: str, new: str, flags: int) -> None:
         """Move ``old`` to ``new``, replacing what is there. The caller has checked the
-        POSIX rules (kinds, an empty directory) and that ``flags`` are supported."""
-        await self._call(self._rename_sync, old, new, flags)
+        POSIX rules (kinds, an empty directory) and that ``flags`` are supported.
+
+        The keys to copy are listed first, and the copy is given time for their number
+        and bytes (``_SECONDS_PER_KEY``, ``_MIN_UPLOAD_RATE``) beyond ``--io-timeout``."""
+        plan = await self._call(self._rename_plan, old, new, flags)
+        deadline = (self._timeout + len(plan.moves) * _SECONDS_PER_KEY
+                    + plan.size / _MIN_UPLOAD_RATE)
+        await self._call(self._move_sync, plan, within=deadline)
 
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         raise NotSupported(f"{self.description} has no symbolic links")
@@ -362,22 +383,30 @@ class UfsBackend:
         self.fs.rm_file(full)
         self.fs.invalidate_cache(full)
 
-    def _rename_sync(self, old: str, new: str, flags: int) -> None:
-        """A copy, then the removal of the old: a failure half-way leaves the old as it
-        was (see ``_rename_dir``). A file's copy replaces the target whole."""
+    def _rename_plan(self, old: str, new: str, flags: int) -> _Rename:
         old_full, new_full = self.full_path(old), self.full_path(new)
         if flags & RENAME_NOREPLACE and self._exists(new_full):  # not atomic: documented
             raise AlreadyExists(new)
         self.fs.invalidate_cache(old_full)
-        if not self.fs.isdir(old_full):
-            self.fs.cp_file(old_full, new_full)
-            self.fs.rm_file(old_full)
-        else:
-            self._rename_dir(old_full, new_full)
-        self.fs.invalidate_cache(old_full)
-        self.fs.invalidate_cache(new_full)
+        info = self.fs.info(old_full)
+        if info.get("type") != "directory":
+            return _Rename(old_full, new_full, False, [(old_full, new_full, False)],
+                           int(info.get("size") or 0))
+        moves, size = self._tree_moves(old_full, new_full)
+        return _Rename(old_full, new_full, True, moves, size, self._exists(new_full))
 
-    def _rename_dir(self, old_full: str, new_full: str) -> None:
+    def _move_sync(self, plan: _Rename) -> None:
+        """A copy, then the removal of the old: a failure half-way leaves the old as it
+        was (see ``_rename_dir``). A file's copy replaces the target whole."""
+        if not plan.directory:
+            self.fs.cp_file(plan.old, plan.new)
+            self.fs.rm_file(plan.old)
+        else:
+            self._rename_dir(plan)
+        self.fs.invalidate_cache(plan.old)
+        self.fs.invalidate_cache(plan.new)
+
+    def _rename_dir(self, plan: _Rename) -> None:
         """Copy every key of the tree to its new key, then remove the old keys.
 
         On object stores the keys are the objects themselves, directory markers ``dir/``
@@ -388,13 +417,11 @@ class UfsBackend:
         directories); should one of those removals fail, the new tree is whole and the
         rest of the old one is still removed before the error is raised.
         """
-        replaced = self._exists(new_full)  # an empty directory (checked above us)
-        moves = self._tree_moves(old_full, new_full)
         made: builtins.list[tuple[str, bool]] = []
         try:
-            for source, target, is_dir in moves:
+            for source, target, is_dir in plan.moves:
                 if is_dir:  # stores with real directories: made, not copied
-                    if target == new_full and replaced:
+                    if target == plan.new and plan.replaced:
                         continue
                     self._make_dir(target)
                 else:
@@ -402,23 +429,25 @@ class UfsBackend:
                 made.append((target, is_dir))
         except BaseException:
             self._remove_keys([target for target, _ in reversed(made)])
-            if replaced and self._markers and not self._exists(new_full):
-                self._make_dir(new_full)  # its marker was copied over, then removed
+            if plan.replaced and self._markers and not self._exists(plan.new):
+                self._make_dir(plan.new)  # its marker was copied over, then removed
             raise
-        self._remove_keys([source for source, _, _ in reversed(moves)], strict=True)
+        self._remove_keys([source for source, _, _ in reversed(plan.moves)], strict=True)
 
-    def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[tuple[str, str, bool]]:
+    def _tree_moves(
+        self, old_full: str, new_full: str,
+    ) -> tuple[builtins.list[tuple[str, str, bool]], int]:
         """(old key, new key, is a directory to make) for every key of the tree at
-        ``old_full``, parents before children."""
+        ``old_full``, parents before children; and the bytes they hold."""
+        tree = self.fs.find(old_full, withdirs=not self._markers, detail=True)
+        size = sum(int(info.get("size") or 0) for info in tree.values())
         if self._markers:  # every object under the prefix, markers "d/" and "d/sub/" too
-            keys = sorted(str(name) for name in self.fs.find(old_full, withdirs=False)
-                          if str(name).startswith(old_full + "/"))
-            return [(key, new_full + key[len(old_full):], False) for key in keys]
-        tree = self.fs.find(old_full, withdirs=True, detail=True)
+            keys = sorted(str(name) for name in tree if str(name).startswith(old_full + "/"))
+            return [(key, new_full + key[len(old_full):], False) for key in keys], size
         entries = sorted((str(name).rstrip("/"), info.get("type") == "directory")
                          for name, info in tree.items() if str(name).rstrip("/") != old_full)
         return [(old_full, new_full, True)] + [
-            (name, new_full + name[len(old_full):], is_dir) for name, is_dir in entries]
+            (name, new_full + name[len(old_full):], is_dir) for name, is_dir in entries], size
 
     def _copy_key(self, source: str, target: str) -> None:
         """Copy one object (or file) to ``target`` exactly, a marker ``dir/`` included."""

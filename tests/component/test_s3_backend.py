@@ -259,3 +259,23 @@ async def test_a_rename_keeps_the_metadata(s3: S3Server) -> None:
     assert (await b.stat("d2/sub")).mode == 0o750
     f = await b.stat("d2/sub/f")
     assert (f.mode, f.mtime_ns) == (0o600, 10**9)
+
+
+async def test_a_directory_rename_is_given_time_for_its_keys(s3: S3Server) -> None:
+    """Each copy takes a while, and all of them far longer than --io-timeout (1 s here):
+    the rename is given time per key, and finishes."""
+    import time
+
+    put(s3, "d/", *(f"d/{i}" for i in range(6)))
+    before = keys(s3)
+    fs = s3.fs()
+    copy = fs.cp_file
+
+    def slow_copy(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.4)
+        return copy(*args, **kwargs)
+    fs.cp_file = slow_copy
+    b = UfsBackend(fs, f"{s3.bucket}/{ROOT}", trio.CapacityLimiter(4), 1.0,
+                   description=s3.url(ROOT))
+    await b.rename("d", "d2", 0)
+    assert keys(s3) == renamed(before, "d", "d2")
