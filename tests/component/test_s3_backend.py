@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,6 @@ async def test_a_rename_keeps_the_metadata(s3: S3Server) -> None:
 async def test_a_directory_rename_is_given_time_for_its_keys(s3: S3Server) -> None:
     """Each copy takes a while, and all of them far longer than --io-timeout (1 s here):
     the rename is given time per key, and finishes."""
-    import time
-
     put(s3, "d/", *(f"d/{i}" for i in range(6)))
     before = keys(s3)
     fs = s3.fs()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Mount, MountFactory, errno_of, run, wait_until
+from tests.needs import need
 from tests.s3server import S3Server, moto_s3
 
 pytestmark = pytest.mark.integration
@@ -150,11 +153,6 @@ TOOLS = {
 def test_cp_rsync_and_tar_keep_modes_owners_and_times(
     mount: MountFactory, s3: S3Server, tmp_path: Path, tool: str,
 ) -> None:
-    import shutil
-    import signal
-
-    from tests.needs import need
-
     need(shutil.which(TOOLS[tool]("", "")[0]), f"{tool} is not installed")
     src = tmp_path / "src"
     make_source(src)
@@ -183,10 +181,6 @@ def test_cp_rsync_and_tar_keep_modes_owners_and_times(
 @pytest.fixture
 def s3fs_fuse(s3: S3Server, tmp_path: Path) -> Iterator[Path]:
     """The bucket's ``ROOT`` mounted by s3fs-fuse (its own caches kept short)."""
-    import shutil
-
-    from tests.needs import need
-
     need(shutil.which("s3fs"), "s3fs-fuse is not installed (Debian: apt install s3fs)")
     passwd = tmp_path / "s3fs.passwd"
     passwd.write_text("testing-key:testing-secret\n")
