@@ -18,7 +18,7 @@ import logging
 import os
 import stat as statmod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import fsspec
 import trio
@@ -77,16 +77,33 @@ _MIN_UPLOAD_RATE = 1024 * 1024
 _SECONDS_PER_KEY = 1.0
 
 
+# The largest object S3 copies in one request (CopyObject); larger ones are copied in parts.
+_COPY_MAX = 5 * 1024**3
+
+
+class _Move(NamedTuple):
+    """One key of a rename: copied to ``target`` (a directory of a store that has them:
+    made there), then removed."""
+
+    source: str
+    target: str
+    directory: bool
+    size: int
+
+
 @dataclasses.dataclass(frozen=True)
 class _Rename:
-    """What a rename through fsspec copies: (old key, new key, is a directory to make)."""
+    """What a rename through fsspec copies."""
 
     old: str
     new: str
     directory: bool
-    moves: list[tuple[str, str, bool]]
-    size: int  # bytes copied
+    moves: list[_Move]
     replaced: bool = False  # the target is an empty directory already
+
+    @property
+    def size(self) -> int:
+        return sum(move.size for move in self.moves)
 def open_ufs(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
     mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
@@ -390,16 +407,16 @@ class UfsBackend:
         self.fs.invalidate_cache(old_full)
         info = self.fs.info(old_full)
         if info.get("type") != "directory":
-            return _Rename(old_full, new_full, False, [(old_full, new_full, False)],
-                           int(info.get("size") or 0))
-        moves, size = self._tree_moves(old_full, new_full)
-        return _Rename(old_full, new_full, True, moves, size, self._exists(new_full))
+            move = _Move(old_full, new_full, False, int(info.get("size") or 0))
+            return _Rename(old_full, new_full, False, [move])
+        moves = self._tree_moves(old_full, new_full)
+        return _Rename(old_full, new_full, True, moves, self._exists(new_full))
 
     def _move_sync(self, plan: _Rename) -> None:
         """A copy, then the removal of the old: a failure half-way leaves the old as it
         was (see ``_rename_dir``). A file's copy replaces the target whole."""
         if not plan.directory:
-            self.fs.cp_file(plan.old, plan.new)
+            self._copy_key(plan.moves[0])
             self.fs.rm_file(plan.old)
         else:
             self._rename_dir(plan)
@@ -419,48 +436,54 @@ class UfsBackend:
         """
         made: builtins.list[tuple[str, bool]] = []
         try:
-            for source, target, is_dir in plan.moves:
-                if is_dir:  # stores with real directories: made, not copied
-                    if target == plan.new and plan.replaced:
+            for move in plan.moves:
+                if move.directory:  # stores with real directories: made, not copied
+                    if move.target == plan.new and plan.replaced:
                         continue
-                    self._make_dir(target)
+                    self._make_dir(move.target)
                 else:
-                    self._copy_key(source, target)
-                made.append((target, is_dir))
+                    self._copy_key(move)
+                made.append((move.target, move.directory))
         except BaseException:
             self._remove_keys([target for target, _ in reversed(made)])
             if plan.replaced and self._markers and not self._exists(plan.new):
                 self._make_dir(plan.new)  # its marker was copied over, then removed
             raise
-        self._remove_keys([source for source, _, _ in reversed(plan.moves)], strict=True)
+        self._remove_keys([move.source for move in reversed(plan.moves)], strict=True)
 
-    def _tree_moves(
-        self, old_full: str, new_full: str,
-    ) -> tuple[builtins.list[tuple[str, str, bool]], int]:
-        """(old key, new key, is a directory to make) for every key of the tree at
-        ``old_full``, parents before children; and the bytes they hold."""
+    def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[_Move]:
+        """Every key of the tree at ``old_full`` and its new key, parents first."""
         tree = self.fs.find(old_full, withdirs=not self._markers, detail=True)
-        size = sum(int(info.get("size") or 0) for info in tree.values())
-        if self._markers:  # every object under the prefix, markers "d/" and "d/sub/" too
-            keys = sorted(str(name) for name in tree if str(name).startswith(old_full + "/"))
-            return [(key, new_full + key[len(old_full):], False) for key in keys], size
-        entries = sorted((str(name).rstrip("/"), info.get("type") == "directory")
-                         for name, info in tree.items() if str(name).rstrip("/") != old_full)
-        return [(old_full, new_full, True)] + [
-            (name, new_full + name[len(old_full):], is_dir) for name, is_dir in entries], size
+        moves = [
+            _Move(str(name).rstrip("/") if not self._markers else str(name), "",
+                  info.get("type") == "directory", int(info.get("size") or 0))
+            for name, info in tree.items()
+            # Object stores: every object under the prefix, markers "d/", "d/sub/" too.
+            if (str(name).startswith(old_full + "/") if self._markers
+                else str(name).rstrip("/") != old_full)
+        ]
+        if not self._markers:
+            moves.append(_Move(old_full, "", True, 0))
+        return sorted(move._replace(target=new_full + move.source[len(old_full):])
+                      for move in moves)
 
-    def _copy_key(self, source: str, target: str) -> None:
-        """Copy one object (or file) to ``target`` exactly, a marker ``dir/`` included."""
-        if not source.endswith("/"):
-            self.fs.cp_file(source, target)
-        elif self._s3:
-            # fsspec drops a path's trailing slash before copying (s3fs's cp_file copies
-            # "d/sub" for "d/sub/"): the marker is copied by its exact key instead, with
-            # whatever metadata it carries.
+    def _copy_key(self, move: _Move) -> None:
+        """Copy one object (or file) to its new key exactly, a marker ``dir/`` included,
+        with its metadata (S3)."""
+        source, target = move.source, move.target
+        if self._s3:
+            # Not fsspec's cp_file: it drops a path's trailing slash (copying "d/sub" for
+            # the marker "d/sub/"), and copies objects over 150 MiB in parts without
+            # their metadata. One CopyObject keeps both, up to 5 GiB.
             bucket, key, _ = self.fs.split_path(source)
             new_bucket, new_key, _ = self.fs.split_path(target)
-            self.fs.call_s3("copy_object", Bucket=new_bucket, Key=new_key,
-                            CopySource={"Bucket": bucket, "Key": key})
+            if move.size <= _COPY_MAX:
+                self.fs.call_s3("copy_object", Bucket=new_bucket, Key=new_key,
+                                CopySource={"Bucket": bucket, "Key": key})
+            else:  # in parts, told the metadata and headers
+                self.fs.cp_file(source, target, **_kept(self._s3_head(bucket, key) or {}))
+        elif not source.endswith("/"):
+            self.fs.cp_file(source, target)
         else:
             self.fs.pipe_file(target, b"")
         self.fs.invalidate_cache(target.rstrip("/"))
@@ -505,9 +528,8 @@ class UfsBackend:
         if head is None:  # a directory without a marker: it gets one
             self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
         else:
-            headers = {k: head[k] for k in _KEPT_HEADERS if head.get(k)}
-            copy = {"Metadata": metadata, "MetadataDirective": "REPLACE", **headers}
-            if kind is Kind.FILE:  # cp_file copies objects over 5 GiB in parts
+            copy = {**_kept(head), "Metadata": metadata, "MetadataDirective": "REPLACE"}
+            if kind is Kind.FILE:  # cp_file copies large objects in parts
                 self.fs.cp_file(full, full, **copy)
             else:  # fsspec would drop the marker's trailing slash
                 self.fs.call_s3("copy_object", Bucket=bucket, Key=key,
@@ -990,6 +1012,13 @@ _META_MODE, _META_UID, _META_GID, _META_MTIME, _META_ATIME = "mode", "uid", "gid
 _KEPT_HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
                  "ContentLanguage", "StorageClass")
 _TYPE_BITS = {Kind.FILE: statmod.S_IFREG, Kind.DIRECTORY: statmod.S_IFDIR}
+
+
+def _kept(head: Mapping[str, Any]) -> dict[str, Any]:
+    """What a copy in parts (or one replacing the metadata) must be told of an object
+    (from its HEAD) to keep it: its metadata and headers."""
+    return {"Metadata": dict(head.get("Metadata") or {}),
+            **{k: head[k] for k in _KEPT_HEADERS if head.get(k)}}
 
 
 def attrs_metadata(

@@ -121,9 +121,9 @@ def failing_on(calls: int, fn: Callable[..., Any], what: str) -> Callable[..., A
 
 
 @pytest.mark.parametrize(("method", "what", "calls"), [
-    ("cp_file", "", 1),  # the first file copy
-    ("cp_file", "", 3),  # part-way, after markers and files were copied
-    ("call_s3", "copy_object", 2),  # a marker's copy, after the first marker
+    ("call_s3", "copy_object", 1),  # the first copy
+    ("call_s3", "copy_object", 5),  # part-way, after markers and files were copied
+    ("call_s3", "/d/m/deep/'", 1),  # a marker's copy
 ])
 async def test_a_failed_copy_leaves_the_source_whole_and_no_target(
     s3: S3Server, method: str, what: str, calls: int,
@@ -144,7 +144,7 @@ async def test_a_failed_copy_over_an_empty_directory_keeps_that_directory(
     put(s3, "d/", "d/a", "d/b", "t/")
     before = keys(s3)
     fs = s3.fs()
-    fs.cp_file = failing_on(2, fs.cp_file, "")
+    fs.call_s3 = failing_on(2, fs.call_s3, "copy_object")
     with pytest.raises(AlluxioFuseError):
         await backend(s3, fs).rename("d", "t", 0)
     assert keys(s3) == before
@@ -268,13 +268,40 @@ async def test_a_directory_rename_is_given_time_for_its_keys(s3: S3Server) -> No
     put(s3, "d/", *(f"d/{i}" for i in range(6)))
     before = keys(s3)
     fs = s3.fs()
-    copy = fs.cp_file
+    call = fs.call_s3
 
-    def slow_copy(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(0.4)
-        return copy(*args, **kwargs)
-    fs.cp_file = slow_copy
+    def slow_copy(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "copy_object":
+            time.sleep(0.4)
+        return call(method, *args, **kwargs)
+    fs.call_s3 = slow_copy
     b = UfsBackend(fs, f"{s3.bucket}/{ROOT}", trio.CapacityLimiter(4), 1.0,
                    description=s3.url(ROOT))
     await b.rename("d", "d2", 0)
     assert keys(s3) == renamed(before, "d", "d2")
+
+
+async def test_objects_copied_in_parts_keep_their_metadata(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Objects too large for one CopyObject (5 GiB; s3fs copies from 150 MiB in parts):
+    here every object is, so that a test can move them."""
+    import s3fs.core
+
+    from alluxiofuse.backends import ufs
+
+    monkeypatch.setattr(ufs, "_COPY_MAX", 0, raising=False)
+    monkeypatch.setattr(s3fs.core, "MANAGED_COPY_THRESHOLD", 0)
+    fs = s3.fs()
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d/big", Body=b"big" * 1000,
+               ContentType="text/plain", Metadata={"mode": "33152", "mtime": "7"})
+    b = backend(s3, fs)
+    await b.rename("d/big", "d/bigger", 0)
+    await b.rename("d", "d2", 0)
+    h = head(s3, "d2/bigger")
+    assert h["Metadata"] == {"mode": "33152", "mtime": "7"}
+    assert h["ContentType"] == "text/plain"
+    status = await b.setattr("d2/bigger", Attrs(mode=0o640))
+    assert head(s3, "d2/bigger")["Metadata"] == {"mode": "33184", "mtime": "7"}
+    assert (status.mode, status.mtime_ns) == (0o640, 7 * 10**9)
+    assert fs.cat_file(f"{s3.bucket}/{ROOT}/d2/bigger") == b"big" * 1000
