@@ -77,8 +77,9 @@ _MIN_UPLOAD_RATE = 1024 * 1024
 _SECONDS_PER_KEY = 1.0
 
 
-# The largest object S3 copies in one request (CopyObject); larger ones are copied in parts.
-_COPY_MAX = 5 * 1024**3
+# The largest object copied in one request (CopyObject, which takes up to 5 GiB); larger
+# ones in parts, as s3fs does: one request copying gigabytes can outlast a read timeout.
+_COPY_MAX = 150 * 1024**2
 
 
 class _Move(NamedTuple):
@@ -472,9 +473,9 @@ class UfsBackend:
         with its metadata (S3)."""
         source, target = move.source, move.target
         if self._s3:
-            # Not fsspec's cp_file: it drops a path's trailing slash (copying "d/sub" for
-            # the marker "d/sub/"), and copies objects over 150 MiB in parts without
-            # their metadata. One CopyObject keeps both, up to 5 GiB.
+            # Not fsspec's cp_file alone: it drops a path's trailing slash (copying
+            # "d/sub" for the marker "d/sub/"), and copies large objects in parts
+            # without their metadata unless told it. One CopyObject keeps both.
             bucket, key, _ = self.fs.split_path(source)
             new_bucket, new_key, _ = self.fs.split_path(target)
             if move.size <= _COPY_MAX:
