@@ -284,8 +284,8 @@ async def test_a_directory_rename_is_given_time_for_its_keys(s3: S3Server) -> No
 async def test_objects_copied_in_parts_keep_their_metadata(
     s3: S3Server, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Objects too large for one CopyObject (5 GiB; s3fs copies from 150 MiB in parts):
-    here every object is, so that a test can move them."""
+    """Objects copied in parts (over 150 MiB, here every object, so that a test can move
+    them) keep their metadata and headers through renames and setattr."""
     import s3fs.core
 
     from alluxiofuse.backends import ufs
