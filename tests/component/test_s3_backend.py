@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import trio
 
@@ -305,3 +306,30 @@ async def test_objects_copied_in_parts_keep_their_metadata(
     assert head(s3, "d2/bigger")["Metadata"] == {"mode": "33184", "mtime": "7"}
     assert (status.mode, status.mtime_ns) == (0o640, 7 * 10**9)
     assert fs.cat_file(f"{s3.bucket}/{ROOT}/d2/bigger") == b"big" * 1000
+
+
+async def test_a_store_with_real_directories_renames_and_undoes_the_same_way(
+    tmp_path: Path,
+) -> None:
+    """The same rename through fsspec on a store with directories of its own (a local
+    directory read as ``file://``): made, not copied; a failed copy undoes them."""
+    fs = fsspec.filesystem("file", skip_instance_cache=True)
+    root = tmp_path / "root"
+    for name in ("d/a", "d/sub/b", "d/sub/deeper/c"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+    (root / "d/empty").mkdir()
+    (root / "t").mkdir()
+
+    def tree() -> list[str]:
+        return sorted(str(p.relative_to(root)) + ("/" if p.is_dir() else "")
+                      for p in root.rglob("*"))
+    before = tree()
+    b = UfsBackend(fs, str(root), trio.CapacityLimiter(4), 30.0, description="file")
+    fs.cp_file = failing_on(2, fs.cp_file, "")
+    with pytest.raises(AlluxioFuseError):
+        await b.rename("d", "t", 0)
+    assert tree() == before
+    del fs.cp_file  # the class's again
+    await b.rename("d", "t", 0)
+    assert tree() == sorted(n.replace("d/", "t/", 1) for n in before if n != "t/")
