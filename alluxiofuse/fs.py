@@ -151,7 +151,7 @@ class Filesystem:
         NotFound is a negative entry the kernel caches for ``--negative-timeout``."""
         path = self._child_path(parent_ino, name)
         try:
-            status = await self._stat(path)
+            status = await self._stat(path, attrs=True)
         except NotFound:
             if self._misses is not None:
                 self._misses[parent_ino, name] = True
@@ -169,7 +169,7 @@ class Filesystem:
                 inode.status = staged.status(inode.status.name)
             inode.status = replace(inode.status, nlink=0)  # no name any more
             return inode
-        status = await self._stat(inode.path)
+        status = await self._stat(inode.path, attrs=True)
         if status.kind is inode.status.kind:
             inode = self._learn(inode.path, status)
         inode.attrs_version = inode.status.version
@@ -243,6 +243,8 @@ class Filesystem:
             staged = self.writes.get(path) if self.writes is not None else None
             if staged is not None:  # being written: only its own size is right
                 status = staged.status(status.name)
+            elif known is not None and (complete := self._attrs_of(known, status)):
+                status = complete
             elif known is not None and known.status != status:
                 # Learned since the snapshot: never step back to the snapshot's older
                 # version (open handles of the newer one would turn stale).
@@ -266,7 +268,7 @@ class Filesystem:
             raise IsADirectory(inode.path)
         writing = bool(flags & _WRITE_FLAGS)
         writes = self._writable() if writing else self.writes
-        status = await self._stat(inode.path)
+        status = await self._stat(inode.path, attrs=writing)  # a commit keeps its attributes
         if status.kind is not inode.status.kind:
             raise StaleFile(f"{inode.path} was replaced by a {status.kind.value}")
         staged = writes.get(inode.path) if writes is not None else None
@@ -387,7 +389,7 @@ class Filesystem:
         if staged is None and size is not None:
             if inode.status.kind is not Kind.FILE:
                 raise IsADirectory(path)
-            staged = await writes.open(path, await self._stat(path))
+            staged = await writes.open(path, await self._stat(path, attrs=True))
         if staged is None:
             status = await self.backend.setattr(path, attrs)
             self.meta.put_status(path, status)
@@ -668,9 +670,11 @@ class Filesystem:
         # Had the budget run out, the next open tries again from the first file not taken.
         state.fetched_to = start + len(entries) if taken == len(files) else files[taken][0]
 
-    async def _stat(self, path: str) -> FileStatus:
+    async def _stat(self, path: str, *, attrs: bool = False) -> FileStatus:
         """Fresh-enough status of ``path``: from the metadata cache, else the backend (what
-        it can answer without waiting first, on the event loop).
+        it can answer without waiting first, on the event loop). With ``attrs`` (what
+        the kernel is given as attributes), a status from a listing that lacks
+        attributes the store keeps (``complete`` False) is asked of the backend again.
 
         After ``_MISSES_BEFORE_LISTING`` misses in one directory, the directory is listed
         instead: one call then answers every later lookup in it (one LIST instead of a
@@ -679,7 +683,7 @@ class Filesystem:
         """
         if self.writes is not None and (staged := self.writes.get(path)) is not None:
             return staged.status(parent_and_name(path)[1])
-        status = self.meta.status(path)
+        status = self._cached(path, attrs=attrs)
         if status is not None:
             return status
         if self.meta.is_missing(path):
@@ -701,7 +705,7 @@ class Filesystem:
                 self._unlisted[parent] = True
             # Answer through the caches the listing filled, so that attributes are never
             # older than --attr-timeout, whatever --dir-timeout is.
-            status = self.meta.status(path)
+            status = self._cached(path, attrs=attrs)
             if status is not None:
                 return status
             if self.meta.is_missing(path):
@@ -713,6 +717,23 @@ class Filesystem:
             raise
         self.meta.put_status(path, status)
         return status
+
+    def _cached(self, path: str, *, attrs: bool) -> FileStatus | None:
+        status = self.meta.status(path)
+        return status if status is None or status.complete or not attrs else None
+
+    @staticmethod
+    def _attrs_of(known: Inode, status: FileStatus) -> FileStatus | None:
+        """``known``'s complete status when ``status`` (from a listing) lacks attributes
+        and names the same version: on S3 the metadata cannot change without a new
+        version (a copy of the object onto itself)."""
+        if status.complete or not known.status.complete:
+            return None
+        same = known.status.version == status.version and known.status.kind is status.kind
+        if not same:
+            return None
+        # Under the listing's name: a renamed inode keeps the status of its old name.
+        return replace(known.status, name=status.name)
 
     def _worth_listing(self, parent: str) -> bool:
         if parent in self._unlisted:

@@ -59,11 +59,19 @@ class FileStatus:
     nlink: int | None = None
     blocks: int | None = None  # 512-byte blocks, when the backend knows real allocation
     etag: str | None = None
+    # The content's own modification time when ``mtime_ns`` is another one (an object's
+    # LastModified, when its metadata says the file's mtime, as ``cp -a`` left it): the
+    # version is the content's, so a listing (no metadata) and a HEAD name one version.
+    version_mtime_ns: int | None = None
+    # False: from a listing that does not carry all the attributes the store keeps (S3
+    # object metadata); its mode, owner and times may be defaults, its version is right.
+    complete: bool = True
     # Derived once, at construction: every page lookup compares versions.
     version: Version = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "version", Version(self.size, self.mtime_ns or 0, self.etag))
+        mtime = self.mtime_ns if self.version_mtime_ns is None else self.version_mtime_ns
+        object.__setattr__(self, "version", Version(self.size, mtime or 0, self.etag))
 
     @property
     def is_dir(self) -> bool:

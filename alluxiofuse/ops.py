@@ -114,7 +114,8 @@ class Operations(pyfuse3.Operations):
         a.st_ino = ino
         a.generation = 0
         a.entry_timeout = c.entry_timeout
-        a.attr_timeout = c.attr_timeout
+        # Attributes a listing lacked (S3 metadata) are not cached: a stat asks getattr.
+        a.attr_timeout = c.attr_timeout if s.complete else 0
         override = c.dir_mode if s.kind is Kind.DIRECTORY else c.file_mode
         if s.kind is Kind.SYMLINK:
             override = None

@@ -18,7 +18,7 @@ import logging
 import os
 import stat as statmod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import fsspec
 import trio
@@ -79,6 +79,39 @@ _PATH_MAX = 4096
 _KEY_MAX = 1024
 # Directories opened to walk a long path: descriptors usable only as a place to start from.
 _WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The time a rename is given per key it copies and removes (besides the bytes at the rate
+# above): a directory of 10,000 objects cannot move within one --io-timeout.
+_SECONDS_PER_KEY = 1.0
+
+
+# The largest object copied in one request (CopyObject, which takes up to 5 GiB); larger
+# ones in parts, as s3fs does: one request copying gigabytes can outlast a read timeout.
+_COPY_MAX = 150 * 1024**2
+
+
+class _Move(NamedTuple):
+    """One key of a rename: copied to ``target`` (a directory of a store that has them:
+    made there), then removed."""
+
+    source: str
+    target: str
+    directory: bool
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rename:
+    """What a rename through fsspec copies."""
+
+    old: str
+    new: str
+    directory: bool
+    moves: list[_Move]
+    replaced: bool = False  # the target is an empty directory already
+
+    @property
+    def size(self) -> int:
+        return sum(move.size for move in self.moves)
 
 
 def open_ufs(
@@ -108,9 +141,9 @@ class UfsBackend:
     Changes: new content is written with the store's own ``open(path, "wb")`` in parts of
     ``part_size`` bytes (a multipart upload on object stores, which replaces the object
     only once complete); directories that a store cannot hold empty (object stores) are
-    kept as zero-byte marker objects named ``dir/``; a rename is a copy of every file and
-    then the removal of the old ones (not atomic); modes, owners, times and symbolic links
-    are not kept.
+    kept as zero-byte marker objects named ``dir/``; a rename is a copy of every key and
+    then the removal of the old ones (not atomic, undone if a copy fails); modes, owners
+    and times are kept in object metadata on S3 alone; symbolic links are not kept.
     """
 
     warms = False
@@ -122,12 +155,16 @@ class UfsBackend:
     ) -> None:
         self.part_size = part_size
         self._markers = False
+        self._s3 = False  # s3fs: the S3 calls fsspec has no portable form for
         if fs is not None:  # else a LocalUfs, which says what it supports itself
             protocol = getattr(fs, "protocol", ())
             protocols = set(protocol if isinstance(protocol, tuple | list) else (protocol,))
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
+            self._s3 = bool({"s3", "s3a"} & protocols) and hasattr(fs, "call_s3")
+            # S3 keeps modes, owners and times in object metadata (as s3fs-fuse does).
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
-                                       directories=not self._markers)
+                                       directories=not self._markers, modes=self._s3,
+                                       owners=self._s3, times=self._s3)
             if self._markers:  # a file whose key the store refuses could never be committed
                 self.writes = dataclasses.replace(self.writes, path_max=_path_room(root))
         self.fs = fs
@@ -151,10 +188,13 @@ class UfsBackend:
         """``status`` at the precision this backend reports (see ``mtime_unit_ns``)."""
         if self.mtime_unit_ns == 1:
             return status
-        mtime = status.mtime_ns
+        mtime, version_mtime = status.mtime_ns, status.version_mtime_ns
         if mtime is not None:
             mtime -= mtime % self.mtime_unit_ns
-        return dataclasses.replace(status, etag=None, mtime_ns=mtime)
+        if version_mtime is not None:
+            version_mtime -= version_mtime % self.mtime_unit_ns
+        return dataclasses.replace(status, etag=None, mtime_ns=mtime,
+                                   version_mtime_ns=version_mtime)
 
     def _same_mtime(self, mtime_ns: int, version: Version) -> bool:
         return mtime_ns - mtime_ns % self.mtime_unit_ns == version.mtime_ns
@@ -231,7 +271,37 @@ class UfsBackend:
     def _stat_sync(self, path: str) -> FileStatus:
         full = self.full_path(path)
         self.fs.invalidate_cache(full)
+        if self._s3:
+            return self._reported(self._s3_stat(path, full))
         return self._reported(status_from_info(path.rpartition("/")[2], self.fs.info(full)))
+
+    def _s3_stat(self, path: str, full: str) -> FileStatus:
+        """The status with what the object's metadata keeps (mode, owner, times): a HEAD
+        of the object (one request, as ``info`` costs), else of the directory's marker
+        ``dir/``, else a directory made of a prefix alone (a listing of one key)."""
+        name = path.rpartition("/")[2]
+        bucket, key, _ = self.fs.split_path(full)
+        if not key:  # the bucket itself
+            return status_from_info(name, self.fs.info(full))
+        head = self._s3_head(bucket, key)
+        if head is not None:
+            info = {"type": "file", "size": head.get("ContentLength"), "ETag": head.get("ETag"),
+                    "LastModified": head.get("LastModified")}
+            return with_metadata(status_from_info(name, info), head.get("Metadata") or {})
+        head = self._s3_head(bucket, key + "/")
+        if head is not None:
+            return with_metadata(FileStatus(name, Kind.DIRECTORY), head.get("Metadata") or {})
+        out = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/",
+                              MaxKeys=1)
+        if out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"):
+            return FileStatus(name, Kind.DIRECTORY)
+        raise NotFound(f"{path!r} does not exist")
+
+    def _s3_head(self, bucket: str, key: str) -> Mapping[str, Any] | None:
+        try:
+            return dict(self.fs.call_s3("head_object", Bucket=bucket, Key=key))
+        except FileNotFoundError:
+            return None
 
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
         full = self.full_path(path)
@@ -243,7 +313,10 @@ class UfsBackend:
             if entry_path == full.rstrip("/") or not valid_name(name) or is_temp_name(name):
                 log.debug("skipping entry %r of %r: not a usable file name", name, path)
                 continue
-            entries.append(self._reported(status_from_info(name, info)))
+            status = status_from_info(name, info)
+            if self._s3:  # a listing carries no object metadata
+                status = dataclasses.replace(status, complete=False)
+            entries.append(self._reported(status))
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
@@ -265,7 +338,7 @@ class UfsBackend:
     # -- changes
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
-        return await self._call(self._mkdir_sync, path)
+        return await self._call(self._mkdir_sync, path, mode, owner)
 
     async def rmdir(self, path: str) -> None:
         await self._call(self._rmdir_sync, path)
@@ -275,14 +348,22 @@ class UfsBackend:
 
     async def rename(self, old: str, new: str, flags: int) -> None:
         """Move ``old`` to ``new``, replacing what is there. The caller has checked the
-        POSIX rules (kinds, an empty directory) and that ``flags`` are supported."""
-        await self._call(self._rename_sync, old, new, flags)
+        POSIX rules (kinds, an empty directory) and that ``flags`` are supported.
+
+        The keys to copy are listed first, and the copy is given time for their number
+        and bytes (``_SECONDS_PER_KEY``, ``_MIN_UPLOAD_RATE``) beyond ``--io-timeout``."""
+        plan = await self._call(self._rename_plan, old, new, flags)
+        deadline = (self._timeout + len(plan.moves) * _SECONDS_PER_KEY
+                    + plan.size / _MIN_UPLOAD_RATE)
+        await self._call(self._move_sync, plan, within=deadline)
 
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         raise NotSupported(f"{self.description} has no symbolic links")
 
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
-        raise NotSupported(f"{self.description} keeps no modes, owners or times")
+        if not self._s3:
+            raise NotSupported(f"{self.description} keeps no modes, owners or times")
+        return await self._call(self._s3_setattr, path, attrs)
 
     async def commit(
         self, path: str, staged: str, *, mode: int | None = None,
@@ -292,9 +373,11 @@ class UfsBackend:
         """Make the local file ``staged`` (``size`` bytes) the content of ``path``:
         replaced whole once complete, and untouched if this fails (every upload is
         durable)."""
+        metadata = attrs_metadata(Kind.FILE, mode, owner, mtime_ns) if self._s3 else {}
         ticket = self._fence.begin(path)
         return Commit(await self._call(self._fenced, path, ticket, self._commit_sync, path,
-                                       staged, ticket, within=self._commit_deadline(size)))
+                                       staged, metadata, ticket,
+                                       within=self._commit_deadline(size)))
 
     async def sync(self, path: str) -> None:
         """Every commit is durable already."""
@@ -310,11 +393,16 @@ class UfsBackend:
     # cp_file, rm_file): the many-path ones (mv, copy, rm) expand glob characters, and
     # a file may well be called "*".
 
-    def _mkdir_sync(self, path: str) -> FileStatus:
+    def _mkdir_sync(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
         full = self.full_path(path)
         if self._exists(full):
             raise AlreadyExists(path)
-        self._make_dir(full)
+        if self._s3:  # the marker keeps the mode and owner
+            self.fs.pipe_file(full + "/", b"",
+                              Metadata=attrs_metadata(Kind.DIRECTORY, mode, owner, None))
+            self.fs.invalidate_cache(full)
+        else:
+            self._make_dir(full)
         return self._stat_sync(path)
 
     def _make_dir(self, full: str) -> None:
@@ -343,46 +431,162 @@ class UfsBackend:
         self.fs.rm_file(full)
         self.fs.invalidate_cache(full)
 
-    def _rename_sync(self, old: str, new: str, flags: int) -> None:
-        """A copy, then the removal of the old: a failure half-way leaves both, never
-        neither. A file's copy replaces the target whole."""
+    def _rename_plan(self, old: str, new: str, flags: int) -> _Rename:
         old_full, new_full = self.full_path(old), self.full_path(new)
         if flags & RENAME_NOREPLACE and self._exists(new_full):  # not atomic: documented
             raise AlreadyExists(new)
         self.fs.invalidate_cache(old_full)
-        if not self.fs.isdir(old_full):
-            self.fs.cp_file(old_full, new_full)
-            self.fs.rm_file(old_full)
-        else:
-            if self._exists(new_full):  # an empty directory (checked above us): replaced
-                self._remove_dir(new_full)
-            tree = self.fs.find(old_full, withdirs=True, detail=True)
-            entries = sorted((name.rstrip("/"), info.get("type")) for name, info in tree.items()
-                             if name.rstrip("/") != old_full)
-            self._make_dir(new_full)
-            for name, kind in entries:
-                target = new_full + name[len(old_full):]
-                if kind == "directory":
-                    self._make_dir(target)
-                else:
-                    self.fs.cp_file(name, target)
-            for name, kind in reversed(entries):  # children before their directories
-                if kind == "directory":
-                    self._remove_dir(name)
-                else:
-                    self.fs.rm_file(name)
-            self._remove_dir(old_full)
-        self.fs.invalidate_cache(old_full)
-        self.fs.invalidate_cache(new_full)
+        info = self.fs.info(old_full)
+        if info.get("type") != "directory":
+            move = _Move(old_full, new_full, False, int(info.get("size") or 0))
+            return _Rename(old_full, new_full, False, [move])
+        moves = self._tree_moves(old_full, new_full)
+        return _Rename(old_full, new_full, True, moves, self._exists(new_full))
 
-    def _commit_sync(self, path: str, staged: str, ticket: int) -> FileStatus:
+    def _move_sync(self, plan: _Rename) -> None:
+        """A copy, then the removal of the old: a failure half-way leaves the old as it
+        was (see ``_rename_dir``). A file's copy replaces the target whole."""
+        if not plan.directory:
+            self._copy_key(plan.moves[0])
+            self.fs.rm_file(plan.old)
+        else:
+            self._rename_dir(plan)
+        self.fs.invalidate_cache(plan.old)
+        self.fs.invalidate_cache(plan.new)
+
+    def _rename_dir(self, plan: _Rename) -> None:
+        """Copy every key of the tree to its new key, then remove the old keys.
+
+        On object stores the keys are the objects themselves, directory markers ``dir/``
+        included (copied as the markers they are, never as files named ``dir``); a
+        directory made of a prefix alone stays one. If a copy fails, the copies made so
+        far are removed again: the old tree is as it was and no part of the new one is
+        left. Once every copy is in, the old keys are removed (children before their
+        directories); should one of those removals fail, the new tree is whole and the
+        rest of the old one is still removed before the error is raised.
+        """
+        made: builtins.list[tuple[str, bool]] = []
+        try:
+            for move in plan.moves:
+                if move.directory:  # stores with real directories: made, not copied
+                    if move.target == plan.new and plan.replaced:
+                        continue
+                    self._make_dir(move.target)
+                else:
+                    self._copy_key(move)
+                made.append((move.target, move.directory))
+        except BaseException:
+            self._remove_keys([target for target, _ in reversed(made)])
+            if plan.replaced and self._markers and not self._exists(plan.new):
+                self._make_dir(plan.new)  # its marker was copied over, then removed
+            raise
+        self._remove_keys([move.source for move in reversed(plan.moves)], strict=True)
+
+    def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[_Move]:
+        """Every key of the tree at ``old_full`` and its new key, parents first."""
+        tree = self.fs.find(old_full, withdirs=not self._markers, detail=True)
+        moves = [
+            _Move(str(name).rstrip("/") if not self._markers else str(name), "",
+                  info.get("type") == "directory", int(info.get("size") or 0))
+            for name, info in tree.items()
+            # Object stores: every object under the prefix, markers "d/", "d/sub/" too.
+            if (str(name).startswith(old_full + "/") if self._markers
+                else str(name).rstrip("/") != old_full)
+        ]
+        if not self._markers:
+            moves.append(_Move(old_full, "", True, 0))
+        return sorted(move._replace(target=new_full + move.source[len(old_full):])
+                      for move in moves)
+
+    def _copy_key(self, move: _Move) -> None:
+        """Copy one object (or file) to its new key exactly, a marker ``dir/`` included,
+        with its metadata (S3)."""
+        source, target = move.source, move.target
+        if self._s3:
+            # Not fsspec's cp_file alone: it drops a path's trailing slash (copying
+            # "d/sub" for the marker "d/sub/"), and copies large objects in parts
+            # without their metadata unless told it. One CopyObject keeps both.
+            bucket, key, _ = self.fs.split_path(source)
+            new_bucket, new_key, _ = self.fs.split_path(target)
+            if move.size <= _COPY_MAX:
+                self.fs.call_s3("copy_object", Bucket=new_bucket, Key=new_key,
+                                CopySource={"Bucket": bucket, "Key": key})
+            else:  # in parts, told the metadata and headers
+                self.fs.cp_file(source, target, **_kept(self._s3_head(bucket, key) or {}))
+        elif not source.endswith("/"):
+            self.fs.cp_file(source, target)
+        else:
+            self.fs.pipe_file(target, b"")
+        self.fs.invalidate_cache(target.rstrip("/"))
+
+    def _remove_keys(self, keys: Sequence[str], *, strict: bool = False) -> None:
+        """Remove each key (a directory: the empty directory); go on past failures and
+        raise the first at the end with ``strict``, else only log them."""
+        first: BaseException | None = None
+        for key in keys:
+            try:
+                if key.endswith("/") or (not self._markers and self.fs.isdir(key)):
+                    self._remove_dir(key.rstrip("/"))
+                else:
+                    self.fs.rm_file(key)
+            except Exception as e:  # the others are still removed
+                log.warning("rename: cannot remove %r: %r", key, e)
+                first = first or e
+            self.fs.invalidate_cache(key.rstrip("/"))
+        if strict and first is not None:
+            raise first
+
+    def _s3_setattr(self, path: str, attrs: Attrs) -> FileStatus:
+        """Rewrite the object's metadata in place (a copy onto itself that replaces the
+        metadata, keeping the content and its headers); a directory's is its marker's,
+        made if it had none (a directory made of a prefix alone)."""
+        full = self.full_path(path)
+        bucket, key, _ = self.fs.split_path(full)
+        if not key:
+            raise NotSupported(f"the bucket {bucket!r} itself keeps no modes, owners or times")
+        kind, head = Kind.FILE, self._s3_head(bucket, key)
+        if head is None:
+            kind, key = Kind.DIRECTORY, key + "/"
+            head = self._s3_head(bucket, key)
+        if head is None and not self.fs.isdir(full):
+            raise NotFound(f"{path!r} does not exist")
+        metadata = dict((head or {}).get("Metadata") or {})
+        metadata.update(attrs_metadata(kind, attrs.mode, None, attrs.mtime_ns, attrs.atime_ns))
+        if attrs.uid is not None:
+            metadata[_META_UID] = str(attrs.uid)
+        if attrs.gid is not None:
+            metadata[_META_GID] = str(attrs.gid)
+        if head is None:  # a directory without a marker: it gets one
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
+        else:
+            copy = {**_kept(head), "Metadata": metadata, "MetadataDirective": "REPLACE"}
+            if kind is Kind.FILE:  # cp_file copies large objects in parts
+                self.fs.cp_file(full, full, **copy)
+            else:  # fsspec would drop the marker's trailing slash
+                self.fs.call_s3("copy_object", Bucket=bucket, Key=key,
+                                CopySource={"Bucket": bucket, "Key": key}, **copy)
+        self.fs.invalidate_cache(full)
+        return self._stat_sync(path)
+
+    def _commit_sync(
+        self, path: str, staged: str, metadata: Mapping[str, str], ticket: int,
+    ) -> FileStatus:
         """Write with ``autocommit=False``: nothing is published until ``commit()`` (S3:
         the multipart upload is completed only then), and ``discard()`` on any failure
         (S3: aborted), so a failed upload never leaves part of a file behind; nor does one
-        that a newer commit of ``path`` began after (``ticket``) while it ran late."""
+        that a newer commit of ``path`` began after (``ticket``) while it ran late. On S3
+        the object carries ``metadata`` (mode, owner, times)."""
         full = self.full_path(path)
+        if metadata and os.path.getsize(staged) == 0:
+            # s3fs publishes an empty file by a touch that drops the metadata: one PUT.
+            bucket, key, _ = self.fs.split_path(full)
+            with self._fence.publishing(path, ticket):
+                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"",
+                                Metadata=metadata)
+            return self._stat_sync(path)
+        extra = {"Metadata": metadata} if metadata else {}
         with open(staged, "rb") as src:
-            dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False)
+            dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False, **extra)
             try:
                 while chunk := src.read(self.part_size):
                     dst.write(chunk)
@@ -978,6 +1182,82 @@ def status_from_info(name: str, info: Mapping[str, Any]) -> FileStatus:
         mtime_ns=_time_ns(mtime), etag=etag,
         mode=statmod.S_IMODE(mode) if isinstance(mode, int) else None,
     )
+
+
+# POSIX attributes in S3 object metadata, as s3fs-fuse keeps them: x-amz-meta-mode is st_mode
+# in decimal (file-type bits included), -uid and -gid decimal, -mtime and -atime seconds
+# since the epoch, "1700000000" or with nine decimals, "1700000000.123456789" (rclone
+# writes its x-amz-meta-mtime with the trailing zeros dropped, "1700000000.5", and reads
+# both; s3fs-fuse reads the decimals as nanoseconds, so they are always written as nine).
+_META_MODE, _META_UID, _META_GID, _META_MTIME, _META_ATIME = "mode", "uid", "gid", "mtime", "atime"
+# What a copy that replaces an object's metadata must repeat, or lose.
+_KEPT_HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
+                 "ContentLanguage", "StorageClass")
+_TYPE_BITS = {Kind.FILE: statmod.S_IFREG, Kind.DIRECTORY: statmod.S_IFDIR}
+
+
+def _kept(head: Mapping[str, Any]) -> dict[str, Any]:
+    """What a copy in parts (or one replacing the metadata) must be told of an object
+    (from its HEAD) to keep it: its metadata and headers."""
+    return {"Metadata": dict(head.get("Metadata") or {}),
+            **{k: head[k] for k in _KEPT_HEADERS if head.get(k)}}
+
+
+def attrs_metadata(
+    kind: Kind, mode: int | None, owner: tuple[int, int] | None, mtime_ns: int | None,
+    atime_ns: int | None = None,
+) -> dict[str, str]:
+    """The object metadata that keeps these attributes (those given)."""
+    metadata = {}
+    if mode is not None:
+        metadata[_META_MODE] = str(_TYPE_BITS[kind] | statmod.S_IMODE(mode))
+    if owner is not None:
+        metadata[_META_UID], metadata[_META_GID] = str(owner[0]), str(owner[1])
+    if mtime_ns is not None:
+        metadata[_META_MTIME] = _seconds(mtime_ns)
+    if atime_ns is not None:
+        metadata[_META_ATIME] = _seconds(atime_ns)
+    return metadata
+
+
+def with_metadata(status: FileStatus, metadata: Mapping[str, str]) -> FileStatus:
+    """``status`` with the attributes ``metadata`` keeps; values that do not parse are
+    ignored (the defaults stand). The version stays the content's own."""
+    mode = _meta_int(metadata, _META_MODE)
+    uid, gid = _meta_int(metadata, _META_UID), _meta_int(metadata, _META_GID)
+    mtime, atime = _meta_ns(metadata, _META_MTIME), _meta_ns(metadata, _META_ATIME)
+    return dataclasses.replace(
+        status, mode=statmod.S_IMODE(mode) if mode is not None else status.mode,
+        uid=uid if uid is not None and uid >= 0 else status.uid,
+        gid=gid if gid is not None and gid >= 0 else status.gid,
+        mtime_ns=mtime if mtime is not None else status.mtime_ns,
+        atime_ns=atime if atime is not None else status.atime_ns,
+        version_mtime_ns=status.version.mtime_ns if mtime is not None else None,
+    )
+
+
+def _seconds(ns: int) -> str:
+    sign = "-" if ns < 0 else ""  # before 1970: the decimals count away from zero too
+    seconds, fraction = divmod(abs(ns), 1_000_000_000)
+    return f"{sign}{seconds}.{fraction:09d}" if fraction else f"{sign}{seconds}"
+
+
+def _meta_int(metadata: Mapping[str, str], key: str) -> int | None:
+    try:
+        return int(metadata[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _meta_ns(metadata: Mapping[str, str], key: str) -> int | None:
+    """Seconds with up to nine decimals (more are cut, as rclone does) as nanoseconds."""
+    text = metadata.get(key, "").strip()
+    whole, _, fraction = text.partition(".")
+    if not whole.lstrip("-").isdigit() or (fraction and not fraction.isdigit()):
+        return None
+    ns = int(whole) * 1_000_000_000
+    nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
+    return ns - nanos if whole.startswith("-") else ns + nanos
 
 
 def _time_ns(value: Any) -> int | None:
