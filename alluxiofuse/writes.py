@@ -31,7 +31,7 @@ from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, NotFound
 from alluxiofuse.model import Attrs, Commit, Data, FileStatus
-from alluxiofuse.spool import Record, Spool
+from alluxiofuse.spool import Record, Spool, owed_uploads
 from alluxiofuse.staging import DiskIO, FetchBase, StagedFile, Uploader
 
 log = logging.getLogger(__name__)
@@ -418,8 +418,11 @@ class Writes:
         try:
             await self.uploader.wait("", self.config.drain_timeout)
         except AlluxioFuseError:
+            # The journal's count, as `alluxiofuse status` and the metrics give it: what
+            # resumes at the next mount, queued here or not.
+            owed = len(await self._io(owed_uploads, self.spool.root))
             log.error("%d uploads still owed after %ss; they resume at the next mount of "
-                      "this source (spool %s)", len(self.uploader), self.config.drain_timeout,
+                      "this source (spool %s)", owed, self.config.drain_timeout,
                       self.spool.root)
 
     def _fetcher(self, staged: StagedFile) -> FetchBase:

@@ -18,7 +18,7 @@ from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendUnavailable
 from alluxiofuse.inodes import ROOT_INODE
 from alluxiofuse.model import Commit
-from alluxiofuse.spool import Spool
+from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO
 from alluxiofuse.writes import Writes
 from tests.component.test_ops import make
@@ -264,3 +264,43 @@ async def test_files_made_ahead_leave_with_the_daemon(tmp_path: Path) -> None:
         assert list(data.iterdir()) == []
     finally:
         spool.close()
+
+
+@pytest.mark.allow_warnings
+async def test_a_drain_that_runs_out_counts_what_the_journal_owes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The drain's last word counts the uploads that resume at the next mount, as `status`
+    and the metrics do: the journal's records, queued here or not (a lost data file)."""
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    config = build_config({"source": str(src), "mountpoint": "/unused",
+                           "cache_dir": str(cache), "drain_timeout": "0.5s"}, {})
+    earlier = Spool.open(config.cache_dir, config.source, config.cache_size)
+    for seq in (1, 2):  # their data files are lost: owed, never queued
+        earlier.journal(Record(data=f"{seq}.data", path=f"lost{seq}", size=10))
+    _write(earlier.data_path("3.data"), b"abc")
+    earlier.journal(Record(data="3.data", path="stuck", size=3))
+    earlier.close()
+    spool = Spool.open(config.cache_dir, config.source, config.cache_size)
+    backend = open_ufs(config.source, {}, trio.CapacityLimiter(2), 10)
+
+    async def never(*args: Any, **kwargs: Any) -> Commit:
+        raise BackendUnavailable("the store is down")
+
+    backend.commit = never  # type: ignore[method-assign]
+    writes = Writes(config, backend, spool, DiskIO(trio.CapacityLimiter(2), 10.0))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writes.run)
+            await writes.recover()
+            await writes.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
+    assert "3 uploads still owed after 0.5s" in caplog.text
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
