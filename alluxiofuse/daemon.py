@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -200,9 +201,9 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             stack.callback(spool.close)
             io = DiskIO(trio.CapacityLimiter(config.io_threads), config.io_timeout)
             writes = Writes(config, backend, spool, io)
-            await writes.recover()
-            if not config.proxy:  # a local source's commits write temporary files there
-                await trio.to_thread.run_sync(ufs.note_commits, spool.commits)
+            # A local source's commits write temporary files there, noted in the spool.
+            await writes.recover(
+                tidy=None if config.proxy else functools.partial(ufs.note_commits, spool.commits))
             uploader = writes.uploader
             # What the journal owes, as ``alluxiofuse status`` counts it (scraped in the
             # exporter's thread: reading the journal there blocks no request).

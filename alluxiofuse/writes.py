@@ -375,8 +375,13 @@ class Writes:
 
     # -- start and stop
 
-    async def recover(self) -> int:
-        """Owe again the uploads a previous daemon journaled; how many."""
+    async def recover(self, tidy: Callable[[], object] | None = None) -> int:
+        """Owe again the uploads a previous daemon journaled; how many. ``tidy`` first
+        removes what a commit cut short by a crash left in the source (its temporary file,
+        a second link to a data file): only then does a data file's link count say whether
+        its bytes are committed, and an orphan never committed is kept, not removed."""
+        if tidy is not None:
+            await self._io(tidy)
         moved = await self._io(self.spool.set_aside_orphans)
         for path in moved:
             log.warning("a file being written when the last daemon stopped was never closed; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ import pyfuse3
 import pytest
 import trio
 
+from alluxiofuse.backends.base import temp_name
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendUnavailable
@@ -293,7 +295,7 @@ async def test_a_drain_that_runs_out_counts_what_the_journal_owes(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writes.run)
-            await writes.recover()
+            await writes.recover(tidy=partial(backend.note_commits, spool.commits))
             await writes.shutdown()
             nursery.cancel_scope.cancel()
     finally:
@@ -304,3 +306,33 @@ async def test_a_drain_that_runs_out_counts_what_the_journal_owes(
 def _write(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
+
+
+@pytest.mark.allow_warnings
+async def test_a_crash_between_the_link_and_the_rename_keeps_the_bytes(tmp_path: Path) -> None:
+    """A local commit links the data file to a temporary name beside the target, then
+    renames it into place. A crash in between leaves a data file with two links that is
+    committed nowhere: recovery removes the temporary file first, then keeps the bytes as
+    an orphan (its link count would otherwise pass it off as committed, and drop it)."""
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    src.mkdir()
+    config = build_config({"source": str(src), "mountpoint": "/unused",
+                           "cache_dir": str(cache)}, {})
+    earlier = Spool.open(config.cache_dir, config.source, config.cache_size)
+    name, fd = earlier.create()
+    os.write(fd, b"never committed")
+    os.close(fd)
+    temp = temp_name()
+    os.link(earlier.data_path(name), src / temp)
+    _write(os.path.join(earlier.commits, temp), temp.encode())
+    earlier.close()
+    spool = Spool.open(config.cache_dir, config.source, config.cache_size)
+    backend = open_ufs(config.source, {}, trio.CapacityLimiter(2), 10)
+    writes = Writes(config, backend, spool, DiskIO(trio.CapacityLimiter(2), 10.0))
+    try:
+        await writes.recover(tidy=partial(backend.note_commits, spool.commits))
+    finally:
+        spool.close()
+    assert list(src.iterdir()) == []
+    kept = list((Path(spool.root) / "orphaned").iterdir())
+    assert [p.read_bytes() for p in kept] == [b"never committed"]
