@@ -135,7 +135,7 @@ class Filesystem:
         # only the kernel can drop them, and only by name. Bounded like the metadata
         # cache; one forgotten early still expires in the kernel on its own.
         self._misses: TTLCache[tuple[int, str], bool] | None = None
-        if config.negative_timeout > 0:
+        if config.negative_timeout > 0 and config.metadata_cache_entries > 0:
             self._misses = TTLCache(maxsize=config.metadata_cache_entries,
                                     ttl=config.negative_timeout + _NEGATIVE_MARGIN)
         self._files: dict[int, FileHandle] = {}

@@ -261,6 +261,8 @@ def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
         try:
             with open(os.path.join(journal, name), encoding="utf-8") as f:
                 record = Record(**json.load(f))
+        except FileNotFoundError:  # settled since the listing: owed no more
+            continue
         except (OSError, ValueError, TypeError) as e:
             log.error("unreadable journal record %s: %s", os.path.join(journal, name), e)
             continue

@@ -16,6 +16,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import re
 import stat as statmod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -1249,12 +1250,15 @@ def _meta_int(metadata: Mapping[str, str], key: str) -> int | None:
         return None
 
 
+_SECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 def _meta_ns(metadata: Mapping[str, str], key: str) -> int | None:
     """Seconds with up to nine decimals (more are cut, as rclone does) as nanoseconds."""
     text = metadata.get(key, "").strip()
-    whole, _, fraction = text.partition(".")
-    if not whole.lstrip("-").isdigit() or (fraction and not fraction.isdigit()):
+    if not _SECONDS.fullmatch(text):  # ASCII digits only: str.isdigit takes "²" too
         return None
+    whole, _, fraction = text.partition(".")
     ns = int(whole) * 1_000_000_000
     nanos = int(fraction[:9].ljust(9, "0")) if fraction else 0
     return ns - nanos if whole.startswith("-") else ns + nanos

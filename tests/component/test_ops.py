@@ -193,6 +193,14 @@ async def test_without_negative_cache_a_missing_name_is_enoent(
     assert m.fs.drop_caches().misses == []  # the kernel was given none to cache
 
 
+async def test_without_a_metadata_cache_a_missing_name_is_still_enoent(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, metadata_cache_entries=0)
+    assert (await m.ops.lookup(ROOT_INODE, b"nope")).st_ino == 0  # negative entry, no EIO
+    assert (await m.ops.lookup(ROOT_INODE, b"small.txt")).st_size == 6
+
+
 async def test_a_cache_drop_names_the_negative_entries_the_kernel_was_given(
     local: Mounted,
 ) -> None:

@@ -59,7 +59,8 @@ def test_read_back_and_the_version_stays_the_contents() -> None:
 
 @pytest.mark.parametrize("metadata", [
     {}, {"mode": "x", "uid": "-1", "gid": "", "mtime": "soon"}, {"mtime": "1.x"},
-    {"mtime": "."}, {"other": "1"},
+    {"mtime": "."}, {"other": "1"}, {"mtime": "--5"}, {"mtime": "\u00b2"}, {"mtime": "1.\u00b2"},
+    {"mode": "\u00b2"},
 ])
 def test_missing_or_unparsable_metadata_keeps_the_defaults(metadata: dict[str, str]) -> None:
     base = listed()

@@ -86,3 +86,24 @@ def test_copy_is_a_separate_file(tmp_path: Path) -> None:
     os.close(fd)
     os.close(copy_fd)
     spool.close()
+
+
+def test_a_record_settled_while_the_journal_is_read_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`status` and the metrics read the journal while a daemon settles records: a record
+    gone between the listing and its reading is owed no more, not an unreadable one."""
+    spool = Spool.open(str(tmp_path), "src")
+    spool.journal(Record(data="1.data", path="kept", size=1))
+    listdir = os.listdir
+
+    def with_a_settled_record(path: str) -> list[str]:
+        names = listdir(path)
+        return [*names, "0000000000000099.json"] if path.endswith("journal") else names
+
+    monkeypatch.setattr(os, "listdir", with_a_settled_record)
+    try:
+        assert [r.path for r, _ in read_journal(spool.root)] == ["kept"]
+    finally:
+        monkeypatch.undo()
+        spool.close()
