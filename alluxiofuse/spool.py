@@ -22,6 +22,7 @@ run them in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import itertools
@@ -122,15 +123,11 @@ class Spool:
         return name, fd
 
     def copy(self, fd: int, size: int) -> tuple[str, int]:
-        """A new data file with the first ``size`` bytes of ``fd`` (copied in the kernel)."""
+        """A new data file with the first ``size`` bytes of ``fd`` (copied in the kernel;
+        its holes stay holes, so a sparse file's copy takes no more disk than it does)."""
         name, new = self.create()
         try:
-            offset = 0
-            while offset < size:
-                copied = os.copy_file_range(fd, new, size - offset, offset, offset)
-                if copied == 0:
-                    break
-                offset += copied
+            _copy_data(fd, new, size)
             os.ftruncate(new, size)
         except OSError:
             os.close(new)
@@ -235,6 +232,26 @@ def spool_in_use(root: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """Copy the data in the first ``size`` bytes of ``src`` to the same offsets of ``dst``,
+    skipping holes (``copy_file_range`` alone would write them out as zeros)."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # a hole from ``offset`` to the end
+                return
+            raise
+        end = min(os.lseek(src, start, os.SEEK_HOLE), size)
+        while start < end:
+            copied = os.copy_file_range(src, dst, end - start, start, start)
+            if copied == 0:  # the file shrank meanwhile
+                return
+            start += copied
+        offset = end
 
 
 def owed_uploads(root: str) -> list[tuple[Record, str | None]]:

@@ -118,7 +118,11 @@ class StagedFile:
 
     async def write(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
-        self._charge(len(data))
+        # A write takes new disk past the end, and inside the file only where the data
+        # file has holes: none when it takes as much disk as its size (a file written
+        # from the start), so an overwrite is never refused for space it already has.
+        dense = self._held >= self.size
+        self._charge(min(len(data), max(0, end - self.size)) if dense else len(data))
         try:
             if len(data) <= _INLINE_WRITE_MAX:
                 try:
@@ -168,6 +172,7 @@ class StagedFile:
             self.spool.remove(self.name)
         self.name, self.fd, self.record = name, fd, None
         self.linked = self.abandoned = False
+        self._account()
 
     def set_mtime(self, mtime_ns: int) -> None:
         self.mtime_ns = mtime_ns

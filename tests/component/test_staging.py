@@ -236,3 +236,33 @@ async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
         assert [r.path for r in spool.records()] == ["stuck"]
         assert os.listdir(f"{spool.root}/data") == [stuck.data]  # b's bytes are dropped
         nursery.cancel_scope.cancel()
+
+
+async def test_an_overwrite_takes_no_new_space_and_a_sparse_file_forks_sparse(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(str(tmp_path), "dense", limit=62_000)
+    name, fd = spool.create()
+    staged = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
+                        mtime_ns=1)
+    await staged.write(0, b"a" * 61_440)  # 15 blocks of 4 KiB: near the bound
+    await staged.write(0, b"b" * 4096)  # rewrites what the file holds already
+    with pytest.raises(NoSpace):
+        await staged.write(61_440, b"c" * 4096)  # new space past the bound
+    staged.close()
+    spool.close()
+    # A sparse file's copy (a fork, when its data file became the source's file) keeps
+    # its holes: 1 GiB that holds 8 KiB takes 8 KiB again, not 1 GiB of zeros.
+    spool = Spool.open(str(tmp_path), "sparse", limit=1 << 20)
+    name, fd = spool.create()
+    staged = StagedFile(spool, io(), name, fd, "s", base=None, mode=0o644, uid=0, gid=0,
+                        mtime_ns=1)
+    await staged.write(0, b"b" * 4096)
+    await staged.truncate(1 << 30)
+    await staged.write((1 << 30) - 4096, b"d" * 4096)
+    await staged.fork()
+    assert spool.used < 1 << 20
+    assert await staged.read((1 << 30) - 4097, 2, Base()) == b"\0d"
+    assert await staged.read(0, 2, Base()) == b"bb"
+    staged.close()
+    spool.close()
