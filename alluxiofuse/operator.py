@@ -293,11 +293,11 @@ def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
         print(f"alluxiofuse: {target}: no such file or directory", file=sys.stderr)
         return 1
     source = mount.source if mount else target if "://" in target else os.path.abspath(target)
-    if mount is not None and mount.read_only:  # no spool: nothing can be owed
-        print(f"{source}: no uploads pending (mounted read-only at {mount.mountpoint})",
-              file=out)
-        return 0
     root = spool_dir(cache_dir, source)
+    read_only_at = mount.mountpoint if mount is not None and mount.read_only else None
+    if read_only_at and not os.path.isdir(root):  # a read-only mount makes no spool
+        print(f"{source}: no uploads pending (mounted read-only at {read_only_at})", file=out)
+        return 0
     if not os.path.isdir(root):
         if mount is not None:
             print(f"alluxiofuse: {source} is mounted at {mount.mountpoint}, but its spool is "
@@ -308,7 +308,10 @@ def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:
                   file=sys.stderr)
         return 1
     owed = owed_uploads(root)
-    if spool_in_use(root):
+    if read_only_at:  # owed by an earlier writable mount; this one uploads nothing
+        state = ("mounted read-only: they resume at the next writable mount" if owed
+                 else f"mounted read-only at {read_only_at}")
+    elif spool_in_use(root):
         state = "its daemon is running"
     else:
         state = "no daemon is running" + (": they resume at the next mount" if owed else "")

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from alluxiofuse.config import default_log_file
+from alluxiofuse.spool import Record, Spool
 from tests.flakyfs import clear_failure, set_failure
 from tests.integration.conftest import (
     CLI,
@@ -585,6 +586,24 @@ def test_status_of_a_read_only_mount(mount: MountFactory, tmp_path: Path) -> Non
     assert result.stdout.decode() == (
         f"{m.source}: no uploads pending (mounted read-only at {m.path})\n")
     assert not (tmp_path / "unused-cache").exists()
+
+
+def test_status_of_a_read_only_mount_shows_what_an_earlier_mount_owes(
+    mount: MountFactory, tmp_path: Path,
+) -> None:
+    """Uploads an earlier writable mount of the source owes are still owed while it is
+    mounted read-only (which uploads nothing): status lists them."""
+    src, cache = _source(tmp_path), tmp_path / "cache"
+    spool = Spool.open(str(cache), str(src))
+    spool.journal(Record(data="1.data", path="owed", size=5))
+    spool.close()
+    m = mount(src, "--read-only", "--cache-dir", str(cache))
+    result = cli("status", m.path, "--cache-dir", cache)
+    assert (result.returncode, result.stderr) == (0, b""), result
+    assert result.stdout.decode().startswith(
+        f"{m.source}: 1 uploads pending (mounted read-only: they resume at the next "
+        "writable mount; spool ")
+    assert "  owed  5B  closed" in result.stdout.decode()
 
 
 def test_status_of_a_mountpoint_after_unmount(mount: MountFactory, tmp_path: Path) -> None:
