@@ -283,7 +283,8 @@ class Uploader:
     async def supersede(self, path: str) -> None:
         """A newer content of ``path`` is about to be committed directly, or ``path`` is
         removed: drop the owed uploads of it, and their journal records now (one being
-        sent is left to finish or fail, then dropped; ``wait`` for it). Not left to an
+        sent is left to end, then dropped: the commit fence keeps it from landing over
+        a newer commit, and ``wait`` does not wait for it). Not left to an
         upload thread: every one may be busy retrying for ever, and a record left in the
         journal is counted as owed, and sent again after a restart."""
         dropped = []
@@ -350,6 +351,11 @@ class Uploader:
             try:
                 status = await self._upload(record)
             except Exception as e:  # a library's own error too: never the daemon's end
+                if record.seq not in self.pending:
+                    # Superseded while it ran: a newer commit owns the path (the commit
+                    # fence refused this one its landing), so this is no failure.
+                    await self._settle(record, keep_data=False)
+                    return
                 message = f"{type(e).__name__}: {e}"
                 log.warning("upload of %s failed (%s); retrying in %.0fs; its bytes are kept "
                             "in %s", record.path, message, delay,

@@ -223,7 +223,8 @@ class Writes:
             await self._journal(staged)
             return None
         # An older upload of this file still owed (after a failed close) must not
-        # land after this one: it is dropped, or waited for if it is being sent.
+        # land after this one: it is dropped; one being sent cannot land once this
+        # commit has begun (the commit fence), and is dropped when it ends.
         await self.uploader.supersede(staged.path)
         await self.uploader.wait(staged.path, self.config.drain_timeout)
         try:

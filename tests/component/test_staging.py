@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from alluxiofuse.errors import BackendUnavailable, FileTooLarge, NoSpace
+from alluxiofuse.errors import BackendUnavailable, FileTooLarge, NoSpace, StaleFile
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.spool import Record, Spool
 from alluxiofuse.staging import DiskIO, StagedFile, Uploader
@@ -266,3 +266,32 @@ async def test_an_overwrite_takes_no_new_space_and_a_sparse_file_forks_sparse(
     assert await staged.read(0, 2, Base()) == b"bb"
     staged.close()
     spool.close()
+
+
+async def test_an_upload_superseded_while_it_runs_ends_quietly(spool: Spool) -> None:
+    """An upload under way when a newer commit of its path begins is refused its landing
+    (the commit fence): it is dropped, neither a failure nor retried."""
+    started, refuse = trio.Event(), trio.Event()
+
+    async def upload(record: Record) -> FileStatus:
+        started.set()
+        await refuse.wait()
+        raise StaleFile("a newer commit of the path began")
+
+    uploader = Uploader(spool, io(), 1, upload, lambda record, status: False)
+    name, fd = spool.create()
+    os.close(fd)
+    record = Record(data=name, path="f", size=0)
+    spool.journal(record)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        uploader.submit(record)
+        await started.wait()
+        await uploader.supersede("f")
+        refuse.set()
+        await uploader.wait("f", 5)
+        with trio.fail_after(5):
+            while spool.records():  # noqa: ASYNC110 (the journal is a directory)
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert uploader.failures == 0
