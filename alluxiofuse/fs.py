@@ -347,7 +347,7 @@ class Filesystem:
             return fh, inode
         if self.backend.writes.needs_parent:
             # Its directory may have been removed behind the mount: the commit could then
-            # never land. (One status more per create, mostly cached; local and cheap.)
+            # never land. (One local status more per create: cheap.)
             directory = parent_and_name(path)[0]
             if (await self._stat(directory)).kind is not Kind.DIRECTORY:
                 raise NotADirectory(directory)

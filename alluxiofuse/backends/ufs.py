@@ -477,11 +477,12 @@ class UfsBackend:
                     self._copy_key(move)
                 made.append((move.target, move.directory))
         except BaseException:
-            self._remove_keys([target for target, _ in reversed(made)])
+            self._remove_keys(list(reversed(made)))
             if plan.replaced and self._markers and not self._exists(plan.new):
                 self._make_dir(plan.new)  # its marker was copied over, then removed
             raise
-        self._remove_keys([move.source for move in reversed(plan.moves)], strict=True)
+        self._remove_keys([(move.source, move.directory) for move in reversed(plan.moves)],
+                          strict=True)
 
     def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[_Move]:
         """Every key of the tree at ``old_full`` and its new key, parents first."""
@@ -520,13 +521,16 @@ class UfsBackend:
             self.fs.pipe_file(target, b"")
         self.fs.invalidate_cache(target.rstrip("/"))
 
-    def _remove_keys(self, keys: Sequence[str], *, strict: bool = False) -> None:
-        """Remove each key (a directory: the empty directory); go on past failures and
-        raise the first at the end with ``strict``, else only log them."""
+    def _remove_keys(
+        self, keys: Sequence[tuple[str, bool]], *, strict: bool = False,
+    ) -> None:
+        """Remove each key, a directory's (a marker ``dir/``, or one a store has of its
+        own: the plan says which) as an empty directory; go on past failures and raise
+        the first at the end with ``strict``, else only log them."""
         first: BaseException | None = None
-        for key in keys:
+        for key, directory in keys:
             try:
-                if key.endswith("/") or (not self._markers and self.fs.isdir(key)):
+                if key.endswith("/") or directory:
                     self._remove_dir(key.rstrip("/"))
                 else:
                     self.fs.rm_file(key)
