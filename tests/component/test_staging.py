@@ -48,6 +48,22 @@ def staged_over_base(spool: Spool) -> StagedFile:
                       mtime_ns=1)
 
 
+def new_staged(spool: Spool, path: str) -> StagedFile:
+    """A new file (no base) staged in ``spool``."""
+    name, fd = spool.create()
+    return StagedFile(spool, io(), name, fd, path, base=None, mode=0o644, uid=0, gid=0,
+                      mtime_ns=1)
+
+
+def journaled(spool: Spool, path: str) -> Record:
+    """An owed upload of an empty file to ``path``, journaled."""
+    name, fd = spool.create()
+    os.close(fd)
+    record = Record(data=name, path=path, size=0)
+    spool.journal(record)
+    return record
+
+
 async def test_only_the_ranges_read_are_fetched(spool: Spool) -> None:
     staged, base = staged_over_base(spool), Base()
     await staged.write(100, b"NEW")
@@ -91,9 +107,7 @@ async def test_fork_leaves_the_old_data_file_as_it_was(spool: Spool) -> None:
 
 async def test_spool_bound_refuses_writes_past_it(tmp_path: Path) -> None:
     spool = Spool.open(str(tmp_path), "small", limit=1000)
-    name, fd = spool.create()
-    staged = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
-                        mtime_ns=1)
+    staged = new_staged(spool, "n")
     await staged.write(0, b"x" * 900)
     with pytest.raises(NoSpace):
         await staged.write(900, b"x" * 200)
@@ -112,9 +126,7 @@ async def test_a_sparse_extension_is_charged_nothing_and_a_size_too_large_is_efb
     tmp_path: Path,
 ) -> None:
     spool = Spool.open(str(tmp_path), "sparse", limit=1 << 20)
-    name, fd = spool.create()
-    staged = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
-                        mtime_ns=1)
+    staged = new_staged(spool, "n")
     # 100 GiB of hole, then 4 KiB written far past the end: the spool holds 4 KiB.
     await staged.truncate(100 << 30)
     await staged.write(200 << 30, b"y" * 4096)
@@ -154,14 +166,7 @@ async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool
     done: list[int] = []
     uploader = Uploader(spool, io(), 2, upload, lambda r, s: done.append(r.seq) or False)
 
-    def record(path: str) -> Record:
-        name, fd = spool.create()
-        os.close(fd)
-        r = Record(data=name, path=path, size=0)
-        spool.journal(r)
-        return r
-
-    a, b1, b2 = record("a"), record("b"), record("b")
+    a, b1, b2 = journaled(spool, "a"), journaled(spool, "b"), journaled(spool, "b")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(uploader.run)
         for r in (a, b1, b2):
@@ -178,10 +183,8 @@ async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool
 async def test_reads_past_the_base_limit_are_the_data_files_own(tmp_path: Path) -> None:
     # A new file (no base at all) and a file truncated below its old size: a read that
     # starts at or past base_limit fetches nothing and returns the written bytes and zeros.
-    spool = Spool.open(str(tmp_path), "sparse", limit=4 << 30)  # counted, not on disk
-    name, fd = spool.create()
-    new = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
-                     mtime_ns=1)
+    spool = Spool.open(str(tmp_path), "sparse", limit=4 << 30)
+    new = new_staged(spool, "n")
     await new.write(0, b"head")
     await new.truncate(3 << 30)  # sparse: no disk space
     await new.write((2 << 30) + 2, b"tail")
@@ -218,14 +221,7 @@ async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
 
     uploader = Uploader(spool, io(), 1, upload, lambda r, s: False)
 
-    def record(path: str) -> Record:
-        name, fd = spool.create()
-        os.close(fd)
-        r = Record(data=name, path=path, size=0)
-        spool.journal(r)
-        return r
-
-    stuck, b1, b2 = record("stuck"), record("b"), record("b")
+    stuck, b1, b2 = journaled(spool, "stuck"), journaled(spool, "b"), journaled(spool, "b")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(uploader.run)
         for r in (stuck, b1, b2):
@@ -242,9 +238,7 @@ async def test_an_overwrite_takes_no_new_space_and_a_sparse_file_forks_sparse(
     tmp_path: Path,
 ) -> None:
     spool = Spool.open(str(tmp_path), "dense", limit=62_000)
-    name, fd = spool.create()
-    staged = StagedFile(spool, io(), name, fd, "n", base=None, mode=0o644, uid=0, gid=0,
-                        mtime_ns=1)
+    staged = new_staged(spool, "n")
     await staged.write(0, b"a" * 61_440)  # 15 blocks of 4 KiB: near the bound
     await staged.write(0, b"b" * 4096)  # rewrites what the file holds already
     with pytest.raises(NoSpace):
@@ -254,9 +248,7 @@ async def test_an_overwrite_takes_no_new_space_and_a_sparse_file_forks_sparse(
     # A sparse file's copy (a fork, when its data file became the source's file) keeps
     # its holes: 1 GiB that holds 8 KiB takes 8 KiB again, not 1 GiB of zeros.
     spool = Spool.open(str(tmp_path), "sparse", limit=1 << 20)
-    name, fd = spool.create()
-    staged = StagedFile(spool, io(), name, fd, "s", base=None, mode=0o644, uid=0, gid=0,
-                        mtime_ns=1)
+    staged = new_staged(spool, "s")
     await staged.write(0, b"b" * 4096)
     await staged.truncate(1 << 30)
     await staged.write((1 << 30) - 4096, b"d" * 4096)
@@ -279,10 +271,7 @@ async def test_an_upload_superseded_while_it_runs_ends_quietly(spool: Spool) -> 
         raise StaleFile("a newer commit of the path began")
 
     uploader = Uploader(spool, io(), 1, upload, lambda record, status: False)
-    name, fd = spool.create()
-    os.close(fd)
-    record = Record(data=name, path="f", size=0)
-    spool.journal(record)
+    record = journaled(spool, "f")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(uploader.run)
         uploader.submit(record)
