@@ -41,10 +41,10 @@ from alluxiofuse.membership import parse_etcd_endpoints, parse_static_workers
 
 # (option, metavar, help); every option is also a config-file key with '_' for '-'.
 _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("attr-timeout", "SECONDS", "how long file attributes are cached (default 1)"),
-    ("entry-timeout", "SECONDS", "how long name lookups are cached (default 1)"),
-    ("negative-timeout", "SECONDS", "how long a missing name is cached (default 1)"),
-    ("dir-timeout", "SECONDS", "how long directory listings are cached (default 1)"),
+    ("attr-timeout", "SECONDS", "how long file attributes are cached (default 60)"),
+    ("entry-timeout", "SECONDS", "how long name lookups are cached (default 60)"),
+    ("negative-timeout", "SECONDS", "how long a missing name is cached (default 5)"),
+    ("dir-timeout", "SECONDS", "how long directory listings are cached (default 60)"),
     ("metadata-cache-entries", "N", "bound of the metadata caches in entries (default 100000)"),
     ("page-size", "SIZE", "page size of the page cache (default 1MiB)"),
     ("memory-budget", "SIZE", "memory the page cache and read-ahead may hold (default: 1/8 "

@@ -56,11 +56,16 @@ class MountConfig:
     mountpoint: str
     foreground: bool = False
     ufs_options: Mapping[str, Any] = field(default_factory=dict)
-    # Metadata caches (seconds; 0 turns a cache off).
-    attr_timeout: float = 1.0
-    entry_timeout: float = 1.0
-    negative_timeout: float = 1.0
-    dir_timeout: float = 1.0
+    # Metadata caches (seconds; 0 turns a cache off). A minute, as gcsfuse caches stats
+    # and types and mountpoint-s3 metadata with a cache: a change made behind the mount
+    # shows within a minute (SIGHUP: at once), and a pass over a dataset that takes longer
+    # than the timeout does not ask the store again for what it has just been told. Missing
+    # names for 5 s (gcsfuse's negative TTL): a file another writer is about to make shows
+    # soon.
+    attr_timeout: float = 60.0
+    entry_timeout: float = 60.0
+    negative_timeout: float = 5.0
+    dir_timeout: float = 60.0
     metadata_cache_entries: int = 100_000
     # Data path.
     page_size: int = 1 * MiB

@@ -155,7 +155,7 @@ async def test_attributes_come_from_the_source(local: Mounted, tree: Path) -> No
         st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
     assert attrs.st_blocks == st.st_blocks
     assert attrs.st_blksize == MiB  # big buffers for cp and cat
-    assert attrs.entry_timeout == 1.0 and attrs.attr_timeout == 1.0
+    assert attrs.entry_timeout == 60.0 and attrs.attr_timeout == 60.0  # the defaults
     link = await local.lookup_path("link")
     assert stat.S_ISLNK(link.st_mode)
     assert await local.ops.readlink(link.st_ino, None) == b"small.txt"
@@ -179,7 +179,7 @@ async def test_inode_numbers_are_stable_across_forget(local: Mounted) -> None:
 
 async def test_missing_name_is_a_cached_negative_entry(local: Mounted) -> None:
     attrs = await local.ops.lookup(ROOT_INODE, b"nope")
-    assert attrs.st_ino == 0 and attrs.entry_timeout == 1.0
+    assert attrs.st_ino == 0 and attrs.entry_timeout == 5.0  # the default
 
 
 async def test_without_negative_cache_a_missing_name_is_enoent(

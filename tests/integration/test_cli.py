@@ -463,6 +463,7 @@ def test_config_file_options_and_ufs_options(mount: MountFactory, tmp_path: Path
     config.write_text(
         'attr_timeout = "500ms"\n'
         "entry-timeout = 0.5\n"
+        'dir_timeout = "500ms"\n'
         'file_mode = "0600"\n'
         'dir-mode = "0700"\n'
         "io_timeout = 2\n"
@@ -477,7 +478,7 @@ def test_config_file_options_and_ufs_options(mount: MountFactory, tmp_path: Path
     assert read_bytes(m.path / "sub" / "inner") == b"inner\n"
     # The control file named in [ufs_options] reaches the under-storage.
     set_failure(control, ["info", "ls"], "oserror")  # lookups may be answered by a listing
-    time.sleep(1.2)  # past the attribute (0.5 s) and listing (1 s default) timeouts
+    time.sleep(1.2)  # past the attribute, entry and listing timeouts (0.5 s)
     assert errno_of(lambda: os.stat(m.path / "later")) == errno.EIO
     clear_failure(control)
     assert read_bytes(m.path / "later") == b"later\n"
