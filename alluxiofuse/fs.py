@@ -129,6 +129,7 @@ class Filesystem:
         self._dir_streaks: LRUCache[str, _DirReadahead] = LRUCache(maxsize=1024)
         # Listing instead of stat-ing: misses per directory, and directories not to list.
         self._listings: SingleFlight[str, Listing] = SingleFlight()
+        self._stats: SingleFlight[str, FileStatus] = SingleFlight()
         self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
         self._unlisted: LRUCache[str, bool] = LRUCache(maxsize=1024)
         # The misses the kernel was told it may cache (negative entries), for SIGHUP:
@@ -710,6 +711,13 @@ class Filesystem:
                 return status
             if self.meta.is_missing(path):
                 raise NotFound(path)
+        status, _ = await self._stats.run(path, partial(self._fetch_status, path))
+        return status
+
+    async def _fetch_status(self, path: str) -> FileStatus:
+        """Ask the backend for ``path``'s status, once for concurrent callers: a directory
+        every reader walks through (the root) would otherwise be asked for by each of them
+        the moment its attributes expire."""
         try:
             status = await self.backend.stat(path)
         except NotFound:

@@ -116,11 +116,19 @@ class MetadataCache:
             cache.clear()
 
     def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
-        """Cache a listing and, since it carries them, each child's status."""
+        """Cache a listing and, since it carries them, each child's status; but a child's
+        complete status (S3: from a HEAD, with the object's metadata) is kept, its
+        expiry too, when the listing names the same version of it without the attributes
+        (``complete`` False): that metadata cannot change without a new version."""
         listing = Listing(entries)
         self._listing.put(path, listing)
         for entry in entries:
-            self.put_status(join(path, entry.name), entry)
+            child = join(path, entry.name)
+            known = None if entry.complete else self.status(child)
+            if (known is not None and known.complete and known.kind is entry.kind
+                    and known.version == entry.version):
+                continue
+            self.put_status(child, entry)
         return listing
 
 

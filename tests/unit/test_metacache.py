@@ -176,3 +176,26 @@ def test_listing_larger_than_bound_is_not_cached(clock: FakeClock) -> None:
     cache.put_listing("fits", big)
     assert cache.listing("fits") is None
     assert not cache.is_missing("fits/a")
+
+
+def test_a_listing_keeps_a_complete_status_of_the_same_version(clock: FakeClock) -> None:
+    """What a HEAD said (complete) outlives a listing naming the same version without the
+    attributes, expiry included; a new version, or a listing that has them, replaces it."""
+    from dataclasses import replace
+
+    c = make(clock, attr=10.0, dirs=100.0)
+    headed = FileStatus("a", Kind.FILE, size=1, mtime_ns=1, mode=0o600, uid=7)
+    c.put_status("d/a", headed)
+    c.put_status("d/b", replace(headed, name="b"))
+    clock.advance(6)
+    listed_a = FileStatus("a", Kind.FILE, size=1, mtime_ns=1, complete=False)
+    listed_b = FileStatus("b", Kind.FILE, size=2, mtime_ns=1, complete=False)  # new version
+    c.put_listing("d", [listed_a, listed_b])
+    assert c.status("d/a") == headed
+    assert c.status("d/b") == listed_b
+    clock.advance(5)  # past the HEAD's expiry: the listing did not extend it
+    assert c.status("d/a") is None
+    c.put_status("d/a", headed)
+    local = FileStatus("a", Kind.FILE, size=1, mtime_ns=1, mode=0o644)  # complete itself
+    c.put_listing("d", [local])
+    assert c.status("d/a") == local

@@ -1,0 +1,133 @@
+"""The S3 requests a pass over a dataset costs (moto on loopback, ops driven directly):
+a shuffled pass of concurrent readers, as a training loop makes it, and a second one."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from alluxiofuse.inodes import ROOT_INODE
+from tests.component.test_ops import Mounted, make
+from tests.s3server import S3Server, moto_s3
+
+ROOT = "root"  # the mounted prefix inside the bucket
+DIRS, FILES = 3, 8
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    with moto_s3() as server:
+        fs = server.fs()
+        fs.pipe_file(f"{server.bucket}/{ROOT}/", b"")
+        for d in range(DIRS):
+            for f in range(FILES):
+                fs.pipe_file(f"{server.bucket}/{ROOT}/d{d}/f{f}", f"d{d}/f{f}".encode() * 100)
+        yield server
+
+
+def count_requests(m: Mounted) -> Counter[tuple[str, str]]:
+    """From now on, every request the mount's s3fs makes: (operation, key or prefix)."""
+    fs: Any = m.fs.backend.fs  # type: ignore[attr-defined]
+    seen: Counter[tuple[str, str]] = Counter()
+    call_async, call_sync = fs._call_s3, fs.call_s3
+
+    def note(method: Any, kwargs: dict[str, Any]) -> None:
+        name = method if isinstance(method, str) else method.__name__
+        seen[name, str(kwargs.get("Key", kwargs.get("Prefix", "")))] += 1
+
+    async def counted_async(method: Any, *args: Any, **kwargs: Any) -> Any:
+        note(method, kwargs)
+        return await call_async(method, *args, **kwargs)
+
+    def counted_sync(method: Any, *args: Any, **kwargs: Any) -> Any:
+        note(method, kwargs)  # the sync form calls the original async one, not counted again
+        return call_sync(method, *args, **kwargs)
+
+    fs._call_s3, fs.call_s3 = counted_async, counted_sync
+    return seen
+
+
+async def shuffled_pass(m: Mounted, *, read: bool, seed: int) -> None:
+    """Every file, in a shuffled order, by 8 concurrent readers: the path looked up (the
+    root's attributes first, as lookup_path does), its attributes asked for, and, with
+    ``read``, the file opened and read whole."""
+    names = [f"d{d}/f{f}" for d in range(DIRS) for f in range(FILES)]
+    random.Random(seed).shuffle(names)
+    send, receive = trio.open_memory_channel[str](len(names))
+    for name in names:
+        send.send_nowait(name)
+    send.close()
+
+    async def reader() -> None:
+        async for name in receive:
+            if read:
+                assert await m.read_all(name) == name.encode() * 100
+            else:
+                attrs = await m.lookup_path(name)
+                await m.ops.getattr(attrs.st_ino)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(reader)
+
+
+async def test_a_shuffled_pass_asks_once_per_name_and_a_second_pass_not_at_all(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
+    seen = count_requests(m)
+    await shuffled_pass(m, read=False, seed=1)
+    heads = {key: n for (op, key), n in seen.items() if op == "head_object"}
+    for d in range(DIRS):
+        for f in range(FILES):
+            # At most one HEAD per file: a listing of its directory made after the file was
+            # HEADed keeps the metadata the HEAD brought (same version), and readers asking
+            # at once share one request.
+            assert heads.get(f"{ROOT}/d{d}/f{f}", 0) <= 1, seen
+        listings = [n for (op, key), n in seen.items()
+                    if op == "list_objects_v2" and key == f"{ROOT}/d{d}/"]
+        assert sum(listings) <= 2, seen  # its listing, and the probe of a prefix directory
+    # The root: every reader asks for its attributes at once, one request answers them.
+    assert heads.get(f"{ROOT}/", 0) <= 1 and heads.get(ROOT, 0) <= 1, seen
+
+    await shuffled_pass(m, read=True, seed=2)  # the first reads fetch the bytes
+    seen.clear()
+    await shuffled_pass(m, read=True, seed=3)
+    await m.ops.getattr(ROOT_INODE)
+    assert not seen, f"a second pass within the default timeouts asked the store: {seen}"
+
+
+async def test_attributes_stay_right_when_a_listing_follows_a_head(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """The metadata a HEAD brought survives a later listing of the same version, and a new
+    version listed replaces it (its metadata is asked for again)."""
+    fs = s3.fs()
+    key = f"{ROOT}/d0/f0"
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=key, Body=b"x",
+               Metadata={"mode": str(0o100600), "uid": "123", "gid": "45"})
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
+    first = await m.lookup_path("d0/f0")
+    assert (first.st_mode & 0o777, first.st_uid, first.st_gid) == (0o600, 123, 45)
+    await m.lookup_path("d0/f1")  # the second miss in d0: d0 is listed
+    assert m.fs.meta.listing("d0") is not None
+    seen = count_requests(m)
+    again = await m.ops.getattr(first.st_ino)
+    assert (again.st_mode & 0o777, again.st_uid, again.st_gid) == (0o600, 123, 45)
+    assert again.attr_timeout > 0  # complete: the kernel may cache it
+    assert not seen, "the listing kept what the HEAD said"
+
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=key, Body=b"xy")  # no metadata now
+    m.fs.meta.put_listing("d0", await m.fs.backend.list("d0"))
+    status = m.fs.meta.status("d0/f0")
+    assert status is not None and not status.complete and status.size == 2
+    newest = await m.ops.getattr(first.st_ino)
+    assert (newest.st_size, newest.st_uid) == (2, os.getuid())
+    assert seen["head_object", key] == 1  # the new version's metadata, asked for
+
