@@ -60,6 +60,12 @@ _STREAK_DISTANCE = 4
 _STREAK_START = 2
 # Status misses in one directory after which it is listed rather than stat-ed per name.
 _MISSES_BEFORE_LISTING = 2
+# A file a listing says is this small (and within one page) is looked up, where the backend
+# can, with a read of its whole content that also tells its status (on S3 a GET, whose
+# reply carries what a HEAD's does): the open and read that follow a lookup (a data
+# loader's sample) then cost no request. Larger files are looked up by their status alone:
+# a stat should not fetch much more than the status.
+_READ_AT_LOOKUP_MAX = 256 * 1024
 
 # How much longer than --negative-timeout a miss is remembered for SIGHUP: the kernel's
 # timeout starts when the reply reaches it, a little after the daemon recorded the miss.
@@ -152,7 +158,7 @@ class Filesystem:
         NotFound is a negative entry the kernel caches for ``--negative-timeout``."""
         path = self._child_path(parent_ino, name)
         try:
-            status = await self._stat(path, attrs=True)
+            status = await self._stat(path, attrs=True, lookup=True)
         except NotFound:
             if self._misses is not None:
                 self._misses[parent_ino, name] = True
@@ -671,7 +677,7 @@ class Filesystem:
         # Had the budget run out, the next open tries again from the first file not taken.
         state.fetched_to = start + len(entries) if taken == len(files) else files[taken][0]
 
-    async def _stat(self, path: str, *, attrs: bool = False) -> FileStatus:
+    async def _stat(self, path: str, *, attrs: bool = False, lookup: bool = False) -> FileStatus:
         """Fresh-enough status of ``path``: from the metadata cache, else the backend (what
         it can answer without waiting first, on the event loop). With ``attrs`` (what
         the kernel is given as attributes), a status from a listing that lacks
@@ -681,6 +687,8 @@ class Filesystem:
         instead: one call then answers every later lookup in it (one LIST instead of a
         HEAD per file on object stores; one worker-thread hop instead of one per file
         locally). Directories too large for the metadata cache are not listed this way.
+        A ``lookup`` of a small file a listing named reads the file with its status (see
+        ``_READ_AT_LOOKUP_MAX``).
         """
         if self.writes is not None and (staged := self.writes.get(path)) is not None:
             return staged.status(parent_and_name(path)[1])
@@ -711,7 +719,30 @@ class Filesystem:
                 return status
             if self.meta.is_missing(path):
                 raise NotFound(path)
-        status, _ = await self._stats.run(path, partial(self._fetch_status, path))
+        fetch = partial(self._fetch_status, path)
+        listed = self.meta.status(path) if lookup else None
+        if (listed is not None and listed.kind is Kind.FILE
+                and 0 < listed.size <= min(_READ_AT_LOOKUP_MAX, self.config.page_size)
+                # not fetched ahead already (directory read-ahead): then the status alone
+                and PageKey(self.inodes.number_for(path), listed.version, 0) not in self.pages):
+            fetch = partial(self._fetch_status_and_content, path, listed.size)
+        status, _ = await self._stats.run(path, fetch)
+        return status
+
+    async def _fetch_status_and_content(self, path: str, size: int) -> FileStatus:
+        """``path``'s status, and its content (``size`` bytes, as listed) into the page
+        cache as the first page of the version read, if the backend tells both at once."""
+        try:
+            got = await self.backend.stat_and_read(path, size)
+        except NotFound:  # removed, or a directory now: the ordinary way tells which
+            got = None
+        if got is None:
+            return await self._fetch_status(path)
+        status, data = got
+        self.meta.put_status(path, status)
+        if len(data) == status.size:  # the whole file, as one page: it has not grown
+            key = PageKey(self.inodes.number_for(path), status.version, 0)
+            await self.pages.get(key, partial(_given, data), expected=len(data), prefetch=True)
         return status
 
     async def _fetch_status(self, path: str) -> FileStatus:
@@ -779,3 +810,8 @@ class Filesystem:
         if handle is None:
             raise StaleFile(f"directory handle {fh} is not open")
         return handle
+
+
+async def _given(data: Data) -> Data:
+    """``data``, as a page fetch that has already happened."""
+    return data

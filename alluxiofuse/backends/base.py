@@ -78,6 +78,12 @@ class Backend(Protocol):
         ``StaleFile`` when the file is no longer that version)."""
         ...
 
+    async def stat_and_read(self, path: str, length: int) -> tuple[FileStatus, Data] | None:
+        """The status of file ``path`` (all that ``stat`` tells of it) and its first
+        ``length`` bytes, of that status's version, in one request; None where the
+        backend has no such request (then ``stat`` and ``read`` it)."""
+        ...
+
     def stat_nowait(self, path: str) -> FileStatus | None:
         """The status of ``path`` if the backend can tell without waiting for I/O (from
         the operating system's caches), else None. Runs on the event loop."""

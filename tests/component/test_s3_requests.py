@@ -131,3 +131,48 @@ async def test_attributes_stay_right_when_a_listing_follows_a_head(
     assert (newest.st_size, newest.st_uid) == (2, os.getuid())
     assert seen["head_object", key] == 1  # the new version's metadata, asked for
 
+
+async def test_a_small_file_listed_is_looked_up_and_read_with_one_request(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """A lookup of a small file its directory's listing named is one GET of the whole file,
+    which tells its status, metadata included: the open and read that follow cost nothing.
+    Only a name looked up before its directory was listed costs a HEAD and its reads."""
+    fs = s3.fs()
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d1/f3", Body=b"d1/f3" * 100,
+               Metadata={"mode": str(0o100600), "uid": "123", "gid": "45"})
+    # Without directory read-ahead: in directories this small a shuffled order can pass
+    # for an ordered one, and files fetched ahead are not read at their lookup again.
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True,
+                   dir_readahead=0)
+    seen = count_requests(m)
+    await shuffled_pass(m, read=True, seed=4)
+    per_file = Counter(key for (op, key), n in seen.items() for _ in range(n)
+                       if op in ("head_object", "get_object") and "/f" in key)
+    assert len(per_file) == DIRS * FILES
+    several = [key for key, n in per_file.items() if n > 1]
+    # Only the first name of each directory, looked up before its directory was listed.
+    assert len(several) <= DIRS, {k: n for k, n in seen.items() if k[1] in several}
+    attrs = await m.lookup_path("d1/f3")  # its metadata came with its GET (or its HEAD)
+    assert (attrs.st_mode & 0o777, attrs.st_uid, attrs.st_gid) == (0o600, 123, 45)
+    assert attrs.attr_timeout > 0
+
+
+async def test_a_file_changed_since_its_listing_is_looked_up_as_it_is_now(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """The GET at lookup asks for the size the listing said; the status comes from its
+    reply, and its bytes are kept only when they are the whole file."""
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
+    m.fs.meta.put_listing("d0", await m.fs.backend.list("d0"))
+    fs = s3.fs()
+    grown = os.urandom(3000)
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f0", Body=b"")
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f1", Body=grown)
+    fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f2", Body=b"short")
+    assert (await m.lookup_path("d0/f0")).st_size == 0
+    assert await m.read_all("d0/f0") == b""
+    assert (await m.lookup_path("d0/f1")).st_size == 3000
+    assert await m.read_all("d0/f1") == grown
+    assert (await m.lookup_path("d0/f2")).st_size == 5
+    assert await m.read_all("d0/f2") == b"short"
