@@ -23,7 +23,7 @@ from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
 from alluxiofuse.fs import Filesystem
-from alluxiofuse.inodes import Inode
+from alluxiofuse.inodes import ROOT_INODE, Inode
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Attrs, Data, FileStatus, Kind
 
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 _TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
 _DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777}
+# The longest the kernel keeps the root's attributes. A stat of the mountpoint answered
+# from them would hide a daemon that died (ENOTCONN) for the whole --attr-timeout: the
+# CLI's dead-mount check and health probes stat it. Asking again costs the daemon a
+# request answered from its own cache, not a trip to the store.
+_ROOT_ATTR_TIMEOUT = 1.0
 
 
 class _Call:
@@ -116,6 +121,8 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = c.entry_timeout
         # Attributes a listing lacked (S3 metadata) are not cached: a stat asks getattr.
         a.attr_timeout = c.attr_timeout if s.complete else 0
+        if ino == ROOT_INODE:
+            a.attr_timeout = min(a.attr_timeout, _ROOT_ATTR_TIMEOUT)
         override = c.dir_mode if s.kind is Kind.DIRECTORY else c.file_mode
         if s.kind is Kind.SYMLINK:
             override = None

@@ -161,6 +161,15 @@ async def test_attributes_come_from_the_source(local: Mounted, tree: Path) -> No
     assert await local.ops.readlink(link.st_ino, None) == b"small.txt"
 
 
+async def test_the_kernel_asks_again_for_the_roots_attributes_within_a_second(
+    local: Mounted,
+) -> None:
+    """Else a stat of the mountpoint would hide a dead daemon for the whole --attr-timeout."""
+    root = await local.ops.getattr(ROOT_INODE)
+    assert root.attr_timeout == 1.0 and local.fs.config.attr_timeout == 60.0
+    assert (await local.lookup_path("dir")).attr_timeout == 60.0
+
+
 async def test_overrides_win_over_the_source(tree: Path, nursery: trio.Nursery) -> None:
     m = await make(tree, nursery, uid="1234", gid="99", file_mode="0444", dir_mode="0500")
     f = await m.lookup_path("small.txt")
