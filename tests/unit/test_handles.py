@@ -35,6 +35,7 @@ class FakeBackend:
 
     description = "fake"
     streams = False
+    span = 0
 
     def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
         self.data = data
@@ -126,6 +127,7 @@ class StreamBackend(FakeBackend):
     bytes before it, as the Alluxio 2.x proxy does."""
 
     streams = True
+    span = 0
 
     def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
         super().__init__(data, mtime_ns)
