@@ -51,7 +51,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
      "of RAM, 64MiB-4GiB, and at most half the cgroup memory limit)"),
     ("page-cache-size", "SIZE", "page cache bound, read-ahead included (default: the memory "
      "budget)"),
-    ("max-readahead", "SIZE", "largest read-ahead window of one open file (default 16MiB)"),
+    ("max-readahead", "SIZE", "largest read-ahead window of one open file (default: 16MiB; "
+     "64MiB from object stores and other fsspec sources)"),
     ("kernel-readahead", "SIZE", "the kernel's read-ahead for the mount, so reads reach the "
      "daemon in large requests (root only; default 4MiB; 0 keeps the kernel's)"),
     ("prefetch-budget", "SIZE", "read-ahead bytes in flight, all files together "

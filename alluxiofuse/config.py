@@ -71,7 +71,9 @@ class MountConfig:
     page_size: int = 1 * MiB
     memory_budget: int = 0  # 0 = derived from the memory limits, see default_memory_budget
     page_cache_size: int = 0  # 0 = the memory budget (the cache holds read-ahead too)
-    max_readahead: int = 16 * MiB  # measured: 4-16 MiB read 2-3x faster than 64 MiB
+    # None = by source: handles.default_readahead (16 MiB; 8 requests' worth where
+    # read-ahead is ranged requests, as on object stores).
+    max_readahead: int | None = None
     kernel_readahead: int = 4 * MiB  # the mount's bdi read_ahead_kb; 0 keeps the kernel's
     prefetch_budget: int = 0  # 0 = page_cache_size // 4, at most 256 MiB
     dir_readahead: int = 32  # files of a directory read in order to fetch ahead; 0 = off

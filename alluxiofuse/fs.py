@@ -32,7 +32,7 @@ from alluxiofuse.errors import (
     StaleFile,
 )
 from alluxiofuse.flight import SingleFlight
-from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn
+from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn, default_readahead
 from alluxiofuse.inodes import Inode, InodeTable
 from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
@@ -126,6 +126,8 @@ class Filesystem:
         )
         self.pages = PageCache(config.page_cache_size, metrics)
         self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
+        self._max_readahead = (default_readahead(backend.span) if config.max_readahead is None
+                               else config.max_readahead)
         # For directory read-ahead: the last listing of recently listed directories (stale
         # ones do no harm: every prefetch is keyed and checked by file version), and each
         # directory's read-ahead state.
@@ -297,7 +299,7 @@ class Filesystem:
         inode.kernel_version = status.version
         handle = FileHandle(
             inode, status.version, backend=self.backend, pages=self.pages,
-            page_size=self.config.page_size, max_readahead=self.config.max_readahead,
+            page_size=self.config.page_size, max_readahead=self._max_readahead,
             prefetcher=self._prefetcher,
         )
         self._readahead_siblings(inode)

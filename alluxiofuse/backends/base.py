@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -53,6 +56,11 @@ class Backend(Protocol):
     # will be read (``warm``) is all read-ahead has to do: the reads themselves are then
     # answered from that cache by ``read_nowait``.
     warms: bool
+
+    # Bytes of a file that one request reads well at once: ``read_many`` then takes
+    # contiguous pages of one file (read-ahead) in one request up to this many bytes, and
+    # a sequential reader's read-ahead is asked for in such runs. 0: page by page.
+    span: int
 
     # True when an open file is best read through a stream of its own, kept from one read
     # to the next (``open_stream``): a read at an offset costs the bytes before it.
@@ -103,7 +111,8 @@ class Backend(Protocol):
         self, reads: Sequence[tuple[str, int, int, Version]],
     ) -> Sequence[Data | AlluxioFuseError]:
         """Several ``read(path, offset, length, version)`` at once; each result is the
-        bytes or the error that read alone would have raised."""
+        bytes or the error that read alone would have raised. This is read-ahead: a
+        backend may serve ``read`` (a reader waiting) before it."""
         ...
 
     async def readlink(self, path: str) -> str:
@@ -196,3 +205,36 @@ async def read_concurrently(
         for i in range(len(reads)):
             nursery.start_soon(one, i)
     return results
+
+
+async def run_on_loop(
+    coroutine: Callable[[], Coroutine[Any, Any, T]], loop: asyncio.AbstractEventLoop, *,
+    deadline: float, what: str,
+) -> T:
+    """``await coroutine()`` on ``loop``, an asyncio loop running in a thread of its own
+    (fsspec's async filesystems have one), without a worker thread waiting for it: the
+    loop wakes this task when it is done. Past ``deadline`` (BackendTimeout, naming
+    ``what``) or cancelled, the coroutine is cancelled on its loop too; OSErrors come out
+    as the domain errors they stand for."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: concurrent.futures.Future[T]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # nobody waits any more
+            token.run_sync_soon(done.set)
+
+    future = asyncio.run_coroutine_threadsafe(coroutine(), loop)
+    future.add_done_callback(wake)
+    try:
+        with trio.fail_after(deadline):
+            await done.wait()
+    except trio.TooSlowError:
+        future.cancel()
+        raise BackendTimeout(f"{what}: no answer within {deadline:g}s") from None
+    except BaseException:
+        future.cancel()
+        raise
+    try:
+        return future.result()
+    except OSError as e:
+        raise from_oserror(e) from e

@@ -200,6 +200,7 @@ class ClusterBackend:
 
     warms = False
     streams = False
+    span = 0
 
     def __init__(
         self, ufs: UfsBackend, membership: Membership, client: WorkerClient,

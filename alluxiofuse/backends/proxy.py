@@ -145,6 +145,7 @@ class ProxyBackend:
 
     warms = False
     streams = True
+    span = 0
     writes = WriteSupport(files=True, modes=True, rename_noreplace=True)
 
     def __init__(

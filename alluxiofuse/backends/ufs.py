@@ -1,9 +1,16 @@
 """The under-storage through fsspec (any URL), with a direct fast path for local directories.
 
 Every call runs in a worker thread under the daemon's limiter and a deadline, so a slow or
-hung under-storage costs a timeout (EIO), never a blocked event loop. fsspec's own
-listing caches are invalidated before each call: the metadata cache above is the single
-authority on freshness, with the TTLs the user chose.
+hung under-storage costs a timeout (EIO), never a blocked event loop. Reads of S3 are the
+exception: s3fs's coroutines run on fsspec's own event loop and wake the trio task that
+awaits them (``run_on_loop``), so that many requests are in flight without a thread each.
+fsspec's own listing caches are invalidated before each call: the metadata cache above is
+the single authority on freshness, with the TTLs the user chose.
+
+Reads come in two kinds: ``read`` is a reader waiting, ``read_many`` is read-ahead. Each
+kind has its own bound on requests in flight, and the connection pool has room for both
+(and for the metadata calls' worker threads), so a waiting reader never queues behind
+read-ahead.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ import trio
 from alluxiofuse.backends.base import (
     ByteStream,
     is_temp_name,
-    read_concurrently,
     run_blocking,
+    run_on_loop,
     temp_name,
 )
 from alluxiofuse.backends.fence import CommitFence
@@ -86,6 +93,26 @@ _WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SECONDS_PER_KEY = 1.0
 
 
+# Read requests in flight at once: those of waiting readers, and those of read-ahead (each
+# of up to _SPAN bytes). Apart, so that read-ahead never holds what a reader waits for.
+DEMAND_REQUESTS = 64
+READAHEAD_REQUESTS = 16
+# The bytes read-ahead asks of a file in one request: at one S3 connection's rate the
+# transfer then outweighs the request's latency several times over.
+_SPAN = 8 * 1024 * 1024
+# Transport failures part-way through a reply that a read tries again after (s3fs retries
+# the request itself, not the reading of its body).
+_BODY_RETRIES = 2
+
+
+def with_pool(options: Mapping[str, Any], connections: int) -> dict[str, Any]:
+    """s3fs ``options`` with a connection pool of ``connections`` (botocore keeps 10 by
+    default, fewer than the requests a mount has in flight), unless the user chose one."""
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("max_pool_connections", connections)
+    return {**options, "config_kwargs": config}
+
+
 # The largest object copied in one request (CopyObject, which takes up to 5 GiB); larger
 # ones in parts, as s3fs does: one request copying gigabytes can outlast a read timeout.
 _COPY_MAX = 150 * 1024**2
@@ -127,6 +154,11 @@ def open_ufs(
             raise ConfigError("--ufs-option has no meaning for a local source")
         root = os.path.abspath(rest if sep else source)
         return LocalUfs(root, limiter, timeout, description=source, mtime_unit_ns=mtime_unit_ns)
+    if protocol in ("s3", "s3a"):
+        # Room for every request the mount has in flight: reads of each kind, and a
+        # metadata call in each worker thread.
+        options = with_pool(options, DEMAND_REQUESTS + READAHEAD_REQUESTS
+                            + int(limiter.total_tokens))
     try:
         fs, root = fsspec.core.url_to_fs(source, skip_instance_cache=True, **options)
     except ImportError as e:
@@ -150,6 +182,7 @@ class UfsBackend:
 
     warms = False
     streams = False
+    span = 0
 
     def __init__(
         self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
@@ -158,11 +191,20 @@ class UfsBackend:
         self.part_size = part_size
         self._markers = False
         self._s3 = False  # s3fs: the S3 calls fsspec has no portable form for
+        # fsspec's event loop, where s3fs's coroutines run: S3 reads are awaited there.
+        self._loop: Any = None
+        # Reads of a waiting reader (S3) and of read-ahead (every fsspec store); see the
+        # module's docstring.
+        self._demand = trio.CapacityLimiter(DEMAND_REQUESTS)
+        self._ahead = trio.CapacityLimiter(READAHEAD_REQUESTS)
         if fs is not None:  # else a LocalUfs, which says what it supports itself
+            self.span = _SPAN
             protocol = getattr(fs, "protocol", ())
             protocols = set(protocol if isinstance(protocol, tuple | list) else (protocol,))
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
             self._s3 = bool({"s3", "s3a"} & protocols) and hasattr(fs, "call_s3")
+            if self._s3 and getattr(fs, "async_impl", False):
+                self._loop = fs.loop
             # S3 keeps modes, owners and times in object metadata (as s3fs-fuse does).
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
                                        directories=not self._markers, modes=self._s3,
@@ -211,16 +253,111 @@ class UfsBackend:
         return await self._call(self._list_sync, path)
 
     async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
-        try:
-            return await self._call(self._read_sync, path, offset, length, version)
-        except NotFound as e:  # for an open file, gone is one more way of having changed
-            raise StaleFile(f"{path} was removed while open") from e
+        if self._loop is None:
+            try:
+                return await self._call(self._read_sync, path, offset, length, version)
+            except NotFound as e:  # for an open file, gone is one more way of having changed
+                raise StaleFile(f"{path} was removed while open") from e
+        async with self._demand:
+            pages = await self._read_run(path, offset, [length], version)
+        return pages[0]
 
     async def read_many(
         self, reads: Sequence[tuple[str, int, int, Version]],
     ) -> builtins.list[Data | AlluxioFuseError]:
-        """Concurrent reads, each in its own worker thread: a store's latency overlaps."""
-        return await read_concurrently(self.read, reads)
+        """Read-ahead: the reads of contiguous ranges of one file version, up to ``span``
+        bytes, in one request each, the requests side by side (at most
+        READAHEAD_REQUESTS of them, apart from the waiting readers' bound)."""
+        results: builtins.list[Data | AlluxioFuseError] = [b""] * len(reads)
+
+        async def run(first: int, last: int) -> None:
+            path, offset, _, version = reads[first]
+            lengths = [reads[i][2] for i in range(first, last + 1)]
+            pages: Sequence[Data]
+            try:
+                if self._loop is not None:
+                    async with self._ahead:
+                        pages = await self._read_run(path, offset, lengths, version)
+                else:  # a worker thread each, under the read-ahead bound
+                    pages = await self._call(self._read_run_sync, path, offset, lengths,
+                                             version, limiter=self._ahead)
+            except NotFound:  # for an open file, gone is one more way of having changed
+                error: AlluxioFuseError = StaleFile(f"{path} was removed while open")
+                results[first:last + 1] = [error] * len(lengths)
+            except AlluxioFuseError as e:
+                results[first:last + 1] = [e] * len(lengths)
+            else:
+                results[first:last + 1] = pages
+
+        async with trio.open_nursery() as nursery:
+            for first, last in _runs(reads, self.span):
+                nursery.start_soon(run, first, last)
+        return results
+
+    async def _read_run(
+        self, path: str, offset: int, lengths: Sequence[int], version: Version,
+    ) -> builtins.list[bytes]:
+        """S3: the ranges of ``lengths`` bytes one after another from ``offset`` of
+        ``version`` (each cut short only at the end of the file), in one request."""
+        full = self.full_path(path)
+        want = [max(0, min(n, version.size - start))
+                for n, start in zip(lengths, _starts(offset, lengths), strict=True)]
+        if not sum(want):
+            return [b""] * len(lengths)
+        return await run_on_loop(
+            lambda: self._s3_get(full, offset, want, version), self._loop,
+            deadline=self._timeout, what=self.description,
+        )
+
+    async def _s3_get(
+        self, full: str, offset: int, lengths: Sequence[int], version: Version,
+    ) -> builtins.list[bytes]:
+        """On fsspec's loop: one ranged GET of ``version`` that checks the version itself.
+        With the version's ETag it asks for that content alone (If-Match: a changed object
+        is refused with 412, never sent); either way the reply's own size, ETag and
+        modification time must be the version's. The body is read page by page, each a
+        buffer of its own (a page dropped frees its memory, not a neighbour's)."""
+        bucket, key, _ = self.fs.split_path(full)
+        total = sum(lengths)
+        kwargs = {"Range": f"bytes={offset}-{offset + total - 1}"}
+        if version.etag is not None:
+            kwargs["IfMatch"] = version.etag
+        for attempt in range(_BODY_RETRIES + 1):
+            try:
+                reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **kwargs)
+            except OSError as e:
+                # A StaleFile, not an OSError: passed on as it is, never retried.
+                if isinstance(e, FileNotFoundError) or _s3_code(e) in _CHANGED_CODES:
+                    raise StaleFile(f"{full} changed while open") from e
+                raise
+            body = reply["Body"]
+            try:
+                self._check_reply(full, offset, reply, version)
+                return [await _read_exactly(body, n) for n in lengths]
+            except _BodyFailed as e:
+                if attempt == _BODY_RETRIES:
+                    raise ConnectionError(f"{full}: the reply broke off: {e}") from e
+                log.debug("%s: the reply broke off (%s); asking again", full, e)
+            finally:
+                body.close()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _check_reply(
+        self, full: str, offset: int, reply: Mapping[str, Any], version: Version,
+    ) -> None:
+        """The reply to a ranged GET is of ``version``, from ``offset``."""
+        match = _CONTENT_RANGE.fullmatch(str(reply.get("ContentRange") or ""))
+        if match is None or int(match[1]) != offset:
+            raise ProtocolError(f"{full}: a read at {offset} was answered with range "
+                                f"{reply.get('ContentRange')!r}")
+        info = {"size": int(match[3]), "ETag": reply.get("ETag"),
+                "LastModified": reply.get("LastModified")}
+        now = self._reported(status_from_info(full, info)).version
+        # The modification time is compared only where there is no ETag: listings may
+        # carry it to the millisecond, the reply's header to the second.
+        if now.size != version.size or (
+                now.etag != version.etag if version.etag is not None else now != version):
+            raise StaleFile(f"{full} changed while open")
 
     async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
         raise NotSupported(f"{self.description} is read by range, not as a stream")
@@ -248,12 +385,15 @@ class UfsBackend:
     async def aclose(self) -> None:
         """Nothing to release: fsspec filesystems hold no per-mount state we opened."""
 
-    async def _call(self, fn: Callable[..., T], *args: Any, within: float | None = None) -> T:
-        """Run ``fn(*args)`` in a worker thread, under the limiter and the deadline
-        (``within`` seconds, else ``--io-timeout``)."""
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, within: float | None = None,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> T:
+        """Run ``fn(*args)`` in a worker thread, under the limiter (``limiter``, else the
+        daemon's) and the deadline (``within`` seconds, else ``--io-timeout``)."""
         return await run_blocking(
-            fn, *args, limiter=self._limiter, what=self.description,
-            deadline=self._timeout if within is None else within,
+            fn, *args, limiter=self._limiter if limiter is None else limiter,
+            what=self.description, deadline=self._timeout if within is None else within,
         )
 
     def note_commits(self, directory: str) -> builtins.list[str]:
@@ -360,20 +500,33 @@ class UfsBackend:
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
-        """The range, checked against ``version`` after reading it.
+        """The range, checked against ``version`` after reading it (see _read_run_sync)."""
+        return bytes(self._read_run_sync(path, offset, [length], version)[0])  # no copy
+
+    def _read_run_sync(
+        self, path: str, offset: int, lengths: Sequence[int], version: Version,
+    ) -> builtins.list[Data]:
+        """The ranges of ``lengths`` bytes one after another from ``offset``, checked
+        against ``version`` after reading them, in one read.
 
         fsspec has no portable conditional read, so the status is fetched again once the
         bytes are in: if the file changed before or during the read, the check sees it.
-        That costs one metadata call per page, the price of never mixing versions.
+        That costs one metadata call per read (S3, which has one, does without).
         """
         full = self.full_path(path)
-        expected = max(0, min(length, version.size - offset))
-        data = self.fs.cat_file(full, start=offset, end=offset + expected)
+        want = [max(0, min(n, version.size - start))
+                for n, start in zip(lengths, _starts(offset, lengths), strict=True)]
+        expected = sum(want)
+        data = bytes(self.fs.cat_file(full, start=offset, end=offset + expected))
         self.fs.invalidate_cache(full)
         now = self._reported(status_from_info(path.rpartition("/")[2], self.fs.info(full))).version
         if len(data) != expected or now != version:
             raise StaleFile(f"{path} changed while open")
-        return bytes(data)
+        if len(want) == 1:
+            return [data]
+        view = memoryview(data)
+        return [view[start - offset:start - offset + n]
+                for n, start in zip(want, _starts(offset, want), strict=True)]
 
     # -- changes
 
@@ -1118,6 +1271,63 @@ class LocalUfs(UfsBackend):
             blocks_avail=st.f_bavail, files=st.f_files, files_free=st.f_ffree,
             name_max=st.f_namemax,
         )
+
+
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)")
+# What S3 answers a read of a version that is no longer there: If-Match refused (412), or
+# a range past the end of a shorter object (416).
+_CHANGED_CODES = frozenset({"PreconditionFailed", "InvalidRange"})
+
+
+class _BodyFailed(Exception):
+    """A reply's body broke off, or could not be read (worth asking again)."""
+
+
+async def _read_exactly(body: Any, n: int) -> bytes:
+    """The next ``n`` bytes of an aiobotocore reply body."""
+    chunks = []
+    try:
+        while n > 0:
+            chunk = await body.read(n)
+            if not chunk:
+                raise _BodyFailed(f"the body ended {n} bytes short")
+            chunks.append(chunk)
+            n -= len(chunk)
+    except _BodyFailed:
+        raise
+    except Exception as e:  # the transport's, whichever library's it is
+        raise _BodyFailed(repr(e)) from e
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _s3_code(e: BaseException) -> str | None:
+    """The S3 error code behind an error s3fs translated (its cause: botocore's)."""
+    response = getattr(e.__cause__, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
+def _starts(offset: int, lengths: Sequence[int]) -> Iterator[int]:
+    """Where each of ranges of ``lengths`` bytes laid end to end from ``offset`` starts."""
+    for n in lengths:
+        yield offset
+        offset += n
+
+
+def _runs(reads: Sequence[tuple[str, int, int, Version]], span: int) -> Iterator[tuple[int, int]]:
+    """``reads`` cut into runs (first and last index) that one request can serve: the same
+    version of one file, each range starting where the last ended, at most ``span`` bytes
+    (one read alone however long)."""
+    first = 0
+    for i in range(1, len(reads) + 1):
+        if i < len(reads):
+            path, offset, length, version = reads[i]
+            last_path, last_offset, last_length, last_version = reads[i - 1]
+            if (path == last_path and version == last_version
+                    and offset == last_offset + last_length
+                    and offset + length - reads[first][1] <= span):
+                continue
+        yield first, i - 1
+        first = i
 
 
 def pread_all(fd: int, length: int, offset: int) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,7 @@ class FakeBackend:
 
     description = "fake"
     streams = False
+    span = 0
 
     def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
         self.data = data
@@ -126,6 +128,7 @@ class StreamBackend(FakeBackend):
     bytes before it, as the Alluxio 2.x proxy does."""
 
     streams = True
+    span = 0
 
     def __init__(self, data: bytes, mtime_ns: int = 1) -> None:
         super().__init__(data, mtime_ns)
@@ -599,3 +602,42 @@ async def test_no_stream_is_opened_once_the_file_is_closed(nursery: trio.Nursery
     with pytest.raises(StaleFile):
         await handle.read(30 * PS, 1)
     assert backend.open_streams() == 0
+
+
+class SpanBackend(FakeBackend):
+    """A backend that reads runs of up to four contiguous pages in one request."""
+
+    span = 4 * PS
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.runs: builtins.list[builtins.list[int]] = []
+
+    async def read_many(
+        self, reads: Sequence[tuple[str, int, int, Version]],
+    ) -> builtins.list[bytes]:
+        self.runs.append([offset // PS for _, offset, _, _ in reads])
+        return [await self.read(*read) for read in reads]
+
+
+async def test_read_ahead_of_a_span_backend_comes_in_full_runs(nursery: trio.Nursery) -> None:
+    """A sequential reader's window is asked for in requests of the backend's span (four
+    pages here), shorter only for the reader's next pages or the end of the file; every
+    page is fetched once."""
+    env = Env(nursery, max_readahead=16 * PS)
+    backend = env.backend = SpanBackend(DATA)
+    h = env.open()
+    h.start()
+    out = b""
+    for offset in range(0, len(DATA), PS):
+        out += await h.read(offset, PS)
+        await trio.testing.wait_all_tasks_blocked()
+    assert out == DATA
+    offsets = backend.read_offsets()
+    assert sorted(offsets) == list(range(0, len(DATA), PS)), "every page once"
+    assert sum(len(run) for run in backend.runs) >= len(offsets) - 2, "read ahead in runs"
+    assert len(backend.runs) < len(offsets) // 3
+    last = (len(DATA) - 1) // PS
+    for run in backend.runs:
+        assert run == list(range(run[0], run[0] + len(run))), "contiguous"
+        assert len(run) == 4 or run[-1] == last or run[0] <= 8, backend.runs
