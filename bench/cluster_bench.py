@@ -269,15 +269,16 @@ def sim_workers(etcd_url: str, ufs: Path, workdir: Path, n: int, vnodes: int) ->
         cluster.stop()
 
 
-def load_all(cluster: Any, ufs: Path, parallel: int = 12) -> None:
-    """Load the whole source into the workers' caches (``/v1/load``), waiting for it: one
-    job per top-level file and per directory under ``small/`` (a simulated worker's load
-    asks etcd for the members once per file, so one job for 10,000 files takes minutes),
-    ``parallel`` at a time, submitted round-robin to the workers."""
+def load_all(cluster: Any, ufs: Path, workloads: list[str], parallel: int = 12) -> None:
+    """Load what ``workloads`` read into the workers' caches (``/v1/load``), waiting for
+    it: one job per top-level file (seq) and per directory under ``small/`` (small_4t; a
+    simulated worker's load asks etcd for the members once per file, so 10,000 files take
+    minutes), ``parallel`` at a time, submitted round-robin to the workers."""
     import httpx
 
-    paths = [p for p in sorted(ufs.iterdir()) if p.is_file()]
-    paths += sorted(p for p in (ufs / "small").iterdir() if p.is_dir())
+    paths = [p for p in sorted(ufs.iterdir()) if p.is_file()] if "seq" in workloads else []
+    if "small_4t" in workloads:
+        paths += sorted(p for p in (ufs / "small").iterdir() if p.is_dir())
     pending = [(f"file://{p}", cluster.workers[i % len(cluster.workers)].url)
                for i, p in enumerate(paths)]
     running: list[tuple[str, str]] = []
@@ -682,7 +683,7 @@ def measured(ctx: Context, work: str, target: str, rep: int, fn: Callable[[], Pa
 
 
 def run_target(ctx: Context, target: str, rep: int) -> None:
-    for work in WORKLOADS:
+    for work in ctx.args.workloads:
         if target == "alluxiofuse":
             measured(ctx, work, target, rep, partial(fuse_pass, ctx, work, rep))
         elif target == "official":
@@ -697,7 +698,7 @@ def run(args: argparse.Namespace, ds: rb.Dataset, workdir: Path, logs: Path) -> 
     with etcd(workdir) as etcd_url, \
             sim_workers(etcd_url, ds.root, workdir, args.workers, args.vnodes) as sims:
         t0 = time.monotonic()
-        load_all(sims, ds.root)
+        load_all(sims, ds.root, args.workloads)
         os.sync()
         stored = warm_store(workdir / "store")
         log(f"loaded {stored / MiB:,.0f} MiB into {args.workers} simulated workers in "
@@ -760,7 +761,8 @@ def report(ctx: Context, markdown: bool) -> None:
              "small_4t": f"small_4t, {n_small:,} files (files/s)"}
     rows = [["workload", "alluxiofuse", "official client", "alluxiofuse / official", "target",
              "met", "sims direct, 1 connection", f"sims direct, {ctx.args.sim_threads} threads"]]
-    for work, (_unit, need) in WORKLOADS.items():
+    for work in ctx.args.workloads:
+        need = WORKLOADS[work][1]
         a, o = med(work, "alluxiofuse"), med(work, "official")
         r = a / o if a and o else None
         rows.append([names[work], summary(vals(work, "alluxiofuse", lambda p: p.value)),
@@ -768,7 +770,7 @@ def report(ctx: Context, markdown: bool) -> None:
                      f"≥ {need}x", "n/a" if r is None else "yes" if r >= need else "**no**",
                      summary(vals(work, "sims.1c", lambda p: p.value)),
                      summary(vals(work, "sims", lambda p: p.value))])
-    for work in WORKLOADS:
+    for work in ctx.args.workloads:
         rows.append([f"peak RSS, {work} (MiB)",
                      summary(vals(work, "alluxiofuse", lambda p: p.rss_mib)),
                      summary(vals(work, "official", lambda p: p.rss_mib)),
@@ -786,7 +788,8 @@ def report(ctx: Context, markdown: bool) -> None:
              "rest of the machine (cores)", "worker requests (last repetition)"]]
     who = {"alluxiofuse": "alluxiofuse", "official": "official client",
            "sims.1c": "sims direct, 1 conn", "sims": f"sims direct, {ctx.args.sim_threads} thr"}
-    for work, (unit, _need) in WORKLOADS.items():
+    for work in ctx.args.workloads:
+        unit = WORKLOADS[work][0]
         for target in ("alluxiofuse", "official", "sims.1c", "sims"):
             ps = ctx.results.get((work, target))
             if not ps:
@@ -828,6 +831,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="256 MiB big file, 2,000 small files")
     p.add_argument("--workers", type=int, default=3, help="simulated workers")
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+                   help="the workloads to run (default: all); only their files are loaded")
     p.add_argument("--vnodes", type=int, default=5,
                    help="virtual nodes per worker, on the workers, the mount and the client")
     p.add_argument("--worker-latency-ms", type=float, default=1.0,
