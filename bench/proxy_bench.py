@@ -10,8 +10,8 @@ measuring and never dropped from the kernel's page cache: the simulator then ser
 memory, as a proxy over a warm Alluxio cache would.
 
 Two targets; every pass starts a fresh daemon or a fresh client process:
-  alluxiofuse  ``python -m alluxiofuse mount alluxio-proxy://127.0.0.1:PORT/ MNT -f
-               --page-cache-size 256MiB``, all else default (read type CACHE); a fresh
+  alluxiofuse  ``python -m alluxiofuse mount alluxio-proxy://127.0.0.1:PORT/ MNT -f``,
+               the daemon's defaults (read type CACHE); a fresh
                mount per pass, so its page cache and the kernel's cache of the mount are
                cold. The readers are threads of this driver, as in read_bench.
   official     the official 0.x client, ``alluxio`` 0.1.4 (requests), loaded under the
@@ -203,6 +203,7 @@ class Pass:
     cpu: dict[str, float]  # cores: sim, proc, readers, other
     requests: Counter[str]  # simulator counters over the pass (routes, streams, bytes)
     rss_mib: float | None = None
+    minflt: int | None = None  # the daemon's minor page faults during the pass
 
 
 @dataclass
@@ -251,7 +252,8 @@ class Context:
         log(f"  [{rep + 1}/{self.args.repeat}] {target:<15} {work:<8} {p.value:>9,.1f} "
             f"{unit:<7} {p.secs:6.2f}s  cores: sim {p.cpu['sim']:.2f} proc "
             f"{p.cpu['proc']:.2f} readers {p.cpu['readers']:.2f} other {p.cpu['other']:.2f}"
-            f"  {requests(p.requests)}" + (f"  RSS {p.rss_mib:.0f} MiB" if p.rss_mib else ""))
+            f"  {requests(p.requests)}" + (f"  RSS {p.rss_mib:.0f} MiB" if p.rss_mib else "")
+            + (f"  minflt {p.minflt:,}" if p.minflt is not None else ""))
 
 
 # ------------------------------------------------------------------------ alluxiofuse
@@ -271,8 +273,7 @@ def read_files(paths: list[str], threads: int) -> int:
 
 def mount_command(port: int, extra: str, mnt: Path) -> list[str]:
     return [sys.executable, "-m", "alluxiofuse", "mount", f"alluxio-proxy://127.0.0.1:{port}/",
-            str(mnt), "-f", "--page-cache-size", f"{rb.PAGE_CACHE_MIB}MiB",
-            "--log-level", "warning", *shlex.split(extra)]
+            str(mnt), "-f", "--log-level", "warning", *shlex.split(extra)]
 
 
 def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
@@ -291,8 +292,10 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
             fn, want = partial(read_files, paths, THREADS[work]), ds.small_bytes
         prewarm(args.prewarm_gib)
         a = ctx.snapshot(pid)
+        f0 = rb.proc_counters(pid)[0]
         with rb.watchdog(m, args.timeout, work):
             got = fn()
+        minflt = rb.proc_counters(pid)[0] - f0
         b = ctx.snapshot(pid)
         rss = rb.vm_hwm_mib(pid)
         if got != want:
@@ -316,7 +319,7 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
     ctx.streams_left(open_before, f"alluxiofuse {work} (repetition {rep + 1})")
     secs, cpu, reqs = ctx.cost(a, b)
     value = got / MiB / secs if work == "seq" else len(ctx.small) / secs
-    return Pass(value, secs, cpu, reqs, rss)
+    return Pass(value, secs, cpu, reqs, rss, minflt)
 
 
 # ------------------------------------------------------------------------ official client
@@ -586,6 +589,10 @@ def report(ctx: Context, markdown: bool) -> None:
                      cb.summary(vals(work, "official", lambda p: p.rss_mib)),
                      "–", "–", "–",
                      cb.summary(vals(work, "official.whole", lambda p: p.rss_mib))])
+    if faults := vals("seq", "alluxiofuse", lambda p: p.minflt):
+        rows.append(["daemon minor faults, seq", cb.summary(faults), "–", "–",
+                     f"≤ {rb.FAULTS_TARGET:,}",
+                     "yes" if statistics.median(faults) <= rb.FAULTS_TARGET else "**no**", "–"])
     print()
     cb.table(rows, markdown)
     # The two passes of a repetition ran back to back: their ratio compares like moments.
@@ -651,7 +658,7 @@ def main() -> int:
     p.add_argument("--sim-port", type=int, default=0, help="simulator port (0: a free one)")
     p.add_argument("--alluxiofuse-args", default="",
                    help="extra daemon arguments (one string); the mount already gets "
-                        "-f --page-cache-size 256MiB --log-level warning")
+                        "-f --log-level warning")
     p.add_argument("--prewarm-gib", type=float, default=3.0,
                    help="GiB of memory touched and freed just before each timed pass, so "
                         "that the pages it takes are backed by the host (see prewarm); 0: "
@@ -702,7 +709,7 @@ def main() -> int:
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(f"official client: alluxio {version} (requests) from {args.apy01_dir}, read type "
           f"CACHE; simulated Alluxio 2.x proxy (tests/sim/proxy.py); alluxiofuse args: "
-          f"--page-cache-size {rb.PAGE_CACHE_MIB}MiB {args.alluxiofuse_args}".rstrip())
+          f"defaults {args.alluxiofuse_args}".rstrip())
     print(f"dataset: {ds.root}: big.bin {ds.big_size // MiB} MiB, {len(ds.small)} small files "
           f"({ds.small_bytes / MiB:.0f} MiB), read in listing order; repeat={args.repeat}, "
           f"median (min–max) shown; {args.prewarm_gib:g} GiB touched and freed before each "

@@ -6,7 +6,7 @@ Targets; every run writes into a fresh, empty source directory under a scratch d
 on /var/tmp (a real disk here; /tmp may be tmpfs), and every FUSE run on a fresh mount
 of it (read_bench.py's ``mounted()``):
   direct       writes straight into the source directory
-  alluxiofuse  ``python -m alluxiofuse mount SRC MNT -f --page-cache-size 256MiB`` plus
+  alluxiofuse  ``python -m alluxiofuse mount SRC MNT -f``, the daemon's defaults, plus
                --extra (e.g. ``--extra "--write-type ASYNC_THROUGH"``) and --cache-dir
   fsspec.fuse  fsspec.fuse.run(file filesystem), as read_bench runs it: fusepy on
                libfuse2, single-threaded, no ``big_writes`` (the kernel sends it 4 KiB
@@ -550,7 +550,7 @@ def main() -> int:
           f"{plan.n_bytes / MiB:,.0f} MiB of data); tar: {shlex.join(TAR)}")
     print(f"repeat={args.repeat}, median (min-max) shown; caches dropped: "
           f"{'yes' if res.cold and all(res.cold) else 'NO'}; alluxiofuse options: "
-          f"--page-cache-size {rb.PAGE_CACHE_MIB}MiB {args.extra}"
+          f"defaults {args.extra}"
           + (f" --cache-dir {args.cache_dir}" if args.cache_dir else ""))
     report(res, plan, targets, args.markdown)
     return 1 if res.failed else 0
