@@ -335,7 +335,7 @@ async def govern_memory(fs: Filesystem, config: MountConfig, metrics: Metrics) -
                     (governor.cgroup_limit or 0) >> 20)
     while True:
         before = governor.current
-        bound = governor.update(resident_bytes(), fs.pages.used + fs.pages.reserved)
+        bound = governor.update(resident_bytes(), fs.pages)
         if bound != before:
             fs.resize_page_cache(bound)
             if bound < before:
