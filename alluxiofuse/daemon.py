@@ -49,7 +49,8 @@ from alluxiofuse.writes import Writes
 
 log = logging.getLogger(__name__)
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
@@ -127,18 +128,21 @@ def reuse_freed_pages() -> None:
     """Make glibc hand the memory of freed pages to the next page, whichever thread asks.
 
     Pages are allocated in worker threads. By default glibc keeps freed memory in
-    per-thread arenas (RSS drifted 100-150 MiB above the page cache: 361-432 MiB reading
-    1 GiB through a 256 MiB cache) and maps large blocks afresh each time. One arena and
-    a fixed 4 MiB mmap threshold keep both in check: a page of up to 4 MiB reuses memory
-    already faulted in (69,000 page faults per GiB read instead of 263,000 with every page
-    mapped and unmapped; a cold 1 GiB read 415-448 MiB/s instead of 356-389 right after
-    other I/O), and peak RSS stays at 303-314 MiB. No measurable change for small files
-    (bench/RESULTS.md). A no-op where libc has no mallopt.
+    per-thread arenas, maps large blocks afresh each time, and gives the top of its heap
+    back to the kernel as soon as 128 KiB of it are free. Each of those costs fresh memory
+    for the next page: a page fault per 4 KiB, and the kernel zeroing it. One arena, a
+    fixed 4 MiB mmap threshold (a page of up to 4 MiB comes from the heap) and a 64 MiB
+    trim threshold (the memory of the pages a sequential reader just dropped stays for the
+    pages it reads next) keep a read in memory already faulted in. What is kept free
+    counts as the rest of the process for the memory governor, which hands it back
+    (``release_free_memory``) when it must shrink the cache. bench/RESULTS.md has the
+    measurements. A no-op where libc has no mallopt.
     """
     with contextlib.suppress(OSError, AttributeError):  # no libc, or one without mallopt
         libc = ctypes.CDLL(None)
         libc.mallopt(_M_ARENA_MAX, 1)
         libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
 
 
 def _single(exc: Exception) -> Exception:
@@ -335,7 +339,7 @@ async def govern_memory(fs: Filesystem, config: MountConfig, metrics: Metrics) -
                     (governor.cgroup_limit or 0) >> 20)
     while True:
         before = governor.current
-        bound = governor.update(resident_bytes(), fs.pages.used + fs.pages.reserved)
+        bound = governor.update(resident_bytes(), fs.pages)
         if bound != before:
             fs.resize_page_cache(bound)
             if bound < before:

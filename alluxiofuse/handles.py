@@ -12,9 +12,9 @@ neither cached nor being fetched are prefetched in the background, but only whil
 bytes in flight stay under the daemon-wide prefetch budget. Where the backend reads
 several pages in one request well (its ``span``: ranged GETs of an object store), the
 window is asked for in runs of that many pages, one request each, several in flight, and
-a run is only cut short where the reader is about to need it or the file ends. A file
-read through a stream drops behind: pages a sequential reader has read through leave the
-page cache at once.
+a run is only cut short where the reader is about to need it or the file ends. Sequential
+readers drop behind: pages they have read through leave the page cache at once (the
+kernel caches them).
 """
 
 from __future__ import annotations
@@ -317,17 +317,18 @@ class FileHandle:
                         del self._reading[index]
         if not self.window:
             self._behind = -1
-        elif streaming:
+        else:
             self._drop_behind(first, last if end % ps == 0 or end == self.size else last - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _drop_behind(self, first: int, last: int) -> None:
-        """A sequential reader of a stream has read pages ``first`` to ``last`` through:
-        they leave the page cache at once. The kernel keeps what it was given in its own
-        cache, and this reader will not be back; freed now, their memory takes the next
-        pages. A page cache filling with fresh memory instead cost 66 page faults per MiB
-        read: 1 GiB through the proxy simulator, ABBA 4+4, went from 779 to 899 MiB/s
-        (daemon CPU 1.10 to 0.90 ms/MiB). Only streams, where it was measured."""
+        """A sequential reader has read pages ``first`` to ``last`` through: they leave the
+        page cache at once. The kernel keeps what it was given in its own cache (other
+        readers of the file are answered from there too), and this reader will not be
+        back; freed now, their memory takes the next pages. Kept until evicted instead, a
+        large file read once filled the page cache with pages nobody would ask for again,
+        each of them fresh memory (a page fault per 4 KiB, the kernel zeroing each one),
+        and held the process's memory as high as the cache's bound for nothing."""
         for index in range(first, last + 1):
             self._pages.discard(PageKey(self.ino, self.version, index))
         self._behind = max(self._behind, last)

@@ -11,7 +11,17 @@ bound.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from alluxiofuse.config import ALLOWANCE, cgroup_ceiling
+
+
+class CacheSize(Protocol):
+    """What the governor reads of the page cache (:class:`alluxiofuse.pages.PageCache`)."""
+
+    @property
+    def used(self) -> int:
+        """Bytes of cached pages (not those being fetched)."""
 
 
 class MemoryGovernor:
@@ -33,12 +43,22 @@ class MemoryGovernor:
             ceiling = min(ceiling, cgroup_ceiling(self.cgroup_limit))
         return ceiling
 
-    def update(self, resident: int, cache_bytes: int) -> int:
-        """The page cache bound for a process of ``resident`` bytes, ``cache_bytes`` of which
-        are the cache's: what the ceiling leaves beside everything that is not cache.
-        It shrinks at once and grows back by an eighth of the configured bound per call,
-        so that memory freed by one eviction is not handed straight back."""
-        others = max(0, resident - cache_bytes)
+    def update(self, resident: int, cache: CacheSize) -> int:
+        """The page cache bound for a process of ``resident`` bytes: what the ceiling leaves
+        beside everything that is not the cache's.
+
+        Only the cached pages are taken for the cache's share of ``resident``. Pages being
+        fetched are bounded too, but how much of them is resident yet is not known (a buffer
+        is touched as its bytes arrive): what they hold now is counted as the rest's.
+        Counted as the cache's, bytes not yet arrived made the rest look smaller than it
+        was: the bound grew by them, and once they landed the process stood above the
+        ceiling by as much (read-ahead landing between two checks took a daemon past its
+        cgroup limit: OOM-killed).
+
+        The bound shrinks at once and grows back by an eighth of the configured bound per
+        call, so that memory freed by one eviction is not handed straight back.
+        """
+        others = max(0, resident - cache.used)
         target = max(self.floor, min(self.capacity, self.ceiling - others))
         if target > self.current:
             target = min(target, self.current + max(self.capacity // 8, self.floor))

@@ -239,9 +239,55 @@ async def test_sequential_reads_drop_the_pages_they_read_through(nursery: trio.N
     assert len(env.backend.opened) == 1, "went back for a page read through"
     assert await handle.read(40 * PS, 3) == DATA[40 * PS:40 * PS + 3]  # random: kept
     assert key(40) in env.pages
-    plain = Env(nursery)  # a backend read by range: its pages stay cached
-    assert await plain.open().read(0, PS) == DATA[:PS]
-    assert key(0) in plain.pages
+
+
+async def test_any_backend_drops_what_a_sequential_reader_read_through(
+    nursery: trio.Nursery,
+) -> None:
+    """Read by range too, a page read to its end in order leaves the page cache: the kernel
+    holds it for the reader now, and kept here as well, every page of a large file would
+    stay until evicted, each one fresh memory. Random reads keep theirs: the kernel holds
+    only the bytes they asked for, and the rest of the page is what a nearby read wants."""
+    env = Env(nursery, max_readahead=4 * PS)
+    handle = env.open()
+    key = partial(PageKey, handle.ino, handle.version)
+    got = b""
+    while len(got) < len(DATA):  # in kernel-sized reads that straddle pages
+        got += await handle.read(len(got), 3 * PS // 2)
+    assert got == DATA
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.pages.used == 0, "pages read through stayed cached"
+    assert sorted(env.backend.read_offsets()) == [i * PS for i in range(65)]  # each once
+    random = env.open()
+    assert await random.read(40 * PS + 3, 5) == DATA[40 * PS + 3:40 * PS + 8]
+    assert await random.read(10 * PS, 5) == DATA[10 * PS:10 * PS + 5]
+    assert key(40) in env.pages and key(10) in env.pages
+
+
+async def test_readers_of_one_file_each_get_every_byte_while_pages_drop(
+    nursery: trio.Nursery,
+) -> None:
+    """Several sequential readers of one file, at their own pace: a page one of them drops
+    is fetched again for another that still wants it (the kernel answers that one from its
+    cache, where it can), and none waits for a page that left, or gets another's bytes."""
+    env = Env(nursery, max_readahead=4 * PS)
+    results: dict[int, bytes] = {}
+
+    async def reader(n: int, chunk: int) -> None:
+        handle = env.open()
+        got = b""
+        while len(got) < len(DATA):
+            got += await handle.read(len(got), chunk)
+            await trio.lowlevel.checkpoint()  # take turns with the other readers
+        results[n] = got
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as readers:
+            for n, chunk in enumerate((PS, PS // 3, 2 * PS + 1)):
+                readers.start_soon(reader, n, chunk)
+    assert results == {0: DATA, 1: DATA, 2: DATA}
+    assert env.pages.used == 0
+    assert env.prefetcher.in_flight == 0
 
 
 @pytest.mark.parametrize(
