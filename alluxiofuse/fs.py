@@ -317,7 +317,20 @@ class Filesystem:
         handle = self._files.get(fh)
         if handle is None:
             raise StaleFile(f"file handle {fh} is not open")
-        return await handle.read(offset, size)
+        try:
+            return await handle.read(offset, size)
+        except StaleFile:
+            self._changed_behind(handle.inode)
+            raise
+
+    def _changed_behind(self, inode: Inode) -> None:
+        """A read found ``inode``'s file changed behind the mount: what is cached of it
+        is old, here and in the kernel. Forgotten, the next open asks the source for the
+        new version instead of failing like this read until ``--attr-timeout`` ran out."""
+        if self.inodes.is_linked(inode):
+            self.meta.forget(inode.path)
+        self._invalidate_attrs(inode.ino)
+        inode.attrs_version = None
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)

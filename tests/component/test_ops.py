@@ -284,6 +284,26 @@ async def test_keep_cache_only_while_the_version_is_unchanged(
     assert e.value.errno == errno.ESTALE
 
 
+async def test_a_read_that_finds_the_file_changed_lets_the_next_open_see_the_change(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    # With attributes cached for a minute, the open after a stale read must not take the
+    # cached, old version again: that would fail every open until the cache expired.
+    invalidated: list[int] = []
+    m = await make(tree, nursery, invalidate_attrs=invalidated.append)
+    ino = (await m.lookup_path("small.txt")).st_ino
+    fi = await m.ops.open(ino, os.O_RDONLY, None)
+    (tree / "small.txt").write_bytes(b"changed behind the mount\n")
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await m.ops.read(fi.fh, 0, 100)
+    assert e.value.errno == errno.ESTALE
+    await m.ops.release(fi.fh)
+    assert ino in invalidated  # the kernel asks for the new size before its next read
+    fi = await m.ops.open(ino, os.O_RDONLY, None)
+    assert await m.ops.read(fi.fh, 0, 100) == b"changed behind the mount\n"
+    await m.ops.release(fi.fh)
+
+
 async def test_every_mutation_of_a_read_only_mount_is_erofs(
     tree: Path, nursery: trio.Nursery,
 ) -> None:
