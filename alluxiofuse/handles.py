@@ -348,17 +348,23 @@ class FileHandle:
             await self._stream.aclose()
 
     def start(self) -> None:
-        """Begin fetching the first page now: the kernel's first read follows the open."""
+        """Begin fetching the first page now: the kernel's first read follows the open, so
+        the page is fetched as a reader's (``read``), never queued as read-ahead behind
+        other files' runs."""
         if self.size > 0:
-            self._schedule_prefetch(0, 0)
+            key = PageKey(self.ino, self.version, 0)
+            fetch = partial(self._fetch, 0, inline=False)
+            if self._prefetcher.prefetch(key, fetch, self._length(0), partial(self._ahead, 0)):
+                self._asked = max(self._asked, 0)
 
     def _advance_window(self, first: int, last: int) -> None:
         if first in (self._last_page, self._last_page + 1):
             if last > self._last_page:
                 self.window = min(self._max_window, max(1, self.window * 2))
-        else:
+        else:  # a new run: what the last one read through is not behind this one
             self.window = 0
             self._asked = -1
+            self._behind = -1
         self._last_page = last
         self._schedule_prefetch(last + 1, last + self.window)
 

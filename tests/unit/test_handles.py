@@ -290,6 +290,36 @@ async def test_readers_of_one_file_each_get_every_byte_while_pages_drop(
     assert env.prefetcher.in_flight == 0
 
 
+async def test_a_reader_that_goes_back_reads_ahead_again_though_reads_overlapped(
+    nursery: trio.Nursery,
+) -> None:
+    """Going back starts a new run of sequential reads: what the old run read through must
+    not count as read through for the new one, even when the kernel's next read arrives
+    before the first read back is answered (else no page up to the old run's end would be
+    fetched ahead)."""
+    env = Env(nursery, max_readahead=4 * PS)
+    handle = env.open()
+    for index in range(41):  # read through to page 40
+        assert await handle.read(index * PS, PS) == DATA[index * PS:(index + 1) * PS]
+    await trio.testing.wait_all_tasks_blocked()
+    env.backend.hold.add(10 * PS)
+    back: list[bytes] = []
+
+    async def read_back() -> None:
+        back.append(await handle.read(10 * PS, PS))
+
+    nursery.start_soon(read_back)
+    await trio.testing.wait_all_tasks_blocked()  # waiting for page 10
+    next_read = await handle.read(11 * PS, PS)  # the kernel's next read, meanwhile
+    assert next_read == DATA[11 * PS:12 * PS]
+    env.backend.gate.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert back == [DATA[10 * PS:11 * PS]]
+    assert await handle.read(12 * PS, PS) == DATA[12 * PS:13 * PS]
+    await trio.testing.wait_all_tasks_blocked()
+    assert PageKey(handle.ino, handle.version, 13) in env.pages, "no read-ahead"
+
+
 @pytest.mark.parametrize(
     ("offset", "size"),
     [(0, 1), (0, PS), (15, 2), (1, PS), (0, 100), (31, 33), (PS * 10, PS * 5 + 3),
@@ -687,3 +717,19 @@ async def test_read_ahead_of_a_span_backend_comes_in_full_runs(nursery: trio.Nur
     for run in backend.runs:
         assert run == list(range(run[0], run[0] + len(run))), "contiguous"
         assert len(run) == 4 or run[-1] == last or run[0] <= 8, backend.runs
+
+
+async def test_the_first_page_after_an_open_is_fetched_as_a_readers(
+    nursery: trio.Nursery,
+) -> None:
+    """The kernel's first read follows the open at once: its page is fetched under the
+    waiting readers' bound (``read``), never queued as read-ahead (``read_many``) behind
+    other files' runs."""
+    env = Env(nursery, max_readahead=16 * PS)
+    backend = env.backend = SpanBackend(DATA)
+    handle = env.open()
+    handle.start()
+    await trio.testing.wait_all_tasks_blocked()
+    assert backend.read_offsets() == [0] and backend.runs == []
+    assert await handle.read(0, PS) == DATA[:PS]
+    assert backend.read_offsets().count(0) == 1
