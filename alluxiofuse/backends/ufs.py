@@ -494,8 +494,15 @@ class UfsBackend:
                 log.debug("skipping entry %r of %r: not a usable file name", name, path)
                 continue
             status = status_from_info(name, info)
-            if self._s3:  # a listing carries no object metadata
-                status = dataclasses.replace(status, complete=False)
+            if self._s3:
+                # A listing carries no object metadata (complete False), and many stores
+                # list LastModified to the millisecond where HEAD and GET give it as an
+                # HTTP date, in whole seconds: the same version must compare equal
+                # whichever call named it.
+                mtime = status.mtime_ns
+                status = dataclasses.replace(
+                    status, complete=False,
+                    mtime_ns=None if mtime is None else mtime - mtime % 1_000_000_000)
             entries.append(self._reported(status))
         return entries
 
@@ -524,8 +531,9 @@ class UfsBackend:
             raise StaleFile(f"{path} changed while open")
         if len(want) == 1:
             return [data]
-        view = memoryview(data)
-        return [view[start - offset:start - offset + n]
+        # A page of its own each (a copy): a view would keep the whole run's buffer alive
+        # for as long as any one of its pages stayed cached.
+        return [data[start - offset:start - offset + n]
                 for n, start in zip(want, _starts(offset, want), strict=True)]
 
     # -- changes

@@ -166,3 +166,24 @@ def test_the_pool_has_room_for_every_request_in_flight() -> None:
     mine = {"config_kwargs": {"max_pool_connections": 5, "read_timeout": 3}, "anon": True}
     assert with_pool(mine, 96) == mine  # the user's choice stands
     assert DEMAND_REQUESTS + READAHEAD_REQUESTS <= 96
+
+
+async def test_a_listing_and_a_head_name_the_same_version(server: S3Server) -> None:
+    """Many stores list LastModified to the millisecond, while HEAD and GET give it as an
+    HTTP date, in whole seconds: one version must be the same whichever call named it
+    (else a file read after a listing would look changed, and its pages never shared)."""
+    fs = server.fs()
+    fs.pipe_file(f"{server.bucket}/{ROOT}/f", b"data")
+    listed = fs.ls
+
+    def ls_in_milliseconds(path: str, detail: bool = True, **kwargs: Any) -> Any:
+        entries = listed(path, detail=detail, **kwargs)
+        for info in entries:  # as s3rver, MinIO and Ceph list them
+            if info.get("LastModified") is not None:
+                info["LastModified"] = info["LastModified"].replace(microsecond=123_000)
+        return entries
+
+    fs.ls = ls_in_milliseconds
+    ufs = backend(server, fs)
+    [entry] = [s for s in await ufs.list("") if s.name == "f"]
+    assert entry.version == (await ufs.stat("f")).version
