@@ -58,6 +58,10 @@ SEED = 20261206
 PEERS = ("alluxiofuse", "rclone", "s3fs", "fsspec")
 PEER_NAMES = {"alluxiofuse": "alluxiofuse", "rclone": "rclone mount", "s3fs": "s3fs-fuse",
               "fsspec": "fsspec.fuse"}
+# s3rver lists a prefix that holds only prefixes (small/, tree/) as if it were not there:
+# its listing prunes the walk of its store below the first delimiter before it has seen an
+# object there. A small object directly in each keeps these directories visible to all.
+MARKERS = ("small/README.txt", "tree/README.txt")
 PYTHON_DEPS = {"boto3": "boto3", "fuse": "fusepy", "s3fs": "s3fs"}  # module -> PyPI name
 
 log = rb.log
@@ -164,7 +168,10 @@ def s3rver(directory: Path | None = None, logfile: Path | None = None) -> Iterat
         proc = subprocess.Popen(
             [str(exe), "-d", str(directory), "-a", "127.0.0.1", "-p", "0", "--silent",
              "--configure-bucket", BUCKET],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
+            # Its continuation tokens (truncated listings) use DES, which OpenSSL 3 keeps
+            # in its legacy provider: without it such a listing is a 500.
+            env=dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider"))
         stack.callback(end, proc)
         assert proc.stdout is not None
         stack.callback(proc.stdout.close)
@@ -232,6 +239,7 @@ class Dataset:
     small: list[tuple[str, int]]
     tree: list[str]
     tree_dirs: int
+    offsets: list[int]  # where each small file's bytes start in small_pool()
 
     big_key = "big.bin"
 
@@ -241,21 +249,18 @@ class Dataset:
 
     @property
     def walk_entries(self) -> int:
-        """What os.walk of tree/ yields: its directories and files."""
-        return self.tree_dirs + len(self.tree)
+        """What os.walk of tree/ yields: its directories and files (and its marker)."""
+        return self.tree_dirs + len(self.tree) + 1
 
     def spec(self) -> dict[str, Any]:
         return {"seed": SEED, "big": self.big_size, "small": len(self.small),
-                "tree": len(self.tree)}
+                "tree": len(self.tree), "markers": list(MARKERS)}
 
     def small_content(self, i: int) -> bytes:
         """The bytes of small file ``i``: a slice of a seeded pool, so that the mount's
         bytes can be checked without keeping them."""
-        return small_pool()[self.offsets()[i]:self.offsets()[i] + self.small[i][1]]
-
-    def offsets(self) -> list[int]:
-        rng = random.Random(SEED + 1)
-        return [rng.randrange(4 * MiB - size) for _, size in self.small]
+        off = self.offsets[i]
+        return small_pool()[off:off + self.small[i][1]]
 
 
 _POOL: list[bytes] = []
@@ -275,8 +280,10 @@ def plan(quick: bool) -> Dataset:
     small = [(f"small/d{i % n_dirs:02d}/f{i:04d}.bin", rng.randint(4096, 65536))
              for i in range(n_small)]
     tree = [f"tree/d{d:03d}/f{f:03d}" for d in range(tree_dirs) for f in range(per_dir)]
+    orng = random.Random(SEED + 1)
+    offsets = [orng.randrange(4 * MiB - size) for _, size in small]
     return Dataset("quick" if quick else "full", (128 if quick else 1024) * MiB, small, tree,
-                   tree_dirs)
+                   tree_dirs, offsets)
 
 
 def big_block(i: int, size: int) -> bytes:
@@ -334,6 +341,7 @@ def populate(server: S3Server, ds: Dataset) -> None:
 
     items = [(key, ds.small_content(i)) for i, (key, _) in enumerate(ds.small)]
     items += [(key, b"x" * 100) for key in ds.tree]
+    items += [(key, b"benchmark data of bench/s3env.py\n") for key in MARKERS]
     with ThreadPoolExecutor(max_workers=16) as ex:
         list(ex.map(put, items))
     c.put_object(Bucket=server.bucket, Key="manifest.json", Body=json.dumps(ds.spec()).encode())
@@ -434,6 +442,7 @@ def mount_command(peer: str, ep: Endpoint, mnt: Path, work: Path, repo: Path,
         env.update(RCLONE_CONFIG="/dev/null", RCLONE_S3_PROVIDER="Other",
                    RCLONE_S3_ENDPOINT=ep.url, RCLONE_S3_ACCESS_KEY_ID=KEY,
                    RCLONE_S3_SECRET_ACCESS_KEY=SECRET, RCLONE_CACHE_DIR=str(work / "cache"))
+        env.pop("AWS_CA_BUNDLE", None)  # rclone cannot load one into its transport: it exits
         return ["rclone", "mount", f":s3:{ep.bucket}", str(mnt), *shlex.split(extra)], env
     if peer == "s3fs":
         passwd = work / "passwd"
