@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -60,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,46 +98,11 @@ BOUNDS = {"rss": 300.0, "minflt": 30000.0}
 
 
 @dataclass
-class Results:
-    """Samples by "workload|target": [value, complete] each; saved and merged as JSON."""
-
-    samples: dict[str, list[list[float]]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    rtt: list[float] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def add(self, work: str, target: str, value: float, complete: bool = True) -> None:
-        self.samples.setdefault(f"{work}|{target}", []).append([value, float(complete)])
-
-    def median(self, work: str, target: str) -> tuple[float | None, bool]:
-        vals = self.samples.get(f"{work}|{target}")
-        if not vals:
-            return None, True
-        return statistics.median(v for v, _ in vals), all(c for _, c in vals)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"samples": self.samples, "notes": self.notes,
-                                    "rtt": self.rtt, "failed": self.failed}, indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> Results:
-        d = json.loads(path.read_text())
-        return cls(d["samples"], d["notes"], d["rtt"], d["failed"])
-
-    def merge(self, other: Results) -> None:
-        for k, v in other.samples.items():
-            self.samples.setdefault(k, []).extend(v)
-        self.notes += [n for n in other.notes if n not in self.notes]
-        self.rtt += other.rtt
-        self.failed.update(other.failed)
-
-
-@dataclass
 class Context:
     args: argparse.Namespace
     ep: s3env.Endpoint
     logs: Path
-    res: Results
+    res: s3env.Results
 
     @property
     def ds(self) -> s3env.Dataset:
@@ -326,7 +290,7 @@ def run_ceiling(ctx: Context, rep: int) -> None:
                 else -1e18, True))
 
 
-def run(args: argparse.Namespace, logs: Path, res: Results) -> None:
+def run(args: argparse.Namespace, logs: Path, res: s3env.Results) -> None:
     ds = s3env.plan(args.quick)
     with s3env.endpoint(ds, logs, args.ttfb, args.bandwidth) as ep:
         ctx = Context(args, ep, logs, res)
@@ -360,7 +324,7 @@ def fmt(v: float | None, complete: bool = True) -> str:
     return s if complete else s + "*"
 
 
-def report(res: Results, markdown: bool) -> None:
+def report(res: s3env.Results, markdown: bool) -> None:
     peers = [p for p in s3env.PEERS if p != "alluxiofuse"]
     head = ["workload", *(s3env.PEER_NAMES[p] for p in s3env.PEERS), "ceiling",
             "allux / best peer", "allux / ceiling", "target", "met"]
@@ -452,9 +416,9 @@ def main() -> int:
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args()
 
-    res = Results()
+    res = s3env.Results()
     if args.report:
-        report(Results.load(args.report), args.markdown)
+        report(s3env.Results.load(args.report), args.markdown)
         return 0
     names = [t.strip() for t in args.only.split(",") if t.strip()]
     if bad := [t for t in names if t not in TARGETS]:
@@ -480,11 +444,7 @@ def main() -> int:
         run(args, logs, res)
     finally:
         if args.results:
-            if args.results.exists():
-                old = Results.load(args.results)
-                old.merge(res)
-                res = old
-            res.save(args.results)
+            res = res.merged_into(args.results)
     print(f"S3 through the latency proxy: ttfb {args.ttfb * 1000:g} ms, "
           f"{args.bandwidth / MiB:g} MiB/s per connection; data "
           f"{'quick' if args.quick else 'full'}; logs in {logs}")

@@ -20,13 +20,13 @@ which every run needs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import random
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -313,14 +313,6 @@ class BigFile:
         return out
 
 
-def big_sha256(size: int) -> str:
-    h = hashlib.sha256()
-    f = BigFile(size)
-    while chunk := f.read(BigFile.BLOCK):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 def populate(server: S3Server, ds: Dataset) -> None:
     """Put the data set into the bucket unless its manifest says it is there already."""
     c = client(server.url)
@@ -390,6 +382,52 @@ def round_trip(url: str, bucket: str, key: str, n: int = 20) -> float:
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+# ------------------------------------------------------------------------ results
+
+
+@dataclass
+class Results:
+    """Samples by "workload|target": [value, complete] each; saved and merged as JSON."""
+
+    samples: dict[str, list[list[float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    rtt: list[float] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def add(self, work: str, target: str, value: float, complete: bool = True) -> None:
+        self.samples.setdefault(f"{work}|{target}", []).append([value, float(complete)])
+
+    def median(self, work: str, target: str) -> tuple[float | None, bool]:
+        vals = self.samples.get(f"{work}|{target}")
+        if not vals:
+            return None, True
+        return statistics.median(v for v, _ in vals), all(c for _, c in vals)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"samples": self.samples, "notes": self.notes,
+                                    "rtt": self.rtt, "failed": self.failed}, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Results:
+        d = json.loads(path.read_text())
+        return cls(d["samples"], d["notes"], d["rtt"], d["failed"])
+
+    def merged_into(self, path: Path) -> Results:
+        """Add these samples to the --results file ``path`` (made if missing); the sum."""
+        total = Results.load(path) if path.exists() else Results()
+        total.merge(self)
+        total.save(path)
+        return total
+
+    def merge(self, other: Results) -> None:
+        for k, v in other.samples.items():
+            self.samples.setdefault(k, []).extend(v)
+        self.notes += [n for n in other.notes if n not in self.notes]
+        self.rtt += other.rtt
+        self.failed.update(other.failed)
+
 
 
 # ------------------------------------------------------------------------ mounts
@@ -487,15 +525,11 @@ def mounted(peer: str, ep: Endpoint, logs: Path, repo: Path = REPO_ROOT,
         finally:
             rb.stop(proc, mnt)  # unmount, wait, SIGTERM, SIGKILL, lazy unmount; rmdir
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not rb.is_mounted(mnt):  # never delete through a mount that would not go
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------ reading
-
-
-def read_file(path: str) -> int:
-    with open(path, "rb", buffering=0) as f:
-        return len(f.read())
 
 
 def read_range(path: Path, start: int, length: int) -> int:
@@ -517,40 +551,3 @@ def read_parallel(path: Path, size: int, readers: int) -> int:
     with ThreadPoolExecutor(max_workers=readers) as ex:
         return sum(ex.map(lambda i: read_range(path, i * part, min(part, size - i * part)),
                           range(readers)))
-
-
-def read_files(paths: list[str], threads: int, deadline: float | None = None) -> tuple[int, int]:
-    """Read each file whole with ``threads`` threads; stop taking new files after
-    ``deadline`` (time.monotonic). Returns (files read, bytes read)."""
-    it = iter(paths)
-    lock = threading.Lock()
-
-    def worker() -> tuple[int, int]:
-        n = b = 0
-        while deadline is None or time.monotonic() < deadline:
-            with lock:
-                p = next(it, None)
-            if p is None:
-                break
-            b += read_file(p)
-            n += 1
-        return n, b
-
-    with ThreadPoolExecutor(max_workers=threads) as ex:
-        results = list(ex.map(lambda _: worker(), range(threads)))
-    return sum(n for n, _ in results), sum(b for _, b in results)
-
-
-def walk_stat(root: Path, deadline: float | None = None) -> int:
-    """os.walk + os.stat of every file; entries seen (stops after ``deadline``)."""
-    def onerror(exc: OSError) -> None:
-        raise exc
-
-    n = 0
-    for dirpath, dirs, files in os.walk(root, onerror=onerror):
-        for name in files:
-            os.stat(os.path.join(dirpath, name))
-        n += len(dirs) + len(files)
-        if deadline is not None and time.monotonic() > deadline:
-            break
-    return n
