@@ -279,6 +279,7 @@ class FileHandle:
         ) if backend.streams else None
         self._reading: Counter[int] = Counter()  # pages of the reads in progress
         self._behind = -1  # the last page read through by sequential reads (and dropped)
+        self._read_to = -1  # where the last read ended
         self._asked = -1  # the last page read ahead in this run of sequential reads
 
     @property
@@ -315,10 +316,16 @@ class FileHandle:
                 for index in pages:
                     if not self._reading[index]:
                         del self._reading[index]
+        # A read that starts inside a page has read it through only if the bytes before
+        # it on the page were read just before (the kernel's concurrent read-ahead
+        # requests can arrive out of order; the page is kept for the earlier part).
+        through_from = first if offset % ps == 0 or offset == self._read_to else first + 1
+        self._read_to = end
         if not self.window:
             self._behind = -1
         else:
-            self._drop_behind(first, last if end % ps == 0 or end == self.size else last - 1)
+            self._drop_behind(through_from,
+                              last if end % ps == 0 or end == self.size else last - 1)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _drop_behind(self, first: int, last: int) -> None:
@@ -354,8 +361,13 @@ class FileHandle:
         if self.size > 0:
             key = PageKey(self.ino, self.version, 0)
             fetch = partial(self._fetch, 0, inline=False)
-            if self._prefetcher.prefetch(key, fetch, self._length(0), partial(self._ahead, 0)):
+            if self._prefetcher.prefetch(key, fetch, self._length(0), self._unread):
                 self._asked = max(self._asked, 0)
+
+    def _unread(self) -> bool:
+        """Whether no read has come yet. Once one has, the page fetched at the open is
+        the reader's own business: read (and perhaps dropped) already, or wanted no more."""
+        return self._last_page < 0
 
     def _advance_window(self, first: int, last: int) -> None:
         if first in (self._last_page, self._last_page + 1):

@@ -733,3 +733,39 @@ async def test_the_first_page_after_an_open_is_fetched_as_a_readers(
     assert backend.read_offsets() == [0] and backend.runs == []
     assert await handle.read(0, PS) == DATA[:PS]
     assert backend.read_offsets().count(0) == 1
+
+
+async def test_a_page_whose_halves_are_read_out_of_order_is_fetched_once(
+    nursery: trio.Nursery,
+) -> None:
+    """The kernel's concurrent read-ahead requests can arrive out of order: a read that ends
+    a page is not a read through it unless what came before it on the page was read."""
+    env = Env(nursery, max_readahead=4 * PS)
+    handle = env.open()
+    half = PS // 2
+    assert await handle.read(0, PS) == DATA[:PS]
+    assert await handle.read(PS + half, PS - half) == DATA[PS + half:2 * PS]
+    assert await handle.read(PS, half) == DATA[PS:PS + half]
+    assert await handle.read(2 * PS, PS) == DATA[2 * PS:3 * PS]
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.backend.read_offsets().count(PS) == 1, env.backend.read_offsets()
+
+
+async def test_the_fetch_at_the_open_comes_to_nothing_once_the_page_was_read(
+    nursery: trio.Nursery,
+) -> None:
+    """The first page, fetched at the open, is read through and dropped before that task
+    starts (a busy loop), and a read the kernel sent out of order resets the window: the
+    task must not fetch the page a second time."""
+    env = Env(nursery, max_readahead=4 * PS)
+    spawned: list[tuple[Any, ...]] = []
+    env.prefetcher.spawn = lambda *task: spawned.append(task)  # held back
+    handle = env.open()
+    handle.start()
+    env.prefetcher.spawn = nursery.start_soon
+    assert await handle.read(0, PS) == DATA[:PS]  # read through: dropped
+    assert await handle.read(3 * PS, 10) == DATA[3 * PS:3 * PS + 10]  # out of order
+    for task in spawned:
+        nursery.start_soon(*task)
+    await trio.testing.wait_all_tasks_blocked()
+    assert env.backend.read_offsets().count(0) == 1, env.backend.read_offsets()
