@@ -673,7 +673,11 @@ class Filesystem:
         for position, status in enumerate(entries, start):
             child = join(parent, status.name)
             known = self.inodes.by_path(child)
-            if (status.kind is Kind.FILE and status.size
+            # The file being opened fetches its own first page as a reader's (``start``):
+            # in a batch too, a read of it that ended before the batch began would be
+            # fetched a second time.
+            opening = child == inode.path and not self.backend.warms
+            if (status.kind is Kind.FILE and status.size and not opening
                     and (known is None or known.status.version == status.version)):
                 files.append((position, child, status))
         reads = [(child, 0, min(self.config.page_size, s.size), s.version)

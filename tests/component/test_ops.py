@@ -556,6 +556,38 @@ async def test_files_read_in_order_are_fetched_ahead(
     assert m.sample("alluxiofuse_readahead_wasted_bytes_total") == 0
 
 
+async def test_a_batch_fetched_ahead_never_holds_the_file_being_opened(
+    many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
+) -> None:
+    # That file's first page is fetched as a reader's, by the open itself; in the batch
+    # too, a read of it done before the batch began would fetch it a second time.
+    m = await make_dir_source(f"flaky://{tree}", nursery, tmp_path, dir_readahead=16)
+    backend = m.fs.backend
+    batches: list[list[str]] = []
+    real_read_many = backend.read_many
+
+    async def read_many(reads: Any) -> Any:
+        batches.append([path for path, *_ in reads])
+        return await real_read_many(reads)
+
+    backend.read_many = read_many  # type: ignore[method-assign]
+    opened: list[str] = []
+    real_open = m.fs.open
+
+    async def open_(ino: int, flags: int) -> Any:
+        opened.append(m.fs.inodes.get(ino).path)
+        count = len(batches)
+        result = await real_open(ino, flags)
+        await trio.testing.wait_all_tasks_blocked()
+        for batch in batches[count:]:
+            assert opened[-1] not in batch, (opened[-1], batch)
+        return result
+
+    m.fs.open = open_  # type: ignore[method-assign]
+    contents, _ = await read_files_in(m, sorted(many_small))
+    assert contents == many_small and batches, "read ahead in batches"
+
+
 async def test_a_batch_the_prefetch_budget_cuts_short_is_resumed(
     many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
 ) -> None:
