@@ -324,13 +324,14 @@ class Filesystem:
             raise
 
     def _changed_behind(self, inode: Inode) -> None:
-        """A read found ``inode``'s file changed behind the mount: what is cached of it
-        is old, here and in the kernel. Forgotten, the next open asks the source for the
-        new version instead of failing like this read until ``--attr-timeout`` ran out."""
+        """A read found ``inode``'s file changed behind the mount: its cached status is
+        old. Forgotten, the next open asks the source for the new version (and has the
+        kernel refresh its attributes then) instead of failing like this read until
+        ``--attr-timeout`` ran out. The kernel's attributes are left alone here: asked
+        for again before the handle's next read, a removed file's would fail that read
+        with ENOENT, which read(2) never returns."""
         if self.inodes.is_linked(inode):
             self.meta.forget(inode.path)
-        self._invalidate_attrs(inode.ino)
-        inode.attrs_version = None
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
