@@ -678,8 +678,11 @@ class Filesystem:
             # in a batch too, a read of it that ended before the batch began would be
             # fetched a second time.
             opening = child == inode.path and not self.backend.warms
+            # Nor a file whose pages the kernel holds from an earlier open of this version:
+            # its open will tell the kernel to keep them, and nothing will read it here.
             if (status.kind is Kind.FILE and status.size and not opening
-                    and (known is None or known.status.version == status.version)):
+                    and (known is None or (known.status.version == status.version
+                                           and known.kernel_version != status.version))):
                 files.append((position, child, status))
         reads = [(child, 0, min(self.config.page_size, s.size), s.version)
                  for _, child, s in files]

@@ -588,6 +588,33 @@ async def test_a_batch_fetched_ahead_never_holds_the_file_being_opened(
     assert contents == many_small and batches, "read ahead in batches"
 
 
+async def test_files_the_kernel_holds_are_not_fetched_ahead_again(
+    many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
+) -> None:
+    # Read in order once, the files are in the kernel's cache (each open after says keep
+    # it); read in order again, nothing may be fetched ahead for them: nobody would read it.
+    m = await make_dir_source(f"flaky://{tree}", nursery, tmp_path, dir_readahead=16)
+    names = sorted(many_small)
+    await read_files_in(m, names)
+    backend = m.fs.backend
+    batches: list[list[str]] = []
+    real_read_many = backend.read_many
+
+    async def read_many(reads: Any) -> Any:
+        batches.append([path for path, *_ in reads])
+        return await real_read_many(reads)
+
+    backend.read_many = read_many  # type: ignore[method-assign]
+    dir_ino = (await m.lookup_path("many")).st_ino
+    for name in names:
+        ino = (await m.ops.lookup(dir_ino, name.encode())).st_ino
+        info = await m.ops.open(ino, os.O_RDONLY, None)
+        assert info.keep_cache
+        await trio.testing.wait_all_tasks_blocked()
+        await m.ops.release(info.fh)
+    assert batches == []
+
+
 async def test_a_batch_the_prefetch_budget_cuts_short_is_resumed(
     many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
 ) -> None:
