@@ -556,12 +556,8 @@ async def test_files_read_in_order_are_fetched_ahead(
     assert m.sample("alluxiofuse_readahead_wasted_bytes_total") == 0
 
 
-async def test_a_batch_fetched_ahead_never_holds_the_file_being_opened(
-    many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
-) -> None:
-    # That file's first page is fetched as a reader's, by the open itself; in the batch
-    # too, a read of it done before the batch began would fetch it a second time.
-    m = await make_dir_source(f"flaky://{tree}", nursery, tmp_path, dir_readahead=16)
+def record_batches(m: Mounted) -> list[list[str]]:
+    """The paths of each read-ahead batch (``read_many``) the backend is asked for from now."""
     backend = m.fs.backend
     batches: list[list[str]] = []
     real_read_many = backend.read_many
@@ -571,6 +567,16 @@ async def test_a_batch_fetched_ahead_never_holds_the_file_being_opened(
         return await real_read_many(reads)
 
     backend.read_many = read_many  # type: ignore[method-assign]
+    return batches
+
+
+async def test_a_batch_fetched_ahead_never_holds_the_file_being_opened(
+    many_small: dict[str, bytes], nursery: trio.Nursery, tmp_path: Path, tree: Path,
+) -> None:
+    # That file's first page is fetched as a reader's, by the open itself; in the batch
+    # too, a read of it done before the batch began would fetch it a second time.
+    m = await make_dir_source(f"flaky://{tree}", nursery, tmp_path, dir_readahead=16)
+    batches = record_batches(m)
     opened: list[str] = []
     real_open = m.fs.open
 
@@ -596,15 +602,7 @@ async def test_files_the_kernel_holds_are_not_fetched_ahead_again(
     m = await make_dir_source(f"flaky://{tree}", nursery, tmp_path, dir_readahead=16)
     names = sorted(many_small)
     await read_files_in(m, names)
-    backend = m.fs.backend
-    batches: list[list[str]] = []
-    real_read_many = backend.read_many
-
-    async def read_many(reads: Any) -> Any:
-        batches.append([path for path, *_ in reads])
-        return await real_read_many(reads)
-
-    backend.read_many = read_many  # type: ignore[method-assign]
+    batches = record_batches(m)
     dir_ino = (await m.lookup_path("many")).st_ino
     for name in names:
         ino = (await m.ops.lookup(dir_ino, name.encode())).st_ino
