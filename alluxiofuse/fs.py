@@ -60,12 +60,12 @@ _STREAK_DISTANCE = 4
 _STREAK_START = 2
 # Status misses in one directory after which it is listed rather than stat-ed per name.
 _MISSES_BEFORE_LISTING = 2
-# A file a listing says is this small (and within one page) is looked up, where the backend
-# can, with a read of its whole content that also tells its status (on S3 a GET, whose
-# reply carries what a HEAD's does): the open and read that follow a lookup (a data
-# loader's sample) then cost no request. Larger files are looked up by their status alone:
-# a stat should not fetch much more than the status.
-_READ_AT_LOOKUP_MAX = 256 * 1024
+# A file a listing says is this small (and within one page) has its full attributes
+# fetched, where the backend can, with a read of its whole content that also tells its
+# status (on S3 a GET, whose reply carries what a HEAD's does): the open and read that
+# follow (a data loader's sample) then cost no request. Larger files are asked for their
+# status alone: a stat should not fetch much more than the status.
+_READ_WITH_STATUS_MAX = 256 * 1024
 
 # How much longer than --negative-timeout a miss is remembered for SIGHUP: the kernel's
 # timeout starts when the reply reaches it, a little after the daemon recorded the miss.
@@ -157,7 +157,15 @@ class Filesystem:
 
     async def lookup(self, parent_ino: int, name: str) -> Inode:
         """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference.
-        NotFound is a negative entry the kernel caches for ``--negative-timeout``."""
+        NotFound is a negative entry the kernel caches for ``--negative-timeout``.
+
+        A regular file a fresh listing names is answered from the listing, with no request,
+        even where the listing lacks attributes the store keeps (S3 metadata): those
+        attributes are then given with no attribute timeout, so the getattr that follows
+        (the permission check of an open, a stat) fetches them. The kernel sends the
+        lookups of one directory one at a time (libfuse before 3.17 never grants it
+        parallel directory operations); getattrs of different files run side by side.
+        """
         path = self._child_path(parent_ino, name)
         try:
             status = await self._stat(path, attrs=True, lookup=True)
@@ -692,11 +700,28 @@ class Filesystem:
                 self._prefetcher.spawn(self.backend.warm, reads)
             return
         keys = [PageKey(self.inodes.number_for(child), s.version, 0) for _, child, s in files]
-        read_of = dict(zip(keys, reads, strict=True))
-        taken = self._prefetcher.prefetch_many(
-            [(key, read[2]) for key, read in zip(keys, reads, strict=True)],
+        # A small file whose listed status lacks attributes the store keeps (S3) is asked
+        # for its status before it is read (the getattr of the open's permission check):
+        # the request that tells status and content at once is the one made ahead.
+        taken, plain = len(files), []
+        for i, ((_, child, status), key) in enumerate(zip(files, keys, strict=True)):
+            if not self._read_with_status(child, status):
+                plain.append(i)
+                continue
+            job = partial(self._stats.run, child,
+                          partial(self._fetch_status_and_content, child, status.size,
+                                  ahead=True))
+            if not self._prefetcher.run(key, status.size, job):
+                taken = i
+                break
+        plain = [i for i in plain if i < taken]
+        read_of = {keys[i]: reads[i] for i in plain}
+        done = self._prefetcher.prefetch_many(
+            [(keys[i], reads[i][2]) for i in plain],
             lambda wanted: self.backend.read_many([read_of[key] for key in wanted]),
         )
+        if done < len(plain):
+            taken = plain[done]
         # Had the budget run out, the next open tries again from the first file not taken.
         state.fetched_to = start + len(entries) if taken == len(files) else files[taken][0]
 
@@ -710,12 +735,13 @@ class Filesystem:
         instead: one call then answers every later lookup in it (one LIST instead of a
         HEAD per file on object stores; one worker-thread hop instead of one per file
         locally). Directories too large for the metadata cache are not listed this way.
-        A ``lookup`` of a small file a listing named reads the file with its status (see
-        ``_READ_AT_LOOKUP_MAX``).
+        With ``attrs``, a small file a listing named is read with its status (see
+        ``_READ_WITH_STATUS_MAX``). For a ``lookup``, a regular file's status from a
+        listing will do (see ``lookup``).
         """
         if self.writes is not None and (staged := self.writes.get(path)) is not None:
             return staged.status(parent_and_name(path)[1])
-        status = self._cached(path, attrs=attrs)
+        status = self._cached(path, attrs=attrs, lookup=lookup)
         if status is not None:
             return status
         if self.meta.is_missing(path):
@@ -737,26 +763,36 @@ class Filesystem:
                 self._unlisted[parent] = True
             # Answer through the caches the listing filled, so that attributes are never
             # older than --attr-timeout, whatever --dir-timeout is.
-            status = self._cached(path, attrs=attrs)
+            status = self._cached(path, attrs=attrs, lookup=lookup)
             if status is not None:
                 return status
             if self.meta.is_missing(path):
                 raise NotFound(path)
         fetch = partial(self._fetch_status, path)
-        listed = self.meta.status(path) if lookup else None
-        if (listed is not None and listed.kind is Kind.FILE
-                and 0 < listed.size <= min(_READ_AT_LOOKUP_MAX, self.config.page_size)
+        listed = self.meta.status(path) if attrs else None
+        if (listed is not None and self._read_with_status(path, listed)
                 # not fetched ahead already (directory read-ahead): then the status alone
                 and PageKey(self.inodes.number_for(path), listed.version, 0) not in self.pages):
             fetch = partial(self._fetch_status_and_content, path, listed.size)
         status, _ = await self._stats.run(path, fetch)
         return status
 
-    async def _fetch_status_and_content(self, path: str, size: int) -> FileStatus:
+    def _read_with_status(self, path: str, listed: FileStatus) -> bool:
+        """Whether file ``path``, as a listing names it, is small enough to be read whole
+        when its full status is asked for (see ``_READ_WITH_STATUS_MAX``), and has none
+        cached yet."""
+        return (listed.kind is Kind.FILE and not listed.complete
+                and 0 < listed.size <= min(_READ_WITH_STATUS_MAX, self.config.page_size)
+                and self._cached(path, attrs=True) is None)
+
+    async def _fetch_status_and_content(
+        self, path: str, size: int, *, ahead: bool = False,
+    ) -> FileStatus:
         """``path``'s status, and its content (``size`` bytes, as listed) into the page
-        cache as the first page of the version read, if the backend tells both at once."""
+        cache as the first page of the version read, if the backend tells both at once
+        (``ahead``: for read-ahead)."""
         try:
-            got = await self.backend.stat_and_read(path, size)
+            got = await self.backend.stat_and_read(path, size, ahead=ahead)
         except NotFound:  # removed, or a directory now: the ordinary way tells which
             got = None
         if got is None:
@@ -780,9 +816,11 @@ class Filesystem:
         self.meta.put_status(path, status)
         return status
 
-    def _cached(self, path: str, *, attrs: bool) -> FileStatus | None:
+    def _cached(self, path: str, *, attrs: bool, lookup: bool = False) -> FileStatus | None:
         status = self.meta.status(path)
-        return status if status is None or status.complete or not attrs else None
+        if status is None or status.complete or not attrs:
+            return status
+        return status if lookup and status.kind is Kind.FILE else None
 
     @staticmethod
     def _attrs_of(known: Inode, status: FileStatus) -> FileStatus | None:

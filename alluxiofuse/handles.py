@@ -80,6 +80,28 @@ class Prefetcher:
         self.spawn(self._run, key, fetch, length, wanted)
         return True
 
+    def run(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> bool:
+        """Run ``job``, which brings page ``key`` (``length`` bytes) into the cache along
+        with more (the file's status), in the background, unless the page is cached or on
+        its way. Returns False when the budget is spent, as ``prefetch`` does."""
+        if key in self._pending or key in self.pages:
+            return True
+        if self.in_flight + length > self.budget:
+            return False
+        self.in_flight += length
+        self._pending.add(key)
+        self.spawn(self._job, key, length, job)
+        return True
+
+    async def _job(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await job()
+        except Exception as e:  # whoever asks for the file next meets it again
+            log.debug("fetch ahead of %s failed: %r", key, e)
+        finally:
+            self.in_flight -= length
+            self._pending.discard(key)
+
     def coming(self, key: PageKey) -> bool:
         """Whether a task is on its way for page ``key`` (spawned, or fetching it)."""
         return key in self._pending or self.pages.fetching(key)

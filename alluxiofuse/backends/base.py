@@ -86,10 +86,13 @@ class Backend(Protocol):
         ``StaleFile`` when the file is no longer that version)."""
         ...
 
-    async def stat_and_read(self, path: str, length: int) -> tuple[FileStatus, Data] | None:
+    async def stat_and_read(
+        self, path: str, length: int, *, ahead: bool = False,
+    ) -> tuple[FileStatus, Data] | None:
         """The status of file ``path`` (all that ``stat`` tells of it) and its first
         ``length`` bytes, of that status's version, in one request; None where the
-        backend has no such request (then ``stat`` and ``read`` it)."""
+        backend has no such request (then ``stat`` and ``read`` it). ``ahead``: for
+        read-ahead, which a backend may serve after the requests readers wait for."""
         ...
 
     def stat_nowait(self, path: str) -> FileStatus | None:

@@ -407,7 +407,9 @@ class ClusterBackend:
     async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
         raise NotSupported(f"{self.description} is read by range, not as a stream")
 
-    async def stat_and_read(self, path: str, length: int) -> tuple[FileStatus, Data] | None:
+    async def stat_and_read(
+        self, path: str, length: int, *, ahead: bool = False,
+    ) -> tuple[FileStatus, Data] | None:
         return None  # a worker reports no metadata a page read could complete
 
     def stat_nowait(self, path: str) -> FileStatus | None:

@@ -179,7 +179,9 @@ class ProxyBackend:
             self._fresh[prefix + name] = child.status.version
         return entries
 
-    async def stat_and_read(self, path: str, length: int) -> tuple[FileStatus, Data] | None:
+    async def stat_and_read(
+        self, path: str, length: int, *, ahead: bool = False,
+    ) -> tuple[FileStatus, Data] | None:
         return None  # the proxy's status and stream are separate calls
 
     def stat_nowait(self, path: str) -> FileStatus | None:

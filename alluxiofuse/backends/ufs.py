@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import fsspec
-import fsspec.asyn
+import fsspec.core
 import trio
 
 from alluxiofuse.backends.base import (
@@ -362,10 +362,49 @@ class UfsBackend:
     async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
         raise NotSupported(f"{self.description} is read by range, not as a stream")
 
-    async def stat_and_read(self, path: str, length: int) -> tuple[FileStatus, Data] | None:
-        if not self._s3 or length <= 0:
+    async def stat_and_read(
+        self, path: str, length: int, *, ahead: bool = False,
+    ) -> tuple[FileStatus, Data] | None:
+        if not self._s3 or length <= 0 or self._loop is None:
             return None  # fsspec has no portable read that tells the version read
-        return await self._call(self._s3_stat_and_read, path, length)
+        full = self.full_path(path)
+        async with self._ahead if ahead else self._demand:
+            got = await run_on_loop(lambda: self._s3_get_with_status(full, length),
+                                    self._loop, deadline=self._timeout, what=self.description)
+        if got is None:  # an object too short for the range now (the listing was older)
+            return await self.stat(path), b""
+        reply, data = got
+        size = reply.get("ContentLength")
+        content_range = str(reply.get("ContentRange") or "")
+        if "/" in content_range and content_range.rpartition("/")[2].isdigit():
+            size = int(content_range.rpartition("/")[2])  # "bytes 0-99/12345": the whole
+        info = {"type": "file", "size": size, "ETag": reply.get("ETag"),
+                "LastModified": reply.get("LastModified")}
+        status = with_metadata(status_from_info(path.rpartition("/")[2], info),
+                               reply.get("Metadata") or {})
+        return self._reported(status), data[:length]
+
+    async def _s3_get_with_status(
+        self, full: str, length: int,
+    ) -> tuple[Mapping[str, Any], bytes] | None:
+        """On fsspec's loop: one ranged GET of the object's first ``length`` bytes, whose
+        reply carries what a HEAD's does (size, ETag, LastModified, the metadata) of the
+        very version read. None when the GET fails other than for a missing object (416:
+        empty now): the HEAD that follows meets anything else too."""
+        bucket, key, _ = self.fs.split_path(full)
+        try:
+            reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                           Range=f"bytes=0-{length - 1}")
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            log.debug("GET of %r for its status failed (%r): a HEAD instead", full, e)
+            return None
+        body = reply["Body"]
+        try:
+            return reply, await body.read()
+        finally:
+            body.close()
 
     def stat_nowait(self, path: str) -> FileStatus | None:
         return None  # every fsspec call may block
@@ -443,39 +482,6 @@ class UfsBackend:
         if out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"):
             return FileStatus(name, Kind.DIRECTORY)
         raise NotFound(f"{path!r} does not exist")
-
-    def _s3_stat_and_read(self, path: str, length: int) -> tuple[FileStatus, Data]:
-        """One ranged GET of the object's first ``length`` bytes: its reply carries what a
-        HEAD's does (size, ETag, LastModified, the metadata), of the very version read.
-        An object too short for the range now (the listing was older): a HEAD, no bytes."""
-        full = self.full_path(path)
-        bucket, key, _ = self.fs.split_path(full)
-
-        async def get() -> tuple[Mapping[str, Any], bytes]:
-            reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                           Range=f"bytes=0-{length - 1}")
-            body = reply["Body"]
-            try:
-                return reply, await body.read()
-            finally:
-                body.close()
-
-        try:
-            reply, data = fsspec.asyn.sync(self.fs.loop, get)
-        except FileNotFoundError:
-            raise
-        except OSError as e:  # 416: empty now; anything else the HEAD will meet too
-            log.debug("GET of %r for its status failed (%r): a HEAD instead", path, e)
-            return self._reported(self._s3_stat(path, full)), b""
-        size = reply.get("ContentLength")
-        content_range = str(reply.get("ContentRange") or "")
-        if "/" in content_range and content_range.rpartition("/")[2].isdigit():
-            size = int(content_range.rpartition("/")[2])  # "bytes 0-99/12345": the whole
-        info = {"type": "file", "size": size, "ETag": reply.get("ETag"),
-                "LastModified": reply.get("LastModified")}
-        status = with_metadata(status_from_info(path.rpartition("/")[2], info),
-                               reply.get("Metadata") or {})
-        return self._reported(status), data[:length]
 
     def _s3_head(self, bucket: str, key: str) -> Mapping[str, Any] | None:
         try:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import pyfuse3
 import pytest
 import trio
 
@@ -53,6 +54,16 @@ def count_requests(m: Mounted) -> Counter[tuple[str, str]]:
     return seen
 
 
+async def look_up(m: Mounted, path: str) -> pyfuse3.EntryAttributes:
+    """``path``'s attributes as the kernel comes by them before it opens or stats a file:
+    looked up, and asked for again (getattr) when the lookup gave them no time to be kept
+    (the permission check of an open does that, with default_permissions)."""
+    attrs = await m.lookup_path(path)
+    if attrs.attr_timeout == 0:
+        attrs = await m.ops.getattr(attrs.st_ino)
+    return attrs
+
+
 async def shuffled_pass(m: Mounted, *, read: bool, seed: int) -> None:
     """Every file, in a shuffled order, by 8 concurrent readers: the path looked up (the
     root's attributes first, as lookup_path does), its attributes asked for, and, with
@@ -67,7 +78,7 @@ async def shuffled_pass(m: Mounted, *, read: bool, seed: int) -> None:
     async def reader() -> None:
         async for name in receive:
             if read:  # as the kernel does: what it may keep cached, it does not ask for
-                attrs = await m.lookup_path(name)
+                attrs = await look_up(m, name)
                 info = await m.ops.open(attrs.st_ino, os.O_RDONLY, None)
                 try:
                     if not info.keep_cache:
@@ -135,14 +146,61 @@ async def test_attributes_stay_right_when_a_listing_follows_a_head(
     assert status is not None and not status.complete and status.size == 2
     newest = await m.ops.getattr(first.st_ino)
     assert (newest.st_size, newest.st_uid) == (2, os.getuid())
-    assert seen["head_object", key] == 1  # the new version's metadata, asked for
+    # The new version's metadata, asked for: by the GET that reads the file with it.
+    assert seen["get_object", key] == 1 and not seen["head_object", key], seen
+
+
+async def test_a_listed_file_is_looked_up_without_a_request_and_its_attributes_follow(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """The kernel sends the lookups of one directory one at a time: a file a fresh listing
+    names is looked up from the listing, with no request, its attributes given no time to
+    be kept; the getattr that follows (run beside other files' getattrs) brings them."""
+    s3.fs().call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f5", Body=b"x" * 10,
+                    Metadata={"mode": str(0o100600), "uid": "123", "gid": "45"})
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True,
+                   dir_readahead=0)
+    m.fs.meta.put_listing("d0", await m.fs.backend.list("d0"))
+    await m.lookup_path("d0")
+    seen = count_requests(m)
+    looked = await m.ops.lookup((await m.lookup_path("d0")).st_ino, b"f5")
+    assert not seen, f"a lookup of a listed file asked the store: {seen}"
+    assert looked.attr_timeout == 0 and looked.st_size == 10
+    attrs = await m.ops.getattr(looked.st_ino)
+    assert (attrs.st_mode & 0o777, attrs.st_uid, attrs.st_gid) == (0o600, 123, 45)
+    assert attrs.attr_timeout > 0
+    assert seen == Counter({("get_object", f"{ROOT}/d0/f5"): 1}), seen  # status and bytes
+    assert await m.read_all("d0/f5") == b"x" * 10
+    assert seen == Counter({("get_object", f"{ROOT}/d0/f5"): 1}), seen
+
+
+async def test_files_fetched_ahead_in_a_directory_cost_one_request_each(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """A directory read in order: the small files fetched ahead are fetched with their
+    status (one GET each, metadata included), so the getattr, open and read that follow
+    ask the store nothing more: no HEAD after the read-ahead's GET."""
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
+    m.fs.meta.put_listing("d1", await m.fs.backend.list("d1"))
+    seen = count_requests(m)
+    for f in range(FILES):
+        attrs = await look_up(m, f"d1/f{f}")
+        info = await m.ops.open(attrs.st_ino, os.O_RDONLY, None)
+        try:
+            assert await m.ops.read(info.fh, 0, 1 << 20) == f"d1/f{f}".encode() * 100
+        finally:
+            await m.ops.release(info.fh)
+        await trio.sleep(0.05)  # the read-ahead the open started is on its way
+    per_file = Counter(key for (op, key), n in seen.items() for _ in range(n) if "/f" in key)
+    assert not [key for op, key in seen if op == "head_object" and "/f" in key], seen
+    assert per_file == {f"{ROOT}/d1/f{f}": 1 for f in range(FILES)}, seen
 
 
 async def test_a_small_file_listed_is_looked_up_and_read_with_one_request(
     s3: S3Server, nursery: trio.Nursery,
 ) -> None:
-    """A lookup of a small file its directory's listing named is one GET of the whole file,
-    which tells its status, metadata included: the open and read that follow cost nothing.
+    """A small file its directory's listing named costs one GET of the whole file, which
+    tells its status, metadata included: its attributes, open and read need no more.
     Only a name looked up before its directory was listed costs a HEAD and its reads."""
     fs = s3.fs()
     fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d1/f3", Body=b"d1/f3" * 100,
@@ -159,7 +217,7 @@ async def test_a_small_file_listed_is_looked_up_and_read_with_one_request(
     several = [key for key, n in per_file.items() if n > 1]
     # Only the first name of each directory, looked up before its directory was listed.
     assert len(several) <= DIRS, {k: n for k, n in seen.items() if k[1] in several}
-    attrs = await m.lookup_path("d1/f3")  # its metadata came with its GET (or its HEAD)
+    attrs = await look_up(m, "d1/f3")  # its metadata came with its GET (or its HEAD)
     assert (attrs.st_mode & 0o777, attrs.st_uid, attrs.st_gid) == (0o600, 123, 45)
     assert attrs.attr_timeout > 0
 
@@ -167,8 +225,9 @@ async def test_a_small_file_listed_is_looked_up_and_read_with_one_request(
 async def test_a_file_changed_since_its_listing_is_looked_up_as_it_is_now(
     s3: S3Server, nursery: trio.Nursery,
 ) -> None:
-    """The GET at lookup asks for the size the listing said; the status comes from its
-    reply, and its bytes are kept only when they are the whole file."""
+    """The GET for a listed file's attributes asks for the size the listing said; the
+    status comes from its reply, and its bytes are kept only when they are the whole
+    file."""
     m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
     m.fs.meta.put_listing("d0", await m.fs.backend.list("d0"))
     fs = s3.fs()
@@ -176,9 +235,9 @@ async def test_a_file_changed_since_its_listing_is_looked_up_as_it_is_now(
     fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f0", Body=b"")
     fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f1", Body=grown)
     fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d0/f2", Body=b"short")
-    assert (await m.lookup_path("d0/f0")).st_size == 0
+    assert (await look_up(m, "d0/f0")).st_size == 0
     assert await m.read_all("d0/f0") == b""
-    assert (await m.lookup_path("d0/f1")).st_size == 3000
+    assert (await look_up(m, "d0/f1")).st_size == 3000
     assert await m.read_all("d0/f1") == grown
-    assert (await m.lookup_path("d0/f2")).st_size == 5
+    assert (await look_up(m, "d0/f2")).st_size == 5
     assert await m.read_all("d0/f2") == b"short"
