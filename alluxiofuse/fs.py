@@ -847,7 +847,9 @@ class Filesystem:
         listing = self.meta.listing(path)
         if listing is None:
             listing, _ = await self._listings.run(path, partial(self._fetch_listing, path))
-        self._recent_listings[path] = listing
+        # One larger than the whole bound is served all the same, only not kept.
+        if len(listing) + 1 <= self._recent_listings.maxsize:
+            self._recent_listings[path] = listing
         return listing
 
     async def _fetch_listing(self, path: str) -> Listing:

@@ -210,6 +210,30 @@ async def test_without_a_metadata_cache_a_missing_name_is_still_enoent(
     assert (await m.ops.lookup(ROOT_INODE, b"small.txt")).st_size == 6
 
 
+@pytest.mark.parametrize("entries", [0, 10, 50])
+async def test_a_directory_larger_than_the_metadata_cache_is_listed_whole(
+    tree: Path, nursery: trio.Nursery, entries: int,
+) -> None:
+    """A listing with more entries than ``--metadata-cache-entries`` (or with the cache
+    off) is served, not refused: it is only not cached."""
+    (tree / "wide").mkdir()
+    names = sorted(f"f{i:03d}" for i in range(50))
+    for name in names:
+        (tree / "wide" / name).write_bytes(name.encode())
+    m = await make(tree, nursery, metadata_cache_entries=entries)
+    wide = await m.lookup_path("wide")
+    for _ in range(2):  # and again, whatever the first one left behind
+        fh = await m.ops.opendir(wide.st_ino, None)
+        try:
+            assert m.listing(fh, refuse_after=7) == names
+        finally:
+            await m.ops.releasedir(fh)
+    for name in names[:5]:  # lookups after the listing, misses and all
+        assert (await m.ops.lookup(wide.st_ino, name.encode())).st_size == 4
+    assert (await m.ops.lookup(wide.st_ino, b"nope")).st_ino == 0
+    assert await m.read_all("wide/f049") == b"f049"
+
+
 async def test_a_cache_drop_names_the_negative_entries_the_kernel_was_given(
     local: Mounted,
 ) -> None:

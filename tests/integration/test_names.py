@@ -120,6 +120,31 @@ def test_directory_with_20000_entries(mount: MountFactory, tmp_path: Path) -> No
     assert sorted(with_timeout(lambda: os.listdir(m.path / "big"), 60)) == sorted(names)
 
 
+def test_directory_larger_than_the_metadata_cache(mount: MountFactory, tmp_path: Path) -> None:
+    """200,000 entries, twice the default --metadata-cache-entries (COCO's train2017 has
+    118,287 in one directory): listed whole, each name with its size, twice."""
+    src = tmp_path / "src"
+    wide = src / "wide"
+    wide.mkdir(parents=True)
+    expected = {}
+    for i in range(200_000):
+        name = f"{i:06d}.jpg"
+        fd = os.open(wide / name, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, i % 4099)  # sparse: sizes to compare, no bytes to write
+        finally:
+            os.close(fd)
+        expected[name] = i % 4099
+    m = mount(src)
+
+    def scan() -> dict[str, int]:
+        with os.scandir(m.path / "wide") as it:
+            return {e.name: e.stat(follow_symlinks=False).st_size for e in it}
+
+    for _ in range(2):
+        assert with_timeout(scan, 120) == expected
+
+
 @pytest.mark.parametrize("scheme", ["", "flaky://"], ids=["local", "fsspec"])
 def test_awkward_names_are_written_renamed_and_removed(
     mount: MountFactory, tmp_path: Path, scheme: str,
