@@ -1,8 +1,12 @@
 """Metadata cache: file statuses, known-missing paths and directory listings, each with a TTL.
 
 All three are bounded by entries (a listing counts one entry per child) and expire on
-their own timeout; a timeout of 0 turns that cache off. Paths are mount-relative
-(``""`` is the root, ``"a/b"`` a child), as everywhere above the backends.
+their own timeout; a timeout of 0 turns that cache off. A listing also answers for its
+children's statuses while it is younger than the status timeout: a child is kept once,
+in its listing, not a second time as a status of its own (a directory of 100,000 files
+would otherwise cost a cache entry, a path string and a node of the cache's expiry list
+per file). Paths are mount-relative (``""`` is the root, ``"a/b"`` a child), as everywhere
+above the backends.
 """
 
 from __future__ import annotations
@@ -39,13 +43,17 @@ class _Ttl:
     def get(self, key: str) -> object | None:
         return None if self._cache is None else self._cache.get(key)
 
-    def put(self, key: str, value: object) -> None:
+    def put(self, key: str, value: object) -> bool:
+        """Cache ``value``; False when it is not (the cache is off, or ``value`` is larger
+        than the whole cache)."""
         if self._cache is None:
-            return
+            return False
         try:
             self._cache[key] = value
         except ValueError:  # larger than the whole cache: not cached at all
             self._cache.pop(key, None)
+            return False
+        return True
 
     def pop(self, key: str) -> None:
         if self._cache is not None:
@@ -72,10 +80,24 @@ class MetadataCache:
         self._status = _Ttl(max_entries, attr_ttl, timer)
         self._missing = _Ttl(max_entries, negative_ttl, timer)
         self._listing = _Ttl(max_entries, dir_ttl, timer, getsizeof=_listing_size)
+        self._attr_ttl = attr_ttl if max_entries > 0 else 0.0
+        self._timer = timer
 
     def status(self, path: str) -> FileStatus | None:
+        """The status of ``path``: its own (a stat), else its entry in a listing of its
+        parent younger than the status timeout; None when neither is cached or it is
+        known to be missing."""
         value = self._status.get(path)
-        return value if isinstance(value, FileStatus) else None
+        if isinstance(value, FileStatus):
+            return value
+        if not path or self._attr_ttl <= 0 or self._missing.get(path) is not None:
+            return None
+        parent, name = parent_and_name(path)
+        listing = self.listing(parent)
+        if listing is None or self._timer() - listing.fetched_at >= self._attr_ttl:
+            return None
+        index = listing.position.get(name)
+        return None if index is None else listing.entries[index]
 
     def is_missing(self, path: str) -> bool:
         """True when ``path`` is known not to exist: a negative entry, or a fresh listing of
@@ -116,19 +138,25 @@ class MetadataCache:
             cache.clear()
 
     def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
-        """Cache a listing and, since it carries them, each child's status; but a child's
-        complete status (S3: from a HEAD, with the object's metadata) is kept, its
+        """Cache a listing, which answers for each child's status from now on; but a
+        child's complete status (S3: from a HEAD, with the object's metadata) is kept, its
         expiry too, when the listing names the same version of it without the attributes
         (``complete`` False): that metadata cannot change without a new version."""
-        listing = Listing(entries)
-        self._listing.put(path, listing)
+        listing = Listing(entries, self._timer())
+        # A listing not cached (--dir-timeout 0, or larger than the whole cache): each
+        # child's status is kept as a stat's would be.
+        each = not self._listing.put(path, listing)
         for entry in entries:
             child = join(path, entry.name)
-            known = None if entry.complete else self.status(child)
-            if (known is not None and known.complete and known.kind is entry.kind
-                    and known.version == entry.version):
+            self._missing.pop(child)
+            known = self._status.get(child)
+            if (isinstance(known, FileStatus) and not entry.complete and known.complete
+                    and known.kind is entry.kind and known.version == entry.version):
                 continue
-            self.put_status(child, entry)
+            if each:
+                self._status.put(child, entry)
+            elif known is not None:
+                self._status.pop(child)  # the listing's is the newer word
         return listing
 
 
@@ -137,13 +165,15 @@ def _listing_size(value: object) -> int:
 
 
 class Listing:
-    """A directory's entries sorted by name, and each name's position among them."""
+    """A directory's entries sorted by name, each name's position among them, and when
+    the listing was made (the cache's timer)."""
 
-    __slots__ = ("entries", "position")
+    __slots__ = ("entries", "fetched_at", "position")
 
-    def __init__(self, entries: Sequence[FileStatus]) -> None:
+    def __init__(self, entries: Sequence[FileStatus], fetched_at: float = 0.0) -> None:
         self.entries = sorted(entries, key=lambda e: e.name)
         self.position = {e.name: i for i, e in enumerate(self.entries)}
+        self.fetched_at = fetched_at
 
     def __len__(self) -> int:
         return len(self.entries)

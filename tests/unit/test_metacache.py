@@ -172,6 +172,8 @@ def test_listing_larger_than_bound_is_not_cached(clock: FakeClock) -> None:
     cache.put_listing("big", big)
     assert cache.listing("big") is None
     assert not cache.is_missing("big/zzz")
+    # Its children's statuses are kept one by one, as stats' are (within the bound).
+    assert [cache.status(f"big/{i}") for i in range(3)] == big
     # A too-large new listing also removes the stale smaller one for that path.
     cache.put_listing("fits", big)
     assert cache.listing("fits") is None
@@ -194,8 +196,37 @@ def test_a_listing_keeps_a_complete_status_of_the_same_version(clock: FakeClock)
     assert c.status("d/a") == headed
     assert c.status("d/b") == listed_b
     clock.advance(5)  # past the HEAD's expiry: the listing did not extend it
-    assert c.status("d/a") is None
+    assert c.status("d/a") == listed_a  # the listing's own, without the attributes
     c.put_status("d/a", headed)
     local = FileStatus("a", Kind.FILE, size=1, mtime_ns=1, mode=0o644)  # complete itself
     c.put_listing("d", [local])
     assert c.status("d/a") == local
+
+
+def test_a_listing_answers_for_its_children_while_younger_than_the_status_timeout(
+    clock: FakeClock,
+) -> None:
+    """A child's status from a listing is never older than the status timeout, however long
+    the listing itself is kept; a stat of the child (put_status) is the newer word, and
+    put_missing hides the listed child."""
+    c = make(clock, attr=10.0, dirs=100.0)
+    c.put_listing("d", [st("a"), st("b")])
+    assert c.status("d/a") == st("a") and c.status("d/zzz") is None
+    c.put_status("d/b", st("b", size=5))
+    assert c.status("d/b") == st("b", size=5)
+    c.put_missing("d/a")
+    assert c.status("d/a") is None and c.is_missing("d/a")
+    clock.advance(11)
+    assert c.listing("d") is not None  # still names the children (absence, read-ahead)
+    assert c.status("d/b") is None  # older than --attr-timeout: asked for again
+
+
+def test_a_listings_children_do_not_push_other_statuses_out(clock: FakeClock) -> None:
+    """Each child is kept once, in the listing: not as a status of its own too (a directory
+    of 100,000 files would otherwise take 100,000 more entries and their memory)."""
+    c = make(clock, entries=4)
+    c.put_status("x", st("x"))
+    c.put_status("y", st("y"))
+    c.put_listing("d", [st("a"), st("b"), st("c")])  # 4 entries: the listing's bound
+    assert c.status("x") == st("x") and c.status("y") == st("y")
+    assert [c.status(f"d/{n}") for n in "abc"] == [st(n) for n in "abc"]
