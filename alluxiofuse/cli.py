@@ -115,6 +115,9 @@ _CLUSTER_OPTIONS: tuple[tuple[str, str, str], ...] = (
 _FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
     ("allow-other", "let other users access the mount (as root, or with user_allow_other)"),
     ("read-only", "refuse every change (EROFS); no spool is used"),
+    ("immutable", "the source does not change while mounted (a data set): names, "
+     "attributes, listings and pages are kept for the mount's life, in the kernel too "
+     "(SIGHUP refreshes them); not with --attr-, --entry-, --negative- or --dir-timeout"),
     ("strict", "crash on unexpected exceptions instead of answering EIO (for tests)"),
 )
 

@@ -66,6 +66,10 @@ class MountConfig:
     entry_timeout: float = 60.0
     negative_timeout: float = 5.0
     dir_timeout: float = 60.0
+    # The source does not change while mounted (a data set): the four timeouts above are
+    # FOREVER, here and in the kernel, so a later epoch asks neither the store nor, for
+    # what the kernel keeps, the daemon. SIGHUP still drops everything.
+    immutable: bool = False
     metadata_cache_entries: int = 100_000
     # Data path.
     page_size: int = 1 * MiB
@@ -331,6 +335,7 @@ _PARSERS: dict[str, Any] = {
     "io_threads": _parse_count,
     "io_timeout": parse_duration,
     "read_only": _parse_bool,
+    "immutable": _parse_bool,
     "write_type": _parse_write_type,
     "read_type": _parse_read_type,
     "cache_dir": str,
@@ -554,6 +559,12 @@ def default_memory_budget(limits: MemoryLimits) -> int:
     return max(16 * MiB, budget)
 
 
+# What --immutable sets the metadata timeouts to: longer than any mount lives (about 30
+# years), finite so that every timer and the kernel's (u64 seconds) take it as it is.
+FOREVER = 1e9
+_METADATA_TIMEOUTS = ("attr_timeout", "entry_timeout", "negative_timeout", "dir_timeout")
+
+
 def build_config(
     values: Mapping[str, Any], ufs_options: Mapping[str, Any] | None = None,
     alluxio_properties: Mapping[str, Any] | None = None, *, mount: bool = True,
@@ -584,6 +595,12 @@ def build_config(
         if mount and not parsed.get(name):
             raise ConfigError(f"missing {name.upper()}")
         parsed.setdefault(name, "")
+    if parsed.get("immutable"):
+        given = [n for n in _METADATA_TIMEOUTS if n in parsed]
+        if given:
+            raise ConfigError(f"--immutable keeps names, attributes and listings for the "
+                              f"mount's life: leave out --{given[0].replace('_', '-')}")
+        parsed.update(dict.fromkeys(_METADATA_TIMEOUTS, FOREVER))
     merged_ufs = {**dict(values.get("ufs_options") or {}), **dict(ufs_options or {})}
     config = MountConfig(**parsed, ufs_options=merged_ufs)
     return _with_derived_defaults(_validated(config))

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import tests.flakyfs
 from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
-from alluxiofuse.config import build_config
+from alluxiofuse.config import FOREVER, build_config
 from alluxiofuse.daemon import check_source
 from alluxiofuse.fs import Filesystem
 from alluxiofuse.inodes import ROOT_INODE
@@ -200,6 +200,20 @@ async def test_without_negative_cache_a_missing_name_is_enoent(
     assert e.value.errno == errno.ENOENT
     assert m.sample("alluxiofuse_fuse_errors_total", op="lookup", errno="ENOENT") == 1
     assert m.fs.drop_caches().misses == []  # the kernel was given none to cache
+
+
+async def test_an_immutable_mount_tells_the_kernel_to_keep_everything(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    """--immutable: names, attributes and missing names are given to the kernel for the
+    mount's life (FOREVER), the root's attributes still for 1 s (a dead daemon shows)."""
+    m = await make(tree, nursery, immutable=True, read_only=True)
+    found = await m.ops.lookup(ROOT_INODE, b"small.txt")
+    assert (found.entry_timeout, found.attr_timeout) == (FOREVER, FOREVER)
+    missing = await m.ops.lookup(ROOT_INODE, b"nope")
+    assert (missing.st_ino, missing.entry_timeout) == (0, FOREVER)
+    assert (await m.ops.getattr(found.st_ino)).attr_timeout == FOREVER
+    assert (await m.ops.getattr(ROOT_INODE)).attr_timeout == 1.0
 
 
 async def test_without_a_metadata_cache_a_missing_name_is_still_enoent(

@@ -11,6 +11,7 @@ import pytest
 
 from alluxiofuse import config
 from alluxiofuse.config import (
+    FOREVER,
     GiB,
     KiB,
     MemoryLimits,
@@ -558,3 +559,18 @@ def test_the_help_says_what_mount_does() -> None:
     assert "empty" not in mount_help
     assert "MOUNTPOINT an existing directory" in mount_help
     assert build_config(BASE).read_only is False
+
+
+def test_immutable_keeps_metadata_for_the_mounts_life() -> None:
+    c = build_config({"source": "/s", "mountpoint": "/m", "immutable": "true"})
+    timeouts = (c.attr_timeout, c.entry_timeout, c.negative_timeout, c.dir_timeout)
+    assert timeouts == (FOREVER,) * 4
+    assert FOREVER > 10 * 365 * 24 * 3600  # longer than any mount lives
+
+
+@pytest.mark.parametrize("timeout", ["attr_timeout", "entry_timeout", "negative_timeout",
+                                     "dir_timeout"])
+def test_immutable_with_a_metadata_timeout_is_refused(timeout: str) -> None:
+    option = "--" + timeout.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"--immutable .* leave out {option}"):
+        build_config({"source": "/s", "mountpoint": "/m", "immutable": True, timeout: "5"})
