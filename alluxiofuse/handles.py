@@ -71,14 +71,7 @@ class Prefetcher:
 
         Returns False when the budget is spent, so the caller stops asking for more.
         """
-        if key in self._pending or key in self.pages:
-            return True
-        if self.in_flight + length > self.budget:
-            return False
-        self.in_flight += length
-        self._pending.add(key)
-        self.spawn(self._run, key, fetch, length, wanted)
-        return True
+        return self.run(key, length, partial(self._fetch, key, fetch, length, wanted))
 
     def run(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> bool:
         """Run ``job``, which brings page ``key`` (``length`` bytes) into the cache along
@@ -96,11 +89,20 @@ class Prefetcher:
     async def _job(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> None:
         try:
             await job()
-        except Exception as e:  # whoever asks for the file next meets it again
-            log.debug("fetch ahead of %s failed: %r", key, e)
+        except Exception as e:  # a demand read of the page reports it (or fetches again)
+            log.debug("prefetch of %s failed: %r", key, e)
         finally:
             self.in_flight -= length
             self._pending.discard(key)
+
+    async def _fetch(
+        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
+        wanted: Callable[[], bool],
+    ) -> None:
+        # A reader can get to the page first (fetching it itself) and read it through
+        # before this task starts: fetching it again would be for nothing.
+        if wanted():
+            await self.pages.get(key, fetch, expected=length, prefetch=True)
 
     def coming(self, key: PageKey) -> bool:
         """Whether a task is on its way for page ``key`` (spawned, or fetching it)."""
@@ -143,21 +145,6 @@ class Prefetcher:
             for key, length in pages:
                 self.in_flight -= length
                 self._pending.discard(key)
-
-    async def _run(
-        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
-        wanted: Callable[[], bool],
-    ) -> None:
-        try:
-            # A reader can get to the page first (fetching it itself) and read it through
-            # before this task starts: fetching it again would be for nothing.
-            if wanted():
-                await self.pages.get(key, fetch, expected=length, prefetch=True)
-        except Exception as e:  # a demand read of the page reports it (or fetches again)
-            log.debug("prefetch of %s failed: %r", key, e)
-        finally:
-            self.in_flight -= length
-            self._pending.discard(key)
 
 
 class StreamCursor:
