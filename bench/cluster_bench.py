@@ -110,15 +110,6 @@ BenchError = rb.BenchError
 # ------------------------------------------------------------------------ measuring
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of process ``pid`` so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy() -> float:
     """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -197,8 +188,8 @@ class Cluster:
 
     def snapshot(self, pid: int | None) -> Snapshot:
         stats = self.stats()
-        return Snapshot(time.perf_counter(), [proc_cpu(p) for p in self.pids],
-                        proc_cpu(pid) if pid else 0.0, self_cpu(), machine_busy(), stats)
+        return Snapshot(time.perf_counter(), [rb.proc_cpu(p) for p in self.pids],
+                        rb.proc_cpu(pid) if pid else 0.0, self_cpu(), machine_busy(), stats)
 
     def cost(self, a: Snapshot, b: Snapshot) -> tuple[float, dict[str, float], Counter[str]]:
         """Wall seconds, CPU in cores, and worker requests between two snapshots."""

@@ -265,13 +265,13 @@ def measure_overhead(repeat: int, size_mib: int, n_small: int) -> None:
                 c = s3env.client(url, max_pool=16)
                 seq, small_rate, cpu = [], [], []
                 for _ in range(repeat):
-                    cpu0 = s3env.proc_cpu(pid) if pid else 0.0
+                    cpu0 = s3env.rb.proc_cpu(pid) if pid else 0.0
                     t0 = time.perf_counter()
                     got = s3env.ranged_get(c, server.bucket, "big.bin", size_mib * MiB, 8)
                     secs = time.perf_counter() - t0
                     assert got == size_mib * MiB
                     seq.append(size_mib / secs)
-                    cpu.append(((s3env.proc_cpu(pid) - cpu0) / secs) if pid else 0.0)
+                    cpu.append(((s3env.rb.proc_cpu(pid) - cpu0) / secs) if pid else 0.0)
                     t0 = time.perf_counter()
                     s3env.get_many(c, server.bucket, keys, 16)
                     small_rate.append(n_small / (time.perf_counter() - t0))

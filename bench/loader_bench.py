@@ -118,13 +118,13 @@ def run_peer(ep: s3env.Endpoint, peer: str, args: argparse.Namespace, logs: Path
                 raise BenchError("cannot drop the page cache: run as root")
             passes = epochs(m.root, ep.ds, workers, seed=rep)
             for ep_no in (1, 2):
-                cpu0, t0 = s3env.proc_cpu(m.pid), time.perf_counter()
+                cpu0, t0 = rb.proc_cpu(m.pid), time.perf_counter()
                 try:
                     rate = next(passes)
                 except (OSError, RuntimeError) as e:  # a worker's error comes as RuntimeError
                     raise BenchError(f"{peer} {workers} workers epoch {ep_no}: {e!r}\n    "
                                      f"{m.tail()}") from e
-                cores = (s3env.proc_cpu(m.pid) - cpu0) / (time.perf_counter() - t0)
+                cores = (rb.proc_cpu(m.pid) - cpu0) / (time.perf_counter() - t0)
                 res.add(f"w{workers}_e{ep_no}", peer, rate)
                 log(f"  [{rep + 1}] {peer:<11} {workers:>2} workers epoch {ep_no}: "
                     f"{rate:8,.1f} samples/s  {cores:.2f} cores")

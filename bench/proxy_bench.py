@@ -151,13 +151,7 @@ def sim_proxy(ufs: Path, port: int, logfile: Path) -> Iterator[Sim]:
             raise BenchError(f"simulated proxy said {line!r}\n    {cb.tail(logfile)}")
         yield Sim(proc, int(line.split()[1]), logfile)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        rb.end(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -221,8 +215,8 @@ class Context:
     discarded: int = 0
 
     def snapshot(self, pid: int | None) -> cb.Snapshot:
-        return cb.Snapshot(time.perf_counter(), [cb.proc_cpu(self.sim.proc.pid)],
-                           cb.proc_cpu(pid) if pid else 0.0, cb.self_cpu(), cb.machine_busy(),
+        return cb.Snapshot(time.perf_counter(), [rb.proc_cpu(self.sim.proc.pid)],
+                           rb.proc_cpu(pid) if pid else 0.0, cb.self_cpu(), cb.machine_busy(),
                            self.sim.stats())
 
     def cost(self, a: cb.Snapshot, b: cb.Snapshot) -> tuple[float, dict[str, float],

@@ -209,6 +209,22 @@ def proc_counters(pid: int) -> tuple[int, float]:
     return int(fields[7]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid`` so far."""
+    return proc_counters(pid)[1]
+
+
+def end(proc: subprocess.Popen[bytes]) -> None:
+    """A helper process (a simulator, a server): SIGTERM, then SIGKILL; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def run_quiet(cmd: list[str]) -> None:
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
         subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, check=False)

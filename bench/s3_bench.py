@@ -139,7 +139,7 @@ def timed(ctx: Context, m: s3env.Mount | None, target: str, work: str, rep: int,
           fn: Callable[[float], tuple[float, bool]]) -> None:
     """Run fn(deadline) -> (amount, complete); record amount / seconds."""
     unit = WORKLOADS.get(work, ("", "MiB/s" if work.startswith("seq") else "files/s"))[1]
-    cpu0 = s3env.proc_cpu(m.pid) if m else 0.0
+    cpu0 = rb.proc_cpu(m.pid) if m else 0.0
     t0 = time.perf_counter()
     deadline = time.monotonic() + ctx.args.budget
     if m is not None:
@@ -150,7 +150,7 @@ def timed(ctx: Context, m: s3env.Mount | None, target: str, work: str, rep: int,
     secs = time.perf_counter() - t0
     value = amount / secs
     ctx.res.add(work, target, value, complete)
-    cpu = f"  {(s3env.proc_cpu(m.pid) - cpu0) / secs:.2f} cores" if m else ""
+    cpu = f"  {(rb.proc_cpu(m.pid) - cpu0) / secs:.2f} cores" if m else ""
     log(f"  [{rep + 1}] {target:<11} {work:<13} {value:>10,.1f} {unit}"
         f"{'' if complete else ' * (budget)'}{cpu}")
 
@@ -235,13 +235,13 @@ def run_peer(ctx: Context, peer: str, rep: int) -> None:
     if "seq1" in args.workloads:
         with mount() as m:
             cold()
-            f0 = s3env.minor_faults(m.pid)
+            f0 = rb.proc_counters(m.pid)[0]
             timed(ctx, m, peer, "seq1", rep, lambda d: seq_pass(ctx, m, peer, 1, d))
-            ctx.res.add("minflt", peer, s3env.minor_faults(m.pid) - f0)
+            ctx.res.add("minflt", peer, rb.proc_counters(m.pid)[0] - f0)
             if (hwm := m.rss_hwm_mib()) is not None:
                 ctx.res.add("rss", peer, hwm)
                 log(f"  [{rep + 1}] {peer:<11} peak RSS {hwm:,.0f} MiB, minor faults "
-                    f"{s3env.minor_faults(m.pid) - f0:,}")
+                    f"{rb.proc_counters(m.pid)[0] - f0:,}")
     if "seq4" in args.workloads:
         with mount() as m:
             cold()

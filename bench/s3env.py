@@ -106,38 +106,10 @@ def missing_tool(peer: str) -> str | None:
 # ------------------------------------------------------------------------ processes
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of process ``pid`` so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def minor_faults(pid: int) -> int:
-    """Minor page faults of process ``pid`` so far (/proc/PID/stat field 10)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-    except OSError:
-        return 0
-
-
 def tail(path: Path, lines: int = 15) -> str:
     with contextlib.suppress(OSError):
         return "\n    ".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:])
     return ""
-
-
-def end(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL; reap."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------ S3 server
@@ -172,7 +144,7 @@ def s3rver(directory: Path | None = None, logfile: Path | None = None) -> Iterat
             # Its continuation tokens (truncated listings) use DES, which OpenSSL 3 keeps
             # in its legacy provider: without it such a listing is a 500.
             env=dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider"))
-        stack.callback(end, proc)
+        stack.callback(rb.end, proc)
         assert proc.stdout is not None
         stack.callback(proc.stdout.close)
         timer = threading.Timer(START_TIMEOUT, proc.kill)
