@@ -1,6 +1,6 @@
 """--immutable: a data set that does not change while mounted. A second epoch (walk, stat
-and read of every file) reaches the daemon with no lookup and no read: the kernel keeps
-names, attributes and pages for the mount's life. SIGHUP still shows what changed."""
+and read of every file) reaches the daemon with no lookup: the kernel keeps names and
+attributes for the mount's life. SIGHUP still shows what changed."""
 
 from __future__ import annotations
 
@@ -46,12 +46,12 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("immutable", [True, False])
-def test_a_second_epoch_asks_the_daemon_for_no_name_and_no_byte(
+def test_a_second_epoch_asks_the_daemon_for_no_name(
     mount: MountFactory, data: Path, immutable: bool,
 ) -> None:
     """Past the timeouts a mount would otherwise use (the control: 0.5 s, which makes the
     second epoch look every name up again), an immutable mount's second epoch sends no
-    LOOKUP and no READ; the only GETATTRs are the root's, which the kernel keeps for 1 s
+    LOOKUP; the only GETATTRs are the root's, which the kernel keeps for 1 s
     (so that a dead daemon shows). Opens and directory reads still reach the daemon."""
     options = (["--immutable"] if immutable else
                ["--attr-timeout", "0.5", "--entry-timeout", "0.5", "--dir-timeout", "0.5"])
@@ -62,10 +62,11 @@ def test_a_second_epoch_asks_the_daemon_for_no_name_and_no_byte(
     assert with_timeout(lambda: epoch(m), 60) == len(FILES)
     after, seconds = m.scrape(), time.monotonic() - start
     lookups = requests(after, "lookup") - requests(before, "lookup")
-    reads = requests(after, "read") - requests(before, "read")
     getattrs = requests(after, "getattr") - requests(before, "getattr")
+    # READs are not asserted: pages are kept by version with or without --immutable, and
+    # the kernel was seen reading 1 to 7 of the 300 files again in some runs of both.
     if immutable:
-        assert (lookups, reads) == (0, 0)
+        assert lookups == 0
         assert getattrs <= 2 + seconds  # the root's, at most once a second
     else:
         assert lookups >= len(FILES)
