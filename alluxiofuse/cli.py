@@ -118,6 +118,9 @@ _FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
     ("immutable", "the source does not change while mounted (a data set): names, "
      "attributes, listings and pages are kept for the mount's life, in the kernel too "
      "(SIGHUP refreshes them); not with --attr-, --entry-, --negative- or --dir-timeout"),
+    ("ignore-object-metadata", "S3: keep no modes, owners or times in object metadata "
+     "(chmod, chown, utimes: ENOTSUP); listings then say all of an object's attributes, so "
+     "ls -l costs the list pages alone, with no request per object"),
     ("strict", "crash on unexpected exceptions instead of answering EIO (for tests)"),
 )
 

@@ -71,6 +71,10 @@ class MountConfig:
     # what the kernel keeps, the daemon. SIGHUP still drops everything.
     immutable: bool = False
     metadata_cache_entries: int = 100_000
+    # S3: modes, owners and times are not kept in object metadata (as on other object
+    # stores): a listing then says all there is of each object, so `ls -l` costs the list
+    # pages alone, with no HEAD or GET per object (rclone's --use-server-modtime).
+    ignore_object_metadata: bool = False
     # Data path.
     page_size: int = 1 * MiB
     memory_budget: int = 0  # 0 = derived from the memory limits, see default_memory_budget
@@ -336,6 +340,7 @@ _PARSERS: dict[str, Any] = {
     "io_timeout": parse_duration,
     "read_only": _parse_bool,
     "immutable": _parse_bool,
+    "ignore_object_metadata": _parse_bool,
     "write_type": _parse_write_type,
     "read_type": _parse_read_type,
     "cache_dir": str,

@@ -181,7 +181,8 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
         else:
             ufs = open_ufs(config.source, config.ufs_options, limiter, config.io_timeout,
                            mtime_unit_ns=MTIME_UNIT_NS if config.cluster else 1,
-                           part_size=config.upload_part_size)
+                           part_size=config.upload_part_size,
+                           object_metadata=not config.ignore_object_metadata)
             stack.push_async_callback(ufs.aclose)
             cluster = open_cluster(config, ufs, metrics) if config.cluster else None
             if cluster is not None:

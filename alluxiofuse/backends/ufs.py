@@ -145,9 +145,10 @@ class _Rename:
 
 def open_ufs(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
-    mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
+    mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024, object_metadata: bool = True,
 ) -> UfsBackend:
-    """The backend for ``source``: a local path, ``file://`` URL or any fsspec URL."""
+    """The backend for ``source``: a local path, ``file://`` URL or any fsspec URL; S3
+    keeps modes, owners and times in object metadata unless ``object_metadata`` is False."""
     protocol, sep, rest = source.partition("://")
     if not sep or protocol == "file":
         if options:
@@ -166,7 +167,8 @@ def open_ufs(
     except (ValueError, TypeError) as e:
         raise ConfigError(f"cannot use source {source!r}: {e}") from None
     return UfsBackend(fs, root.rstrip("/"), limiter, timeout, description=source,
-                      mtime_unit_ns=mtime_unit_ns, part_size=part_size)
+                      mtime_unit_ns=mtime_unit_ns, part_size=part_size,
+                      object_metadata=object_metadata)
 
 
 class UfsBackend:
@@ -177,7 +179,9 @@ class UfsBackend:
     only once complete); directories that a store cannot hold empty (object stores) are
     kept as zero-byte marker objects named ``dir/``; a rename is a copy of every key and
     then the removal of the old ones (not atomic, undone if a copy fails); modes, owners
-    and times are kept in object metadata on S3 alone; symbolic links are not kept.
+    and times are kept in object metadata on S3 alone (unless ``object_metadata`` is
+    False: then S3 keeps none, as other object stores, and a listing is an entry's whole
+    status); symbolic links are not kept.
     """
 
     warms = False
@@ -187,10 +191,12 @@ class UfsBackend:
     def __init__(
         self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
         description: str, mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024,
+        object_metadata: bool = True,
     ) -> None:
         self.part_size = part_size
         self._markers = False
         self._s3 = False  # s3fs: the S3 calls fsspec has no portable form for
+        self._metadata = False  # S3 object metadata keeps modes, owners and times
         # fsspec's event loop, where s3fs's coroutines run: S3 reads are awaited there.
         self._loop: Any = None
         # Reads of a waiting reader (S3) and of read-ahead (every fsspec store); see the
@@ -203,12 +209,13 @@ class UfsBackend:
             protocols = set(protocol if isinstance(protocol, tuple | list) else (protocol,))
             self._markers = bool(_MARKER_PROTOCOLS & protocols)
             self._s3 = bool({"s3", "s3a"} & protocols) and hasattr(fs, "call_s3")
+            self._metadata = self._s3 and object_metadata
             if self._s3 and getattr(fs, "async_impl", False):
                 self._loop = fs.loop
             # S3 keeps modes, owners and times in object metadata (as s3fs-fuse does).
             self.writes = WriteSupport(files=not _READ_ONLY_PROTOCOLS & protocols,
-                                       directories=not self._markers, modes=self._s3,
-                                       owners=self._s3, times=self._s3)
+                                       directories=not self._markers, modes=self._metadata,
+                                       owners=self._metadata, times=self._metadata)
             if self._markers:  # a file whose key the store refuses could never be committed
                 self.writes = dataclasses.replace(self.writes, path_max=_path_room(root))
         self.fs = fs
@@ -380,8 +387,8 @@ class UfsBackend:
             size = int(content_range.rpartition("/")[2])  # "bytes 0-99/12345": the whole
         info = {"type": "file", "size": size, "ETag": reply.get("ETag"),
                 "LastModified": reply.get("LastModified")}
-        status = with_metadata(status_from_info(path.rpartition("/")[2], info),
-                               reply.get("Metadata") or {})
+        status = self._with_metadata(status_from_info(path.rpartition("/")[2], info),
+                                     reply.get("Metadata") or {})
         return self._reported(status), data[:length]
 
     async def _s3_get_with_status(
@@ -473,15 +480,19 @@ class UfsBackend:
         if head is not None:
             info = {"type": "file", "size": head.get("ContentLength"), "ETag": head.get("ETag"),
                     "LastModified": head.get("LastModified")}
-            return with_metadata(status_from_info(name, info), head.get("Metadata") or {})
+            return self._with_metadata(status_from_info(name, info), head.get("Metadata") or {})
         head = self._s3_head(bucket, key + "/")
         if head is not None:
-            return with_metadata(FileStatus(name, Kind.DIRECTORY), head.get("Metadata") or {})
+            return self._with_metadata(FileStatus(name, Kind.DIRECTORY),
+                                       head.get("Metadata") or {})
         out = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/",
                               MaxKeys=1)
         if out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"):
             return FileStatus(name, Kind.DIRECTORY)
         raise NotFound(f"{path!r} does not exist")
+
+    def _with_metadata(self, status: FileStatus, metadata: Mapping[str, str]) -> FileStatus:
+        return with_metadata(status, metadata) if self._metadata else status
 
     def _s3_head(self, bucket: str, key: str) -> Mapping[str, Any] | None:
         try:
@@ -501,13 +512,13 @@ class UfsBackend:
                 continue
             status = status_from_info(name, info)
             if self._s3:
-                # A listing carries no object metadata (complete False), and many stores
-                # list LastModified to the millisecond where HEAD and GET give it as an
-                # HTTP date, in whole seconds: the same version must compare equal
-                # whichever call named it.
+                # A listing carries no object metadata (complete False, where it keeps
+                # attributes), and many stores list LastModified to the millisecond where
+                # HEAD and GET give it as an HTTP date, in whole seconds: the same version
+                # must compare equal whichever call named it.
                 mtime = status.mtime_ns
                 status = dataclasses.replace(
-                    status, complete=False,
+                    status, complete=not self._metadata,
                     mtime_ns=None if mtime is None else mtime - mtime % 1_000_000_000)
             entries.append(self._reported(status))
         return entries
@@ -568,7 +579,7 @@ class UfsBackend:
         raise NotSupported(f"{self.description} has no symbolic links")
 
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
-        if not self._s3:
+        if not self._metadata:
             raise NotSupported(f"{self.description} keeps no modes, owners or times")
         return await self._call(self._s3_setattr, path, attrs)
 
@@ -580,7 +591,7 @@ class UfsBackend:
         """Make the local file ``staged`` (``size`` bytes) the content of ``path``:
         replaced whole once complete, and untouched if this fails (every upload is
         durable)."""
-        metadata = attrs_metadata(Kind.FILE, mode, owner, mtime_ns) if self._s3 else {}
+        metadata = attrs_metadata(Kind.FILE, mode, owner, mtime_ns) if self._metadata else {}
         ticket = self._fence.begin(path)
         return Commit(await self._call(self._fenced, path, ticket, self._commit_sync, path,
                                        staged, metadata, ticket,
@@ -605,8 +616,8 @@ class UfsBackend:
         if self._exists(full):
             raise AlreadyExists(path)
         if self._s3:  # the marker keeps the mode and owner
-            self.fs.pipe_file(full + "/", b"",
-                              Metadata=attrs_metadata(Kind.DIRECTORY, mode, owner, None))
+            metadata = attrs_metadata(Kind.DIRECTORY, mode, owner, None) if self._metadata else {}
+            self.fs.pipe_file(full + "/", b"", Metadata=metadata)
             self.fs.invalidate_cache(full)
         else:
             self._make_dir(full)

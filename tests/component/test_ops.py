@@ -101,7 +101,7 @@ async def make(
     config = build_config(values, ufs)
     metrics = Metrics(CollectorRegistry())
     backend = open_ufs(config.source, config.ufs_options, trio.CapacityLimiter(4),
-                       config.io_timeout)
+                       config.io_timeout, object_metadata=not config.ignore_object_metadata)
     root = await check_source(backend)
     writes = None
     if not config.read_only:

@@ -13,7 +13,9 @@ import pyfuse3
 import pytest
 import trio
 
+from alluxiofuse.errors import NotSupported
 from alluxiofuse.inodes import ROOT_INODE
+from alluxiofuse.model import Attrs
 from tests.component.test_ops import Mounted, make
 from tests.s3server import S3Server, moto_s3
 
@@ -241,3 +243,72 @@ async def test_a_file_changed_since_its_listing_is_looked_up_as_it_is_now(
     assert await m.read_all("d0/f1") == grown
     assert (await look_up(m, "d0/f2")).st_size == 5
     assert await m.read_all("d0/f2") == b"short"
+
+
+async def long_listing(m: Mounted, directory: str) -> dict[str, pyfuse3.EntryAttributes]:
+    """``ls -l directory`` as the kernel serves it: every entry handed over with its
+    attributes (readdirplus), and getattr asked of each entry whose attributes the kernel
+    may not keep (attribute timeout 0)."""
+    dir_ino = (await m.lookup_path(directory)).st_ino
+    fh = await m.ops.opendir(dir_ino, None)
+    listed: list[tuple[str, pyfuse3.EntryAttributes]] = []
+    m.fs.readdir(fh, 0, lambda status, inode, _: bool(
+        listed.append((status.name, m.ops._attrs(inode))) or True))
+    await m.ops.releasedir(fh)
+    return {name: attrs if attrs.attr_timeout else await m.ops.getattr(attrs.st_ino)
+            for name, attrs in listed}
+
+
+@pytest.mark.parametrize("ignore", [False, True], ids=["object-metadata", "ignored"])
+async def test_a_long_listing_costs_the_list_pages_alone_without_object_metadata(
+    s3: S3Server, nursery: trio.Nursery, ignore: bool,
+) -> None:
+    """``ls -l``: with --ignore-object-metadata the listing says all there is of each
+    object (size, LastModified, default mode and owner), so it costs one ListObjectsV2 and
+    no request per object; keeping object metadata, each object is asked for it once."""
+    s3.fs().call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d2/f1", Body=b"x" * 7,
+                    Metadata={"mode": str(0o100600), "uid": "123", "gid": "45",
+                              "mtime": "1000000000"})
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True,
+                   ignore_object_metadata=ignore)
+    await m.lookup_path("d2")
+    seen = count_requests(m)
+    attrs = await long_listing(m, "d2")
+    assert sorted(attrs) == [f"f{f}" for f in range(FILES)]
+    assert attrs["f1"].st_size == 7 and attrs["f0"].st_size == len(b"d2/f0") * 100
+    per_object = [key for op, key in seen if op != "list_objects_v2"]
+    if ignore:
+        assert seen == Counter({("list_objects_v2", f"{ROOT}/d2/"): 1}), seen
+        assert all(a.attr_timeout > 0 for a in attrs.values())
+        assert (attrs["f1"].st_mode & 0o777, attrs["f1"].st_uid) == (0o644, os.getuid())
+        assert attrs["f1"].st_mtime_ns > 1_000_000_000 * 10**9  # LastModified, now
+        # A name looked up without a listing shows the same, from its HEAD.
+        m.fs.drop_caches()
+        again = await m.ops.getattr(attrs["f1"].st_ino)
+        assert (again.st_mode, again.st_uid, again.st_mtime_ns) == (
+            attrs["f1"].st_mode, attrs["f1"].st_uid, attrs["f1"].st_mtime_ns)
+    else:
+        assert sorted(per_object) == [f"{ROOT}/d2/f{f}" for f in range(FILES)], seen
+        assert (attrs["f1"].st_mode & 0o777, attrs["f1"].st_uid) == (0o600, 123)
+        assert attrs["f1"].st_mtime_ns == 1_000_000_000 * 10**9
+
+
+async def test_ignoring_object_metadata_refuses_modes_owners_and_times(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """What could not be shown is not kept: chmod is ENOTSUP, and a new file's upload
+    carries no metadata."""
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options,
+                   ignore_object_metadata=True)
+    assert not m.fs.backend.writes.modes and not m.fs.backend.writes.times
+    attrs = await m.lookup_path("d0/f0")
+    with pytest.raises(NotSupported):
+        await m.fs.setattr(attrs.st_ino, None, None, Attrs(mode=0o600))
+    with pytest.raises(NotSupported):
+        await m.fs.setattr(attrs.st_ino, None, None, Attrs(mtime_ns=10**18))
+    fh, _ = await m.fs.create(ROOT_INODE, "new", 0o600, os.O_WRONLY, (0, 0))
+    await m.fs.write(fh, 0, b"new")
+    await m.fs.flush(fh, durable=True)
+    await m.fs.release(fh)
+    head = s3.fs().call_s3("head_object", Bucket=s3.bucket, Key=f"{ROOT}/new")
+    assert head["ContentLength"] == 3 and not head.get("Metadata"), head
