@@ -187,6 +187,7 @@ class UfsBackend:
     warms = False
     streams = False
     span = 0
+    list_page_keys = 1000  # S3 ListObjectsV2's largest page
 
     def __init__(
         self, fs: Any, root: str, limiter: trio.CapacityLimiter, timeout: float, *,
@@ -257,7 +258,59 @@ class UfsBackend:
         return await self._call(self._stat_sync, path)
 
     async def list(self, path: str) -> builtins.list[FileStatus]:
+        if self._s3:
+            return await self._s3_list(path)
         return await self._call(self._list_sync, path)
+
+    async def _s3_list(self, path: str) -> builtins.list[FileStatus]:
+        """The listing, one ListObjectsV2 page (1,000 keys) per call, each under its own
+        deadline: a prefix of a million objects takes a thousand round trips, far longer
+        than any one call may (``--io-timeout``)."""
+        full = self.full_path(path)
+        bucket, key, _ = self.fs.split_path(full)
+        prefix = key.rstrip("/") + "/" if key else ""
+        entries: builtins.list[FileStatus] = []
+        token: str | None = None
+        first = True
+        while first or token:
+            page = await self._call(self._s3_list_page, bucket, prefix, token)
+            if first and not page.get("Contents") and not page.get("CommonPrefixes") and key:
+                raise NotFound(f"{path!r} does not exist")  # not even its marker
+            first, token = False, page.get("NextContinuationToken")
+            for info in page.get("Contents") or []:
+                self._listed(entries, path, str(info.get("Key", ""))[len(prefix):], {
+                    "type": "file", "size": info.get("Size"), "ETag": info.get("ETag"),
+                    "LastModified": info.get("LastModified")})
+            for info in page.get("CommonPrefixes") or []:
+                name = str(info.get("Prefix", ""))[len(prefix):].rstrip("/")
+                self._listed(entries, path, name, {"type": "directory"})
+        return entries
+
+    def _s3_list_page(self, bucket: str, prefix: str, token: str | None) -> dict[str, Any]:
+        more = {"ContinuationToken": token} if token else {}
+        return dict(self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix,
+                                    Delimiter="/", MaxKeys=self.list_page_keys, **more))
+
+    def _listed(self, entries: builtins.list[FileStatus], path: str, name: str,
+                info: Mapping[str, Any]) -> None:
+        """Add the entry ``name`` of ``path`` that ``info`` describes (an fsspec listing's
+        dict) to ``entries``, unless no file could have that name (the directory's own
+        marker, ``""``, is one)."""
+        if not valid_name(name) or is_temp_name(name):
+            if name:
+                log.debug("skipping entry %r of %r: not a usable file name", name, path)
+            return
+        status = status_from_info(name, info)
+        if self._s3:
+            # A listing carries no object metadata (complete False, where it keeps
+            # attributes), and many stores list LastModified to the millisecond where
+            # HEAD and GET give it as an HTTP date, in whole seconds: the same version
+            # must compare equal whichever call named it.
+            mtime = status.mtime_ns
+            status = dataclasses.replace(
+                status, complete=not self._metadata,
+                mtime_ns=None if mtime is None else mtime - mtime % 1_000_000_000)
+        entries.append(self._reported(status))
 
     async def read(self, path: str, offset: int, length: int, version: Version) -> bytes:
         if self._loop is None:
@@ -503,24 +556,11 @@ class UfsBackend:
     def _list_sync(self, path: str) -> builtins.list[FileStatus]:
         full = self.full_path(path)
         self.fs.invalidate_cache(full)
-        entries = []
+        entries: builtins.list[FileStatus] = []
         for info in self.fs.ls(full, detail=True):
             entry_path = str(info.get("name", "")).rstrip("/")
-            name = entry_path.rpartition("/")[2]
-            if entry_path == full.rstrip("/") or not valid_name(name) or is_temp_name(name):
-                log.debug("skipping entry %r of %r: not a usable file name", name, path)
-                continue
-            status = status_from_info(name, info)
-            if self._s3:
-                # A listing carries no object metadata (complete False, where it keeps
-                # attributes), and many stores list LastModified to the millisecond where
-                # HEAD and GET give it as an HTTP date, in whole seconds: the same version
-                # must compare equal whichever call named it.
-                mtime = status.mtime_ns
-                status = dataclasses.replace(
-                    status, complete=not self._metadata,
-                    mtime_ns=None if mtime is None else mtime - mtime % 1_000_000_000)
-            entries.append(self._reported(status))
+            if entry_path != full.rstrip("/"):  # not the directory itself
+                self._listed(entries, path, entry_path.rpartition("/")[2], info)
         return entries
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
