@@ -23,7 +23,7 @@ From Python, in this process or in a process of its own (spawn, which keeps its 
 off the caller's GIL):
   with LatencyProxy(("127.0.0.1", 9000), ttfb=0.02, bandwidth=90 * MiB) as proxy:
       url = f"http://127.0.0.1:{proxy.port}"
-  with spawn(("127.0.0.1", 9000)) as port: ...
+  with spawn(("127.0.0.1", 9000)) as proxy: ...   # proxy.port, proxy.replies()
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -54,9 +55,10 @@ class _Pipe:
     """One proxied connection: client <-> upstream, one thread per direction."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket, ttfb: float,
-                 bandwidth: float) -> None:
+                 bandwidth: float, on_reply: Callable[[], None]) -> None:
         self.client, self.upstream = client, upstream
         self.ttfb, self.bandwidth = ttfb, bandwidth
+        self.on_reply = on_reply
         # Set (before forwarding) each time the client sends: the upstream's next bytes
         # are the first of a reply and wait ttfb.
         self.request_sent = threading.Event()
@@ -91,9 +93,11 @@ class _Pipe:
             while n := os.splice(src.fileno(), pipe_w, CHUNK):
                 if first_of_reply is None:
                     self.request_sent.set()  # before the bytes go: the reply cannot beat it
-                elif self.ttfb and first_of_reply.is_set():
+                elif first_of_reply.is_set():
                     first_of_reply.clear()
-                    time.sleep(self.ttfb)
+                    self.on_reply()
+                    if self.ttfb:
+                        time.sleep(self.ttfb)
                 if self.bandwidth:
                     # The chunk leaves when the link is free; the link is then busy for
                     # n / bandwidth. Sleeping before the send paces the connection to the
@@ -133,6 +137,8 @@ class LatencyProxy:
         self.port: int = self.listener.getsockname()[1]
         self.pipes: set[_Pipe] = set()
         self.connections = 0
+        # Replies passed on: one per HTTP request, as the clients here never pipeline.
+        self.replies = 0
         self.lock = threading.Lock()
         self.closed = False
         self.thread = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
@@ -171,7 +177,7 @@ class LatencyProxy:
             upstream.settimeout(None)
             for s in (client, upstream):  # replies are small writes too: no Nagle delay
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pipe = _Pipe(client, upstream, self.ttfb, self.bandwidth)
+            pipe = _Pipe(client, upstream, self.ttfb, self.bandwidth, self._replied)
             with self.lock:
                 self.connections += 1
                 # Forget finished pipes here rather than from their threads: no callback.
@@ -179,12 +185,36 @@ class LatencyProxy:
                 self.pipes.add(pipe)
             pipe.start()
 
+    def _replied(self) -> None:
+        with self.lock:
+            self.replies += 1
+
+
+@dataclass
+class Spawned:
+    """The proxy in a process of its own."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def replies(self) -> int:
+        """Replies it has passed on so far (SIGUSR1: it prints ``replies N``)."""
+        assert self.proc.stdout is not None
+        self.proc.send_signal(signal.SIGUSR1)
+        timer = threading.Timer(START_TIMEOUT, self.proc.kill)
+        timer.start()
+        line = self.proc.stdout.readline().decode()
+        timer.cancel()
+        if not line.startswith("replies "):
+            raise RuntimeError(f"latency proxy did not say its replies (said {line!r})")
+        return int(line.split()[1])
+
 
 @contextlib.contextmanager
 def spawn(upstream: tuple[str, int], ttfb: float = DEFAULT_TTFB,
-          bandwidth: float = DEFAULT_BANDWIDTH, log: Path | None = None) -> Iterator[int]:
-    """The proxy as a process of its own (its threads then take no GIL from the caller);
-    yields its port and stops it on exit."""
+          bandwidth: float = DEFAULT_BANDWIDTH, log: Path | None = None) -> Iterator[Spawned]:
+    """The proxy as a process of its own (its threads then take no GIL from the caller),
+    stopped on exit."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--upstream",
            f"{upstream[0]}:{upstream[1]}", "--ttfb", f"{ttfb * 1000:g}ms",
            "--bandwidth", str(int(bandwidth))]
@@ -203,7 +233,7 @@ def spawn(upstream: tuple[str, int], ttfb: float = DEFAULT_TTFB,
         timer.cancel()
         if not line.startswith("listening "):
             raise RuntimeError(f"latency proxy did not start (said {line!r}); see {log}")
-        yield int(line.split()[1])
+        yield Spawned(int(line.split()[1]), proc)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -259,8 +289,8 @@ def measure_overhead(repeat: int, size_mib: int, n_small: int) -> None:
             client.put_object(Bucket=server.bucket, Key=f"small/{i}.bin", Body=small)
         keys = [f"small/{i}.bin" for i in range(n_small)]
         rows: list[tuple[str, list[float], list[float], list[float]]] = []
-        with spawn(("127.0.0.1", server.port), ttfb=0, bandwidth=0) as port:
-            pid = proxy_pid(port)
+        with spawn(("127.0.0.1", server.port), ttfb=0, bandwidth=0) as proxy:
+            port, pid = proxy.port, proxy.proc.pid
             for name, url in (("direct", server.url), ("proxy", f"http://127.0.0.1:{port}")):
                 c = s3env.client(url, max_pool=16)
                 seq, small_rate, cpu = [], [], []
@@ -290,24 +320,6 @@ def measure_overhead(repeat: int, size_mib: int, n_small: int) -> None:
           f"sequential, {statistics.median(p[2]) / statistics.median(d[2]):.2f}x small")
 
 
-def proxy_pid(port: int) -> int | None:
-    """The pid of the process listening on 127.0.0.1:port (the spawned proxy)."""
-    hexport = f"{port:04X}"
-    inodes = set()
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            parts = line.split()
-            if parts[1].endswith(f":{hexport}") and parts[3] == "0A":  # LISTEN
-                inodes.add(parts[9])
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    return int(pid)
-    return None
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -332,6 +344,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with LatencyProxy(args.upstream, args.ttfb, args.bandwidth, args.port) as proxy:
+        signal.signal(signal.SIGUSR1,
+                      lambda *_: print(f"replies {proxy.replies}", flush=True))
         print(f"listening {proxy.port}", flush=True)
         while not stop.wait(1):
             pass

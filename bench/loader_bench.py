@@ -116,6 +116,7 @@ def run_peer(ep: s3env.Endpoint, peer: str, args: argparse.Namespace, logs: Path
         with s3env.mounted(peer, ep, logs, args.repo, extra) as m:
             if not rb.drop_caches():
                 raise BenchError("cannot drop the page cache: run as root")
+            assert ep.ds is not None  # made by s3env.endpoint
             passes = epochs(m.root, ep.ds, workers, seed=rep)
             for ep_no in (1, 2):
                 cpu0, t0 = rb.proc_cpu(m.pid), time.perf_counter()

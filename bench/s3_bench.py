@@ -106,6 +106,7 @@ class Context:
 
     @property
     def ds(self) -> s3env.Dataset:
+        assert self.ep.ds is not None  # made by s3env.endpoint
         return self.ep.ds
 
 

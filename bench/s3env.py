@@ -314,17 +314,18 @@ def populate(server: S3Server, ds: Dataset) -> None:
 
 @dataclass
 class Endpoint:
-    """s3rver with the data set, and the latency proxy in front of it."""
+    """s3rver with the data set (None: a bench's own objects), and the latency proxy in
+    front of it."""
 
     server: S3Server
-    proxy_port: int
-    ds: Dataset
+    proxy: latency_proxy.Spawned
+    ds: Dataset | None
     ttfb: float
     bandwidth: float
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return f"http://127.0.0.1:{self.proxy.port}"
 
     @property
     def bucket(self) -> str:
@@ -339,8 +340,8 @@ def endpoint(ds: Dataset, logs: Path, ttfb: float = latency_proxy.DEFAULT_TTFB,
     with s3rver(BENCH_DIR / f"s3rver-{ds.name}", logs / "s3rver.log") as server:
         populate(server, ds)
         with latency_proxy.spawn(("127.0.0.1", server.port), ttfb, bandwidth,
-                                 logs / "proxy.log") as port:
-            yield Endpoint(server, port, ds, ttfb, bandwidth)
+                                 logs / "proxy.log") as proxy:
+            yield Endpoint(server, proxy, ds, ttfb, bandwidth)
 
 
 def round_trip(url: str, bucket: str, key: str, n: int = 20) -> float:
