@@ -45,7 +45,8 @@ _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
     ("entry-timeout", "SECONDS", "how long name lookups are cached (default 60)"),
     ("negative-timeout", "SECONDS", "how long a missing name is cached (default 5)"),
     ("dir-timeout", "SECONDS", "how long directory listings are cached (default 60)"),
-    ("metadata-cache-entries", "N", "bound of the metadata caches in entries (default 100000)"),
+    ("metadata-cache-size", "SIZE", "what cached statuses, missing names and listings may "
+     "hold together (default: a quarter of the memory budget, at least 16MiB)"),
     ("page-size", "SIZE", "page size of the page cache (default 1MiB)"),
     ("memory-budget", "SIZE", "memory the page cache and read-ahead may hold (default: 1/8 "
      "of RAM, 64MiB-4GiB, and at most half the cgroup memory limit)"),

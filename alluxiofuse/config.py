@@ -70,7 +70,10 @@ class MountConfig:
     # FOREVER, here and in the kernel, so a later epoch asks neither the store nor, for
     # what the kernel keeps, the daemon. SIGHUP still drops everything.
     immutable: bool = False
-    metadata_cache_entries: int = 100_000
+    # What cached statuses, missing names and listings may hold together, in bytes; 0 =
+    # a quarter of the memory budget, at least 16 MiB (a listing of 100,000 local files
+    # holds about 10 MiB: see listing.py).
+    metadata_cache_size: int = 0
     # S3: modes, owners and times are not kept in object metadata (as on other object
     # stores): a listing then says all there is of each object, so `ls -l` costs the list
     # pages alone, with no HEAD or GET per object (rclone's --use-server-modtime).
@@ -328,7 +331,7 @@ _PARSERS: dict[str, Any] = {
     "entry_timeout": parse_duration,
     "negative_timeout": parse_duration,
     "dir_timeout": parse_duration,
-    "metadata_cache_entries": _parse_count,
+    "metadata_cache_size": parse_size,
     "page_size": parse_size,
     "memory_budget": parse_size,
     "page_cache_size": parse_size,
@@ -659,6 +662,8 @@ def _with_derived_defaults(c: MountConfig) -> MountConfig:
                           f"({budget} bytes)")
     cache = max(cache, 4 * c.page_size)
     prefetch = c.prefetch_budget or min(256 * MiB, cache // 4)
+    metadata = c.metadata_cache_size or max(16 * MiB, max(budget, cache) // 4)
     return dataclasses.replace(c, memory_budget=max(budget, cache), page_cache_size=cache,
+                               metadata_cache_size=metadata,
                                prefetch_budget=max(prefetch, c.page_size),
                                cache_dir=os.path.abspath(c.cache_dir or default_cache_dir()))

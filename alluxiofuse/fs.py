@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import NoReturn
@@ -34,7 +34,8 @@ from alluxiofuse.errors import (
 from alluxiofuse.flight import SingleFlight
 from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn, default_readahead
 from alluxiofuse.inodes import Inode, InodeTable
-from alluxiofuse.metacache import Listing, MetadataCache, join, parent_and_name
+from alluxiofuse.listing import Listing
+from alluxiofuse.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import (
     NAME_MAX,
@@ -122,18 +123,13 @@ class Filesystem:
         self.inodes = InodeTable(root)
         self.meta = MetadataCache(
             attr_ttl=config.attr_timeout, negative_ttl=config.negative_timeout,
-            dir_ttl=config.dir_timeout, max_entries=config.metadata_cache_entries,
+            dir_ttl=config.dir_timeout, max_bytes=config.metadata_cache_size,
         )
         self.pages = PageCache(config.page_cache_size, metrics)
         self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
         self._max_readahead = (default_readahead(backend.span) if config.max_readahead is None
                                else config.max_readahead)
-        # For directory read-ahead: the last listing of recently listed directories (stale
-        # ones do no harm: every prefetch is keyed and checked by file version), and each
-        # directory's read-ahead state.
-        self._recent_listings: LRUCache[str, Listing] = LRUCache(
-            maxsize=config.metadata_cache_entries, getsizeof=lambda v: len(v.entries) + 1,
-        )
+        # Each directory's read-ahead state.
         self._dir_streaks: LRUCache[str, _DirReadahead] = LRUCache(maxsize=1024)
         # Listing instead of stat-ing: misses per directory, and directories not to list.
         self._listings: SingleFlight[str, Listing] = SingleFlight()
@@ -144,13 +140,14 @@ class Filesystem:
         # only the kernel can drop them, and only by name. Bounded like the metadata
         # cache; one forgotten early still expires in the kernel on its own.
         self._misses: TTLCache[tuple[int, str], bool] | None = None
-        if config.negative_timeout > 0 and config.metadata_cache_entries > 0:
-            self._misses = TTLCache(maxsize=config.metadata_cache_entries,
+        if config.negative_timeout > 0 and config.metadata_cache_size >= MISSING_BYTES:
+            self._misses = TTLCache(maxsize=config.metadata_cache_size // MISSING_BYTES,
                                     ttl=config.negative_timeout + _NEGATIVE_MARGIN)
         self._files: dict[int, FileHandle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._handle_ids = itertools.count(1)
         metrics.watch_inodes(lambda: len(self.inodes))
+        metrics.watch_metadata_cache(lambda: self.meta.nbytes, self.meta.max_bytes)
         metrics.watch_handles(lambda: len(self._files) + len(self._dirs))
 
     # -- names and attributes
@@ -175,7 +172,7 @@ class Filesystem:
             raise
         inode = self._learn(path, status)
         self.inodes.remember(inode)
-        inode.attrs_version = inode.status.version
+        inode.attrs_given()
         return inode
 
     async def getattr(self, ino: int) -> Inode:
@@ -189,7 +186,7 @@ class Filesystem:
         status = await self._stat(inode.path, attrs=True)
         if status.kind is inode.status.kind:
             inode = self._learn(inode.path, status)
-        inode.attrs_version = inode.status.version
+        inode.attrs_given()
         return inode
 
     def forget(self, ino: int, count: int) -> None:
@@ -203,7 +200,6 @@ class Filesystem:
         Returned: what the kernel may cache, to be dropped there too."""
         self.meta.clear()
         self.pages.clear()
-        self._recent_listings.clear()
         self._stat_misses.clear()
         misses: list[tuple[int, str]] = []
         if self._misses is not None:
@@ -234,14 +230,13 @@ class Filesystem:
         if inode.status.kind is not Kind.DIRECTORY:
             raise NotADirectory(inode.path)
         listing = await self._list(inode.path)
-        entries = listing.entries
+        entries: Sequence[FileStatus] = listing
         staged = self.writes.children(inode.path) if self.writes is not None else {}
         if staged:  # files being written: their own status, and new ones not yet uploaded
             entries = [s if s.name not in staged else staged[s.name].status(s.name)
-                       for s in entries]
-            listed = listing.position
+                       for s in listing]
             entries += [f.status(name) for name, f in sorted(staged.items())
-                        if name not in listed]
+                        if listing.find(name) is None]
         fh = next(self._handle_ids)
         self._dirs[fh] = DirHandle(ino, inode.path, entries)
         return fh
@@ -253,25 +248,32 @@ class Filesystem:
         buffers is never skipped or repeated. Each entry the kernel takes holds a lookup.
         """
         handle = self._dir(fh)
+        listing = handle.entries if isinstance(handle.entries, Listing) else None
         for index in range(start, len(handle.entries)):
             status = handle.entries[index]
             path = join(handle.path, status.name)
             known = self.inodes.by_path(path)
+            # The inode keeps its status as this listing's entry while nothing newer is known.
+            listed = (listing, index) if listing is not None else None
             staged = self.writes.get(path) if self.writes is not None else None
             if staged is not None:  # being written: only its own size is right
-                status = staged.status(status.name)
-            elif known is not None and (complete := self._attrs_of(known, status)):
-                status = complete
-            elif known is not None and known.status != status:
+                status, listed = staged.status(status.name), None
+            elif known is None or (listing is not None and known.is_listed(listing, index)):
+                pass
+            elif complete := self._attrs_of(known, status):
+                status, listed = complete, None
+            elif known.status != status:
                 # Learned since the snapshot: never step back to the snapshot's older
                 # version (open handles of the newer one would turn stale).
-                status = self.meta.status(path) or status
-            inode = self._learn(path, status)
+                newer = self.meta.status(path)
+                if newer is not None:
+                    status, listed = newer, None
+            inode = self._learn(path, status, listed)
             if not reply(status, inode, index + 1):
                 self.inodes.discard_if_unused(inode)
                 break
             self.inodes.remember(inode)
-            inode.attrs_version = inode.status.version
+            inode.attrs_given()
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -386,7 +388,7 @@ class Filesystem:
         self._forget(path)
         inode = self._learn(path, staged.status(name))
         self.inodes.remember(inode)
-        inode.attrs_version = inode.status.version
+        inode.attrs_given()
         return self._open_staged(inode, staged, writing=True), inode
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -618,7 +620,7 @@ class Filesystem:
         self.meta.put_status(path, status)
         inode = self._learn(path, status)
         self.inodes.remember(inode)
-        inode.attrs_version = status.version
+        inode.attrs_given()
         return inode
 
     def _removed(self, path: str, *, tree: bool = False) -> None:
@@ -643,7 +645,7 @@ class Filesystem:
             raise NotADirectory(new)
         if target.kind is Kind.DIRECTORY:
             assert self.writes is not None
-            if (await self._list(new)).entries or any(True for _ in self.writes.under(new)):
+            if len(await self._list(new)) or any(True for _ in self.writes.under(new)):
                 raise DirectoryNotEmpty(new)
 
     # -- internals
@@ -665,19 +667,19 @@ class Filesystem:
         """
         limit = self.config.dir_readahead
         parent, name = parent_and_name(inode.path)
-        listing = self._recent_listings.get(parent) if limit else None
-        index = listing.position.get(name) if listing is not None else None
+        listing = self.meta.recent_listing(parent) if limit else None
+        index = listing.find(name) if listing is not None else None
         if listing is None or index is None:
             return
         state = self._dir_streaks.get(parent) or _DirReadahead(index)
         self._dir_streaks[parent] = state
-        if not state.advance(index) or state.fetched_to >= len(listing.entries):
+        if not state.advance(index) or state.fetched_to >= len(listing):
             return
         window = min(limit, 2 ** (state.streak + 2))  # 16 files once a streak is established
         if state.fetched_to - state.furthest > window // 2:
             return  # enough is on its way
         start = max(state.fetched_to, state.furthest)  # from the newest open on
-        entries = listing.entries[start:start + window]
+        entries = listing[start:start + window]
         files = []  # (listing position, path, status) of the files worth fetching
         for position, status in enumerate(entries, start):
             child = join(parent, status.name)
@@ -845,25 +847,25 @@ class Filesystem:
     async def _list(self, path: str) -> Listing:
         """The listing of directory ``path``: cached, or fetched once for concurrent callers."""
         listing = self.meta.listing(path)
-        if listing is None:
+        if listing is None:  # one larger than the whole cache is served all the same
             listing, _ = await self._listings.run(path, partial(self._fetch_listing, path))
-        # One larger than the whole bound is served all the same, only not kept.
-        if len(listing) + 1 <= self._recent_listings.maxsize:
-            self._recent_listings[path] = listing
         return listing
 
     async def _fetch_listing(self, path: str) -> Listing:
         listing = self.meta.put_listing(path, await self.backend.list(path))
         self._stat_misses.pop(path, None)
-        if len(listing.entries) >= self.config.metadata_cache_entries:
+        if listing.nbytes > self.meta.max_bytes:
             self._unlisted[path] = True
         return listing
 
-    def _learn(self, path: str, status: FileStatus) -> Inode:
-        """Record ``status`` for ``path``; a new version of a file drops its cached pages."""
+    def _learn(
+        self, path: str, status: FileStatus, listed: tuple[Listing, int] | None = None,
+    ) -> Inode:
+        """Record ``status`` (entry ``listed[1]`` of listing ``listed[0]``, if given) for
+        ``path``; a new version of a file drops its cached pages."""
         known = self.inodes.by_path(path)
         old_version = known.status.version if known is not None else None
-        inode = self.inodes.learn(path, status)
+        inode = self.inodes.learn(path, status, listed)
         if inode is known and old_version != status.version:
             self.pages.drop_file(inode.ino)
         return inode

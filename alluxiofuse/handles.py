@@ -463,7 +463,7 @@ class FileHandle:
 class DirHandle:
     """One open of a directory: a snapshot of its entries, so offsets stay meaningful."""
 
-    def __init__(self, ino: int, path: str, entries: list[FileStatus]) -> None:
+    def __init__(self, ino: int, path: str, entries: Sequence[FileStatus]) -> None:
         self.ino = ino
         self.path = path
         self.entries = entries

@@ -9,30 +9,101 @@ inode whose type changes as broken.
 
 The kernel holds a reference per successful lookup (and per readdirplus entry); it gives
 them back with ``forget``. An inode leaves the table when its count reaches zero.
+
+An inode the kernel learned from a listing (every entry of a readdirplus) keeps its status
+as a position in that listing, not as a status object of its own: ``ls -l`` of a directory
+of a million files leaves a million inodes in the table, and a status object with its
+integers costs four times what the rest of the inode does (see listing.py).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
-from dataclasses import dataclass
 
 from alluxiofuse.errors import StaleFile
+from alluxiofuse.listing import Listing
 from alluxiofuse.model import FileStatus, Kind, Version
 
 ROOT_INODE = 1
 _INO_MASK = (1 << 63) - 1
 
 
-@dataclass(slots=True)
+class _Attrs(enum.Enum):
+    CURRENT = "the inode's own status"
+
+
 class Inode:
-    ino: int
-    path: str
-    status: FileStatus
-    lookups: int = 0
-    # The file version whose pages the kernel may still hold, for FOPEN_KEEP_CACHE.
-    kernel_version: Version | None = None
-    # The file version whose size the kernel's cached attributes hold (None: unknown).
-    attrs_version: Version | None = None
+    """One inode: its number, its path, its status, and what the kernel holds of it."""
+
+    __slots__ = ("_attrs", "_index", "_listing", "_status", "ino", "kernel_version", "lookups",
+                 "path")
+
+    def __init__(
+        self, ino: int, path: str, status: FileStatus, lookups: int = 0, *,
+        listed: tuple[Listing, int] | None = None,
+    ) -> None:
+        self.ino = ino
+        self.path = path
+        self.lookups = lookups
+        # The file version whose pages the kernel may still hold, for FOPEN_KEEP_CACHE.
+        self.kernel_version: Version | None = None
+        # The file version whose size the kernel's cached attributes hold (None: unknown).
+        self._attrs: Version | _Attrs | None = None
+        self._status: FileStatus | None = None
+        self._listing: Listing | None = None
+        self._index = 0
+        self._set(status, listed)
+
+    @property
+    def status(self) -> FileStatus:
+        if self._listing is not None:
+            return self._listing[self._index]
+        assert self._status is not None
+        return self._status
+
+    @status.setter
+    def status(self, status: FileStatus) -> None:
+        self.set_status(status)
+
+    @property
+    def kind(self) -> Kind:
+        if self._listing is not None:
+            return self._listing.kind(self._index)
+        assert self._status is not None
+        return self._status.kind
+
+    def set_status(self, status: FileStatus, listed: tuple[Listing, int] | None = None) -> None:
+        """``status``, which is entry ``listed[1]`` of listing ``listed[0]`` if given."""
+        if self._attrs is _Attrs.CURRENT and self.status.version != status.version:
+            self._attrs = self.status.version  # what the kernel holds stays as it was
+        self._set(status, listed)
+
+    def is_listed(self, listing: Listing, index: int) -> bool:
+        """Whether the status is entry ``index`` of ``listing`` (nothing learned since)."""
+        return self._listing is listing and self._index == index
+
+    @property
+    def attrs_version(self) -> Version | None:
+        """The file version whose size the kernel's cached attributes hold (None: unknown)."""
+        if self._attrs is _Attrs.CURRENT:
+            return self.status.version
+        return self._attrs
+
+    @attrs_version.setter
+    def attrs_version(self, version: Version | None) -> None:
+        self._attrs = version
+
+    def attrs_given(self) -> None:
+        """The kernel was handed this inode's status as it is now."""
+        self._attrs = _Attrs.CURRENT
+
+    def _set(self, status: FileStatus, listed: tuple[Listing, int] | None) -> None:
+        if listed is None:
+            self._status, self._listing, self._index = status, None, 0
+        else:
+            self._status = None
+            self._listing, self._index = listed
 
 
 def inode_number(path: str, probe: int = 0) -> int:
@@ -71,15 +142,18 @@ class InodeTable:
         inode = self._by_path.get(path)
         return inode.ino if inode is not None else self._free_number(path)
 
-    def learn(self, path: str, status: FileStatus) -> Inode:
-        """The inode for ``path``, created or updated with ``status``; lookups unchanged."""
+    def learn(
+        self, path: str, status: FileStatus, listed: tuple[Listing, int] | None = None,
+    ) -> Inode:
+        """The inode for ``path``, created or updated with ``status`` (entry ``listed[1]``
+        of listing ``listed[0]``, if given); lookups unchanged."""
         inode = self._by_path.get(path)
-        if inode is not None and inode.status.kind is status.kind:
-            inode.status = status
+        if inode is not None and inode.kind is status.kind:
+            inode.set_status(status, listed)
             return inode
         if inode is not None:  # changed kind: detach the old inode, it lives on until forgotten
             del self._by_path[path]
-        inode = Inode(self._free_number(path), path, status)
+        inode = Inode(self._free_number(path), path, status, listed=listed)
         self._by_ino[inode.ino] = inode
         self._by_path[path] = inode
         return inode
@@ -116,7 +190,7 @@ class InodeTable:
             return
         moved.path = new
         self._by_path[new] = moved
-        if moved.status.kind is Kind.DIRECTORY:
+        if moved.kind is Kind.DIRECTORY:
             prefix = old + "/"
             for path in [p for p in self._by_path if p.startswith(prefix)]:
                 inode = self._by_path.pop(path)

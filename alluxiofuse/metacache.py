@@ -1,22 +1,31 @@
 """Metadata cache: file statuses, known-missing paths and directory listings, each with a TTL.
 
-All three are bounded by entries (a listing counts one entry per child) and expire on
-their own timeout; a timeout of 0 turns that cache off. A listing also answers for its
-children's statuses while it is younger than the status timeout: a child is kept once,
-in its listing, not a second time as a status of its own (a directory of 100,000 files
-would otherwise cost a cache entry, a path string and a node of the cache's expiry list
-per file). Paths are mount-relative (``""`` is the root, ``"a/b"`` a child), as everywhere
-above the backends.
+All three share one bound in bytes (an estimate of what each entry holds: a listing its
+columns, see listing.py) and each expires on its own timeout; a timeout of 0 turns that
+kind off. A listing is kept past its timeout, until the bound needs its room, for directory
+read-ahead (``recent_listing``): which files come next does not go stale the way attributes
+do, and every file fetched ahead is checked by version. A listing also answers for its
+children's statuses while it is younger than the status timeout: a child is kept once, in
+its listing, not a second time as a status of its own. Paths are mount-relative (``""`` is
+the root, ``"a/b"`` a child), as everywhere above the backends.
 """
 
 from __future__ import annotations
 
+import enum
+import math
 import time
 from collections.abc import Callable, Sequence
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
+from alluxiofuse.listing import Listing
 from alluxiofuse.model import FileStatus
+
+# What a cached status and a cached missing name hold, in bytes (the path, the status
+# object and its integers, the cache's own bookkeeping), measured as RSS growth per entry.
+STATUS_BYTES = 900
+MISSING_BYTES = 400
 
 
 def join(parent: str, name: str) -> str:
@@ -29,113 +38,100 @@ def parent_and_name(path: str) -> tuple[str, str]:
     return parent, name
 
 
-class _Ttl:
-    """A TTLCache that is simply absent when its ttl or size is zero."""
-
-    def __init__(
-        self, maxsize: int, ttl: float, timer: Callable[[], float],
-        getsizeof: Callable[[object], int] | None = None,
-    ) -> None:
-        self._cache: TTLCache[str, object] | None = None
-        if ttl > 0 and maxsize > 0:
-            self._cache = TTLCache(maxsize=maxsize, ttl=ttl, timer=timer, getsizeof=getsizeof)
-
-    def get(self, key: str) -> object | None:
-        return None if self._cache is None else self._cache.get(key)
-
-    def put(self, key: str, value: object) -> bool:
-        """Cache ``value``; False when it is not (the cache is off, or ``value`` is larger
-        than the whole cache)."""
-        if self._cache is None:
-            return False
-        try:
-            self._cache[key] = value
-        except ValueError:  # larger than the whole cache: not cached at all
-            self._cache.pop(key, None)
-            return False
-        return True
-
-    def pop(self, key: str) -> None:
-        if self._cache is not None:
-            self._cache.pop(key, None)
-
-    def clear(self) -> None:
-        if self._cache is not None:
-            self._cache.clear()
-
-    def pop_under(self, prefix: str) -> None:
-        """Drop every key that starts with ``prefix``."""
-        if self._cache is not None:
-            for key in [k for k in self._cache if k.startswith(prefix)]:
-                self._cache.pop(key, None)
+class _Kind(enum.Enum):
+    STATUS = "status"
+    MISSING = "missing"
+    LISTING = "listing"
 
 
 class MetadataCache:
-    """Statuses (``attr_ttl``), missing paths (``negative_ttl``), listings (``dir_ttl``)."""
+    """Statuses (``attr_ttl``), missing paths (``negative_ttl``), listings (``dir_ttl``),
+    together at most ``max_bytes``."""
 
     def __init__(
-        self, *, attr_ttl: float, negative_ttl: float, dir_ttl: float, max_entries: int,
+        self, *, attr_ttl: float, negative_ttl: float, dir_ttl: float, max_bytes: int,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._status = _Ttl(max_entries, attr_ttl, timer)
-        self._missing = _Ttl(max_entries, negative_ttl, timer)
-        self._listing = _Ttl(max_entries, dir_ttl, timer, getsizeof=_listing_size)
-        self._attr_ttl = attr_ttl if max_entries > 0 else 0.0
+        self._ttl = {_Kind.STATUS: attr_ttl, _Kind.MISSING: negative_ttl,
+                     _Kind.LISTING: math.inf}
+        self._cache: TLRUCache[tuple[_Kind, str], object] = TLRUCache(
+            maxsize=max_bytes, timer=timer, getsizeof=_size,
+            ttu=lambda key, value, now: now + self._ttl[key[0]])
+        self._attr_ttl = attr_ttl if max_bytes > 0 else 0.0
+        self._dir_ttl = dir_ttl
         self._timer = timer
+
+    @property
+    def nbytes(self) -> int:
+        """What the cached entries hold, as estimated for the bound."""
+        return int(self._cache.currsize)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._cache.maxsize)
 
     def status(self, path: str) -> FileStatus | None:
         """The status of ``path``: its own (a stat), else its entry in a listing of its
         parent younger than the status timeout; None when neither is cached or it is
         known to be missing."""
-        value = self._status.get(path)
+        value = self._cache.get((_Kind.STATUS, path))
         if isinstance(value, FileStatus):
             return value
-        if not path or self._attr_ttl <= 0 or self._missing.get(path) is not None:
+        if not path or self._attr_ttl <= 0 or (_Kind.MISSING, path) in self._cache:
             return None
         parent, name = parent_and_name(path)
         listing = self.listing(parent)
         if listing is None or self._timer() - listing.fetched_at >= self._attr_ttl:
             return None
-        index = listing.position.get(name)
-        return None if index is None else listing.entries[index]
+        index = listing.find(name)
+        return None if index is None else listing[index]
 
     def is_missing(self, path: str) -> bool:
         """True when ``path`` is known not to exist: a negative entry, or a fresh listing of
         its parent that does not name it."""
-        if self._missing.get(path) is not None:
+        if (_Kind.MISSING, path) in self._cache:
             return True
         if not path:
             return False
         parent, name = parent_and_name(path)
         listing = self.listing(parent)
-        return listing is not None and name not in listing.position
+        return listing is not None and listing.find(name) is None
 
     def listing(self, path: str) -> Listing | None:
-        value = self._listing.get(path)
+        """The listing of ``path`` younger than the listing timeout."""
+        listing = self.recent_listing(path)
+        if listing is None or self._timer() - listing.fetched_at >= self._dir_ttl:
+            return None
+        return listing
+
+    def recent_listing(self, path: str) -> Listing | None:
+        """The last listing of ``path`` still cached, however old."""
+        value = self._cache.get((_Kind.LISTING, path))
         return value if isinstance(value, Listing) else None
 
     def put_status(self, path: str, status: FileStatus) -> None:
-        self._missing.pop(path)
-        self._status.put(path, status)
+        self._cache.pop((_Kind.MISSING, path), None)
+        self._put(_Kind.STATUS, path, status)
 
     def put_missing(self, path: str) -> None:
-        self._status.pop(path)
-        self._missing.put(path, True)
+        self._cache.pop((_Kind.STATUS, path), None)
+        self._put(_Kind.MISSING, path, True)
 
     def forget(self, path: str, *, tree: bool = False) -> None:
         """Drop what is cached about ``path``, the listing of its parent and, with
         ``tree``, everything under it: it changed through this mount."""
-        for cache in (self._status, self._missing, self._listing):
-            cache.pop(path)
-            if tree:
-                cache.pop_under(path + "/" if path else "")
+        for kind in _Kind:
+            self._cache.pop((kind, path), None)
+        if tree:
+            prefix = path + "/" if path else ""
+            for key in [k for k in self._cache if k[1].startswith(prefix)]:
+                self._cache.pop(key, None)
         if path:
-            self._listing.pop(parent_and_name(path)[0])
+            self._cache.pop((_Kind.LISTING, parent_and_name(path)[0]), None)
 
     def clear(self) -> None:
         """Forget everything: the next use of any path asks the backend."""
-        for cache in (self._status, self._missing, self._listing):
-            cache.clear()
+        self._cache.clear()
 
     def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
         """Cache a listing, which answers for each child's status from now on; but a
@@ -143,37 +139,37 @@ class MetadataCache:
         expiry too, when the listing names the same version of it without the attributes
         (``complete`` False): that metadata cannot change without a new version."""
         listing = Listing(entries, self._timer())
-        # A listing not cached (--dir-timeout 0, or larger than the whole cache): each
-        # child's status is kept as a stat's would be.
-        each = not self._listing.put(path, listing)
+        # A listing not cached (larger than the whole cache) or never fresh (--dir-timeout
+        # 0): each child's status is kept as a stat's would be.
+        each = not self._put(_Kind.LISTING, path, listing) or self._dir_ttl <= 0
         for entry in entries:
             child = join(path, entry.name)
-            self._missing.pop(child)
-            known = self._status.get(child)
+            self._cache.pop((_Kind.MISSING, child), None)
+            known = self._cache.get((_Kind.STATUS, child))
             if (isinstance(known, FileStatus) and not entry.complete and known.complete
                     and known.kind is entry.kind and known.version == entry.version):
                 continue
             if each:
-                self._status.put(child, entry)
+                self._put(_Kind.STATUS, child, entry)
             elif known is not None:
-                self._status.pop(child)  # the listing's is the newer word
+                self._cache.pop((_Kind.STATUS, child), None)  # the listing's is the newer word
         return listing
 
+    def _put(self, kind: _Kind, path: str, value: object) -> bool:
+        """Cache ``value``; False when it is not (that kind is off, or ``value`` is larger
+        than the whole cache)."""
+        if self._ttl[kind] <= 0 or self._cache.maxsize <= 0:
+            return False
+        key = (kind, path)
+        try:
+            self._cache[key] = value
+        except ValueError:  # larger than the whole cache: not cached at all
+            self._cache.pop(key, None)
+            return False
+        return True
 
-def _listing_size(value: object) -> int:
-    return len(value) + 1 if isinstance(value, Listing) else 1
 
-
-class Listing:
-    """A directory's entries sorted by name, each name's position among them, and when
-    the listing was made (the cache's timer)."""
-
-    __slots__ = ("entries", "fetched_at", "position")
-
-    def __init__(self, entries: Sequence[FileStatus], fetched_at: float = 0.0) -> None:
-        self.entries = sorted(entries, key=lambda e: e.name)
-        self.position = {e.name: i for i, e in enumerate(self.entries)}
-        self.fetched_at = fetched_at
-
-    def __len__(self) -> int:
-        return len(self.entries)
+def _size(value: object) -> int:
+    if isinstance(value, Listing):
+        return value.nbytes
+    return STATUS_BYTES if isinstance(value, FileStatus) else MISSING_BYTES

@@ -171,6 +171,14 @@ class Metrics:
         # process_resident_memory_bytes and friends, from /proc/self at scrape time.
         ProcessCollector(registry=registry)
         self._inodes = Gauge("alluxiofuse_inodes", "Inodes the kernel holds", registry=registry)
+        self._metadata_cache_bytes = Gauge(
+            "alluxiofuse_metadata_cache_bytes", "Bytes held by cached statuses, missing names "
+            "and listings (as estimated for their bound)", registry=registry,
+        )
+        self._metadata_cache_capacity_bytes = Gauge(
+            "alluxiofuse_metadata_cache_capacity_bytes", "Metadata cache bound",
+            registry=registry,
+        )
         self._open_handles = Gauge(
             "alluxiofuse_open_handles", "Open file and directory handles", registry=registry,
         )
@@ -240,6 +248,10 @@ class Metrics:
 
     def watch_inodes(self, count: Callable[[], float]) -> None:
         self._inodes.set_function(count)
+
+    def watch_metadata_cache(self, used: Callable[[], float], capacity: float) -> None:
+        self._metadata_cache_bytes.set_function(used)
+        self._metadata_cache_capacity_bytes.set(capacity)
 
     def watch_handles(self, count: Callable[[], float]) -> None:
         self._open_handles.set_function(count)

@@ -219,22 +219,22 @@ async def test_an_immutable_mount_tells_the_kernel_to_keep_everything(
 async def test_without_a_metadata_cache_a_missing_name_is_still_enoent(
     tree: Path, nursery: trio.Nursery,
 ) -> None:
-    m = await make(tree, nursery, metadata_cache_entries=0)
+    m = await make(tree, nursery, metadata_cache_size=1)  # nothing fits
     assert (await m.ops.lookup(ROOT_INODE, b"nope")).st_ino == 0  # negative entry, no EIO
     assert (await m.ops.lookup(ROOT_INODE, b"small.txt")).st_size == 6
 
 
-@pytest.mark.parametrize("entries", [0, 10, 50])
+@pytest.mark.parametrize("size", [1, 1000, 1 << 20])
 async def test_a_directory_larger_than_the_metadata_cache_is_listed_whole(
-    tree: Path, nursery: trio.Nursery, entries: int,
+    tree: Path, nursery: trio.Nursery, size: int,
 ) -> None:
-    """A listing with more entries than ``--metadata-cache-entries`` (or with the cache
-    off) is served, not refused: it is only not cached."""
+    """A listing larger than ``--metadata-cache-size`` is served, not refused: it is only
+    not cached (1 MiB: it is)."""
     (tree / "wide").mkdir()
     names = sorted(f"f{i:03d}" for i in range(50))
     for name in names:
         (tree / "wide" / name).write_bytes(name.encode())
-    m = await make(tree, nursery, metadata_cache_entries=entries)
+    m = await make(tree, nursery, metadata_cache_size=size)
     wide = await m.lookup_path("wide")
     for _ in range(2):  # and again, whatever the first one left behind
         fh = await m.ops.opendir(wide.st_ino, None)
@@ -242,10 +242,26 @@ async def test_a_directory_larger_than_the_metadata_cache_is_listed_whole(
             assert m.listing(fh, refuse_after=7) == names
         finally:
             await m.ops.releasedir(fh)
+    assert (m.fs.meta.listing("wide") is not None) == (size == 1 << 20)
     for name in names[:5]:  # lookups after the listing, misses and all
         assert (await m.ops.lookup(wide.st_ino, name.encode())).st_size == 4
     assert (await m.ops.lookup(wide.st_ino, b"nope")).st_ino == 0
     assert await m.read_all("wide/f049") == b"f049"
+
+
+async def test_the_metadata_cache_shows_its_bytes_and_its_bound(
+    tree: Path, nursery: trio.Nursery,
+) -> None:
+    m = await make(tree, nursery, metadata_cache_size="2MiB")
+    assert m.sample("alluxiofuse_metadata_cache_capacity_bytes") == 2 << 20
+    before = m.sample("alluxiofuse_metadata_cache_bytes")
+    fh = await m.ops.opendir(ROOT_INODE, None)
+    await m.ops.releasedir(fh)
+    listing = m.fs.meta.listing("")
+    assert listing is not None
+    assert m.sample("alluxiofuse_metadata_cache_bytes") == before + listing.nbytes
+    m.fs.drop_caches()
+    assert m.sample("alluxiofuse_metadata_cache_bytes") == 0
 
 
 async def test_a_cache_drop_names_the_negative_entries_the_kernel_was_given(

@@ -242,8 +242,8 @@ def test_a_create_in_a_directory_gone_from_the_source_fails_at_once(
     (src / "e").mkdir()
     (src / "other").mkdir()
     # The kernel keeps what it learns of "d" and "e" for 60 s; the daemon's cache holds one
-    # status, so it has forgotten theirs by the time the file is made.
-    m = mount(src, *LONG, "--negative-timeout", "0", "--metadata-cache-entries", "1")
+    # status (about 900 bytes), so it has forgotten theirs by the time the file is made.
+    m = mount(src, *LONG, "--negative-timeout", "0", "--metadata-cache-size", "1000")
     assert os.path.isdir(m.path / "d")
     assert os.path.isdir(m.path / "e")
     assert os.path.isdir(m.path / "other")

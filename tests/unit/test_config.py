@@ -320,7 +320,7 @@ def test_build_config_none_means_unset(fixed_memory: None) -> None:
         ({"file_mode": "0999"}, "--file-mode"),
         ({"log_level": "loud"}, "--log-level"),
         ({"allow_other": "maybe"}, "--allow-other"),
-        ({"metadata_cache_entries": "-1"}, "--metadata-cache-entries"),
+        ({"metadata_cache_size": "-1"}, "--metadata-cache-size"),
         ({"io_threads": [1]}, "--io-threads"),
     ],
 )

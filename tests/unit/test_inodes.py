@@ -9,6 +9,7 @@ import pytest
 from alluxiofuse import inodes
 from alluxiofuse.errors import StaleFile
 from alluxiofuse.inodes import ROOT_INODE, InodeTable, inode_number
+from alluxiofuse.listing import Listing
 from alluxiofuse.model import FileStatus, Kind
 
 ROOT = FileStatus("", Kind.DIRECTORY)
@@ -177,3 +178,27 @@ def test_discard_if_unused(table: InodeTable) -> None:
     assert table.get(used.ino) is used
     assert table.get(ROOT_INODE).ino == ROOT_INODE
     assert len(table) == 2
+
+
+def test_an_inode_learned_from_a_listing_reads_its_status_there(table: InodeTable) -> None:
+    """Entry ``i`` of a listing stands for the status until something newer is learned;
+    what the kernel was handed (attrs_version) stays the version it was handed."""
+    old = FileStatus("f", Kind.FILE, size=3, mtime_ns=1)
+    listing = Listing([FileStatus("e", Kind.DIRECTORY), old])
+    inode = table.learn("d/f", listing[1], (listing, 1))
+    assert inode.status == old and inode.kind is Kind.FILE and inode.is_listed(listing, 1)
+    inode.attrs_given()
+    assert inode.attrs_version == old.version
+    same = FileStatus("f", Kind.FILE, size=3, mtime_ns=1, mode=0o600)
+    assert table.learn("d/f", same) is inode  # the same version, with its attributes
+    assert inode.status == same and not inode.is_listed(listing, 1)
+    assert inode.attrs_version == old.version
+    new = FileStatus("f", Kind.FILE, size=4, mtime_ns=2)
+    table.learn("d/f", new)
+    assert inode.status == new
+    assert inode.attrs_version == old.version  # the kernel still holds the old size
+    inode.attrs_given()
+    assert inode.attrs_version == new.version
+    relisted = Listing([new])
+    table.learn("d/f", relisted[0], (relisted, 0))
+    assert inode.is_listed(relisted, 0) and inode.attrs_version == new.version

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from alluxiofuse.metacache import MetadataCache, join, parent_and_name
+from alluxiofuse.listing import Listing
+from alluxiofuse.metacache import (
+    MISSING_BYTES,
+    STATUS_BYTES,
+    MetadataCache,
+    join,
+    parent_and_name,
+)
 from alluxiofuse.model import FileStatus, Kind
 
 
@@ -25,10 +32,10 @@ def st(name: str, size: int = 1) -> FileStatus:
 
 def make(
     clock: FakeClock, *, attr: float = 1.0, negative: float = 2.0, dirs: float = 3.0,
-    entries: int = 1000,
+    max_bytes: int = 1 << 20,
 ) -> MetadataCache:
     return MetadataCache(
-        attr_ttl=attr, negative_ttl=negative, dir_ttl=dirs, max_entries=entries, timer=clock,
+        attr_ttl=attr, negative_ttl=negative, dir_ttl=dirs, max_bytes=max_bytes, timer=clock,
     )
 
 
@@ -71,7 +78,7 @@ def test_listing_expires_after_dir_ttl(clock: FakeClock) -> None:
     entries = [st("a"), st("b")]
     cache.put_listing("d", entries)
     listing = cache.listing("d")
-    assert listing is not None and list(listing.entries) == entries
+    assert listing is not None and list(listing) == entries
     clock.advance(2.9)
     assert cache.listing("d") is not None
     clock.advance(0.1)
@@ -83,8 +90,8 @@ def test_put_listing_fills_child_statuses(clock: FakeClock) -> None:
     a, b = st("a"), st("b", size=7)
     cache.put_listing("", [a])
     cache.put_listing("d/e", [b])
-    assert cache.status("a") is a
-    assert cache.status("d/e/b") is b
+    assert cache.status("a") == a
+    assert cache.status("d/e/b") == b
     assert cache.status("b") is None
     # The children expire with attr_ttl, not dir_ttl.
     clock.advance(1.0)
@@ -139,45 +146,61 @@ def test_ttl_zero_disables_that_cache(clock: FakeClock, zero: str) -> None:
     assert (cache.status("d/a") is not None) == (zero != "attr")
 
 
-def test_max_entries_evicts_least_recently_used(clock: FakeClock) -> None:
-    cache = make(clock, entries=3)
+def test_the_bound_evicts_the_least_recently_used(clock: FakeClock) -> None:
+    cache = make(clock, max_bytes=3 * STATUS_BYTES)
     for name in "abc":
         cache.put_status(name, st(name))
     assert cache.status("a") is not None  # touch "a": "b" is now the oldest
     cache.put_status("d", st("d"))
     assert cache.status("b") is None
     assert [n for n in "acd" if cache.status(n) is not None] == ["a", "c", "d"]
+    assert cache.nbytes == 3 * STATUS_BYTES
 
 
-def test_max_entries_bounds_negative_entries(clock: FakeClock) -> None:
-    cache = make(clock, entries=2)
+def test_the_bound_holds_negative_entries_too(clock: FakeClock) -> None:
+    cache = make(clock, max_bytes=2 * MISSING_BYTES)
     for name in "abc":
         cache.put_missing(name)
     assert [n for n in "abc" if cache.is_missing(n)] == ["b", "c"]
 
 
-def test_listing_counts_one_entry_per_child(clock: FakeClock) -> None:
-    cache = make(clock, entries=5)
-    cache.put_listing("x", [st("1"), st("2")])  # 3 entries
-    cache.put_listing("y", [st("3"), st("4")])  # 3 more: "x" must go
+def test_a_listing_counts_what_its_columns_hold(clock: FakeClock) -> None:
+    size = Listing([st("1"), st("2")]).nbytes
+    cache = make(clock, max_bytes=size + size // 2)
+    cache.put_listing("x", [st("1"), st("2")])
+    assert cache.nbytes == size
+    cache.put_listing("y", [st("3"), st("4")])  # no room for both: "x" must go
     assert cache.listing("x") is None
     assert cache.listing("y") is not None
 
 
 def test_listing_larger_than_bound_is_not_cached(clock: FakeClock) -> None:
-    cache = make(clock, entries=3)
-    cache.put_listing("fits", [st("a"), st("b")])  # 2 children + 1 = 3
+    fits = [st("a"), st("b")]
+    big = [st(str(i)) for i in range(300)]
+    cache = make(clock, max_bytes=Listing(fits).nbytes + 200 * STATUS_BYTES)
+    cache.put_listing("fits", fits)
     assert cache.listing("fits") is not None
-    big = [st(str(i)) for i in range(3)]  # 4 > 3
-    cache.put_listing("big", big)
-    assert cache.listing("big") is None
-    assert not cache.is_missing("big/zzz")
+    assert Listing(big).nbytes < cache.max_bytes < 300 * STATUS_BYTES
+    cache.put_listing("huge", [st(str(i)) for i in range(20_000)])
+    assert cache.listing("huge") is None
+    assert not cache.is_missing("huge/zzz")
     # Its children's statuses are kept one by one, as stats' are (within the bound).
-    assert [cache.status(f"big/{i}") for i in range(3)] == big
+    assert cache.status("huge/19999") == st("19999")
     # A too-large new listing also removes the stale smaller one for that path.
-    cache.put_listing("fits", big)
+    cache.put_listing("fits", [st(str(i)) for i in range(20_000)])
     assert cache.listing("fits") is None
     assert not cache.is_missing("fits/a")
+
+
+def test_a_stale_listing_is_kept_for_read_ahead(clock: FakeClock) -> None:
+    """Past --dir-timeout a listing no longer answers (names, statuses, absence), but the
+    directory read-ahead may still take the order of the files from it."""
+    cache = make(clock)
+    cache.put_listing("d", [st("a")])
+    clock.advance(3.0)
+    assert cache.listing("d") is None and not cache.is_missing("d/x")
+    recent = cache.recent_listing("d")
+    assert recent is not None and [e.name for e in recent] == ["a"]
 
 
 def test_a_listing_keeps_a_complete_status_of_the_same_version(clock: FakeClock) -> None:
@@ -224,9 +247,10 @@ def test_a_listing_answers_for_its_children_while_younger_than_the_status_timeou
 def test_a_listings_children_do_not_push_other_statuses_out(clock: FakeClock) -> None:
     """Each child is kept once, in the listing: not as a status of its own too (a directory
     of 100,000 files would otherwise take 100,000 more entries and their memory)."""
-    c = make(clock, entries=4)
+    listed = [st("a"), st("b"), st("c")]
+    c = make(clock, max_bytes=2 * STATUS_BYTES + Listing(listed).nbytes)
     c.put_status("x", st("x"))
     c.put_status("y", st("y"))
-    c.put_listing("d", [st("a"), st("b"), st("c")])  # 4 entries: the listing's bound
+    c.put_listing("d", listed)
     assert c.status("x") == st("x") and c.status("y") == st("y")
     assert [c.status(f"d/{n}") for n in "abc"] == [st(n) for n in "abc"]

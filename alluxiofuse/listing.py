@@ -1,0 +1,117 @@
+"""A directory listing kept in columns: a handful of buffers, not an object per entry.
+
+A listing of 100,000 entries held as ``FileStatus`` objects costs about 500 bytes an entry
+(the object, its version tuple, its name and a dozen integer objects) in hundreds of
+thousands of small allocations, which the allocator seldom gives back once they are freed.
+Here the names are one string, each integer field one ``array`` (only the fields some entry
+has), the kinds and completeness one byte each: under 100 bytes an entry for a local
+directory, in a few large allocations that go back to the system when the listing goes.
+An entry becomes a ``FileStatus`` again when it is asked for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate
+from operator import attrgetter
+from typing import overload
+
+from alluxiofuse.model import FileStatus, Kind
+
+_KINDS = (Kind.FILE, Kind.DIRECTORY, Kind.SYMLINK)
+_KIND_CODES = {kind: code for code, kind in enumerate(_KINDS)}
+# The optional integer fields of a status, and what stands for "not known" in a column.
+_FIELDS = ("mtime_ns", "ctime_ns", "atime_ns", "mode", "uid", "gid", "nlink", "blocks",
+           "version_mtime_ns")
+_ABSENT = -(1 << 63)
+
+
+def _column(values: list[int]) -> array[int] | list[int]:
+    try:
+        return array("q", values)
+    except OverflowError:  # a value no 64-bit integer holds (a backend's bad figure)
+        return values
+
+
+class Listing(Sequence[FileStatus]):
+    """A directory's entries sorted by name (as ``str`` sorts), and when the listing was
+    made (the metadata cache's timer). Indexing gives a ``FileStatus``; ``find`` a name's
+    position."""
+
+    __slots__ = ("_complete", "_etags", "_fields", "_kinds", "_names", "_sizes", "_starts",
+                 "fetched_at", "nbytes")
+
+    def __init__(self, entries: Iterable[FileStatus], fetched_at: float = 0.0) -> None:
+        ordered = sorted(entries, key=attrgetter("name"))
+        names = [e.name for e in ordered]
+        self._names = "".join(names)
+        self._starts = array("q", accumulate(map(len, names), initial=0))
+        self._kinds = bytes(_KIND_CODES[e.kind] for e in ordered)
+        self._complete = bytes(e.complete for e in ordered)
+        self._sizes = _column([e.size for e in ordered])
+        self._fields: dict[str, array[int] | list[int]] = {}
+        for field in _FIELDS:
+            values = [getattr(e, field) for e in ordered]
+            if any(v is not None for v in values):
+                self._fields[field] = _column([_ABSENT if v is None else v for v in values])
+        etags = [e.etag for e in ordered]
+        self._etags: list[str | None] | None = etags if any(etags) else None
+        self.fetched_at = fetched_at
+        # What the listing holds, for the metadata cache's bound in bytes.
+        columns = [self._starts, self._sizes, *self._fields.values()]
+        self.nbytes = (sys.getsizeof(self._names) + len(self._kinds) + len(self._complete)
+                       + sum(sys.getsizeof(c) for c in columns) + _etag_bytes(self._etags))
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    @overload
+    def __getitem__(self, index: int) -> FileStatus: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[FileStatus]: ...
+
+    def __getitem__(self, index: int | slice) -> FileStatus | list[FileStatus]:
+        if isinstance(index, slice):
+            return [self._status(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("listing index out of range")
+        return self._status(index)
+
+    def __iter__(self) -> Iterator[FileStatus]:
+        return (self._status(i) for i in range(len(self)))
+
+    def kind(self, index: int) -> Kind:
+        return _KINDS[self._kinds[index]]
+
+    def name(self, index: int) -> str:
+        return self._names[self._starts[index]:self._starts[index + 1]]
+
+    def find(self, name: str) -> int | None:
+        """The position of ``name``, or None when the listing does not name it."""
+        index = bisect.bisect_left(range(len(self)), name, key=self.name)
+        return index if index < len(self) and self.name(index) == name else None
+
+    def names(self) -> Iterator[str]:
+        return (self.name(i) for i in range(len(self)))
+
+    def _status(self, i: int) -> FileStatus:
+        fields = {}
+        for field, column in self._fields.items():
+            value = column[i]
+            if value != _ABSENT:
+                fields[field] = value
+        return FileStatus(self.name(i), _KINDS[self._kinds[i]], self._sizes[i],
+                          etag=self._etags[i] if self._etags is not None else None,
+                          complete=bool(self._complete[i]), **fields)
+
+
+def _etag_bytes(etags: Sequence[str | None] | None) -> int:
+    if etags is None:
+        return 0
+    return sys.getsizeof(etags) + sum(sys.getsizeof(e) for e in etags if e is not None)

@@ -1,0 +1,48 @@
+"""The columnar listing gives back exactly the statuses it was made of."""
+
+from __future__ import annotations
+
+import pytest
+
+from alluxiofuse.listing import Listing
+from alluxiofuse.model import FileStatus, Kind
+
+
+def statuses() -> list[FileStatus]:
+    return [
+        FileStatus("b.jpg", Kind.FILE, size=7, mtime_ns=1_700_000_000_123_456_789,
+                   ctime_ns=5, atime_ns=-1, mode=0o644, uid=2**32 - 2, gid=0, nlink=1,
+                   blocks=8),
+        FileStatus("a", Kind.DIRECTORY),
+        FileStatus("ünï\udcff", Kind.SYMLINK, size=3, etag='"abc"', complete=False),
+        FileStatus("c", Kind.FILE, size=2**40, mtime_ns=1, version_mtime_ns=9, etag=None),
+    ]
+
+
+def test_a_listing_gives_back_each_status_sorted_by_name() -> None:
+    given = statuses()
+    listing = Listing(given, fetched_at=3.5)
+    want = sorted(given, key=lambda s: s.name)
+    assert list(listing) == want
+    assert [listing[i] for i in range(len(listing))] == want
+    assert [listing.kind(i) for i in range(4)] == [s.kind for s in want]
+    assert listing[-1] == want[-1] and listing[1:3] == want[1:3]
+    assert listing[3].version == want[3].version  # the content's mtime, not the metadata's
+    assert list(listing.names()) == [s.name for s in want]
+    assert listing.fetched_at == 3.5
+    with pytest.raises(IndexError):
+        listing[4]
+
+
+def test_find_names_a_position_or_none() -> None:
+    listing = Listing(statuses())
+    for i, name in enumerate(listing.names()):
+        assert listing.find(name) == i
+    for absent in ("", "0", "b", "b.jpg0", "zzz"):
+        assert listing.find(absent) is None
+    assert Listing([]).find("a") is None and len(Listing([])) == 0
+
+
+def test_a_value_too_large_for_a_column_is_kept_as_it_is() -> None:
+    huge = FileStatus("x", Kind.FILE, size=1, mtime_ns=2**70)
+    assert list(Listing([huge, FileStatus("y", Kind.FILE)])) == [huge, FileStatus("y", Kind.FILE)]
