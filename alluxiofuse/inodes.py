@@ -27,6 +27,11 @@ from alluxiofuse.model import FileStatus, Kind, Version
 
 ROOT_INODE = 1
 _INO_MASK = (1 << 63) - 1
+# A dict keeps the room its largest size took after entries leave it: once the table is
+# this many times smaller than at its largest (and that was large), it is copied into
+# dicts of its present size (a walk of a million files left 50 MB of empty tables).
+_SHRINK = 4
+_SHRINK_FROM = 10_000
 
 
 class _Attrs(enum.Enum):
@@ -120,6 +125,7 @@ class InodeTable:
         root = Inode(ROOT_INODE, "", root_status, lookups=1)
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_path: dict[str, Inode] = {"": root}
+        self._largest = 1  # the most inodes held since the tables were last sized
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -156,6 +162,7 @@ class InodeTable:
         inode = Inode(self._free_number(path), path, status, listed=listed)
         self._by_ino[inode.ino] = inode
         self._by_path[path] = inode
+        self._largest = max(self._largest, len(self._by_ino))
         return inode
 
     def remember(self, inode: Inode) -> None:
@@ -176,6 +183,9 @@ class InodeTable:
         self._by_ino.pop(inode.ino, None)
         if self._by_path.get(inode.path) is inode:
             del self._by_path[inode.path]
+        if self._largest >= _SHRINK_FROM and len(self._by_ino) * _SHRINK < self._largest:
+            self._by_ino, self._by_path = dict(self._by_ino), dict(self._by_path)
+            self._largest = len(self._by_ino)
 
     def unlink(self, path: str) -> None:
         """``path`` no longer names its inode; the inode lives on until forgotten (an

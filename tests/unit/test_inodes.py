@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import sys
 
 import pytest
 
@@ -202,3 +203,19 @@ def test_an_inode_learned_from_a_listing_reads_its_status_there(table: InodeTabl
     relisted = Listing([new])
     table.learn("d/f", relisted[0], (relisted, 0))
     assert inode.is_listed(relisted, 0) and inode.attrs_version == new.version
+
+
+def test_the_tables_are_sized_down_once_the_kernel_forgets_most_inodes(
+    table: InodeTable, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inodes, "_SHRINK_FROM", 100)
+    learned = [table.learn(f"f{i}", file(f"f{i}")) for i in range(400)]
+    for inode in learned:
+        table.remember(inode)
+    big = sys.getsizeof(table._by_ino)
+    for inode in learned[:350]:
+        table.forget(inode.ino, 1)
+    assert sys.getsizeof(table._by_ino) < big / 2  # copied into a table of its size
+    assert len(table) == 51 and all(table.get(i.ino) is i for i in learned[350:])
+    assert all(table.by_path(i.path) is i for i in learned[350:])
+    assert table.by_path("f0") is None
