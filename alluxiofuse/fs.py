@@ -7,6 +7,7 @@ State is re-read after every ``await``: another request may have changed it mean
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -21,6 +22,7 @@ from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import (
     AlreadyExists,
+    BackendUnavailable,
     DirectoryNotEmpty,
     InvalidArgument,
     IsADirectory,
@@ -34,7 +36,7 @@ from alluxiofuse.errors import (
 from alluxiofuse.flight import SingleFlight
 from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn, default_readahead
 from alluxiofuse.inodes import Inode, InodeTable
-from alluxiofuse.listing import Listing
+from alluxiofuse.listing import Listing, ListingStream
 from alluxiofuse.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import (
@@ -126,6 +128,7 @@ class Filesystem:
             dir_ttl=config.dir_timeout, max_bytes=config.metadata_cache_size,
         )
         self.pages = PageCache(config.page_cache_size, metrics)
+        self._spawn = spawn
         self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
         self._max_readahead = (default_readahead(backend.span) if config.max_readahead is None
                                else config.max_readahead)
@@ -133,6 +136,8 @@ class Filesystem:
         self._dir_streaks: LRUCache[str, _DirReadahead] = LRUCache(maxsize=1024)
         # Listing instead of stat-ing: misses per directory, and directories not to list.
         self._listings: SingleFlight[str, Listing] = SingleFlight()
+        # Listings being fetched page by page for an opendir, read out as they come.
+        self._streams: dict[str, ListingStream] = {}
         self._stats: SingleFlight[str, FileStatus] = SingleFlight()
         self._stat_misses: LRUCache[str, int] = LRUCache(maxsize=1024)
         self._unlisted: LRUCache[str, bool] = LRUCache(maxsize=1024)
@@ -226,39 +231,67 @@ class Filesystem:
     # -- directories
 
     async def opendir(self, ino: int) -> int:
+        """A handle on the entries of directory ``ino``: a fresh cached listing, else one
+        fetched now. A listing the source gives in pages (S3) is handed out as its pages
+        come, once the first has (an error before then is the opendir's)."""
         inode = self.inodes.get(ino)
         if inode.status.kind is not Kind.DIRECTORY:
             raise NotADirectory(inode.path)
-        listing = await self._list(inode.path)
-        entries: Sequence[FileStatus] = listing
-        staged = self.writes.children(inode.path) if self.writes is not None else {}
-        if staged:  # files being written: their own status, and new ones not yet uploaded
-            entries = [s if s.name not in staged else staged[s.name].status(s.name)
-                       for s in listing]
-            entries += [f.status(name) for name, f in sorted(staged.items())
-                        if listing.find(name) is None]
+        path = inode.path
+        staged = self.writes.children(path) if self.writes is not None else {}
+        listing = self.meta.listing(path)
+        entries: Sequence[FileStatus] | ListingStream
+        if listing is None and not staged:
+            stream = self._streams.get(path)
+            if stream is None:
+                stream = self._streams[path] = ListingStream()
+                self._spawn(self._stream_listing, path, stream)
+            await stream.wait_beyond(0)
+            if stream.error is not None and not len(stream):
+                raise stream.error
+            entries = stream.listing if stream.listing is not None else stream
+        else:
+            if listing is None:
+                listing = await self._list(path)
+            entries = listing
+            if staged:  # files being written: their own status, and new ones not uploaded
+                entries = [s if s.name not in staged else staged[s.name].status(s.name)
+                           for s in listing]
+                entries += [f.status(name) for name, f in sorted(staged.items())
+                            if listing.find(name) is None]
         fh = next(self._handle_ids)
-        self._dirs[fh] = DirHandle(ino, inode.path, entries)
+        self._dirs[fh] = DirHandle(ino, path, entries)
         return fh
 
-    def readdir(self, fh: int, start: int, reply: ReplyFn) -> None:
-        """Hand entries ``start``, ``start+1``, ... to ``reply`` until it refuses one.
+    async def readdir(self, fh: int, start: int, reply: ReplyFn) -> None:
+        """Hand entries ``start``, ``start+1``, ... to ``reply`` until it refuses one (of a
+        listing still arriving: of those that have come, once there is one beyond
+        ``start``, or none will come).
 
         Offsets index the snapshot taken at opendir, so a listing that spans many reply
         buffers is never skipped or repeated. Each entry the kernel takes holds a lookup.
         """
         handle = self._dir(fh)
-        listing = handle.entries if isinstance(handle.entries, Listing) else None
-        for index in range(start, len(handle.entries)):
-            status = handle.entries[index]
+        entries = handle.entries
+        if isinstance(entries, ListingStream):
+            await entries.wait_beyond(start)
+            if start >= len(entries) and entries.error is not None:
+                raise entries.error
+        for index in range(start, len(entries)):
+            # The inode keeps its status as this listing's entry while nothing newer is known.
+            listed: tuple[Listing, int] | None = None
+            if isinstance(entries, ListingStream):
+                listed = entries.locate(index)
+                status = listed[0][listed[1]]
+            else:
+                listed = (entries, index) if isinstance(entries, Listing) else None
+                status = entries[index]
             path = join(handle.path, status.name)
             known = self.inodes.by_path(path)
-            # The inode keeps its status as this listing's entry while nothing newer is known.
-            listed = (listing, index) if listing is not None else None
             staged = self.writes.get(path) if self.writes is not None else None
             if staged is not None:  # being written: only its own size is right
                 status, listed = staged.status(status.name), None
-            elif known is None or (listing is not None and known.is_listed(listing, index)):
+            elif known is None or (listed is not None and known.is_listed(*listed)):
                 pass
             elif complete := self._attrs_of(known, status):
                 status, listed = complete, None
@@ -851,8 +884,34 @@ class Filesystem:
             listing, _ = await self._listings.run(path, partial(self._fetch_listing, path))
         return listing
 
-    async def _fetch_listing(self, path: str) -> Listing:
-        listing = self.meta.put_listing(path, await self.backend.list(path))
+    async def _stream_listing(self, path: str, stream: ListingStream) -> None:
+        """Fetch the listing of ``path`` for ``stream`` (or wait for the fetch in progress),
+        page by page; ``stream`` ends with the listing or the error."""
+        try:
+            listing, _ = await self._listings.run(
+                path, partial(self._fetch_listing, path, stream))
+        except Exception as e:  # the stream's readers get it
+            stream.finish(error=e)
+        except BaseException:
+            stream.finish(error=BackendUnavailable(f"listing {path!r} was stopped"))
+            raise
+        else:
+            stream.finish(listing)
+        finally:
+            if self._streams.get(path) is stream:
+                del self._streams[path]
+
+    async def _fetch_listing(self, path: str, stream: ListingStream | None = None) -> Listing:
+        """Fetch the listing of ``path`` and cache it; each page is also handed to
+        ``stream`` as it comes."""
+        pages: list[Listing] = []
+        async with contextlib.aclosing(self.backend.list_pages(path)) as fetched:
+            async for page in fetched:
+                pages.append(Listing(page))
+                if stream is not None:
+                    stream.add(pages[-1])
+        whole = pages[0] if len(pages) == 1 else Listing(itertools.chain.from_iterable(pages))
+        listing = self.meta.put_listing(path, whole)
         self._stat_misses.pop(path, None)
         if listing.nbytes > self.meta.max_bytes:
             self._unlisted[path] = True

@@ -30,6 +30,7 @@ import trio
 from alluxiofuse.backends.base import Backend, ByteStream
 from alluxiofuse.errors import BackendError, StaleFile
 from alluxiofuse.inodes import Inode
+from alluxiofuse.listing import ListingStream
 from alluxiofuse.model import Data, FileStatus, Version
 from alluxiofuse.pages import PageCache, PageKey
 
@@ -461,9 +462,12 @@ class FileHandle:
 
 
 class DirHandle:
-    """One open of a directory: a snapshot of its entries, so offsets stay meaningful."""
+    """One open of a directory: a snapshot of its entries (or of a listing still arriving,
+    page by page), so offsets stay meaningful."""
 
-    def __init__(self, ino: int, path: str, entries: Sequence[FileStatus]) -> None:
+    def __init__(
+        self, ino: int, path: str, entries: Sequence[FileStatus] | ListingStream,
+    ) -> None:
         self.ino = ino
         self.path = path
         self.entries = entries

@@ -7,6 +7,10 @@ Here the names are one string, each integer field one ``array`` (only the fields
 has), the kinds and completeness one byte each: under 100 bytes an entry for a local
 directory, in a few large allocations that go back to the system when the listing goes.
 An entry becomes a ``FileStatus`` again when it is asked for.
+
+A listing that arrives in pages (S3: 1,000 keys each) is read out page by page while the
+rest is on its way (``ListingStream``): ``ls`` of a million objects starts at once, and its
+entries reach the kernel while the store is still listing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
 from operator import attrgetter
 from typing import overload
+
+import trio
 
 from alluxiofuse.model import FileStatus, Kind
 
@@ -109,6 +115,46 @@ class Listing(Sequence[FileStatus]):
         return FileStatus(self.name(i), _KINDS[self._kinds[i]], self._sizes[i],
                           etag=self._etags[i] if self._etags is not None else None,
                           complete=bool(self._complete[i]), **fields)
+
+
+class ListingStream:
+    """A listing still arriving: its pages so far, each a ``Listing`` (sorted within
+    itself), in the order they came; and, once it is done, the whole listing or the error
+    that ended it. Entry ``i`` is the ``i``-th of the pages laid end to end."""
+
+    def __init__(self) -> None:
+        self.pages: list[Listing] = []
+        self._starts = [0]  # where each page begins, and the end of the last
+        self.done = False
+        self.listing: Listing | None = None  # the whole, once done without an error
+        self.error: Exception | None = None
+        self._changed = trio.Event()
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def add(self, page: Listing) -> None:
+        self.pages.append(page)
+        self._starts.append(self._starts[-1] + len(page))
+        self._wake()
+
+    def finish(self, listing: Listing | None = None, error: Exception | None = None) -> None:
+        self.done, self.listing, self.error = True, listing, error
+        self._wake()
+
+    def locate(self, index: int) -> tuple[Listing, int]:
+        """The page that holds entry ``index``, and its position there."""
+        page = bisect.bisect_right(self._starts, index) - 1
+        return self.pages[page], index - self._starts[page]
+
+    async def wait_beyond(self, count: int) -> None:
+        """Until more than ``count`` entries have come, or none will any more."""
+        while len(self) <= count and not self.done:
+            await self._changed.wait()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 def _etag_bytes(etags: Sequence[str | None] | None) -> int:

@@ -133,19 +133,24 @@ class MetadataCache:
         """Forget everything: the next use of any path asks the backend."""
         self._cache.clear()
 
-    def put_listing(self, path: str, entries: Sequence[FileStatus]) -> Listing:
-        """Cache a listing, which answers for each child's status from now on; but a
-        child's complete status (S3: from a HEAD, with the object's metadata) is kept, its
-        expiry too, when the listing names the same version of it without the attributes
-        (``complete`` False): that metadata cannot change without a new version."""
-        listing = Listing(entries, self._timer())
+    def put_listing(self, path: str, entries: Sequence[FileStatus] | Listing) -> Listing:
+        """Cache a listing (made of ``entries``, or ``entries`` itself), which answers for
+        each child's status from now on; but a child's complete status (S3: from a HEAD,
+        with the object's metadata) is kept, its expiry too, when the listing names the
+        same version of it without the attributes (``complete`` False): that metadata
+        cannot change without a new version."""
+        listing = entries if isinstance(entries, Listing) else Listing(entries)
+        listing.fetched_at = self._timer()
         # A listing not cached (larger than the whole cache) or never fresh (--dir-timeout
         # 0): each child's status is kept as a stat's would be.
         each = not self._put(_Kind.LISTING, path, listing) or self._dir_ttl <= 0
-        for entry in entries:
-            child = join(path, entry.name)
+        for index, name in enumerate(listing.names()):
+            child = join(path, name)
             self._cache.pop((_Kind.MISSING, child), None)
             known = self._cache.get((_Kind.STATUS, child))
+            if known is None and not each:
+                continue
+            entry = listing[index]
             if (isinstance(known, FileStatus) and not entry.complete and known.complete
                     and known.kind is entry.kind and known.version == entry.version):
                 continue

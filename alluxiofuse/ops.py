@@ -193,7 +193,7 @@ class Operations(pyfuse3.Operations):
                 attrs = self._attrs(inode)
                 return bool(pyfuse3.readdir_reply(token, os.fsencode(status.name), attrs, next_id))
 
-            self.fs.readdir(fh, start_id, reply)
+            await self.fs.readdir(fh, start_id, reply)
 
     async def releasedir(self, fh: int) -> None:
         with self._call("releasedir"):

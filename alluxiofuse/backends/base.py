@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -73,6 +74,11 @@ class Backend(Protocol):
 
     async def list(self, path: str) -> list[FileStatus]:
         """The entries of directory ``path``, without ``.`` and ``..``."""
+        ...
+
+    def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+        """``list``, in the pages the source lists in (S3: 1,000 keys each), as they come
+        (one page where the source lists all at once)."""
         ...
 
     async def read(self, path: str, offset: int, length: int, version: Version) -> Data:

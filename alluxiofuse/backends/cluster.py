@@ -22,7 +22,7 @@ import builtins
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import trio
@@ -244,6 +244,9 @@ class ClusterBackend:
         prefix = f"{path}/" if path else ""
         return [self._remember(prefix + i.status.name, i.status.name, i)
                 for i in infos if valid_name(i.status.name)]
+
+    async def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+        yield await self.list(path)  # a worker answers with the whole listing
 
     async def _ask_owner(
         self, op: str, path: str, call: Callable[[WorkerAddress, str], Awaitable[T]],

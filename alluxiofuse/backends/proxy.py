@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -178,6 +178,9 @@ class ProxyBackend:
             entries.append(child.status)
             self._fresh[prefix + name] = child.status.version
         return entries
+
+    async def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+        yield await self.list(path)  # the proxy answers with the whole listing
 
     async def stat_and_read(
         self, path: str, length: int, *, ahead: bool = False,

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import stat as statmod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import fsspec
@@ -258,18 +258,27 @@ class UfsBackend:
         return await self._call(self._stat_sync, path)
 
     async def list(self, path: str) -> builtins.list[FileStatus]:
-        if self._s3:
-            return await self._s3_list(path)
-        return await self._call(self._list_sync, path)
+        entries: builtins.list[FileStatus] = []
+        async with contextlib.aclosing(self.list_pages(path)) as pages:
+            async for page in pages:
+                entries += page
+        return entries
 
-    async def _s3_list(self, path: str) -> builtins.list[FileStatus]:
+    async def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+        if self._s3:
+            async with contextlib.aclosing(self._s3_list_pages(path)) as pages:
+                async for page in pages:
+                    yield page
+        else:
+            yield await self._call(self._list_sync, path)
+
+    async def _s3_list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
         """The listing, one ListObjectsV2 page (1,000 keys) per call, each under its own
         deadline: a prefix of a million objects takes a thousand round trips, far longer
         than any one call may (``--io-timeout``)."""
         full = self.full_path(path)
         bucket, key, _ = self.fs.split_path(full)
         prefix = key.rstrip("/") + "/" if key else ""
-        entries: builtins.list[FileStatus] = []
         token: str | None = None
         first = True
         while first or token:
@@ -277,6 +286,7 @@ class UfsBackend:
             if first and not page.get("Contents") and not page.get("CommonPrefixes") and key:
                 raise NotFound(f"{path!r} does not exist")  # not even its marker
             first, token = False, page.get("NextContinuationToken")
+            entries: builtins.list[FileStatus] = []
             for info in page.get("Contents") or []:
                 self._listed(entries, path, str(info.get("Key", ""))[len(prefix):], {
                     "type": "file", "size": info.get("Size"), "ETag": info.get("ETag"),
@@ -284,7 +294,7 @@ class UfsBackend:
             for info in page.get("CommonPrefixes") or []:
                 name = str(info.get("Prefix", ""))[len(prefix):].rstrip("/")
                 self._listed(entries, path, name, {"type": "directory"})
-        return entries
+            yield entries
 
     def _s3_list_page(self, bucket: str, prefix: str, token: str | None) -> dict[str, Any]:
         more = {"ContinuationToken": token} if token else {}

@@ -66,7 +66,7 @@ class Mounted:
             await self.ops.release(info.fh)
         return bytes(out)
 
-    def listing(self, dir_fh: int, refuse_after: int | None = None) -> list[str]:
+    async def listing(self, dir_fh: int, refuse_after: int | None = None) -> list[str]:
         """All entries of an open directory, in reply buffers of ``refuse_after`` entries."""
         names: list[str] = []
         start = 0
@@ -81,7 +81,7 @@ class Mounted:
                 batch.append((status.name, next_id))
                 return True
 
-            self.fs.readdir(dir_fh, start, reply)
+            await self.fs.readdir(dir_fh, start, reply)
             if not batch:
                 return names
             names += [n for n, _ in batch]
@@ -239,7 +239,7 @@ async def test_a_directory_larger_than_the_metadata_cache_is_listed_whole(
     for _ in range(2):  # and again, whatever the first one left behind
         fh = await m.ops.opendir(wide.st_ino, None)
         try:
-            assert m.listing(fh, refuse_after=7) == names
+            assert await m.listing(fh, refuse_after=7) == names
         finally:
             await m.ops.releasedir(fh)
     assert (m.fs.meta.listing("wide") is not None) == (size == 1 << 20)
@@ -283,7 +283,7 @@ async def test_hostile_names(tree: Path, nursery: trio.Nursery) -> None:
         (tree / n).write_bytes(n.encode())
     m = await make(tree, nursery)
     fh = await m.ops.opendir(ROOT_INODE, None)
-    assert set(names) <= set(m.listing(fh))
+    assert set(names) <= set(await m.listing(fh))
     for n in names:
         assert await m.read_all(n) == n.encode()
     with pytest.raises(pyfuse3.FUSEError) as e:
@@ -301,7 +301,7 @@ async def test_readdir_pages_without_skipping_or_repeating(
     m = await make(tree, nursery)
     dir_ino = (await m.lookup_path("many")).st_ino
     fh = await m.ops.opendir(dir_ino, None)
-    names = m.listing(fh, refuse_after=97)
+    names = await m.listing(fh, refuse_after=97)
     assert names == sorted(f"f{i:05d}" for i in range(2500))
     # Every entry the kernel took holds exactly one lookup; refused ones hold none.
     held = [m.fs.inodes.by_path(f"many/{n}") for n in names]
@@ -442,7 +442,7 @@ async def test_a_directory_snapshot_never_turns_a_newer_open_file_stale(
     attrs = await m.ops.lookup(dir_ino, b"three-pages.bin")
     assert attrs.st_size == len(b"new content")
     fi = await m.ops.open(attrs.st_ino, os.O_RDONLY, None)
-    assert m.listing(fh) == ["sub", "three-pages.bin"]  # readdirplus from the old snapshot
+    assert await m.listing(fh) == ["sub", "three-pages.bin"]  # readdirplus from the old snapshot
     assert await m.ops.read(fi.fh, 0, 4096) == b"new content"
     await m.ops.release(fi.fh)
     await m.ops.releasedir(fh)
@@ -495,7 +495,7 @@ async def test_generic_fsspec_source_reads(flaky: Mounted, tree: Path) -> None:
     assert await flaky.read_all("dir/three-pages.bin") == (
         tree / "dir" / "three-pages.bin").read_bytes()
     fh = await flaky.ops.opendir((await flaky.lookup_path("dir")).st_ino, None)
-    assert flaky.listing(fh) == ["sub", "three-pages.bin"]
+    assert await flaky.listing(fh) == ["sub", "three-pages.bin"]
 
 
 @pytest.mark.allow_warnings
@@ -556,7 +556,7 @@ async def read_files_in(m: Mounted, names: list[str]) -> tuple[dict[str, bytes],
         backend.warm = warm  # type: ignore[method-assign]
     dir_ino = (await m.lookup_path("many")).st_ino
     fh = await m.ops.opendir(dir_ino, None)
-    m.listing(fh)  # the kernel now knows every entry (readdirplus)
+    await m.listing(fh)  # the kernel now knows every entry (readdirplus)
     await m.ops.releasedir(fh)
     out, ahead = {}, 0
     for name in names:

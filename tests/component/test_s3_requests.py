@@ -3,6 +3,7 @@ a shuffled pass of concurrent readers, as a training loop makes it, and a second
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import time
@@ -253,7 +254,7 @@ async def long_listing(m: Mounted, directory: str) -> dict[str, pyfuse3.EntryAtt
     dir_ino = (await m.lookup_path(directory)).st_ino
     fh = await m.ops.opendir(dir_ino, None)
     listed: list[tuple[str, pyfuse3.EntryAttributes]] = []
-    m.fs.readdir(fh, 0, lambda status, inode, _: bool(
+    await m.fs.readdir(fh, 0, lambda status, inode, _: bool(
         listed.append((status.name, m.ops._attrs(inode))) or True))
     await m.ops.releasedir(fh)
     return {name: attrs if attrs.attr_timeout else await m.ops.getattr(attrs.st_ino)
@@ -347,3 +348,89 @@ async def test_a_listing_of_many_pages_takes_a_deadline_per_page(
     assert got == want
     with pytest.raises(NotFound):
         await m.fs.backend.list("nothing-here")
+
+
+async def read_from(m: Mounted, fh: int, start: int) -> list[str]:
+    """One readdir from offset ``start``: the names it hands over."""
+    names: list[str] = []
+    await m.fs.readdir(fh, start, lambda status, inode, _: names.append(status.name) or True)
+    return names
+
+
+async def test_a_listing_in_pages_is_read_out_as_they_come(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """opendir returns once the first ListObjectsV2 page has come, and readdir hands out
+    what has come while the rest is on its way; a second opendir meanwhile reads the same
+    listing (no second one), and the whole is cached once it is done."""
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
+    backend: Any = m.fs.backend
+    backend.list_page_keys = 3
+    page, gate, pages = backend._s3_list_page, trio.Event(), []
+
+    def gated(*args: Any) -> dict[str, Any]:
+        pages.append(args)
+        if len(pages) > 1:  # the first page comes at once, the others once the gate opens
+            trio.from_thread.run(gate.wait)
+        return dict(page(*args))
+
+    backend._s3_list_page = gated
+    d0 = await m.lookup_path("d0")
+    seen = count_requests(m)
+    with trio.fail_after(10):
+        fh = await m.ops.opendir(d0.st_ino, None)
+        assert await read_from(m, fh, 0) == ["f0", "f1", "f2"]
+        other = await m.ops.opendir(d0.st_ino, None)
+        assert await read_from(m, other, 0) == ["f0", "f1", "f2"]
+        rest: list[str] = []
+
+        async def read_the_rest() -> None:
+            while batch := await read_from(m, fh, 3 + len(rest)):
+                rest.extend(batch)
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_the_rest)
+            await trio.sleep(0.2)
+            assert not rest  # waiting for the next page, not at the end
+            gate.set()
+    assert rest == [f"f{f}" for f in range(3, FILES)]
+    other_rest: list[str] = []
+    while batch := await read_from(m, other, 3 + len(other_rest)):
+        other_rest.extend(batch)
+    assert other_rest == rest
+    assert seen["list_objects_v2", f"{ROOT}/d0/"] == 3, seen  # 8 keys, 3 a page, once
+    listing = m.fs.meta.listing("d0")
+    assert listing is not None and list(listing.names()) == [f"f{f}" for f in range(FILES)]
+    await m.ops.releasedir(fh)
+    await m.ops.releasedir(other)
+
+
+@pytest.mark.allow_warnings
+async def test_a_listing_that_fails_after_its_first_page_fails_the_readdir(
+    s3: S3Server, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The entries that came are handed out; the readdir past them gets the error (EIO,
+    logged), the opendir having succeeded; the next opendir lists again."""
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True)
+    backend: Any = m.fs.backend
+    backend.list_page_keys = 3
+    page, pages = backend._s3_list_page, []
+
+    def failing(*args: Any) -> dict[str, Any]:
+        pages.append(args)
+        if len(pages) == 2:
+            raise ConnectionResetError("injected: the connection dropped")
+        return dict(page(*args))
+
+    backend._s3_list_page = failing
+    d1 = await m.lookup_path("d1")
+    with trio.fail_after(10):
+        fh = await m.ops.opendir(d1.st_ino, None)
+        assert await read_from(m, fh, 0) == ["f0", "f1", "f2"]
+        with pytest.raises(pyfuse3.FUSEError) as failed:
+            await m.ops.readdir(fh, 3, None)
+        assert failed.value.errno == errno.EIO
+        assert "readdir: BackendUnavailable: injected: the connection dropped" in caplog.text
+        await m.ops.releasedir(fh)
+        fh = await m.ops.opendir(d1.st_ino, None)
+        assert await m.listing(fh) == [f"f{f}" for f in range(FILES)]

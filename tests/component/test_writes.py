@@ -106,7 +106,7 @@ async def test_listing_shows_the_size_of_a_file_being_written(
         sizes[status.name] = status.size
         return True
 
-    m.fs.readdir(dh, 0, reply)
+    await m.fs.readdir(dh, 0, reply)
     assert sizes == {"log": 2100}
     await m.ops.flush(fi.fh)
     await m.ops.release(fi.fh)

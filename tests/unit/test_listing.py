@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import trio
+import trio.testing
 
-from alluxiofuse.listing import Listing
+from alluxiofuse.listing import Listing, ListingStream
 from alluxiofuse.model import FileStatus, Kind
 
 
@@ -46,3 +48,29 @@ def test_find_names_a_position_or_none() -> None:
 def test_a_value_too_large_for_a_column_is_kept_as_it_is() -> None:
     huge = FileStatus("x", Kind.FILE, size=1, mtime_ns=2**70)
     assert list(Listing([huge, FileStatus("y", Kind.FILE)])) == [huge, FileStatus("y", Kind.FILE)]
+
+
+async def test_a_stream_lays_its_pages_end_to_end_and_wakes_its_readers() -> None:
+    stream = ListingStream()
+    woken: list[int] = []
+
+    async def reader(count: int) -> None:
+        await stream.wait_beyond(count)
+        woken.append(count)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader, 0)
+        nursery.start_soon(reader, 3)
+        await trio.testing.wait_all_tasks_blocked()
+        first = Listing([FileStatus("b", Kind.FILE), FileStatus("a", Kind.FILE)])
+        stream.add(first)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [0]  # 2 entries: more than 0, not more than 3
+        second = Listing([FileStatus(n, Kind.FILE) for n in "cde"])
+        stream.add(second)
+    assert woken == [0, 3] and len(stream) == 5
+    assert stream.locate(0) == (first, 0) and stream.locate(1) == (first, 1)
+    assert stream.locate(2) == (second, 0) and stream.locate(4) == (second, 2)
+    stream.finish(error=ValueError("over"))
+    await stream.wait_beyond(99)  # done: no more to wait for
+    assert stream.done and stream.listing is None
