@@ -3,6 +3,8 @@
 
 Targets, each a fresh mount with its own defaults over one local directory:
   direct       the source directory itself
+  floor        bench/floor_fs.py: a do-nothing pyfuse3 + trio daemon serving the tree from
+               memory (what the kernel, libfuse, pyfuse3 and trio cost; nothing is faster)
   alluxiofuse  ``python -m alluxiofuse mount SRC MNT -f`` (defaults)
   fsspec.fuse  fsspec.fuse.run(file filesystem), as in read_bench.py
   rclone       ``rclone mount SRC MNT`` (its local backend; Debian package ``rclone``)
@@ -38,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import read_bench as rb  # the mounts, the cache drop, the table
 
-TARGETS = ("direct", "alluxiofuse", "fsspec.fuse", "rclone")
+TARGETS = ("direct", "floor", "alluxiofuse", "fsspec.fuse", "rclone")
 WIDE = 100_000
 TREE_FILES = 1_281
 
@@ -129,7 +131,7 @@ def main() -> int:
     for rep in range(args.repeat):
         for target in targets[rep % len(targets):] + targets[:rep % len(targets)]:
             run(target, src, wide, tree, args, out)
-    rows = [["workload", *targets, "alluxiofuse / direct", "target"]]
+    rows = [["workload", *targets, "alluxiofuse / direct", "floor / direct", "target"]]
     for work, target_ratio in (("ls", 2.0), ("find", 3.0)):
         if work not in args.workloads:
             continue
@@ -137,10 +139,12 @@ def main() -> int:
                if f"{work} {t}" in out}
         ratio = (med["alluxiofuse"] / med["direct"]
                  if "alluxiofuse" in med and "direct" in med else None)
+        floor = med["floor"] / med["direct"] if "floor" in med and "direct" in med else None
         name = "ls -l, 100,000 entries (s)" if work == "ls" else \
             f"find | wc -l, {sum(d.is_dir() for d in tree.iterdir()) * TREE_FILES:,} files (s)"
         rows.append([name, *[f"{med[t]:.2f}" if t in med else "-" for t in targets],
-                     f"{ratio:.2f}x" if ratio else "-", f"<= {target_ratio:g}x"])
+                     f"{ratio:.2f}x" if ratio else "-", f"{floor:.2f}x" if floor else "-",
+                     f"<= {target_ratio:g}x"])
     rb.print_table(rows, args.markdown)
     for key, values in out.items():
         if " " in key and key.split(" ", 1)[1] in TARGETS:

@@ -248,6 +248,17 @@ def test_build_config_defaults(fixed_memory: None) -> None:
     assert c.logging_level == 20
 
 
+@pytest.mark.parametrize(("values", "expected"), [
+    ({}, 256 * MiB),  # a quarter of the 1 GiB budget
+    ({"memory_budget": "32MiB"}, 16 * MiB),  # at least 16 MiB
+    ({"metadata_cache_size": "5MiB"}, 5 * MiB),
+])
+def test_the_metadata_cache_is_a_quarter_of_the_memory_budget(
+    values: dict[str, Any], expected: int, fixed_memory: None,
+) -> None:
+    assert build_config({**BASE, **values}).metadata_cache_size == expected
+
+
 def test_build_config_prefetch_budget_is_a_quarter_of_a_small_cache(fixed_memory: None) -> None:
     c = build_config({**BASE, "page_cache_size": "64MiB"})
     assert c.page_cache_size == 64 * MiB
