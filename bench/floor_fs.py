@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-TIMEOUT = 1.0  # entry and attribute timeouts, as alluxiofuse's defaults
+TIMEOUT = 60.0  # entry and attribute timeouts, as alluxiofuse's defaults (since issue 16)
 
 
 class Floor(pyfuse3.Operations):
