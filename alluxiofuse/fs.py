@@ -74,7 +74,8 @@ _READ_WITH_STATUS_MAX = 256 * 1024
 # timeout starts when the reply reaches it, a little after the daemon recorded the miss.
 _NEGATIVE_MARGIN = 1.0
 
-# Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it.
+# Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it;
+# ``status`` is the inode's status.
 ReplyFn = Callable[[FileStatus, Inode, int], bool]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
@@ -907,10 +908,10 @@ class Filesystem:
         pages: list[Listing] = []
         async with contextlib.aclosing(self.backend.list_pages(path)) as fetched:
             async for page in fetched:
-                pages.append(Listing(page))
+                pages.append(page if isinstance(page, Listing) else Listing(page))
                 if stream is not None:
                     stream.add(pages[-1])
-        whole = pages[0] if len(pages) == 1 else Listing(itertools.chain.from_iterable(pages))
+        whole = pages[0] if len(pages) == 1 else Listing.joined(pages)
         listing = self.meta.put_listing(path, whole)
         self._stat_misses.pop(path, None)
         if listing.nbytes > self.meta.max_bytes:

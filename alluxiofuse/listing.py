@@ -19,9 +19,9 @@ import bisect
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import accumulate
-from operator import attrgetter
-from typing import overload
+from itertools import accumulate, repeat
+from operator import itemgetter
+from typing import Any, overload
 
 import trio
 
@@ -35,11 +35,37 @@ _FIELDS = ("mtime_ns", "ctime_ns", "atime_ns", "mode", "uid", "gid", "nlink", "b
 _ABSENT = -(1 << 63)
 
 
-def _column(values: list[int]) -> array[int] | list[int]:
+# One entry as the columns take it: name, kind code, complete, size, etag, then _FIELDS.
+Row = tuple[str, int, bool, int, "str | None", "int | None", "int | None", "int | None",
+            "int | None", "int | None", "int | None", "int | None", "int | None",
+            "int | None"]
+
+
+_ROW_LENGTH = 5 + len(_FIELDS)
+
+
+def row(status: FileStatus) -> Row:
+    s = status
+    return (s.name, _KIND_CODES[s.kind], s.complete, s.size, s.etag, s.mtime_ns, s.ctime_ns,
+            s.atime_ns, s.mode, s.uid, s.gid, s.nlink, s.blocks, s.version_mtime_ns)
+
+
+def kind_code(kind: Kind) -> int:
+    return _KIND_CODES[kind]
+
+
+def _column(values: Sequence[int | None]) -> array[int] | list[int] | None:
+    """``values`` as a column; None when none is known."""
     try:
-        return array("q", values)
+        column: array[int] = array("q", values)  # type: ignore[arg-type]  # None: below
+    except TypeError:  # some are None
+        if all(v is None for v in values):
+            return None
+        return _column([_ABSENT if v is None else v for v in values])
     except OverflowError:  # a value no 64-bit integer holds (a backend's bad figure)
-        return values
+        return [_ABSENT if v is None else v for v in values]
+    # Every value absent (the rows of listings joined mark them so): no column.
+    return None if column and column.count(_ABSENT) == len(column) else column
 
 
 class Listing(Sequence[FileStatus]):
@@ -51,25 +77,51 @@ class Listing(Sequence[FileStatus]):
                  "fetched_at", "nbytes")
 
     def __init__(self, entries: Iterable[FileStatus], fetched_at: float = 0.0) -> None:
-        ordered = sorted(entries, key=attrgetter("name"))
-        names = [e.name for e in ordered]
+        self._build([row(e) for e in entries], fetched_at)
+
+    @classmethod
+    def from_rows(cls, rows: list[Row], fetched_at: float = 0.0) -> Listing:
+        """The listing of these entries, as ``row`` gives them (a backend that never makes
+        a status object of each: a local directory's thousands of stat results)."""
+        listing = cls.__new__(cls)
+        listing._build(rows, fetched_at)
+        return listing
+
+    @classmethod
+    def joined(cls, pages: Sequence[Listing], fetched_at: float = 0.0) -> Listing:
+        """One listing of the entries of ``pages`` (each page's rows, never a status)."""
+        return cls.from_rows([r for page in pages for r in page._rows()], fetched_at)
+
+    def _rows(self) -> Iterator[Row]:
+        """The entries as rows, an absent field as its column's mark (``_build`` keeps it)."""
+        n = len(self)
+        fields = [self._fields.get(f) or repeat(_ABSENT, n) for f in _FIELDS]
+        etags = self._etags if self._etags is not None else repeat(None, n)
+        # All of one length: strict would only cost a check per entry.
+        return zip(self.names(), self._kinds, map(bool, self._complete), self._sizes, etags,
+                   *fields, strict=False)
+
+    def _build(self, rows: list[Row], fetched_at: float) -> None:
+        rows.sort(key=itemgetter(0))
+        # One tuple per column (transposed in C), each of the rows' length.
+        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * _ROW_LENGTH
+        names, kinds, complete, sizes, etags, *fields = columns
         self._names = "".join(names)
         self._starts = array("q", accumulate(map(len, names), initial=0))
-        self._kinds = bytes(_KIND_CODES[e.kind] for e in ordered)
-        self._complete = bytes(e.complete for e in ordered)
-        self._sizes = _column([e.size for e in ordered])
+        self._kinds = bytes(kinds)
+        self._complete = bytes(complete)
+        self._sizes = _column(sizes) or array("q")
         self._fields: dict[str, array[int] | list[int]] = {}
-        for field in _FIELDS:
-            values = [getattr(e, field) for e in ordered]
-            if any(v is not None for v in values):
-                self._fields[field] = _column([_ABSENT if v is None else v for v in values])
-        etags = [e.etag for e in ordered]
-        self._etags: list[str | None] | None = etags if any(etags) else None
+        for field, values in zip(_FIELDS, fields, strict=True):
+            column = _column(values)
+            if column is not None:
+                self._fields[field] = column
+        self._etags: Sequence[str | None] | None = etags if any(etags) else None
         self.fetched_at = fetched_at
         # What the listing holds, for the metadata cache's bound in bytes.
-        columns = [self._starts, self._sizes, *self._fields.values()]
+        held = [self._starts, self._sizes, *self._fields.values()]
         self.nbytes = (sys.getsizeof(self._names) + len(self._kinds) + len(self._complete)
-                       + sum(sys.getsizeof(c) for c in columns) + _etag_bytes(self._etags))
+                       + sum(sys.getsizeof(c) for c in held) + _etag_bytes(self._etags))
 
     def __len__(self) -> int:
         return len(self._kinds)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import concurrent.futures
 import contextlib
 import re
@@ -76,7 +75,7 @@ class Backend(Protocol):
         """The entries of directory ``path``, without ``.`` and ``..``."""
         ...
 
-    def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+    def list_pages(self, path: str) -> AsyncGenerator[Sequence[FileStatus], None]:
         """``list``, in the pages the source lists in (S3: 1,000 keys each), as they come
         (one page where the source lists all at once)."""
         ...

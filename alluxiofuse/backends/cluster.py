@@ -245,7 +245,7 @@ class ClusterBackend:
         return [self._remember(prefix + i.status.name, i.status.name, i)
                 for i in infos if valid_name(i.status.name)]
 
-    async def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+    async def list_pages(self, path: str) -> AsyncGenerator[Sequence[FileStatus], None]:
         yield await self.list(path)  # a worker answers with the whole listing
 
     async def _ask_owner(

@@ -179,7 +179,7 @@ class ProxyBackend:
             self._fresh[prefix + name] = child.status.version
         return entries
 
-    async def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+    async def list_pages(self, path: str) -> AsyncGenerator[Sequence[FileStatus], None]:
         yield await self.list(path)  # the proxy answers with the whole listing
 
     async def stat_and_read(

@@ -53,6 +53,7 @@ from alluxiofuse.errors import (
     StaleFile,
     from_oserror,
 )
+from alluxiofuse.listing import Listing, Row, kind_code
 from alluxiofuse.model import (
     NAME_MAX,
     RENAME_NOREPLACE,
@@ -264,7 +265,7 @@ class UfsBackend:
                 entries += page
         return entries
 
-    async def list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+    async def list_pages(self, path: str) -> AsyncGenerator[Sequence[FileStatus], None]:
         if self._s3:
             async with contextlib.aclosing(self._s3_list_pages(path)) as pages:
                 async for page in pages:
@@ -272,7 +273,7 @@ class UfsBackend:
         else:
             yield await self._call(self._list_sync, path)
 
-    async def _s3_list_pages(self, path: str) -> AsyncGenerator[builtins.list[FileStatus], None]:
+    async def _s3_list_pages(self, path: str) -> AsyncGenerator[Sequence[FileStatus], None]:
         """The listing, one ListObjectsV2 page (1,000 keys) per call, each under its own
         deadline: a prefix of a million objects takes a thousand round trips, far longer
         than any one call may (``--io-timeout``)."""
@@ -563,7 +564,7 @@ class UfsBackend:
         except FileNotFoundError:
             return None
 
-    def _list_sync(self, path: str) -> builtins.list[FileStatus]:
+    def _list_sync(self, path: str) -> Sequence[FileStatus]:
         full = self.full_path(path)
         self.fs.invalidate_cache(full)
         entries: builtins.list[FileStatus] = []
@@ -983,8 +984,14 @@ class LocalUfs(UfsBackend):
             raise NotFound(f"{path!r} is a special file, which is not served")
         return self._reported(status)
 
-    def _list_sync(self, path: str) -> builtins.list[FileStatus]:
-        entries = []
+    def _list_sync(self, path: str) -> Listing:
+        """The listing, made straight from the stat results (no status object per entry:
+        a directory of 100,000 files spent a third of its listing making them). One call
+        for the whole directory: in pages of a few thousand entries, each a worker-thread
+        call, the entries listed first reached the kernel sooner, but ``ls -l`` of 100,000
+        took 3% longer, and the pages were kept beside the whole listing."""
+        rows: builtins.list[Row] = []
+        unit = self.mtime_unit_ns
         with self._at(path) as (at, name):
             fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=at)
         try:
@@ -993,14 +1000,19 @@ class LocalUfs(UfsBackend):
                     if is_temp_name(entry.name):
                         continue
                     try:
-                        status = status_from_stat(entry.name, entry.stat(follow_symlinks=False))
+                        st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:  # removed while listing
                         continue
-                    if status is not None:
-                        entries.append(self._reported(status))
+                    kind = _KIND_OF_TYPE.get(statmod.S_IFMT(st.st_mode))
+                    if kind is None:  # sockets, FIFOs and devices are not served
+                        continue
+                    rows.append((entry.name, kind, True, st.st_size, None,
+                                 st.st_mtime_ns - st.st_mtime_ns % unit, st.st_ctime_ns,
+                                 st.st_atime_ns, statmod.S_IMODE(st.st_mode), st.st_uid,
+                                 st.st_gid, st.st_nlink, st.st_blocks, None))
         finally:
             os.close(fd)
-        return entries
+        return Listing.from_rows(rows)
 
     def _read_sync(self, path: str, offset: int, length: int, version: Version) -> bytes:
         fd = self._open(path)
@@ -1469,6 +1481,11 @@ def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int]:
 
 
 _renameat2 = _load_renameat2()
+
+
+# The kind code (listing.kind_code) of each file type served; others are not.
+_KIND_OF_TYPE = {statmod.S_IFDIR: kind_code(Kind.DIRECTORY), statmod.S_IFREG: kind_code(Kind.FILE),
+                 statmod.S_IFLNK: kind_code(Kind.SYMLINK)}
 
 
 def status_from_stat(name: str, st: os.stat_result) -> FileStatus | None:

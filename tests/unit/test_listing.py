@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from alluxiofuse.listing import Listing, ListingStream
+from alluxiofuse.listing import Listing, ListingStream, row
 from alluxiofuse.model import FileStatus, Kind
 
 
@@ -74,3 +74,14 @@ async def test_a_stream_lays_its_pages_end_to_end_and_wakes_its_readers() -> Non
     stream.finish(error=ValueError("over"))
     await stream.wait_beyond(99)  # done: no more to wait for
     assert stream.done and stream.listing is None
+
+
+def test_listings_joined_and_made_from_rows_hold_the_same_entries() -> None:
+    given = statuses()
+    first, second = Listing(given[:2]), Listing(given[2:])
+    joined = Listing.joined([second, first])
+    assert list(joined) == sorted(given, key=lambda s: s.name)
+    assert list(Listing.from_rows([row(s) for s in given])) == list(joined)
+    # A field no entry has takes no column, joined or not.
+    plain = [FileStatus(n, Kind.FILE, size=1, mtime_ns=2) for n in "xyz"]
+    assert Listing.joined([Listing(plain[:1]), Listing(plain[1:])]).nbytes == Listing(plain).nbytes
