@@ -19,9 +19,8 @@ import bisect
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import accumulate, repeat
-from operator import itemgetter
-from typing import Any, overload
+from itertools import accumulate
+from typing import overload
 
 import trio
 
@@ -35,37 +34,43 @@ _FIELDS = ("mtime_ns", "ctime_ns", "atime_ns", "mode", "uid", "gid", "nlink", "b
 _ABSENT = -(1 << 63)
 
 
-# One entry as the columns take it: name, kind code, complete, size, etag, then _FIELDS.
-Row = tuple[str, int, bool, int, "str | None", "int | None", "int | None", "int | None",
-            "int | None", "int | None", "int | None", "int | None", "int | None",
-            "int | None"]
-
-
-_ROW_LENGTH = 5 + len(_FIELDS)
-
-
-def row(status: FileStatus) -> Row:
-    s = status
-    return (s.name, _KIND_CODES[s.kind], s.complete, s.size, s.etag, s.mtime_ns, s.ctime_ns,
-            s.atime_ns, s.mode, s.uid, s.gid, s.nlink, s.blocks, s.version_mtime_ns)
-
-
 def kind_code(kind: Kind) -> int:
     return _KIND_CODES[kind]
 
 
-def _column(values: Sequence[int | None]) -> array[int] | list[int] | None:
-    """``values`` as a column; None when none is known."""
-    try:
-        column: array[int] = array("q", values)  # type: ignore[arg-type]  # None: below
-    except TypeError:  # some are None
-        if all(v is None for v in values):
-            return None
-        return _column([_ABSENT if v is None else v for v in values])
-    except OverflowError:  # a value no 64-bit integer holds (a backend's bad figure)
-        return [_ABSENT if v is None else v for v in values]
-    # Every value absent (the rows of listings joined mark them so): no column.
-    return None if column and column.count(_ABSENT) == len(column) else column
+class Columns:
+    """Entries added one at a time straight into columns, for a ``Listing``: a backend
+    listing a directory of many entries keeps no object per entry meanwhile (a tuple per
+    entry, freed once the listing was made, left about 100 bytes an entry of the
+    allocator's memory in the process)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.kinds = bytearray()
+        self.complete = bytearray()
+        self.sizes: array[int] = array("q")
+        self.fields: dict[str, array[int]] = {field: array("q") for field in _FIELDS}
+        self.etags: list[str | None] = []
+
+    def add(self, name: str, kind: int, size: int, *fields: int | None,
+            complete: bool = True, etag: str | None = None) -> None:
+        """One entry: ``kind`` a ``kind_code``, ``fields`` as many as ``_FIELDS`` (None:
+        not known)."""
+        self.names.append(name)
+        self.kinds.append(kind)
+        self.complete.append(complete)
+        self.sizes.append(size)
+        for column, value in zip(self.fields.values(), fields, strict=True):
+            try:
+                column.append(_ABSENT if value is None else value)
+            except OverflowError:  # no 64-bit integer holds it: a backend's bad figure
+                column.append(_ABSENT)
+        self.etags.append(etag)
+
+    def add_status(self, s: FileStatus) -> None:
+        self.add(s.name, _KIND_CODES[s.kind], s.size, s.mtime_ns, s.ctime_ns, s.atime_ns,
+                 s.mode, s.uid, s.gid, s.nlink, s.blocks, s.version_mtime_ns,
+                 complete=s.complete, etag=s.etag)
 
 
 class Listing(Sequence[FileStatus]):
@@ -77,46 +82,50 @@ class Listing(Sequence[FileStatus]):
                  "fetched_at", "nbytes")
 
     def __init__(self, entries: Iterable[FileStatus], fetched_at: float = 0.0) -> None:
-        self._build([row(e) for e in entries], fetched_at)
+        columns = Columns()
+        for entry in entries:
+            columns.add_status(entry)
+        self._take(columns, fetched_at)
 
     @classmethod
-    def from_rows(cls, rows: list[Row], fetched_at: float = 0.0) -> Listing:
-        """The listing of these entries, as ``row`` gives them (a backend that never makes
-        a status object of each: a local directory's thousands of stat results)."""
+    def from_columns(cls, columns: Columns, fetched_at: float = 0.0) -> Listing:
+        """The listing of the entries in ``columns`` (which it takes over)."""
         listing = cls.__new__(cls)
-        listing._build(rows, fetched_at)
+        listing._take(columns, fetched_at)
         return listing
 
     @classmethod
     def joined(cls, pages: Sequence[Listing], fetched_at: float = 0.0) -> Listing:
-        """One listing of the entries of ``pages`` (each page's rows, never a status)."""
-        return cls.from_rows([r for page in pages for r in page._rows()], fetched_at)
+        """One listing of the entries of ``pages``, column by column."""
+        columns = Columns()
+        for page in pages:
+            n = len(page)
+            columns.names += page.names()
+            columns.kinds += page._kinds
+            columns.complete += page._complete
+            columns.sizes += page._sizes
+            for field, column in columns.fields.items():
+                column += page._fields.get(field) or array("q", [_ABSENT]) * n
+            columns.etags += page._etags or [None] * n
+        return cls.from_columns(columns, fetched_at)
 
-    def _rows(self) -> Iterator[Row]:
-        """The entries as rows, an absent field as its column's mark (``_build`` keeps it)."""
-        n = len(self)
-        fields = [self._fields.get(f) or repeat(_ABSENT, n) for f in _FIELDS]
-        etags = self._etags if self._etags is not None else repeat(None, n)
-        # All of one length: strict would only cost a check per entry.
-        return zip(self.names(), self._kinds, map(bool, self._complete), self._sizes, etags,
-                   *fields, strict=False)
-
-    def _build(self, rows: list[Row], fetched_at: float) -> None:
-        rows.sort(key=itemgetter(0))
-        # One tuple per column (transposed in C), each of the rows' length.
-        columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) or [()] * _ROW_LENGTH
-        names, kinds, complete, sizes, etags, *fields = columns
-        self._names = "".join(names)
-        self._starts = array("q", accumulate(map(len, names), initial=0))
-        self._kinds = bytes(kinds)
-        self._complete = bytes(complete)
-        self._sizes = _column(sizes) or array("q")
-        self._fields: dict[str, array[int] | list[int]] = {}
-        for field, values in zip(_FIELDS, fields, strict=True):
-            column = _column(values)
-            if column is not None:
-                self._fields[field] = column
-        self._etags: Sequence[str | None] | None = etags if any(etags) else None
+    def _take(self, c: Columns, fetched_at: float) -> None:
+        order = sorted(range(len(c.names)), key=c.names.__getitem__)
+        if order != list(range(len(order))):  # put the columns in name order
+            c.names = [c.names[i] for i in order]
+            c.kinds = bytearray(c.kinds[i] for i in order)
+            c.complete = bytearray(c.complete[i] for i in order)
+            c.sizes = array("q", [c.sizes[i] for i in order])
+            c.fields = {f: array("q", [col[i] for i in order]) for f, col in c.fields.items()}
+            c.etags = [c.etags[i] for i in order]
+        self._names = "".join(c.names)
+        self._starts = array("q", accumulate(map(len, c.names), initial=0))
+        self._kinds = bytes(c.kinds)
+        self._complete = bytes(c.complete)
+        self._sizes = c.sizes
+        # A field no entry has takes no column.
+        self._fields = {f: col for f, col in c.fields.items() if col.count(_ABSENT) != len(col)}
+        self._etags: list[str | None] | None = c.etags if any(c.etags) else None
         self.fetched_at = fetched_at
         # What the listing holds, for the metadata cache's bound in bytes.
         held = [self._starts, self._sizes, *self._fields.values()]
