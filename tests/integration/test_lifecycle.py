@@ -27,6 +27,16 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
+def waits_for_fuse(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked in the kernel (state D: a read waiting for the page
+    that a FUSE READ fills, or for the answer to a FUSE request)."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "D"
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_a_signal_lets_requests_in_flight_finish(
     mount: MountFactory, tmp_path: Path, signum: int,
@@ -37,8 +47,10 @@ def test_a_signal_lets_requests_in_flight_finish(
     (src / "f").write_bytes(data)
     clear_failure(control)
     m = mount(f"flaky://{src}", f"--ufs-option=control={control}")
+    # The read waits on the source: so does the fetch of the first page that the open
+    # starts (set after the open, the fetch could be done before it took effect).
+    set_failure(control, ["cat_file"], mode="hang")
     f = open(m.path / "f", "rb")  # noqa: SIM115 (closed below, after the daemon is gone)
-    set_failure(control, ["cat_file", "open"], mode="hang")  # the read waits on the source
     got: list[bytes] = []
     # One read(2) of exactly the file: one READ request. (A second read(2), at the end of
     # the file, would make the kernel ask for the attributes again: a new request, which
@@ -47,7 +59,7 @@ def test_a_signal_lets_requests_in_flight_finish(
                               daemon=True)
     reader.start()
     try:
-        time.sleep(0.5)
+        assert wait_until(lambda: waits_for_fuse(reader), 10)  # the READ reached the daemon
         m.proc.send_signal(signum)
         time.sleep(0.5)
         assert m.proc.poll() is None  # waiting for the read it is serving
