@@ -33,6 +33,7 @@ class Floor(pyfuse3.Operations):
         self.read_files = read
         self.attrs: dict[int, pyfuse3.EntryAttributes] = {}
         self.children: dict[int, dict[bytes, int]] = {}
+        self.listings: dict[int, list[tuple[bytes, int]]] = {}
         self.paths: dict[int, str] = {}
         self._add(pyfuse3.ROOT_INODE, os.lstat(source))
         inos = {source: pyfuse3.ROOT_INODE}
@@ -68,7 +69,9 @@ class Floor(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = sorted(self.children[fh].items())
+        entries = self.listings.get(fh)
+        if entries is None:  # sorted once: the kernel asks a few dozen entries at a time
+            entries = self.listings[fh] = sorted(self.children[fh].items())
         for i in range(start_id, len(entries)):
             name, ino = entries[i]
             if not pyfuse3.readdir_reply(token, name, self.attrs[ino], i + 1):
