@@ -15,9 +15,11 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import Cache, TLRUCache
 
 from alluxiofuse.listing import Listing
 from alluxiofuse.model import FileStatus
@@ -44,6 +46,52 @@ class _Kind(enum.Enum):
     LISTING = "listing"
 
 
+_Key = tuple[_Kind, str]
+
+
+class _Cache(TLRUCache[_Key, object]):
+    """The cache, counting the statuses and missing names it holds of each directory's
+    children, however they leave (removed, expired, evicted): a new listing of a directory
+    none of whose children is cached on its own need not look for each of them (a third
+    of the time a listing of 100,000 files took to cache)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.children: Counter[str] = Counter()
+
+    def __setitem__(self, key: _Key, value: object) -> None:
+        self.expire()  # first, so that an expired entry of this key is gone, counted
+        new = not Cache.__contains__(self, key)
+        super().__setitem__(key, value)
+        if new and Cache.__contains__(self, key):
+            self._count(key, 1)
+
+    def __delitem__(self, key: _Key) -> None:
+        held = Cache.__contains__(self, key)
+        try:
+            super().__delitem__(key)  # KeyError if it had expired: removed all the same
+        finally:
+            if held:
+                self._count(key, -1)
+
+    def expire(self, time: float | None = None) -> list[tuple[_Key, object]]:
+        expired = list(super().expire(time))
+        for key, _ in expired:
+            self._count(key, -1)
+        return expired
+
+    def clear(self) -> None:
+        super().clear()
+        self.children.clear()
+
+    def _count(self, key: _Key, change: int) -> None:
+        if key[0] is not _Kind.LISTING:
+            parent = parent_and_name(key[1])[0]
+            self.children[parent] += change
+            if self.children[parent] <= 0:
+                del self.children[parent]
+
+
 class MetadataCache:
     """Statuses (``attr_ttl``), missing paths (``negative_ttl``), listings (``dir_ttl``),
     together at most ``max_bytes``."""
@@ -54,7 +102,7 @@ class MetadataCache:
     ) -> None:
         self._ttl = {_Kind.STATUS: attr_ttl, _Kind.MISSING: negative_ttl,
                      _Kind.LISTING: math.inf}
-        self._cache: TLRUCache[tuple[_Kind, str], object] = TLRUCache(
+        self._cache = _Cache(
             maxsize=max_bytes, timer=timer, getsizeof=_size,
             ttu=lambda key, value, now: now + self._ttl[key[0]])
         self._attr_ttl = attr_ttl if max_bytes > 0 else 0.0
@@ -144,6 +192,8 @@ class MetadataCache:
         # A listing not cached (larger than the whole cache) or never fresh (--dir-timeout
         # 0): each child's status is kept as a stat's would be.
         each = not self._put(_Kind.LISTING, path, listing) or self._dir_ttl <= 0
+        if not each and path not in self._cache.children:
+            return listing  # no child of it is cached on its own: nothing to replace
         for index, name in enumerate(listing.names()):
             child = join(path, name)
             self._cache.pop((_Kind.MISSING, child), None)

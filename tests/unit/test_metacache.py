@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from alluxiofuse.listing import Listing
@@ -254,3 +256,49 @@ def test_a_listings_children_do_not_push_other_statuses_out(clock: FakeClock) ->
     c.put_listing("d", listed)
     assert c.status("x") == st("x") and c.status("y") == st("y")
     assert [c.status(f"d/{n}") for n in "abc"] == [st(n) for n in "abc"]
+
+
+def test_the_children_it_counts_follow_whatever_removes_them(clock: FakeClock) -> None:
+    """The count of cached statuses and missing names per directory, which lets a new
+    listing skip looking for its children, stays exact through replacement, removal,
+    expiry, eviction and clear."""
+    from cachetools import Cache
+
+    cache = make(clock, attr=1.0, negative=2.0, max_bytes=3 * STATUS_BYTES + MISSING_BYTES)
+    held = cache._cache
+
+    def check() -> None:
+        keys = [k for k in Cache.__iter__(held) if k[0].value != "listing"]
+        want = Counter(parent_and_name(path)[0] for _, path in keys)
+        assert held.children == want
+
+    cache.put_status("d/a", st("a"))
+    cache.put_status("d/b", st("b"))
+    cache.put_missing("e/x")
+    check()
+    cache.put_status("d/a", st("a", size=2))  # replaced, not added
+    cache.put_listing("d", [st("a"), st("c")])  # d/a's own status goes: the listing is newer
+    check()
+    cache.put_status("f/1", st("1"))
+    cache.put_status("f/2", st("2"))
+    cache.put_status("f/3", st("3"))  # evicts the least recently used
+    check()
+    clock.advance(1.5)  # the statuses expire, the missing name not yet
+    cache.put_missing("g/y")
+    check()
+    cache.put_status("f/3", st("3"))  # again, where its expired entry still sat
+    check()
+    cache.forget("e/x")
+    check()
+    cache.clear()
+    check()
+    assert not held.children
+
+
+def test_a_listing_still_replaces_what_was_cached_of_its_children(clock: FakeClock) -> None:
+    cache = make(clock)
+    cache.put_missing("d/new")
+    cache.put_status("d/old", st("old", size=1))
+    cache.put_listing("d", [st("new", size=5), st("old", size=2)])
+    assert not cache.is_missing("d/new")
+    assert cache.status("d/old") == st("old", size=2)
