@@ -41,7 +41,7 @@ def kind_code(kind: Kind) -> int:
 class Columns:
     """Entries added one at a time straight into columns, for a ``Listing``: a backend
     listing a directory of many entries keeps no object per entry meanwhile (a tuple per
-    entry, freed once the listing was made, left about 100 bytes an entry of the
+    entry, freed once the listing was made, left about 60 bytes an entry of the
     allocator's memory in the process)."""
 
     def __init__(self) -> None:
