@@ -64,7 +64,8 @@ def test_a_second_epoch_asks_the_daemon_for_no_name(
     lookups = requests(after, "lookup") - requests(before, "lookup")
     getattrs = requests(after, "getattr") - requests(before, "getattr")
     # READs are not asserted: pages are kept by version with or without --immutable, and
-    # the kernel was seen reading 1 to 7 of the 300 files again in some runs of both.
+    # the kernel reclaims some of them on a busy machine (1 to 7 of the 300 files were read
+    # again in about 1 run in 5: exactly those whose pages it had reclaimed).
     if immutable:
         assert lookups == 0
         assert getattrs <= 2 + seconds  # the root's, at most once a second
