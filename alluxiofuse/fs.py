@@ -292,14 +292,12 @@ class Filesystem:
             staged = self.writes.get(path) if self.writes is not None else None
             if staged is not None:  # being written: only its own size is right
                 status, listed = staged.status(status.name), None
-            elif known is None or (listed is not None and known.is_listed(*listed)):
-                pass
-            elif complete := self._attrs_of(known, status):
-                status, listed = complete, None
-            elif known.status != status:
-                # Learned since the snapshot: never step back to the snapshot's older
-                # version (open handles of the newer one would turn stale).
-                newer = self.meta.status(path)
+            elif known is not None and not (listed is not None and known.is_listed(*listed)):
+                newer = self._attrs_of(known, status)
+                if newer is None and known.status != status:
+                    # Learned since the snapshot: never step back to the snapshot's older
+                    # version (open handles of the newer one would turn stale).
+                    newer = self.meta.status(path)
                 if newer is not None:
                     status, listed = newer, None
             inode = self._learn(path, status, listed)
