@@ -74,9 +74,9 @@ _READ_WITH_STATUS_MAX = 256 * 1024
 # timeout starts when the reply reaches it, a little after the daemon recorded the miss.
 _NEGATIVE_MARGIN = 1.0
 
-# Entry callback for readdir: (status, inode, next offset) -> whether the kernel took it;
-# ``status`` is the inode's status.
-ReplyFn = Callable[[FileStatus, Inode, int], bool]
+# Entry callback for readdir: (status, inode number, next offset) -> whether the kernel
+# took it.
+ReplyFn = Callable[[FileStatus, int, int], bool]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
@@ -288,8 +288,16 @@ class Filesystem:
                 listed = (entries, index) if isinstance(entries, Listing) else None
                 status = entries[index]
             path = join(handle.path, status.name)
-            known = self.inodes.by_path(path)
             staged = self.writes.get(path) if self.writes is not None else None
+            if staged is None and listed is not None:
+                # Kept as a row of the listing until the kernel asks for it (inodes.py).
+                number = self.inodes.row_number(path, *listed)
+                if number is not None:
+                    if not reply(status, number, index + 1):
+                        break
+                    self.inodes.hold_row(number, handle.path, *listed)
+                    continue
+            known = self.inodes.by_path(path)
             if staged is not None:  # being written: only its own size is right
                 status, listed = staged.status(status.name), None
             elif known is not None and not (listed is not None and known.is_listed(*listed)):
@@ -301,7 +309,7 @@ class Filesystem:
                 if newer is not None:
                     status, listed = newer, None
             inode = self._learn(path, status, listed)
-            if not reply(status, inode, index + 1):
+            if not reply(status, inode.ino, index + 1):
                 self.inodes.discard_if_unused(inode)
                 break
             self.inodes.remember(inode)

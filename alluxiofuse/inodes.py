@@ -10,16 +10,22 @@ inode whose type changes as broken.
 The kernel holds a reference per successful lookup (and per readdirplus entry); it gives
 them back with ``forget``. An inode leaves the table when its count reaches zero.
 
-An inode the kernel learned from a listing (every entry of a readdirplus) keeps its status
-as a position in that listing, not as a status object of its own: ``ls -l`` of a directory
-of a million files leaves a million inodes in the table, and a status object with its
-integers costs four times what the rest of the inode does (see listing.py).
+An inode the kernel was handed in a readdirplus reply and has asked nothing of since is a
+row, not an object: its number maps to a position in the listing it came from, and its
+lookup count is kept in an array beside that listing (``ls -l`` of a directory of a
+million files leaves a million inodes, and an object with its number, path and dict slots
+costs three times what the listing's own entry does, in small allocations the interpreter
+seldom gives back once freed). A row becomes an ``Inode`` object once the kernel asks for
+it by number or a path is learned anew; a row's number is always its path's first
+candidate, so the path alone finds it.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+from array import array
+from collections.abc import Iterator
 
 from alluxiofuse.errors import StaleFile
 from alluxiofuse.listing import Listing
@@ -118,52 +124,205 @@ def inode_number(path: str, probe: int = 0) -> int:
     return number if number > ROOT_INODE else number + 2
 
 
+_INDEX_BITS = 32
+_INDEX = (1 << _INDEX_BITS) - 1
+
+
+class _Rows:
+    """The row inodes of one listing of ``directory``: entry ``i``'s kernel references
+    (0: not a row)."""
+
+    __slots__ = ("directory", "id", "listing", "live", "lookups")
+
+    def __init__(self, id: int, directory: str, listing: Listing) -> None:
+        self.id = id
+        self.directory = directory
+        self.listing = listing
+        self.lookups = array("q", bytes(8 * len(listing)))
+        self.live = 0  # entries with references
+
+    def path(self, index: int) -> str:
+        name = self.listing.name(index)
+        return f"{self.directory}/{name}" if self.directory else name
+
+
+class _NumberMap:
+    """Inode number -> row reference (its ``_Rows`` id and index), as an open-addressing
+    table in two arrays: 16 bytes a slot in one allocation, where a dict would hold two
+    integer objects and a slot, about 110 bytes, in small allocations. Numbers are hashes,
+    so their low bits spread well; 0 marks a free slot (no inode number is 0)."""
+
+    _SMALLEST = 1024
+
+    def __init__(self) -> None:
+        self._reset(self._SMALLEST)
+
+    def _reset(self, slots: int) -> None:
+        self._mask = slots - 1
+        self._keys = array("q", bytes(8 * slots))
+        self._values = array("q", bytes(8 * slots))
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        return (key for key in self._keys if key)
+
+    def get(self, key: int) -> int:
+        """``key``'s value, or -1."""
+        keys, mask = self._keys, self._mask
+        i = key & mask
+        while (found := keys[i]) != key:
+            if not found:
+                return -1
+            i = (i + 1) & mask
+        return self._values[i]
+
+    def put(self, key: int, value: int) -> None:
+        keys, mask = self._keys, self._mask
+        i = key & mask
+        while (found := keys[i]) != key:
+            if not found:
+                keys[i] = key
+                self.count += 1
+                break
+            i = (i + 1) & mask
+        self._values[i] = value
+        if self.count * 3 > len(keys) * 2:
+            self._resize(len(keys) * 2)
+
+    def pop(self, key: int) -> None:
+        keys, values, mask = self._keys, self._values, self._mask
+        i = key & mask
+        while (found := keys[i]) != key:
+            if not found:
+                return
+            i = (i + 1) & mask
+        # Shift back the entries after it that probed past it, so no search stops early.
+        j = i
+        while found := keys[j := (j + 1) & mask]:
+            home = found & mask
+            if (i < home <= j) if i <= j else (i < home or home <= j):
+                continue  # it stays: its home is after the hole
+            keys[i], values[i] = found, values[j]
+            i = j
+        keys[i] = values[i] = 0
+        self.count -= 1
+        if len(keys) > self._SMALLEST and self.count * 8 < len(keys):
+            self._resize(len(keys) // 4)  # the arrays go back to the system
+
+    def _resize(self, slots: int) -> None:
+        old = zip(self._keys, self._values, strict=True)
+        self._reset(max(self._SMALLEST, slots))
+        for key, value in old:
+            if key:
+                self.put(key, value)
+
+
 class InodeTable:
-    """Live inodes by number and by path. Pure state: no I/O, no awaits."""
+    """Live inodes by number and by path. Pure state: no I/O, no awaits.
+
+    An inode is an ``Inode`` object (held in ``_by_ino``, and in ``_by_path`` while its
+    path names it) or a row of a listing (``_numbers``), never both; a path names at most
+    one of them.
+    """
 
     def __init__(self, root_status: FileStatus) -> None:
         root = Inode(ROOT_INODE, "", root_status, lookups=1)
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_path: dict[str, Inode] = {"": root}
         self._largest = 1  # the most inodes held since the tables were last sized
+        self._numbers = _NumberMap()
+        self._rows: dict[int, _Rows] = {}  # by id
+        self._rows_of: dict[int, _Rows] = {}  # by the id() of their listing
+        self._next_rows = 0
 
     def __len__(self) -> int:
-        return len(self._by_ino)
+        return len(self._by_ino) + len(self._numbers)
 
     def numbers(self) -> list[int]:
-        return list(self._by_ino)
+        return [*self._by_ino, *self._numbers]
 
     def get(self, ino: int) -> Inode:
         """The live inode ``ino``; a number the table does not hold is a stale handle."""
-        try:
-            return self._by_ino[ino]
-        except KeyError:
-            raise StaleFile(f"inode {ino} is not known") from None
+        inode = self._by_ino.get(ino)
+        if inode is not None:
+            return inode
+        ref = self._numbers.get(ino)
+        if ref < 0:
+            raise StaleFile(f"inode {ino} is not known")
+        return self._promote(ino, ref)
 
     def by_path(self, path: str) -> Inode | None:
-        return self._by_path.get(path)
+        inode = self._by_path.get(path)
+        if inode is not None:
+            return inode
+        number = inode_number(path)
+        ref = self._row(number, path)
+        return self._promote(number, ref) if ref >= 0 else None
 
     def number_for(self, path: str) -> int:
         """The number ``path`` has, or would get if it were learned now."""
         inode = self._by_path.get(path)
-        return inode.ino if inode is not None else self._free_number(path)
+        if inode is not None:
+            return inode.ino
+        number = inode_number(path)
+        return number if self._row(number, path) >= 0 else self._free_number(path)
 
     def learn(
         self, path: str, status: FileStatus, listed: tuple[Listing, int] | None = None,
     ) -> Inode:
         """The inode for ``path``, created or updated with ``status`` (entry ``listed[1]``
         of listing ``listed[0]``, if given); lookups unchanged."""
-        inode = self._by_path.get(path)
+        inode = self.by_path(path)
         if inode is not None and inode.kind is status.kind:
             inode.set_status(status, listed)
             return inode
         if inode is not None:  # changed kind: detach the old inode, it lives on until forgotten
             del self._by_path[path]
         inode = Inode(self._free_number(path), path, status, listed=listed)
-        self._by_ino[inode.ino] = inode
-        self._by_path[path] = inode
-        self._largest = max(self._largest, len(self._by_ino))
+        self._add(inode)
         return inode
+
+    def row_number(self, path: str, listing: Listing, index: int) -> int | None:
+        """The number entry ``index`` of ``listing`` (at ``path``) has as a row, or would
+        have; None when it must be an object: an object has ``path`` or its number, or a
+        row of another listing has it with a status this entry does not match."""
+        if path in self._by_path:
+            return None
+        number = inode_number(path)
+        if number in self._by_ino:
+            return None
+        ref = self._numbers.get(number)
+        if ref < 0:
+            return number
+        rows, at = self._rows[ref >> _INDEX_BITS], ref & _INDEX
+        if rows.listing is listing:
+            return number if at == index else None
+        if rows.path(at) != path or rows.listing[at] != listing[index]:
+            return None
+        return number
+
+    def hold_row(self, number: int, directory: str, listing: Listing, index: int) -> None:
+        """The kernel was handed entry ``index`` of ``listing`` (of ``directory``) as inode
+        ``number``, which ``row_number`` gave: one more reference, kept as a row there."""
+        rows = self._rows_of.get(id(listing))
+        if rows is None:
+            rows = _Rows(self._next_rows, directory, listing)
+            self._next_rows += 1
+            self._rows[rows.id] = self._rows_of[id(listing)] = rows
+        held = 0
+        ref = self._numbers.get(number)
+        if ref >= 0:
+            old, at = self._rows[ref >> _INDEX_BITS], ref & _INDEX
+            held = old.lookups[at]
+            if old is not rows:  # a listing of the directory made since: move over
+                self._clear_row(old, at)
+        if not rows.lookups[index]:
+            rows.live += 1
+        rows.lookups[index] = held + 1
+        self._numbers.put(number, rows.id << _INDEX_BITS | index)
 
     def remember(self, inode: Inode) -> None:
         """The kernel was handed ``inode`` once more (a lookup or a readdirplus entry)."""
@@ -171,7 +330,16 @@ class InodeTable:
 
     def forget(self, ino: int, count: int) -> None:
         inode = self._by_ino.get(ino)
-        if inode is None or ino == ROOT_INODE:
+        if inode is None:
+            ref = self._numbers.get(ino)
+            if ref >= 0:
+                rows, at = self._rows[ref >> _INDEX_BITS], ref & _INDEX
+                rows.lookups[at] = max(0, rows.lookups[at] - count)
+                if not rows.lookups[at]:
+                    self._clear_row(rows, at)
+                    self._numbers.pop(ino)
+            return
+        if ino == ROOT_INODE:
             return
         inode.lookups -= count
         self.discard_if_unused(inode)
@@ -190,18 +358,26 @@ class InodeTable:
     def unlink(self, path: str) -> None:
         """``path`` no longer names its inode; the inode lives on until forgotten (an
         open file that was removed), and a new entry at ``path`` gets a new number."""
+        self.by_path(path)  # a row becomes an object, which can outlive its name
         self._by_path.pop(path, None)
 
     def rename(self, old: str, new: str) -> None:
         """``old`` and everything under it move to ``new``; what ``new`` named is unlinked."""
         self.unlink(new)
-        moved = self._by_path.pop(old, None)
+        moved = self.by_path(old)
         if moved is None:
             return
+        del self._by_path[old]
         moved.path = new
         self._by_path[new] = moved
         if moved.kind is Kind.DIRECTORY:
             prefix = old + "/"
+            # Rows under it are found by the hash of their path: they become objects.
+            for rows in [r for r in self._rows.values()
+                         if r.directory == old or r.directory.startswith(prefix)]:
+                for at in [i for i, held in enumerate(rows.lookups) if held]:
+                    path = rows.path(at)
+                    self._promote(inode_number(path), rows.id << _INDEX_BITS | at)
             for path in [p for p in self._by_path if p.startswith(prefix)]:
                 inode = self._by_path.pop(path)
                 inode.path = new + path[len(old):]
@@ -211,8 +387,39 @@ class InodeTable:
         """Whether ``inode`` is still what its path names (not removed or replaced)."""
         return self._by_path.get(inode.path) is inode
 
+    def _row(self, number: int, path: str) -> int:
+        """The reference of the row ``path`` is, under its first number; or -1."""
+        ref = self._numbers.get(number)
+        if ref >= 0 and self._rows[ref >> _INDEX_BITS].path(ref & _INDEX) != path:
+            return -1
+        return ref
+
+    def _promote(self, number: int, ref: int) -> Inode:
+        """Row ``ref`` as an object, holding what the row held."""
+        rows, at = self._rows[ref >> _INDEX_BITS], ref & _INDEX
+        listing = rows.listing
+        inode = Inode(number, rows.path(at), listing[at], rows.lookups[at],
+                      listed=(listing, at))
+        inode.attrs_given()  # the kernel has what the listing says
+        self._clear_row(rows, at)
+        self._numbers.pop(number)
+        self._add(inode)
+        return inode
+
+    def _clear_row(self, rows: _Rows, at: int) -> None:
+        rows.lookups[at] = 0
+        rows.live -= 1
+        if not rows.live:
+            del self._rows[rows.id], self._rows_of[id(rows.listing)]
+
+    def _add(self, inode: Inode) -> None:
+        self._by_ino[inode.ino] = inode
+        self._by_path[inode.path] = inode
+        self._largest = max(self._largest, len(self._by_ino))
+
     def _free_number(self, path: str) -> int:
         probe = 0
-        while (number := inode_number(path, probe)) in self._by_ino:
+        while ((number := inode_number(path, probe)) in self._by_ino
+               or self._numbers.get(number) >= 0):
             probe += 1
         return number

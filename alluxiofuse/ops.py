@@ -189,8 +189,8 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         with self._call("readdir"):
-            def reply(status: FileStatus, inode: Inode, next_id: int) -> bool:
-                attrs = self._entry(inode.ino, status)  # inode.status, at hand already
+            def reply(status: FileStatus, ino: int, next_id: int) -> bool:
+                attrs = self._entry(ino, status)  # the inode's status, at hand already
                 return bool(pyfuse3.readdir_reply(token, os.fsencode(status.name), attrs, next_id))
 
             await self.fs.readdir(fh, start_id, reply)

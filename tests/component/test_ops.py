@@ -74,7 +74,7 @@ class Mounted:
             batch: list[tuple[str, int]] = []
 
             def reply(
-                status: FileStatus, inode: Any, next_id: int, batch: list[Any] = batch,
+                status: FileStatus, ino: int, next_id: int, batch: list[Any] = batch,
             ) -> bool:
                 if refuse_after is not None and len(batch) == refuse_after:
                     return False

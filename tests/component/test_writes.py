@@ -102,7 +102,7 @@ async def test_listing_shows_the_size_of_a_file_being_written(
     dh = await m.ops.opendir(ROOT_INODE, None)
     sizes: dict[str, int] = {}
 
-    def reply(status: Any, inode: Any, next_id: int) -> bool:
+    def reply(status: Any, ino: int, next_id: int) -> bool:
         sizes[status.name] = status.size
         return True
 

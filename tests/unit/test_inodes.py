@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import random
 import sys
 
 import pytest
@@ -219,3 +220,126 @@ def test_the_tables_are_sized_down_once_the_kernel_forgets_most_inodes(
     assert len(table) == 51 and all(table.get(i.ino) is i for i in learned[350:])
     assert all(table.by_path(i.path) is i for i in learned[350:])
     assert table.by_path("f0") is None
+
+
+# -- inodes kept as rows of the listing they were handed from
+
+
+def hand_out(table: InodeTable, directory: str, listing: Listing) -> list[int]:
+    """Every entry of ``listing`` handed to the kernel once, as readdir does."""
+    numbers = []
+    for index, name in enumerate(listing.names()):
+        path = f"{directory}/{name}" if directory else name
+        number = table.row_number(path, listing, index)
+        assert number is not None
+        table.hold_row(number, directory, listing, index)
+        numbers.append(number)
+    return numbers
+
+
+def test_a_row_has_its_paths_number_and_becomes_an_object_when_asked_for(
+    table: InodeTable,
+) -> None:
+    listing = Listing([file("a", 5), directory("b"), file("c", 7)])
+    numbers = hand_out(table, "d", listing)
+    assert numbers == [inode_number(p) for p in ("d/a", "d/b", "d/c")]
+    assert len(table) == 4 and sorted(table.numbers()) == sorted([ROOT_INODE, *numbers])
+    assert table.number_for("d/c") == numbers[2]
+    assert table._by_path.keys() == {""}  # no object for any of them yet
+    inode = table.get(numbers[0])
+    assert (inode.ino, inode.path, inode.lookups) == (numbers[0], "d/a", 1)
+    assert inode.status == file("a", 5)
+    assert inode.is_listed(listing, 0) and inode.attrs_version == listing[0].version
+    assert table.get(numbers[0]) is inode and table.by_path("d/a") is inode
+    found = table.by_path("d/c")
+    assert found is not None and found.ino == numbers[2] and found.lookups == 1
+    assert len(table) == 4
+
+
+def test_rows_count_references_and_leave_when_forgotten(table: InodeTable) -> None:
+    listing = Listing([file("a"), file("b")])
+    a, b = hand_out(table, "", listing)
+    hand_out(table, "", listing)  # a second ls: two references each
+    table.forget(a, 1)
+    assert table.get(a).lookups == 1
+    table.forget(b, 2)
+    with pytest.raises(StaleFile):
+        table.get(b)
+    assert table.by_path("b") is None and len(table) == 2
+    assert table._rows == {}  # the last row of the listing went: it holds none of it
+    table.forget(a, 1)
+    assert len(table) == 1
+
+
+def test_a_number_an_object_holds_is_no_row(table: InodeTable) -> None:
+    detached = table.learn("f", file("f"))
+    table.remember(detached)
+    table.unlink("f")  # removed while open: it keeps its number until forgotten
+    listing = Listing([file("f", 9)])
+    assert table.row_number("f", listing, 0) is None
+    inode = table.learn("f", listing[0], (listing, 0))
+    assert inode.ino != detached.ino and table.get(detached.ino) is detached
+    assert table.row_number("f", listing, 0) is None  # an object has the path
+
+
+def test_a_row_moves_to_a_newer_listing_only_with_the_same_status(table: InodeTable) -> None:
+    old = Listing([file("a", 1), file("b", 1)])
+    a, b = hand_out(table, "d", old)
+    new = Listing([file("a", 1), file("b", 2)])
+    assert table.row_number("d/a", new, 0) == a
+    table.hold_row(a, "d", new, 0)
+    assert table.row_number("d/a", new, 0) == a  # now a row of the new listing
+    assert table.get(a).lookups == 2 and table.get(a).is_listed(new, 0)
+    assert table.row_number("d/b", new, 1) is None  # changed: the object way decides
+    assert table.get(b).status == file("b", 1)
+
+
+def test_renaming_a_directory_takes_its_rows_along(table: InodeTable) -> None:
+    d = table.learn("d", directory("d"))
+    table.remember(d)
+    listing = Listing([file("x"), directory("sub")])
+    sub, x = hand_out(table, "d", listing)
+    inner = Listing([file("y")])
+    (y,) = hand_out(table, "d/sub", inner)
+    table.rename("d", "e")
+    assert [table.get(n).path for n in (x, sub, y)] == ["e/x", "e/sub", "e/sub/y"]
+    assert table.by_path("e/sub/y") is table.get(y) and table.by_path("d/x") is None
+
+
+def test_unlinking_a_row_keeps_its_inode_until_forgotten(table: InodeTable) -> None:
+    listing = Listing([file("f")])
+    (f,) = hand_out(table, "", listing)
+    table.unlink("f")
+    inode = table.get(f)
+    assert not table.is_linked(inode) and table.by_path("f") is None
+    again = table.learn("f", file("f", 2))
+    assert again.ino != f
+    table.forget(f, 1)
+    with pytest.raises(StaleFile):
+        table.get(f)
+
+
+def test_the_number_map_agrees_with_a_dict_through_growth_clashes_and_shrinking() -> None:
+    """Keys that share their low bits probe on; removing one shifts the others back, so
+    none is lost; the arrays grow and shrink with the count."""
+    rng = random.Random(17)
+    numbers = inodes._NumberMap()
+    model: dict[int, int] = {}
+    keys = [rng.getrandbits(62) << 1 | 1 for _ in range(3000)]
+    keys += [(k & ~0xFFF) | 0x10 for k in keys[:300]]  # clash in the low 12 bits
+    for step in range(20_000):
+        key = rng.choice(keys)
+        if rng.random() < (0.6 if step < 10_000 else 0.3):
+            numbers.put(key, step)
+            model[key] = step
+        else:
+            numbers.pop(key)
+            model.pop(key, None)
+        if step % 2000 == 0:
+            assert {k: numbers.get(k) for k in keys if numbers.get(k) >= 0} == model
+    assert len(numbers) == len(model) and sorted(numbers) == sorted(model)
+    assert all(numbers.get(k) == v for k, v in model.items())
+    largest = len(numbers._keys)
+    for key in list(model):
+        numbers.pop(key)
+    assert len(numbers) == 0 and len(numbers._keys) < largest
