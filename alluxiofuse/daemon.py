@@ -59,6 +59,7 @@ MAX_FUSE_TASKS = 128
 # How often /readyz's view of the backend is refreshed, and the memory budget enforced.
 BACKEND_PROBE_INTERVAL = 10.0
 MEMORY_CHECK_INTERVAL = 0.25  # reading our resident size costs ~20 µs
+_FORGOTTEN_TO_TRIM = 100_000  # inodes forgotten before freed memory is handed back
 # Seconds granted beyond --drain-timeout to finish stopping (close the backend, exit).
 _STOP_MARGIN = 30
 
@@ -338,18 +339,25 @@ async def govern_memory(fs: Filesystem, config: MountConfig, metrics: Metrics) -
                     "of the cgroup memory limit, %d MiB: the page cache will be held smaller "
                     "(lower --memory-budget)", config.memory_budget >> 20, ALLOWANCE >> 20,
                     (governor.cgroup_limit or 0) >> 20)
+    inodes_held = len(fs.inodes)  # the most held since memory was last handed back
     while True:
         before = governor.current
         bound = governor.update(resident_bytes(), fs.pages)
+        # Once the kernel has forgotten many inodes (a walk's dentries reclaimed), what
+        # they held is free but mostly kept by the allocator: hand it back too.
+        inodes_held = max(inodes_held, len(fs.inodes))
+        forgotten = inodes_held - len(fs.inodes) >= max(_FORGOTTEN_TO_TRIM, inodes_held // 2)
         if bound != before:
             fs.resize_page_cache(bound)
             if bound < before:
                 metrics.memory_pressure_shrinks.inc()
-                await trio.to_thread.run_sync(release_free_memory)
             if config.page_cache_size in (before, bound):  # pressure begins, or is over
                 log.info("memory: page cache bound %d MiB (configured %d MiB; resident %d "
                          "MiB, ceiling %d MiB)", bound >> 20, config.page_cache_size >> 20,
                          resident_bytes() >> 20, governor.ceiling >> 20)
+        if bound < before or forgotten:
+            await trio.to_thread.run_sync(release_free_memory)
+            inodes_held = len(fs.inodes)
         await trio.sleep(MEMORY_CHECK_INTERVAL)
 
 
@@ -360,7 +368,8 @@ def resident_bytes() -> int:
 
 
 def release_free_memory() -> None:
-    """Hand memory freed by evicted pages back to the kernel (glibc keeps it otherwise)."""
+    """Hand memory freed by evicted pages or forgotten inodes back to the kernel (glibc
+    keeps it otherwise)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 
