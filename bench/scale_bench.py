@@ -9,17 +9,21 @@ Targets, each a fresh mount with its own defaults over one local directory:
   fsspec.fuse  fsspec.fuse.run(file filesystem), as in read_bench.py
   rclone       ``rclone mount SRC MNT`` (its local backend; Debian package ``rclone``)
 Data (made once under --data-dir, kept between runs):
-  wide/   100,000 empty files in one directory (COCO's train2017 holds 118,287)
-  tree/   1,000 directories of 1,281 files (ImageNet's train set: 1,281,167 files in
-          1,000 directories); --quick: 100 directories
+  wide/     100,000 empty files in one directory (COCO's train2017 holds 118,287)
+  wide-1m/  1,000,000 empty files in one directory (for the mem workload only)
+  tree/     1,000 directories of 1,281 files (ImageNet's train set: 1,281,167 files in
+            1,000 directories); --quick: 100 directories
 Workloads (kernel caches dropped before each; median of --repeat):
   ls      ``ls -l wide`` (seconds)
   find    ``find tree | wc -l`` (seconds)
-For alluxiofuse it also prints the daemon's RSS growth per entry over ``ls -l wide``
-(VmRSS after minus before, divided by the entries) and, after the find, its RSS once
-``echo 2 > drop_caches`` made the kernel forget every inode, beside its RSS before the
-find. Targets: ls <= 2x direct, find <= 3x direct, <= 300 B per entry, RSS after the
-forget within 20% of before plus the configured caches.
+  mem     ``ls -l wide-1m``, alluxiofuse only: no time target
+For alluxiofuse, ls and mem also print the daemon's RSS growth per entry (VmRSS after
+minus before, divided by the entries); find and mem print its RSS once
+``echo 2 > drop_caches`` made the kernel forget every inode, against its RSS before plus
+what its metadata cache then holds (``alluxiofuse_metadata_cache_bytes``: the daemon runs
+with its defaults and ``--metrics-addr`` on a free loopback port, to read it). Targets:
+ls <= 2x direct, find <= 3x direct, <= 300 B per entry of the million, RSS after the
+forget within 20% of before plus the metadata cache.
 
 Run as root under the shared lock:
   flock /work/wt/bench.lock .venv/bin/python bench/scale_bench.py --repeat 3 --markdown
@@ -30,10 +34,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,22 +48,26 @@ import read_bench as rb  # the mounts, the cache drop, the table
 
 TARGETS = ("direct", "floor", "alluxiofuse", "fsspec.fuse", "rclone")
 WIDE = 100_000
+WIDE_1M = 1_000_000
 TREE_FILES = 1_281
 
 
-def ensure_data(root: Path, dirs: int) -> tuple[Path, Path]:
-    """wide/ and tree-N/ under ``root``, made once (a marker file says they are whole)."""
-    wide, tree = root / "wide", root / f"tree-{dirs}"
-    for path, make in ((wide, lambda: _files(wide, WIDE)),
-                       (tree, lambda: [_files(tree / f"d{d:04d}", TREE_FILES)
-                                       for d in range(dirs)])):
+def ensure_data(root: Path, dirs: int, mem: bool) -> tuple[Path, Path, Path]:
+    """wide/, wide-1m/ (if ``mem``) and tree-N/ under ``root``, made once (a marker file
+    says they are whole)."""
+    wide, wide_1m, tree = root / "wide", root / "wide-1m", root / f"tree-{dirs}"
+    wanted = {wide: [(wide, WIDE)], tree: [(tree / f"d{d:04d}", TREE_FILES) for d in range(dirs)]}
+    if mem:
+        wanted[wide_1m] = [(wide_1m, WIDE_1M)]
+    for path, parts in wanted.items():
         if (path / ".complete").exists():
             continue
         shutil.rmtree(path, ignore_errors=True)
         rb.log(f"making {path} ...")
-        make()
+        for directory, files in parts:
+            _files(directory, files)
         (path / ".complete").touch()
-    return wide, tree
+    return wide, wide_1m, tree
 
 
 def _files(directory: Path, n: int) -> None:
@@ -73,6 +83,20 @@ def rss_kib(pid: int) -> int:
     raise rb.BenchError(f"no VmRSS for {pid}")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metadata_cache_kib(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("alluxiofuse_metadata_cache_bytes "):
+                return float(line.split()[1]) / 1024
+    raise rb.BenchError("no alluxiofuse_metadata_cache_bytes in /metrics")
+
+
 def timed(argv: str) -> float:
     start = time.monotonic()
     subprocess.run(["sh", "-c", argv], check=True, stdout=subprocess.DEVNULL, timeout=1800)
@@ -86,27 +110,37 @@ def command(target: str, src: Path) -> Callable[[Path], list[str]] | None:
     return None
 
 
-def run(target: str, src: Path, wide: Path, tree: Path, args: argparse.Namespace,
+def run(target: str, src: Path, dirs: dict[str, Path], args: argparse.Namespace,
         out: dict[str, list[float]]) -> None:
-    extra = args.alluxiofuse_args if target == "alluxiofuse" else ""
+    port = free_port()
+    extra = f"{args.alluxiofuse_args} --metrics-addr 127.0.0.1:{port}" \
+        if target == "alluxiofuse" else ""
     for work in args.workloads:
+        if work == "mem" and target != "alluxiofuse":
+            continue
         with rb.mounted(target, src, extra, command(target, src)) as m:
             rb.drop_caches()
-            sub = m.root / (wide.name if work == "ls" else tree.name)
+            sub = m.root / dirs[work].name
             pid = m.proc.pid if m.proc is not None else None
             before = rss_kib(pid) if pid else 0
-            seconds = timed(f"ls -l {sub}" if work == "ls" else f"find {sub} | wc -l")
+            seconds = timed(f"find {sub} | wc -l" if work == "find" else f"ls -l {sub}")
             out.setdefault(f"{work} {target}", []).append(seconds)
             if pid and target == "alluxiofuse":
                 after = rss_kib(pid)
-                if work == "ls":
-                    out.setdefault("bytes per entry", []).append((after - before) * 1024 / WIDE)
-                else:
+                if work != "find":
+                    entries = WIDE if work == "ls" else WIDE_1M
+                    out.setdefault(f"{work}: bytes per entry", []).append(
+                        (after - before) * 1024 / entries)
+                if work != "ls":
                     Path("/proc/sys/vm/drop_caches").write_text("2\n")
-                    time.sleep(2)  # the forgets reach the daemon
-                    out.setdefault("RSS before find (MiB)", []).append(before / 1024)
-                    out.setdefault("RSS after find (MiB)", []).append(after / 1024)
-                    out.setdefault("RSS after forget (MiB)", []).append(rss_kib(pid) / 1024)
+                    time.sleep(3)  # the forgets reach the daemon
+                    forgotten, cached = rss_kib(pid), metadata_cache_kib(port)
+                    out.setdefault(f"{work}: RSS before (MiB)", []).append(before / 1024)
+                    out.setdefault(f"{work}: RSS after (MiB)", []).append(after / 1024)
+                    out.setdefault(f"{work}: RSS after forget (MiB)", []).append(forgotten / 1024)
+                    out.setdefault(f"{work}: metadata cache (MiB)", []).append(cached / 1024)
+                    out.setdefault(f"{work}: RSS after forget / (before + metadata cache)",
+                                   []).append(forgotten / (before + cached))
             rb.log(f"  {target:12s} {work:5s} {seconds:8.2f} s")
 
 
@@ -116,7 +150,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a tree of 100 directories")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--only", default=",".join(TARGETS))
-    p.add_argument("--workloads", default="ls,find")
+    p.add_argument("--workloads", default="ls,find,mem")
     p.add_argument("--alluxiofuse-args", default="")
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args()
@@ -126,11 +160,12 @@ def main() -> int:
         rb.log("rclone is not installed (apt-get install -y rclone): skipped")
         targets.remove("rclone")
     src = args.data_dir
-    wide, tree = ensure_data(src, 100 if args.quick else 1000)
+    wide, wide_1m, tree = ensure_data(src, 100 if args.quick else 1000, "mem" in args.workloads)
+    dirs = {"ls": wide, "mem": wide_1m, "find": tree}
     out: dict[str, list[float]] = {}
     for rep in range(args.repeat):
         for target in targets[rep % len(targets):] + targets[:rep % len(targets)]:
-            run(target, src, wide, tree, args, out)
+            run(target, src, dirs, args, out)
     rows = [["workload", *targets, "alluxiofuse / direct", "floor / direct", "target"]]
     for work, target_ratio in (("ls", 2.0), ("find", 3.0)):
         if work not in args.workloads:
@@ -149,8 +184,8 @@ def main() -> int:
     for key, values in out.items():
         if " " in key and key.split(" ", 1)[1] in TARGETS:
             continue
-        rb.log(f"alluxiofuse {key}: {statistics.median(values):,.1f} "
-               f"(of {', '.join(f'{v:,.1f}' for v in values)})")
+        rb.log(f"alluxiofuse {key}: {statistics.median(values):,.2f} "
+               f"(of {', '.join(f'{v:,.2f}' for v in values)})")
     return 0
 
 
