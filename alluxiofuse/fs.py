@@ -36,7 +36,7 @@ from alluxiofuse.errors import (
 from alluxiofuse.flight import SingleFlight
 from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn, default_readahead
 from alluxiofuse.inodes import Inode, InodeTable
-from alluxiofuse.listing import Listing, ListingStream
+from alluxiofuse.listing import Entry, Listing, ListingStream
 from alluxiofuse.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import (
@@ -74,9 +74,9 @@ _READ_WITH_STATUS_MAX = 256 * 1024
 # timeout starts when the reply reaches it, a little after the daemon recorded the miss.
 _NEGATIVE_MARGIN = 1.0
 
-# Entry callback for readdir: (status, inode number, next offset) -> whether the kernel
-# took it.
-ReplyFn = Callable[[FileStatus, int, int], bool]
+# Entry callback for readdir: (attributes, inode number, next offset) -> whether the
+# kernel took it.
+ReplyFn = Callable[[FileStatus | Entry, int, int], bool]
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
@@ -283,20 +283,22 @@ class Filesystem:
             listed: tuple[Listing, int] | None = None
             if isinstance(entries, ListingStream):
                 listed = entries.locate(index)
-                status = listed[0][listed[1]]
-            else:
-                listed = (entries, index) if isinstance(entries, Listing) else None
+            elif isinstance(entries, Listing):
+                listed = (entries, index)
+            else:  # a listing with files being written in it
                 status = entries[index]
-            path = join(handle.path, status.name)
+            entry = listed[0].entry(listed[1]) if listed is not None else status
+            path = join(handle.path, entry.name)
             staged = self.writes.get(path) if self.writes is not None else None
-            if staged is None and listed is not None:
+            if listed is not None:
                 # Kept as a row of the listing until the kernel asks for it (inodes.py).
-                number = self.inodes.row_number(path, *listed)
+                number = None if staged else self.inodes.hold_row(path, handle.path, *listed)
                 if number is not None:
-                    if not reply(status, number, index + 1):
+                    if not reply(entry, number, index + 1):
+                        self.inodes.forget(number, 1)
                         break
-                    self.inodes.hold_row(number, handle.path, *listed)
                     continue
+                status = listed[0][listed[1]]
             known = self.inodes.by_path(path)
             if staged is not None:  # being written: only its own size is right
                 status, listed = staged.status(status.name), None

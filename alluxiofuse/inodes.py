@@ -179,18 +179,29 @@ class _NumberMap:
             i = (i + 1) & mask
         return self._values[i]
 
-    def put(self, key: int, value: int) -> None:
+    def put(self, key: int, value: int) -> int:
+        """Map ``key`` to ``value``; what it mapped to before, or -1."""
         keys, mask = self._keys, self._mask
         i = key & mask
         while (found := keys[i]) != key:
             if not found:
                 keys[i] = key
                 self.count += 1
-                break
+                self._values[i] = value
+                if self.count * 3 > len(keys) * 2:
+                    self._resize(len(keys) * 2)
+                return -1
             i = (i + 1) & mask
-        self._values[i] = value
-        if self.count * 3 > len(keys) * 2:
-            self._resize(len(keys) * 2)
+        old, self._values[i] = self._values[i], value
+        return old
+
+    def reserve(self, count: int) -> None:
+        """Room for ``count`` more keys without growing on the way."""
+        slots = len(self._keys)
+        while (self.count + count) * 3 > slots * 2:
+            slots *= 2
+        if slots > len(self._keys):
+            self._resize(slots)
 
     def pop(self, key: int) -> None:
         keys, values, mask = self._keys, self._values, self._mask
@@ -285,44 +296,41 @@ class InodeTable:
         self._add(inode)
         return inode
 
-    def row_number(self, path: str, listing: Listing, index: int) -> int | None:
-        """The number entry ``index`` of ``listing`` (at ``path``) has as a row, or would
-        have; None when it must be an object: an object has ``path`` or its number, or a
-        row of another listing has it with a status this entry does not match."""
+    def hold_row(self, path: str, directory: str, listing: Listing, index: int) -> int | None:
+        """Entry ``index`` of ``listing`` (of ``directory``, at ``path``) is being handed to
+        the kernel: its number, with one more reference, kept as a row of ``listing``
+        (``forget`` gives it back if the kernel does not take it). None when it must be an
+        object instead: an object has ``path`` or its number, or a row of another listing
+        has it with a status this entry does not match."""
         if path in self._by_path:
             return None
         number = inode_number(path)
         if number in self._by_ino:
             return None
-        ref = self._numbers.get(number)
-        if ref < 0:
-            return number
-        rows, at = self._rows[ref >> _INDEX_BITS], ref & _INDEX
-        if rows.listing is listing:
-            return number if at == index else None
-        if rows.path(at) != path or rows.listing[at] != listing[index]:
-            return None
-        return number
-
-    def hold_row(self, number: int, directory: str, listing: Listing, index: int) -> None:
-        """The kernel was handed entry ``index`` of ``listing`` (of ``directory``) as inode
-        ``number``, which ``row_number`` gave: one more reference, kept as a row there."""
         rows = self._rows_of.get(id(listing))
         if rows is None:
             rows = _Rows(self._next_rows, directory, listing)
             self._next_rows += 1
             self._rows[rows.id] = self._rows_of[id(listing)] = rows
+            self._numbers.reserve(len(listing))
+        ref = rows.id << _INDEX_BITS | index
+        old = self._numbers.put(number, ref)
         held = 0
-        ref = self._numbers.get(number)
-        if ref >= 0:
-            old, at = self._rows[ref >> _INDEX_BITS], ref & _INDEX
-            held = old.lookups[at]
-            if old is not rows:  # a listing of the directory made since: move over
-                self._clear_row(old, at)
-        if not rows.lookups[index]:
+        if old >= 0 and old != ref:
+            other, at = self._rows[old >> _INDEX_BITS], old & _INDEX
+            if other.path(at) != path or other.listing[at] != listing[index]:
+                self._numbers.put(number, old)  # not this entry's, or not as it is now
+                if not rows.live:
+                    del self._rows[rows.id], self._rows_of[id(listing)]
+                return None
+            held = other.lookups[at]  # a listing of the directory made since: move over
+            self._clear_row(other, at)
+        if old == ref:
+            rows.lookups[index] += 1
+        else:
             rows.live += 1
-        rows.lookups[index] = held + 1
-        self._numbers.put(number, rows.id << _INDEX_BITS | index)
+            rows.lookups[index] = held + 1
+        return number
 
     def remember(self, inode: Inode) -> None:
         """The kernel was handed ``inode`` once more (a lookup or a readdirplus entry)."""

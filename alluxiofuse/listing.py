@@ -16,11 +16,12 @@ entries reach the kernel while the store is still listing.
 from __future__ import annotations
 
 import bisect
+import operator
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
-from typing import overload
+from typing import NamedTuple, overload
 
 import trio
 
@@ -32,6 +33,29 @@ _KIND_CODES = {kind: code for code, kind in enumerate(_KINDS)}
 _FIELDS = ("mtime_ns", "ctime_ns", "atime_ns", "mode", "uid", "gid", "nlink", "blocks",
            "version_mtime_ns")
 _ABSENT = -(1 << 63)
+
+
+class Entry(NamedTuple):
+    """An entry's attributes as a listing holds them: what a readdirplus reply gives the
+    kernel, without the cost of a ``FileStatus`` (a frozen dataclass takes three times as
+    long to make)."""
+
+    name: str
+    kind: Kind
+    size: int
+    mtime_ns: int | None
+    ctime_ns: int | None
+    atime_ns: int | None
+    mode: int | None
+    uid: int | None
+    gid: int | None
+    nlink: int | None
+    blocks: int | None
+    complete: bool
+
+
+# The fields of an ``Entry`` after its size, in ``_FIELDS``.
+_ENTRY_FIELDS = Entry._fields[3:-1]
 
 
 def kind_code(kind: Kind) -> int:
@@ -78,8 +102,8 @@ class Listing(Sequence[FileStatus]):
     made (the metadata cache's timer). Indexing gives a ``FileStatus``; ``find`` a name's
     position."""
 
-    __slots__ = ("_complete", "_etags", "_fields", "_kinds", "_names", "_sizes", "_starts",
-                 "fetched_at", "nbytes")
+    __slots__ = ("_complete", "_entry_columns", "_etags", "_fields", "_kinds", "_names",
+                 "_sizes", "_starts", "fetched_at", "nbytes")
 
     def __init__(self, entries: Iterable[FileStatus], fetched_at: float = 0.0) -> None:
         columns = Columns()
@@ -112,12 +136,13 @@ class Listing(Sequence[FileStatus]):
     def _take(self, c: Columns, fetched_at: float) -> None:
         order = sorted(range(len(c.names)), key=c.names.__getitem__)
         if order != list(range(len(order))):  # put the columns in name order
-            c.names = [c.names[i] for i in order]
-            c.kinds = bytearray(c.kinds[i] for i in order)
-            c.complete = bytearray(c.complete[i] for i in order)
-            c.sizes = array("q", [c.sizes[i] for i in order])
-            c.fields = {f: array("q", [col[i] for i in order]) for f, col in c.fields.items()}
-            c.etags = [c.etags[i] for i in order]
+            pick = operator.itemgetter(*order)  # a tuple: two entries at least, out of order
+            c.names = list(pick(c.names))
+            c.kinds = bytearray(pick(c.kinds))
+            c.complete = bytearray(pick(c.complete))
+            c.sizes = array("q", pick(c.sizes))
+            c.fields = {f: array("q", pick(col)) for f, col in c.fields.items()}
+            c.etags = list(pick(c.etags))
         self._names = "".join(c.names)
         self._starts = array("q", accumulate(map(len, c.names), initial=0))
         self._kinds = bytes(c.kinds)
@@ -125,6 +150,7 @@ class Listing(Sequence[FileStatus]):
         self._sizes = c.sizes
         # A field no entry has takes no column.
         self._fields = {f: col for f, col in c.fields.items() if col.count(_ABSENT) != len(col)}
+        self._entry_columns = tuple(self._fields.get(f) for f in _ENTRY_FIELDS)
         self._etags: list[str | None] | None = c.etags if any(c.etags) else None
         self.fetched_at = fetched_at
         # What the listing holds, for the metadata cache's bound in bytes.
@@ -155,6 +181,13 @@ class Listing(Sequence[FileStatus]):
 
     def kind(self, index: int) -> Kind:
         return _KINDS[self._kinds[index]]
+
+    def entry(self, index: int) -> Entry:
+        """Entry ``index``'s attributes (``index`` in range)."""
+        return Entry._make((self.name(index), _KINDS[self._kinds[index]], self._sizes[index],
+                            *[None if c is None or (v := c[index]) == _ABSENT else v
+                              for c in self._entry_columns],
+                            bool(self._complete[index])))
 
     def name(self, index: int) -> str:
         return self._names[self._starts[index]:self._starts[index + 1]]

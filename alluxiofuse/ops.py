@@ -24,6 +24,7 @@ from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
 from alluxiofuse.fs import Filesystem
 from alluxiofuse.inodes import ROOT_INODE, Inode
+from alluxiofuse.listing import Entry
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Attrs, Data, FileStatus, Kind
 
@@ -113,7 +114,7 @@ class Operations(pyfuse3.Operations):
     def _attrs(self, inode: Inode) -> EntryAttributes:
         return self._entry(inode.ino, inode.status)
 
-    def _entry(self, ino: int, s: FileStatus) -> EntryAttributes:
+    def _entry(self, ino: int, s: FileStatus | Entry) -> EntryAttributes:
         c = self._config
         a = EntryAttributes()
         a.st_ino = ino
@@ -189,7 +190,7 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         with self._call("readdir"):
-            def reply(status: FileStatus, ino: int, next_id: int) -> bool:
+            def reply(status: FileStatus | Entry, ino: int, next_id: int) -> bool:
                 attrs = self._entry(ino, status)  # the inode's status, at hand already
                 return bool(pyfuse3.readdir_reply(token, os.fsencode(status.name), attrs, next_id))
 

@@ -230,9 +230,8 @@ def hand_out(table: InodeTable, directory: str, listing: Listing) -> list[int]:
     numbers = []
     for index, name in enumerate(listing.names()):
         path = f"{directory}/{name}" if directory else name
-        number = table.row_number(path, listing, index)
+        number = table.hold_row(path, directory, listing, index)
         assert number is not None
-        table.hold_row(number, directory, listing, index)
         numbers.append(number)
     return numbers
 
@@ -256,6 +255,14 @@ def test_a_row_has_its_paths_number_and_becomes_an_object_when_asked_for(
     assert len(table) == 4
 
 
+def test_a_reference_the_kernel_did_not_take_is_given_back(table: InodeTable) -> None:
+    listing = Listing([file("a")])
+    (a,) = hand_out(table, "", listing)
+    assert table.hold_row("a", "", listing, 0) == a
+    table.forget(a, 1)  # the reply buffer was full
+    assert table.get(a).lookups == 1
+
+
 def test_rows_count_references_and_leave_when_forgotten(table: InodeTable) -> None:
     listing = Listing([file("a"), file("b")])
     a, b = hand_out(table, "", listing)
@@ -276,22 +283,25 @@ def test_a_number_an_object_holds_is_no_row(table: InodeTable) -> None:
     table.remember(detached)
     table.unlink("f")  # removed while open: it keeps its number until forgotten
     listing = Listing([file("f", 9)])
-    assert table.row_number("f", listing, 0) is None
+    assert table.hold_row("f", "", listing, 0) is None
     inode = table.learn("f", listing[0], (listing, 0))
     assert inode.ino != detached.ino and table.get(detached.ino) is detached
-    assert table.row_number("f", listing, 0) is None  # an object has the path
+    assert table.hold_row("f", "", listing, 0) is None  # an object has the path
+    assert table._rows == {} and len(table._numbers) == 0
 
 
 def test_a_row_moves_to_a_newer_listing_only_with_the_same_status(table: InodeTable) -> None:
     old = Listing([file("a", 1), file("b", 1)])
     a, b = hand_out(table, "d", old)
     new = Listing([file("a", 1), file("b", 2)])
-    assert table.row_number("d/a", new, 0) == a
-    table.hold_row(a, "d", new, 0)
-    assert table.row_number("d/a", new, 0) == a  # now a row of the new listing
-    assert table.get(a).lookups == 2 and table.get(a).is_listed(new, 0)
-    assert table.row_number("d/b", new, 1) is None  # changed: the object way decides
-    assert table.get(b).status == file("b", 1)
+    assert table.hold_row("d/a", "d", new, 0) == a
+    assert table.hold_row("d/b", "d", new, 1) is None  # changed: the object way decides
+    assert table.hold_row("d/a", "d", new, 0) == a  # now a row of the new listing
+    newest = Listing([file("a", 5)])
+    assert table.hold_row("d/a", "d", newest, 0) is None
+    assert id(newest) not in table._rows_of  # no rows kept for a listing holding none
+    assert table.get(a).lookups == 3 and table.get(a).is_listed(new, 0)
+    assert table.get(b).status == file("b", 1) and table.get(b).lookups == 1
 
 
 def test_renaming_a_directory_takes_its_rows_along(table: InodeTable) -> None:

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from alluxiofuse.listing import Columns, Listing, ListingStream
+from alluxiofuse.listing import Columns, Entry, Listing, ListingStream
 from alluxiofuse.model import FileStatus, Kind
 
 
@@ -34,6 +34,14 @@ def test_a_listing_gives_back_each_status_sorted_by_name() -> None:
     assert listing.fetched_at == 3.5
     with pytest.raises(IndexError):
         listing[4]
+
+
+def test_an_entry_holds_the_attributes_its_status_has() -> None:
+    listing = Listing(statuses())
+    for i, status in enumerate(listing):
+        entry = listing.entry(i)
+        assert entry == tuple(getattr(status, f) for f in Entry._fields)
+    assert listing.entry(0).mode is None and listing.entry(1).mode == 0o644  # a, b.jpg
 
 
 def test_find_names_a_position_or_none() -> None:
