@@ -124,8 +124,10 @@ def inode_number(path: str, probe: int = 0) -> int:
     return number if number > ROOT_INODE else number + 2
 
 
+# A row's reference: its listing's rows id above its index, in a signed 64-bit integer.
 _INDEX_BITS = 32
 _INDEX = (1 << _INDEX_BITS) - 1
+_ROWS_ID = (1 << 31) - 1
 
 
 class _Rows:
@@ -309,8 +311,10 @@ class InodeTable:
             return None
         rows = self._rows_of.get(id(listing))
         if rows is None:
+            while self._next_rows in self._rows:  # only after 2**31 listings
+                self._next_rows = (self._next_rows + 1) & _ROWS_ID
             rows = _Rows(self._next_rows, directory, listing)
-            self._next_rows += 1
+            self._next_rows = (self._next_rows + 1) & _ROWS_ID
             self._rows[rows.id] = self._rows_of[id(listing)] = rows
             self._numbers.reserve(len(listing))
         ref = rows.id << _INDEX_BITS | index

@@ -353,3 +353,12 @@ def test_the_number_map_agrees_with_a_dict_through_growth_clashes_and_shrinking(
     for key in list(model):
         numbers.pop(key)
     assert len(numbers) == 0 and len(numbers._keys) < largest
+
+
+def test_rows_ids_wrap_around_past_those_in_use(table: InodeTable) -> None:
+    (first,) = hand_out(table, "a", Listing([file("x")]))  # rows id 0, held
+    table._next_rows = inodes._ROWS_ID
+    (last,) = hand_out(table, "b", Listing([file("x")]))
+    (wrapped,) = hand_out(table, "c", Listing([file("x")]))
+    assert sorted(table._rows) == [0, 1, inodes._ROWS_ID]
+    assert [table.get(n).path for n in (first, last, wrapped)] == ["a/x", "b/x", "c/x"]
