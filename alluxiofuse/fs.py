@@ -292,7 +292,8 @@ class Filesystem:
             staged = self.writes.get(path) if self.writes is not None else None
             if listed is not None:
                 # Kept as a row of the listing until the kernel asks for it (inodes.py).
-                number = None if staged else self.inodes.hold_row(path, handle.path, *listed)
+                number = None if staged is not None else self.inodes.hold_row(
+                    path, handle.path, *listed)
                 if number is not None:
                     if not reply(entry, number, index + 1):
                         self.inodes.forget(number, 1)
