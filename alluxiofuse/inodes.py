@@ -14,10 +14,10 @@ An inode the kernel was handed in a readdirplus reply and has asked nothing of s
 row, not an object: its number maps to a position in the listing it came from, and its
 lookup count is kept in an array beside that listing (``ls -l`` of a directory of a
 million files leaves a million inodes, and an object with its number, path and dict slots
-costs three times what the listing's own entry does, in small allocations the interpreter
-seldom gives back once freed). A row becomes an ``Inode`` object once the kernel asks for
-it by number or a path is learned anew; a row's number is always its path's first
-candidate, so the path alone finds it.
+costs several times what the listing's own entry does, in small allocations the
+interpreter seldom gives back once freed; see bench/RESULTS.md). A row becomes an
+``Inode`` object once the kernel asks for it by number or a path is learned anew; a row's
+number is always its path's first candidate, so the path alone finds it.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ class _Rows:
 
 class _NumberMap:
     """Inode number -> row reference (its ``_Rows`` id and index), as an open-addressing
-    table in two arrays: 16 bytes a slot in one allocation, where a dict would hold two
-    integer objects and a slot, about 110 bytes, in small allocations. Numbers are hashes,
+    table in two arrays: two machine integers a slot in one allocation, where a dict would
+    hold two integer objects and a slot in small allocations. Numbers are hashes,
     so their low bits spread well; 0 marks a free slot (no inode number is 0)."""
 
     _SMALLEST = 1024
