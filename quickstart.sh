@@ -11,7 +11,7 @@ APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev)
 # Tests start their own etcd on loopback ports; the container entrypoint is tested under
 # tini as PID 1; the systemd units are checked with systemd-analyze; S3 mounts are checked
 # against s3fs-fuse (the metadata both keep) and with rsync -a (a missing one fails those
-# tests under CI=true: tests/needs.py).
+# tests under CI=true: tests/support/needs.py).
 TEST_APT_PACKAGES=(etcd-server tini systemd s3fs rsync)
 
 install_system_packages() {
@@ -60,7 +60,7 @@ run_tests() {
     .venv/bin/ruff check .
     echo "== mypy"
     .venv/bin/mypy
-    echo "== pytest (unit, component, integration; import-linter contracts included)"
+    echo "== pytest (unit, component, integration, deploy; import-linter contracts included)"
     .venv/bin/python -m pytest "$@"
 }
 

@@ -213,7 +213,7 @@ def tail(path: Path, lines: int = 15) -> str:
 def etcd(workdir: Path) -> Iterator[str]:
     import pytest
 
-    from tests.etcdserver import etcd_server
+    from tests.support.etcdserver import etcd_server
 
     if shutil.which("etcd") is None:
         raise BenchError("etcd is not installed")

@@ -12,7 +12,7 @@ from alluxiofuse.backends.etcd import EtcdMembership
 from alluxiofuse.errors import BackendError, ProtocolError
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, WorkerIdentity
-from tests.etcdserver import enable_auth, etcd_server, register, revoke
+from tests.support.etcdserver import enable_auth, etcd_server, register, revoke
 
 PREFIX = "/ServiceDiscovery/DefaultAlluxioCluster/"
 

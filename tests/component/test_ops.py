@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-import tests.flakyfs
+import tests.support.flakyfs
 from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
 from alluxiofuse.config import FOREVER, build_config
 from alluxiofuse.daemon import check_source
@@ -30,7 +30,7 @@ from alluxiofuse.pages import PageKey
 from alluxiofuse.spool import Spool
 from alluxiofuse.staging import DiskIO
 from alluxiofuse.writes import Writes
-from tests.oscache import evict_from_os_cache
+from tests.support.oscache import evict_from_os_cache
 
 MiB = 1 << 20
 
@@ -487,7 +487,7 @@ async def flaky(tree: Path, tmp_path: Path, nursery: trio.Nursery) -> AsyncItera
                    ufs_options={"control": control})
     m.control = control  # type: ignore[attr-defined]
     yield m
-    tests.flakyfs.clear_failure(control)
+    tests.support.flakyfs.clear_failure(control)
 
 
 async def test_generic_fsspec_source_reads(flaky: Mounted, tree: Path) -> None:
@@ -504,7 +504,7 @@ async def test_backend_failure_is_eio_and_the_mount_recovers(
     flaky: Mounted, mode: str,
 ) -> None:
     ino = (await flaky.lookup_path("small.txt")).st_ino
-    tests.flakyfs.set_failure(flaky.control, ["info", "ls", "cat_file"], mode)  # type: ignore[attr-defined]
+    tests.support.flakyfs.set_failure(flaky.control, ["info", "ls", "cat_file"], mode)  # type: ignore[attr-defined]
     for call in (flaky.ops.getattr(ino), flaky.ops.opendir(ROOT_INODE, None),
                  flaky.read_all("small.txt")):
         with pytest.raises(pyfuse3.FUSEError) as e:
@@ -512,13 +512,13 @@ async def test_backend_failure_is_eio_and_the_mount_recovers(
         assert e.value.errno == errno.EIO
     reason = "error" if mode == "oserror" else "timeout"
     assert flaky.sample("alluxiofuse_backend_errors_total", reason=reason) >= 3
-    tests.flakyfs.clear_failure(flaky.control)  # type: ignore[attr-defined]
+    tests.support.flakyfs.clear_failure(flaky.control)  # type: ignore[attr-defined]
     assert await flaky.read_all("small.txt") == b"hello\n"
 
 
 @pytest.mark.allow_warnings
 async def test_unexpected_errors_are_eio_and_counted(flaky: Mounted) -> None:
-    tests.flakyfs.set_failure(flaky.control, ["info"], "unexpected")  # type: ignore[attr-defined]
+    tests.support.flakyfs.set_failure(flaky.control, ["info"], "unexpected")  # type: ignore[attr-defined]
     with pytest.raises(pyfuse3.FUSEError) as e:
         await flaky.ops.lookup(ROOT_INODE, b"small.txt")
     assert e.value.errno == errno.EIO
@@ -533,7 +533,7 @@ async def test_strict_mode_reraises_unexpected_errors(
     control = str(tmp_path / "control.json")
     m = await make(f"flaky://{tree}", nursery, strict=True, attr_timeout=0,
                    ufs_options={"control": control})
-    tests.flakyfs.set_failure(control, ["info"], "unexpected")
+    tests.support.flakyfs.set_failure(control, ["info"], "unexpected")
     with pytest.raises(RuntimeError, match="injected"):
         await m.ops.lookup(ROOT_INODE, b"small.txt")
 
@@ -727,7 +727,7 @@ async def test_a_failing_listing_falls_back_to_stat(
     control = str(tmp_path / "c")
     m = await make(f"flaky://{tree}", nursery, ufs_options={"control": control})
     dir_ino = (await m.lookup_path("many")).st_ino
-    tests.flakyfs.set_failure(control, ["ls"])
+    tests.support.flakyfs.set_failure(control, ["ls"])
     for name in sorted(many_small)[:5]:
         attrs = await m.ops.lookup(dir_ino, name.encode())
         assert attrs.st_size == len(many_small[name])

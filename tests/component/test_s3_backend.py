@@ -15,7 +15,7 @@ import trio
 from alluxiofuse.backends.ufs import UfsBackend
 from alluxiofuse.errors import AlluxioFuseError
 from alluxiofuse.model import Attrs
-from tests.s3server import S3Server, moto_s3
+from tests.support.s3server import S3Server, moto_s3
 
 ROOT = "root"  # the mounted prefix inside the bucket
 

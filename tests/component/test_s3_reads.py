@@ -16,7 +16,7 @@ import trio
 from alluxiofuse.backends.base import run_on_loop
 from alluxiofuse.backends.ufs import DEMAND_REQUESTS, READAHEAD_REQUESTS, UfsBackend, with_pool
 from alluxiofuse.errors import BackendTimeout, StaleFile
-from tests.s3server import S3Server, moto_s3
+from tests.support.s3server import S3Server, moto_s3
 
 MiB = 1024 * 1024
 ROOT = "root"

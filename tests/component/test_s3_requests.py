@@ -19,7 +19,7 @@ from alluxiofuse.errors import NotFound, NotSupported
 from alluxiofuse.inodes import ROOT_INODE
 from alluxiofuse.model import Attrs, Kind
 from tests.component.test_ops import Mounted, make
-from tests.s3server import S3Server, moto_s3
+from tests.support.s3server import S3Server, moto_s3
 
 ROOT = "root"  # the mounted prefix inside the bucket
 DIRS, FILES = 3, 8

@@ -1,4 +1,4 @@
-"""tests/s3server.py: moto's S3 server on loopback, reached through s3fs and fsspec."""
+"""tests/support/s3server.py: moto's S3 server on loopback, reached through s3fs and fsspec."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import fsspec
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from tests.s3server import moto_s3
+from tests.support.s3server import moto_s3
 
 
 def test_put_read_list() -> None:

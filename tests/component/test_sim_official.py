@@ -31,9 +31,9 @@ import pytest
 
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
-from tests.etcdserver import etcd_server
 from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker, etcd_members, register_in_etcd
+from tests.support.etcdserver import etcd_server
 
 with warnings.catch_warnings():  # etcd3's generated protobuf modules use deprecated calls
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -27,10 +27,10 @@ import httpx
 import pytest
 import requests
 
-from tests.needs import need
 from tests.sim.apy01 import load_apy01
 from tests.sim.cluster import write_tree
 from tests.sim.proxy import GRPC_CODES, SimProxy, SimProxyProcess
+from tests.support.needs import need
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.support.mounts import (
     Mount,
     MountFactory,
     errno_of,

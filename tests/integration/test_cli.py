@@ -20,8 +20,8 @@ import pytest
 
 from alluxiofuse.config import default_log_file
 from alluxiofuse.spool import Record, Spool
-from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import (
+from tests.support.flakyfs import clear_failure, set_failure
+from tests.support.mounts import (
     CLI,
     DAEMON,
     REPO,

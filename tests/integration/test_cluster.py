@@ -17,9 +17,9 @@ import pytest
 
 from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
-from tests.etcdserver import etcd_server
-from tests.integration.conftest import MountFactory, make_tree, read_bytes, with_timeout
 from tests.sim.cluster import CLUSTER, REPO, SimCluster, SimProcess, sim_cluster
+from tests.support.etcdserver import etcd_server
+from tests.support.mounts import MountFactory, make_tree, read_bytes, with_timeout
 
 pytestmark = pytest.mark.integration
 

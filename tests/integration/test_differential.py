@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.integration.conftest import MountFactory, ProxySimFactory
-from tests.s3server import moto_s3
+from tests.support.mounts import MountFactory, ProxySimFactory
+from tests.support.s3server import moto_s3
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import Mount, MountFactory, errno_of, read_bytes, with_timeout
+from tests.support.flakyfs import clear_failure, set_failure
+from tests.support.mounts import Mount, MountFactory, errno_of, read_bytes, with_timeout
 
 pytestmark = [pytest.mark.integration, pytest.mark.allow_warnings]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Mount, MountFactory, Scrape, read_bytes, with_timeout
+from tests.support.mounts import Mount, MountFactory, Scrape, read_bytes, with_timeout
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import CLI, MountFactory, run
+from tests.support.flakyfs import clear_failure, set_failure
+from tests.support.mounts import CLI, MountFactory, run
 
 pytestmark = pytest.mark.integration
 

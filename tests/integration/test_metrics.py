@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import Mount, MountFactory, Scrape, with_timeout
+from tests.support.flakyfs import clear_failure, set_failure
+from tests.support.mounts import Mount, MountFactory, Scrape, with_timeout
 
 pytestmark = pytest.mark.integration
 

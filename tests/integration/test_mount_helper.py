@@ -19,7 +19,7 @@ import pytest
 from alluxiofuse import cli
 from alluxiofuse.config import parse_ufs_option
 from alluxiofuse.mount_helper import daemon_options, parse_command_line, plan, split_options
-from tests.integration.conftest import (
+from tests.support.mounts import (
     CLI,
     REPO,
     _require_fuse,
@@ -31,8 +31,8 @@ from tests.integration.conftest import (
     run,
     wait_until,
 )
-from tests.needs import need
-from tests.s3server import moto_s3
+from tests.support.needs import need
+from tests.support.s3server import moto_s3
 
 pytestmark = pytest.mark.integration
 

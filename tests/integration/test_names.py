@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import MountFactory, errno_of, read_bytes, with_timeout
+from tests.support.mounts import MountFactory, errno_of, read_bytes, with_timeout
 
 pytestmark = pytest.mark.integration
 

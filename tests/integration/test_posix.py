@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import MountFactory, errno_of, read_bytes, wait_until
-from tests.s3server import moto_s3
+from tests.support.mounts import MountFactory, errno_of, read_bytes, wait_until
+from tests.support.s3server import moto_s3
 
 pytestmark = pytest.mark.integration
 

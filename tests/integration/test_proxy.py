@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.integration.test_names import AWKWARD
+from tests.support.mounts import (
     CLI,
     MountFactory,
     ProxySimFactory,
@@ -27,7 +28,6 @@ from tests.integration.conftest import (
     run,
     with_timeout,
 )
-from tests.integration.test_names import AWKWARD
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import MountFactory, ProxySimFactory, with_timeout
+from tests.support.mounts import MountFactory, ProxySimFactory, with_timeout
 
 pytestmark = pytest.mark.integration
 

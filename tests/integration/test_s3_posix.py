@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Mount, MountFactory, errno_of, run, wait_until
-from tests.needs import need
-from tests.s3server import S3Server, moto_s3
+from tests.support.mounts import Mount, MountFactory, errno_of, run, wait_until
+from tests.support.needs import need
+from tests.support.s3server import S3Server, moto_s3
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import MountFactory, with_timeout
 from tests.integration.test_s3_posix import ROOT, mount_s3
-from tests.s3server import S3Server, moto_s3
+from tests.support.mounts import MountFactory, with_timeout
+from tests.support.s3server import S3Server, moto_s3
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.support.mounts import (
     MountFactory,
     errno_of,
     make_tree,

@@ -1,6 +1,6 @@
 """Writes through a real mount: the tools programs use, the write types, and no data loss.
 
-Failures are injected with ``flaky://`` (tests/flakyfs.py): ``open_write`` failing or
+Failures are injected with ``flaky://`` (tests/support/flakyfs.py): ``open_write`` failing or
 hanging stands for an under-storage that refuses or stalls uploads.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from alluxiofuse.spool import Record, Spool
-from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import (
+from tests.support.flakyfs import clear_failure, set_failure
+from tests.support.mounts import (
     DAEMON,
     REPO,
     MountFactory,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.needs import need
+from tests.support.needs import need
 
 NAME = "apy01"
 
@@ -28,7 +28,7 @@ def apy01_dir() -> Path:
 def load_apy01() -> ModuleType:
     """The ``alluxio`` 0.1.4 package as module ``apy01`` (with ``apy01.client``,
     ``apy01.option``, ``apy01.wire``, ``apy01.exceptions``). Missing, the test skips on a
-    workstation and fails under CI=true (tests/needs.py)."""
+    workstation and fails under CI=true (tests/support/needs.py)."""
     if NAME in sys.modules:
         return sys.modules[NAME]
     target = apy01_dir()

@@ -46,7 +46,7 @@ import httpx
 
 from alluxiofuse.membership import DEFAULT_CLUSTER, WorkerAddress, etcd_prefix, parse_worker_entity
 from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
-from tests.etcdserver import b64, register
+from tests.support.etcdserver import b64, register
 
 PAGE_SIZE = 1024 * 1024
 BODY_LIMIT = 10 * 1024  # the OSS server's HttpObjectAggregator(1024 * 10)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-import tests.flakyfs  # noqa: F401  (registers flaky://)
+import tests.support.flakyfs  # noqa: F401  (registers flaky://)
 from alluxiofuse.backends.fence import CommitFence
 from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
 from alluxiofuse.errors import BackendTimeout, StaleFile

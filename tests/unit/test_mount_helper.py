@@ -25,7 +25,7 @@ from alluxiofuse.mount_helper import (
     plan,
     split_options,
 )
-from tests.needs import need
+from tests.support.needs import need
 
 REPO = Path(__file__).resolve().parents[2]
 

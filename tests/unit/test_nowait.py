@@ -11,7 +11,7 @@ import trio
 from alluxiofuse.backends.nowait import NoWait
 from alluxiofuse.backends.ufs import LocalUfs, open_ufs
 from alluxiofuse.errors import NotFound, StaleFile
-from tests.oscache import evict_from_os_cache
+from tests.support.oscache import evict_from_os_cache
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.needs import need
+from tests.support.needs import need
 
 
 def _free_port() -> int:

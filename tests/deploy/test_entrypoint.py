@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.support.mounts import (
     _LOUD,
     REPO,
     _require_fuse,
@@ -28,7 +28,7 @@ from tests.integration.conftest import (
     read_bytes,
     wait_until,
 )
-from tests.needs import need
+from tests.support.needs import need
 
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 TIMEOUT = 30.0

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.flakyfs import clear_failure, set_failure
-from tests.integration.conftest import (
+from tests.support.flakyfs import clear_failure, set_failure
+from tests.support.mounts import (
     _LOUD,
     CLI,
     DAEMON,
@@ -39,7 +39,7 @@ from tests.integration.conftest import (
     run,
     wait_until,
 )
-from tests.needs import need
+from tests.support.needs import need
 
 pytestmark = pytest.mark.integration
 
