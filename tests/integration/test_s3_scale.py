@@ -38,7 +38,9 @@ def populate(s3: S3Server, prefix: str, count: int) -> dict[str, int]:
     return expected
 
 
-def test_a_prefix_of_100000_objects_is_listed_whole(mount: MountFactory, s3: S3Server) -> None:
+def test_a_prefix_of_100000_objects_is_listed_whole(s3: S3Server, mount: MountFactory) -> None:
+    # The server is set up first so that it is torn down last: the mount, stopped before
+    # it, never finds the bucket gone (its readiness probe would log a warning).
     expected = populate(s3, f"{ROOT}/wide", OBJECTS)
     expected_names = sorted(expected)
     m = mount_s3(mount, s3, "--ignore-object-metadata")
