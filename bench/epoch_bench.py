@@ -66,8 +66,7 @@ def epoch(root: Path) -> float:
             path = os.path.join(top, name)
             os.stat(path)
             with open(path, "rb") as f:
-                while f.read(1 << 20):
-                    pass
+                f.read()  # whole: the files are 16 KiB at most
             files += 1
     if files != DIRS * FILES + 1:  # and the marker
         raise rb.BenchError(f"an epoch over {root} saw {files} files")
