@@ -2,6 +2,6 @@
 
 import sys
 
-from alluxiofuse.cli import main
+from alluxiofuse.cli.main import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""The kernel adapter: pyfuse3 requests in, :class:`~alluxiofuse.fs.Filesystem` calls down.
+"""The kernel adapter: pyfuse3 requests in, :class:`~alluxiofuse.fs.filesystem.Filesystem` down.
 
 This is the one place exceptions become ``FUSEError``. Each handler times itself, calls
 down and lets :meth:`Operations._call` map what comes back: a domain error becomes its
@@ -22,8 +22,8 @@ from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
-from alluxiofuse.fs import Filesystem
-from alluxiofuse.inodes import ROOT_INODE, Inode
+from alluxiofuse.fs.filesystem import Filesystem
+from alluxiofuse.fs.inodes import ROOT_INODE, Inode
 from alluxiofuse.listing import Entry
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Attrs, Data, FileStatus, Kind

@@ -89,8 +89,8 @@ for _p in (str(REPO_ROOT / "bench"), str(REPO_ROOT)):
 
 import read_bench as rb  # noqa: E402  (bench/read_bench.py: dataset, mounts, readers)
 
-from alluxiofuse.membership import WorkerAddress  # noqa: E402
-from alluxiofuse.ring import VNODES_PROPERTIES, HashRing, path_id  # noqa: E402
+from alluxiofuse.backends.cluster.membership import WorkerAddress  # noqa: E402
+from alluxiofuse.backends.cluster.ring import VNODES_PROPERTIES, HashRing, path_id  # noqa: E402
 
 MiB = rb.MiB
 PAGE = 1 << 20  # the workers' page size (alluxio.worker.page.store.page.size default)

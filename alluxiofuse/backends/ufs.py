@@ -225,7 +225,7 @@ class UfsBackend:
         self.description = description
         # Above 1, statuses are reported as Alluxio workers report them: mtime in whole
         # units (1,000,000 for their milliseconds) and no etag, so that a file's version
-        # is the same whichever of the two sources answered (backends/cluster.py).
+        # is the same whichever of the two sources answered (backends/cluster/backend.py).
         self.mtime_unit_ns = mtime_unit_ns
         self._limiter = limiter
         self._timeout = timeout

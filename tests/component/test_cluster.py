@@ -13,20 +13,20 @@ import httpx
 import pytest
 import trio
 
-from alluxiofuse.backends.alluxio_worker import WorkerClient
-from alluxiofuse.backends.cluster import (
+from alluxiofuse.backends.cluster.backend import (
     MTIME_UNIT_NS,
     ClusterBackend,
     Membership,
     WorkerHealth,
 )
-from alluxiofuse.backends.discovery import StaticWorkers
+from alluxiofuse.backends.cluster.client import WorkerClient
+from alluxiofuse.backends.cluster.discovery import StaticWorkers
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity, path_id
 from alluxiofuse.backends.ufs import LocalUfs
 from alluxiofuse.errors import BackendUnavailable, ContentMismatch, NotFound
-from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import Kind
-from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
 from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse.backends.etcd import EtcdMembership
+from alluxiofuse.backends.cluster.etcd import EtcdMembership
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity
 from alluxiofuse.errors import BackendError, ProtocolError
-from alluxiofuse.membership import WorkerAddress
-from alluxiofuse.ring import HashRing, WorkerIdentity
 from tests.support.etcdserver import enable_auth, etcd_server, register, revoke
 
 PREFIX = "/ServiceDiscovery/DefaultAlluxioCluster/"

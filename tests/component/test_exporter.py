@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from alluxiofuse.exporter import Exporter, Health
+from alluxiofuse.daemon.exporter import Exporter, Health
 from alluxiofuse.metrics import Metrics, new_registry
 
 
@@ -117,8 +117,8 @@ def test_every_interface_is_reachable_over_ipv4_and_ipv6() -> None:
 def test_a_busy_port_stops_the_mount_only_when_it_was_asked_for(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from alluxiofuse import daemon
     from alluxiofuse.config import build_config
+    from alluxiofuse.daemon import process as daemon
 
     with socket.create_server(("127.0.0.1", 0)) as busy:
         addr = f"127.0.0.1:{busy.getsockname()[1]}"

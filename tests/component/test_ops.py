@@ -20,16 +20,16 @@ from prometheus_client import CollectorRegistry
 import tests.support.flakyfs
 from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
 from alluxiofuse.config import FOREVER, build_config
-from alluxiofuse.daemon import check_source
-from alluxiofuse.fs import Filesystem
-from alluxiofuse.inodes import ROOT_INODE
+from alluxiofuse.daemon.process import check_source
+from alluxiofuse.fs.filesystem import Filesystem
+from alluxiofuse.fs.inodes import ROOT_INODE
+from alluxiofuse.fs.pages import PageKey
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus
 from alluxiofuse.ops import Operations
-from alluxiofuse.pages import PageKey
-from alluxiofuse.spool import Spool
-from alluxiofuse.staging import DiskIO
-from alluxiofuse.writes import Writes
+from alluxiofuse.writes.spool import Spool
+from alluxiofuse.writes.staging import DiskIO
+from alluxiofuse.writes.writes import Writes
 from tests.support.oscache import evict_from_os_cache
 
 MiB = 1 << 20

@@ -11,8 +11,8 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
-from alluxiofuse.backends.alluxio_proxy import ProxyClient, mode_json
-from alluxiofuse.backends.proxy import ProxyBackend, ProxySource, parse_source
+from alluxiofuse.backends.proxy.backend import ProxyBackend, ProxySource, parse_source
+from alluxiofuse.backends.proxy.client import ProxyClient, mode_json
 from alluxiofuse.errors import (
     AlreadyExists,
     BackendTimeout,

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from alluxiofuse.errors import NotFound, NotSupported
-from alluxiofuse.inodes import ROOT_INODE
+from alluxiofuse.fs.inodes import ROOT_INODE
 from alluxiofuse.model import Attrs, Kind
 from tests.component.test_ops import Mounted, make
 from tests.support.s3server import S3Server, moto_s3

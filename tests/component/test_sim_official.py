@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alluxiofuse.membership import WorkerAddress
-from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity, path_id
 from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker, etcd_members, register_in_etcd
 from tests.support.etcdserver import etcd_server

@@ -12,8 +12,8 @@ import trio
 
 from alluxiofuse.errors import BackendUnavailable, FileTooLarge, NoSpace, StaleFile
 from alluxiofuse.model import FileStatus, Kind
-from alluxiofuse.spool import Record, Spool
-from alluxiofuse.staging import DiskIO, StagedFile, Uploader
+from alluxiofuse.writes.spool import Record, Spool
+from alluxiofuse.writes.staging import DiskIO, StagedFile, Uploader
 
 BASE = bytes(range(256)) * 64  # 16 KiB of old content
 

@@ -23,13 +23,15 @@ import pytest
 import requests
 import trio
 
-from alluxiofuse.backends.alluxio_worker import (
+from alluxiofuse.backends.cluster.client import (
     LoadProgress,
     WorkerClient,
     oss_expressible,
     raw_expressible,
     requote,
 )
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity, path_id
 from alluxiofuse.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -38,10 +40,8 @@ from alluxiofuse.errors import (
     ProtocolError,
     ServerError,
 )
-from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import Kind
-from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
 from tests.sim.cluster import write_tree
 from tests.sim.worker import SimWorker
 

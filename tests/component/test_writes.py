@@ -18,11 +18,11 @@ from alluxiofuse.backends.base import temp_name
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendUnavailable
-from alluxiofuse.inodes import ROOT_INODE
+from alluxiofuse.fs.inodes import ROOT_INODE
 from alluxiofuse.model import Commit
-from alluxiofuse.spool import Record, Spool
-from alluxiofuse.staging import DiskIO
-from alluxiofuse.writes import Writes
+from alluxiofuse.writes.spool import Record, Spool
+from alluxiofuse.writes.staging import DiskIO
+from alluxiofuse.writes.writes import Writes
 from tests.component.test_ops import make
 
 

@@ -190,7 +190,7 @@ def test_a_dead_mount_is_cleared_at_start(env: Env) -> None:
     proc = env.start()
     # Only the daemon's word tells the new mount from the dead one: a stat of the dead one
     # may be answered from the cache, and mount IDs are reused.
-    assert wait_until(lambda: env.log.read_text().count("INFO alluxiofuse.daemon: mounted")
+    assert wait_until(lambda: env.log.read_text().count("INFO alluxiofuse.daemon.process: mounted")
                       == 2, TIMEOUT), env.errors()
     env.wait_mounted(proc)
     assert len(mount_ids(env.mnt)) == 1

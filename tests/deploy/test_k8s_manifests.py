@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from alluxiofuse.cli import parser
+from alluxiofuse.cli.main import parser
 from alluxiofuse.config import (
     DEFAULT_METRICS_ADDR,
     OPTION_NAMES,

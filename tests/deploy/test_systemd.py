@@ -118,7 +118,7 @@ def test_verify_fails_on_a_broken_unit(unit_root: Path, case: str) -> None:
 
 def test_example_files_are_valid() -> None:
     """The example environment and config files work with the unit's command line."""
-    from alluxiofuse.cli import config_from_args, parser
+    from alluxiofuse.cli.main import config_from_args, parser
 
     env = read_env_file(UNITS / "mnt-data.env")
     assert env["SOURCE"]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from alluxiofuse.config import default_log_file
-from alluxiofuse.spool import Record, Spool
+from alluxiofuse.writes.spool import Record, Spool
 from tests.support.flakyfs import clear_failure, set_failure
 from tests.support.mounts import (
     CLI,
@@ -149,8 +149,8 @@ def test_background_mount_logs_to_a_file_it_names(tmp_path: Path, cleanup: list[
         assert cli("umount", mnt).returncode == 0
         assert _gone(mnt)
         text = log.read_text()
-        assert f"INFO alluxiofuse.daemon: mounted {src} at {mnt}" in text, text
-        assert f"INFO alluxiofuse.daemon: unmounted {mnt}" in text, text
+        assert f"INFO alluxiofuse.daemon.process: mounted {src} at {mnt}" in text, text
+        assert f"INFO alluxiofuse.daemon.process: unmounted {mnt}" in text, text
     finally:
         _remove_default_log(mnt, dir_existed)
 
@@ -175,7 +175,7 @@ def test_no_worker_answers_at_mount(tmp_path: Path, cleanup: list[Path]) -> None
     assert read_bytes(mnt / "sub" / "inner") == b"inner\n"
     assert cli("umount", mnt).returncode == 0
     assert _gone(mnt)
-    assert "WARNING alluxiofuse.daemon: no worker of" in log.read_text()
+    assert "WARNING alluxiofuse.daemon.process: no worker of" in log.read_text()
 
 
 @contextlib.contextmanager
@@ -505,7 +505,7 @@ def test_config_file_in_background_mode(tmp_path: Path, cleanup: list[Path]) -> 
     assert cli("umount", mnt).returncode == 0
     assert _gone(mnt)
     text = log.read_text()
-    assert "INFO alluxiofuse.daemon: mounted" in text
+    assert "INFO alluxiofuse.daemon.process: mounted" in text
     assert "DEBUG alluxiofuse.ops: lookup: NameTooLong" in text
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alluxiofuse.membership import WorkerAddress
-from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity, path_id
 from tests.sim.cluster import CLUSTER, REPO, SimCluster, SimProcess, sim_cluster
 from tests.support.etcdserver import etcd_server
 from tests.support.mounts import MountFactory, make_tree, read_bytes, with_timeout

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse import cli
+from alluxiofuse.cli import main as cli
+from alluxiofuse.cli.mount_helper import daemon_options, parse_command_line, plan, split_options
 from alluxiofuse.config import parse_ufs_option
-from alluxiofuse.mount_helper import daemon_options, parse_command_line, plan, split_options
 from tests.support.mounts import (
     CLI,
     REPO,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse.spool import Record, Spool
+from alluxiofuse.writes.spool import Record, Spool
 from tests.support.flakyfs import clear_failure, set_failure
 from tests.support.mounts import (
     DAEMON,

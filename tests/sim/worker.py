@@ -44,8 +44,13 @@ from typing import Any
 
 import httpx
 
-from alluxiofuse.membership import DEFAULT_CLUSTER, WorkerAddress, etcd_prefix, parse_worker_entity
-from alluxiofuse.ring import HashRing, WorkerIdentity, path_id
+from alluxiofuse.backends.cluster.membership import (
+    DEFAULT_CLUSTER,
+    WorkerAddress,
+    etcd_prefix,
+    parse_worker_entity,
+)
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity, path_id
 from tests.support.etcdserver import b64, register
 
 PAGE_SIZE = 1024 * 1024

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The daemon's command line: the real CLI, with the test-only flaky:// protocol registered.
 DAEMON = [
     sys.executable, "-c",
-    "import sys, tests.support.flakyfs; from alluxiofuse.cli import main; "
+    "import sys, tests.support.flakyfs; from alluxiofuse.cli.main import main; "
     "sys.exit(main(sys.argv[1:]))",
 ]
 START_TIMEOUT = 30.0

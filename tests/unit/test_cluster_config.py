@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse.backends.alluxio_worker import LoadProgress
-from alluxiofuse.backends.discovery import DnsWorkers, StaticWorkers
+from alluxiofuse.backends.cluster.client import LoadProgress
+from alluxiofuse.backends.cluster.discovery import DnsWorkers, StaticWorkers
+from alluxiofuse.backends.cluster.membership import WorkerAddress, parse_etcd_endpoints
+from alluxiofuse.backends.cluster.ring import WorkerIdentity
+from alluxiofuse.cli.commands import ProgressBar, parse_size, to_uri
 from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendError, ConfigError
-from alluxiofuse.membership import WorkerAddress, parse_etcd_endpoints
-from alluxiofuse.operator import ProgressBar, parse_size, to_uri
-from alluxiofuse.ring import WorkerIdentity
 
 BASE = {"source": "/src", "mountpoint": "/mnt"}
 VNODES_KEY = "alluxio.user.worker.selection.policy.consistent.hash.virtual.node.count.per.worker"
@@ -154,7 +154,7 @@ def test_progress_bar_draws_the_fraction_once_the_total_is_known() -> None:
 ])
 def test_cluster_commands_refuse_bad_usage(argv: list[str], message: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from alluxiofuse.cli import main
+    from alluxiofuse.cli.main import main
 
     assert main(argv) == 1
     assert message in capsys.readouterr().err
@@ -163,7 +163,7 @@ def test_cluster_commands_refuse_bad_usage(argv: list[str], message: str,
 def test_locate_prints_owners_for_a_static_list(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from alluxiofuse.cli import main
+    from alluxiofuse.cli.main import main
 
     hosts = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
     assert main(["locate", "--workers", ",".join(hosts), "--count", "4", "--alluxio-property",

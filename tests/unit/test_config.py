@@ -536,7 +536,7 @@ _CHOICE_DEFAULT = re.compile(r"(\w+) \(default[:)]")
 def test_every_default_in_the_help_is_the_default() -> None:
     """Each "(default X)" in an option's help, parsed as that option, gives the value the
     daemon takes when the option is not given."""
-    from alluxiofuse import cli
+    from alluxiofuse.cli import main as cli
 
     defaults = build_config(BASE)
     checked = []
@@ -559,7 +559,7 @@ def test_every_default_in_the_help_is_the_default() -> None:
 def test_the_help_says_what_mount_does() -> None:
     """The claims found false once: mounts are writable by default, and a mountpoint need
     not be empty (tests/integration/test_cli.py mounts over a non-empty one)."""
-    from alluxiofuse import cli
+    from alluxiofuse.cli import main as cli
 
     parser = cli.parser()
     top = parser.format_help()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alluxiofuse.extents import Extents
+from alluxiofuse.writes.extents import Extents
 
 DOMAIN = 64
 ranges = st.tuples(st.integers(0, DOMAIN), st.integers(0, DOMAIN)).map(sorted).map(tuple)

@@ -20,11 +20,11 @@ from alluxiofuse.errors import (
     NotFound,
     StaleFile,
 )
-from alluxiofuse.handles import FileHandle, Prefetcher
-from alluxiofuse.inodes import Inode
+from alluxiofuse.fs.handles import FileHandle, Prefetcher
+from alluxiofuse.fs.inodes import Inode
+from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus, FsStats, Kind, Version
-from alluxiofuse.pages import PageCache, PageKey
 
 PS = 16  # page size
 

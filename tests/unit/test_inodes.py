@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from alluxiofuse import inodes
 from alluxiofuse.errors import StaleFile
-from alluxiofuse.inodes import ROOT_INODE, InodeTable, inode_number
+from alluxiofuse.fs import inodes
+from alluxiofuse.fs.inodes import ROOT_INODE, InodeTable, inode_number
 from alluxiofuse.listing import Listing
 from alluxiofuse.model import FileStatus, Kind
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse import logs
 from alluxiofuse.config import MountConfig, build_config, default_log_file, escape_path
-from alluxiofuse.daemon import mount_options
-from alluxiofuse.logs import REDACTED, OneLineFormatter, redact, secrets_of
+from alluxiofuse.daemon import logs
+from alluxiofuse.daemon.logs import REDACTED, OneLineFormatter, redact, secrets_of
+from alluxiofuse.daemon.process import mount_options
 
 
 def _config(**kwargs: object) -> MountConfig:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from alluxiofuse.errors import ConfigError, ProtocolError
-from alluxiofuse.membership import (
+from alluxiofuse.backends.cluster.membership import (
     WorkerAddress,
     etcd_prefix,
     parse_static_workers,
     parse_worker_entity,
 )
-from alluxiofuse.ring import HashRing, WorkerIdentity
+from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity
+from alluxiofuse.errors import ConfigError, ProtocolError
 
 # PROTOCOL.md 2.2: what a live worker puts under /ServiceDiscovery/<cluster>/worker-<uuid>.
 REGISTRATION = {

@@ -7,10 +7,10 @@ import trio.testing
 from prometheus_client import CollectorRegistry
 
 from alluxiofuse.config import ALLOWANCE, GiB, MiB
-from alluxiofuse.memory import MemoryGovernor
+from alluxiofuse.daemon.memory import MemoryGovernor
+from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Version
-from alluxiofuse.pages import PageCache, PageKey
 
 
 class Cache:

@@ -6,14 +6,14 @@ from collections import Counter
 
 import pytest
 
-from alluxiofuse.listing import Listing
-from alluxiofuse.metacache import (
+from alluxiofuse.fs.metacache import (
     MISSING_BYTES,
     STATUS_BYTES,
     MetadataCache,
     join,
     parent_and_name,
 )
+from alluxiofuse.listing import Listing
 from alluxiofuse.model import FileStatus, Kind
 
 

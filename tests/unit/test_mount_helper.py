@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse import cli, mount_helper
-from alluxiofuse.config import MiB
-from alluxiofuse.mount_helper import (
+from alluxiofuse.cli import main as cli
+from alluxiofuse.cli import mount_helper
+from alluxiofuse.cli.mount_helper import (
     EX_FAIL,
     EX_OK,
     EX_SYSERR,
@@ -25,6 +25,7 @@ from alluxiofuse.mount_helper import (
     plan,
     split_options,
 )
+from alluxiofuse.config import MiB
 from tests.support.needs import need
 
 REPO = Path(__file__).resolve().parents[2]

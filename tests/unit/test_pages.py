@@ -10,9 +10,9 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
+from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Version
-from alluxiofuse.pages import PageCache, PageKey
 
 V1 = Version(size=10_000, mtime_ns=1)
 V2 = Version(size=10_000, mtime_ns=2)

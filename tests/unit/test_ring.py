@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from alluxiofuse.ring import (
+from alluxiofuse.backends.cluster.ring import (
     DEFAULT_VNODES,
     HashRing,
     WorkerIdentity,

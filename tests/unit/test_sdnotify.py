@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from alluxiofuse.sdnotify import ENVIRONMENT, Notifier
+from alluxiofuse.daemon.sdnotify import ENVIRONMENT, Notifier
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_no_socket_is_a_no_op(value: str) -> None:
 def test_a_failed_send_is_logged_at_debug_never_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, "alluxiofuse.sdnotify")
+    caplog.set_level(logging.DEBUG, "alluxiofuse.daemon.sdnotify")
     Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")}).send("READY=1")
     assert [r.levelno for r in caplog.records] == [logging.DEBUG]
     assert "sd_notify" in caplog.records[0].getMessage()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alluxiofuse.errors import ConfigError, NoSpace
-from alluxiofuse.spool import Record, Spool, read_journal, spool_dir, spool_in_use
+from alluxiofuse.writes.spool import Record, Spool, read_journal, spool_dir, spool_in_use
 
 
 def test_one_daemon_per_source_and_cache_dir(tmp_path: Path) -> None:

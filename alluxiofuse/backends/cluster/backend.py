@@ -28,16 +28,22 @@ from typing import TypeVar
 import trio
 from cachetools import LRUCache, TTLCache
 
-from alluxiofuse.backends.alluxio_worker import (
+from alluxiofuse.backends.base import ByteStream, read_concurrently
+from alluxiofuse.backends.cluster.client import (
     DEFAULT_PAGE_SIZE,
     WorkerClient,
     WorkerFileInfo,
     oss_expressible,
     raw_expressible,
 )
-from alluxiofuse.backends.base import ByteStream, read_concurrently
-from alluxiofuse.backends.discovery import DnsWorkers, StaticWorkers, WorkerSource
-from alluxiofuse.backends.etcd import EtcdMembership
+from alluxiofuse.backends.cluster.discovery import DnsWorkers, StaticWorkers, WorkerSource
+from alluxiofuse.backends.cluster.etcd import EtcdMembership
+from alluxiofuse.backends.cluster.membership import (
+    WorkerAddress,
+    parse_etcd_endpoints,
+    parse_static_workers,
+)
+from alluxiofuse.backends.cluster.ring import DEFAULT_VNODES, HashRing, WorkerIdentity, path_id
 from alluxiofuse.backends.ufs import UfsBackend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import (
@@ -51,7 +57,6 @@ from alluxiofuse.errors import (
     ProtocolError,
     ServerError,
 )
-from alluxiofuse.membership import WorkerAddress, parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import (
     Attrs,
@@ -63,7 +68,6 @@ from alluxiofuse.model import (
     WriteSupport,
     valid_name,
 )
-from alluxiofuse.ring import DEFAULT_VNODES, HashRing, WorkerIdentity, path_id
 
 log = logging.getLogger(__name__)
 

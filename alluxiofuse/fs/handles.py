@@ -29,10 +29,10 @@ import trio
 
 from alluxiofuse.backends.base import Backend, ByteStream
 from alluxiofuse.errors import BackendError, StaleFile
-from alluxiofuse.inodes import Inode
+from alluxiofuse.fs.inodes import Inode
+from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.listing import ListingStream
 from alluxiofuse.model import Data, FileStatus, Version
-from alluxiofuse.pages import PageCache, PageKey
 
 log = logging.getLogger(__name__)
 

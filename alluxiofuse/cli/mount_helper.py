@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TextIO
 
-from alluxiofuse import cli
+from alluxiofuse.cli import main as cli
 from alluxiofuse.config import MountConfig
+from alluxiofuse.daemon.logs import redact, secrets_of
 from alluxiofuse.errors import ConfigError
-from alluxiofuse.logs import redact, secrets_of
 
 PROG = "mount.alluxiofuse"
 USAGE = f"usage: {PROG} SOURCE DIR [-sfnv] [-o OPTION[,OPTION...]]"
@@ -194,7 +194,7 @@ def split_options(text: str) -> list[str]:
 def daemon_options() -> dict[str, DaemonOption]:
     """The options of ``alluxiofuse mount`` by name, with ``_`` for ``-``.
 
-    Read from that command's own parser, so that an option added to cli.py can be given
+    Read from that command's own parser, so that an option added to cli/main.py can be given
     with ``-o`` at once.
     """
     options = {}
@@ -310,7 +310,7 @@ def describe(invocation: Invocation, options: Plan, config: MountConfig) -> None
 
 
 class _Renamed(io.StringIO):
-    """stderr while cli.py code runs: its one-line messages (``alluxiofuse: <reason>``)
+    """stderr while cli/main.py code runs: its one-line messages (``alluxiofuse: <reason>``)
     reach the real stderr under this command's name. Nothing is kept here, so the daemon,
     forked with this as its ``sys.stderr``, never accumulates anything."""
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alluxiofuse import __version__
+from alluxiofuse.backends.cluster.membership import parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.config import (
     DEFAULT_METRICS_ADDR,
     LOG_LEVELS,
@@ -37,7 +38,6 @@ from alluxiofuse.config import (
     parse_ufs_option,
 )
 from alluxiofuse.errors import ConfigError
-from alluxiofuse.membership import parse_etcd_endpoints, parse_static_workers
 
 # (option, metavar, help); every option is also a config-file key with '_' for '-'.
 _VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
@@ -250,9 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("free", "setattr"):
             return cmd_proxy(args)
         if args.command == "status":
-            from alluxiofuse import operator
+            from alluxiofuse.cli import commands
 
-            return operator.status(args.target, args.cache_dir or default_cache_dir())
+            return commands.status(args.target, args.cache_dir or default_cache_dir())
         return cmd_umount(args.mountpoint, lazy=args.lazy)
     except ConfigError as e:
         print(f"alluxiofuse: {e}", file=sys.stderr)
@@ -277,7 +277,7 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
                       for item in args.alluxio_property)
     config = build_config(values, ufs, properties, mount=mount)
     if config.proxy:  # so is a proxy source that names no proxy
-        from alluxiofuse.backends.proxy import parse_source
+        from alluxiofuse.backends.proxy.backend import parse_source
 
         parse_source(config.source)
     if config.cluster:  # a bad worker list is a usage error, said before anything starts
@@ -292,25 +292,25 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if not config.cluster:
         raise ConfigError("name the workers: --workers, --etcd or --load-balance-domain")
-    from alluxiofuse import operator
+    from alluxiofuse.cli import commands
 
     if args.command == "locate":
         if args.count < 1:
             raise ConfigError("--count must be at least 1")
-        return operator.locate(config, args.paths, args.count)
+        return commands.locate(config, args.paths, args.count)
     if not args.poll > 0:
         raise ConfigError("--poll must be positive")
-    return operator.load(config, args.path, args.poll)
+    return commands.load(config, args.path, args.poll)
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     """``free`` and ``setattr``: what an Alluxio 2.x proxy offers beyond POSIX."""
     if not args.timeout > 0:
         raise ConfigError("--timeout must be positive")
-    from alluxiofuse import operator
+    from alluxiofuse.cli import commands
 
     if args.command == "free":
-        return operator.free(args.paths, recursive=args.recursive, forced=args.forced,
+        return commands.free(args.paths, recursive=args.recursive, forced=args.forced,
                              timeout=args.timeout)
     changes: dict[str, Any] = {}
     if args.pinned is not None:
@@ -328,7 +328,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if not changes:
         raise ConfigError("setattr: nothing to set (--pin, --unpin, --ttl, --ttl-action, "
                           "--replication-min, --replication-max)")
-    return operator.set_attributes(args.paths, timeout=args.timeout,
+    return commands.set_attributes(args.paths, timeout=args.timeout,
                                    recursive=args.recursive, **changes)
 
 
@@ -347,7 +347,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_mountpoint(config.mountpoint)
     check_not_inside_source(config.source, config.mountpoint)
-    from alluxiofuse import daemon  # imports pyfuse3: only once the options are known good
+    from alluxiofuse.daemon import (
+        process as daemon,  # imports pyfuse3: only once the options are known good
+    )
 
     if config.foreground:
         return daemon.run(config)
@@ -389,7 +391,7 @@ def check_not_inside_source(source: str, mountpoint: str) -> None:
 
 def _start_in_background(config: MountConfig) -> int:
     """Fork the daemon, wait until it says the mount is live, and check that it is."""
-    from alluxiofuse import daemon
+    from alluxiofuse.daemon import process as daemon
 
     # The daemon has no stderr: its log must be writable before it starts, and the user
     # told where it is unless they chose it.
@@ -559,7 +561,7 @@ def cmd_install_mount_helper(sbin_dir: str, *, force: bool, uninstall: bool) -> 
                 print(f"removed {path}")
             return 0
         code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-                "from alluxiofuse.mount_helper import main; sys.exit(main(sys.argv[1:]))")
+                "from alluxiofuse.cli.mount_helper import main; sys.exit(main(sys.argv[1:]))")
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         script = (f"#!/bin/sh\n{_HELPER_MARK}\n"
                   "# mount(8) runs it for 'mount -t alluxiofuse' and fstab entries of that type.\n"

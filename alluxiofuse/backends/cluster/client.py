@@ -38,6 +38,7 @@ import httpx
 import trio
 
 from alluxiofuse.backends import http1
+from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.rest import Retryable, bad_reply, retrying
 from alluxiofuse.errors import (
     BackendTimeout,
@@ -47,7 +48,6 @@ from alluxiofuse.errors import (
     ProtocolError,
     ServerError,
 )
-from alluxiofuse.membership import WorkerAddress
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus, Kind
 

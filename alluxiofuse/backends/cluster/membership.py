@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from alluxiofuse.backends.cluster.ring import WorkerIdentity
 from alluxiofuse.errors import ConfigError, ProtocolError
-from alluxiofuse.ring import WorkerIdentity
 
 DEFAULT_HTTP_PORT = 28080
 DEFAULT_ETCD_PORT = 2379

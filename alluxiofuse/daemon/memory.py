@@ -17,7 +17,7 @@ from alluxiofuse.config import ALLOWANCE, cgroup_ceiling
 
 
 class CacheSize(Protocol):
-    """What the governor reads of the page cache (:class:`alluxiofuse.pages.PageCache`)."""
+    """What the governor reads of the page cache (:class:`alluxiofuse.fs.pages.PageCache`)."""
 
     @property
     def used(self) -> int:

@@ -23,8 +23,9 @@ import trio
 
 from alluxiofuse import __version__
 from alluxiofuse.backends.base import Backend
-from alluxiofuse.backends.cluster import MTIME_UNIT_NS, Membership, open_cluster
-from alluxiofuse.backends.proxy import open_proxy
+from alluxiofuse.backends.cluster.backend import MTIME_UNIT_NS, Membership, open_cluster
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.proxy.backend import open_proxy
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import (
     ALLOWANCE,
@@ -33,19 +34,18 @@ from alluxiofuse.config import (
     memory_limits,
     split_addr,
 )
+from alluxiofuse.daemon.exporter import Exporter, Health
+from alluxiofuse.daemon.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
+from alluxiofuse.daemon.memory import MemoryGovernor
+from alluxiofuse.daemon.sdnotify import Notifier
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
-from alluxiofuse.exporter import Exporter, Health
-from alluxiofuse.fs import Filesystem, KernelCaches
-from alluxiofuse.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
-from alluxiofuse.membership import WorkerAddress
-from alluxiofuse.memory import MemoryGovernor
+from alluxiofuse.fs.filesystem import Filesystem, KernelCaches
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
-from alluxiofuse.sdnotify import Notifier
-from alluxiofuse.spool import Spool, owed_uploads
-from alluxiofuse.staging import DiskIO
-from alluxiofuse.writes import Writes
+from alluxiofuse.writes.spool import Spool, owed_uploads
+from alluxiofuse.writes.staging import DiskIO
+from alluxiofuse.writes.writes import Writes
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,14 @@ from typing import Any
 
 import httpx
 
+from alluxiofuse.backends.cluster.membership import (
+    DEFAULT_CLUSTER,
+    WorkerAddress,
+    etcd_prefix,
+    parse_worker_entity,
+)
+from alluxiofuse.backends.cluster.ring import WorkerIdentity
 from alluxiofuse.errors import BackendTimeout, BackendUnavailable, ProtocolError
-from alluxiofuse.membership import DEFAULT_CLUSTER, WorkerAddress, etcd_prefix, parse_worker_entity
-from alluxiofuse.ring import WorkerIdentity
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Protocol
 
 import trio
 
+from alluxiofuse.backends.cluster.membership import DEFAULT_HTTP_PORT, WorkerAddress
+from alluxiofuse.backends.cluster.ring import WorkerIdentity
 from alluxiofuse.errors import BackendTimeout, BackendUnavailable
-from alluxiofuse.membership import DEFAULT_HTTP_PORT, WorkerAddress
-from alluxiofuse.ring import WorkerIdentity
 
 
 class WorkerSource(Protocol):

@@ -25,10 +25,12 @@ from typing import Any, TextIO
 
 import trio
 
-from alluxiofuse.backends.alluxio_proxy import ProxyClient, ProxyStatus
-from alluxiofuse.backends.alluxio_worker import LoadProgress, WorkerClient
-from alluxiofuse.backends.cluster import worker_source
-from alluxiofuse.backends.proxy import ProxySource, parse_source
+from alluxiofuse.backends.cluster.backend import worker_source
+from alluxiofuse.backends.cluster.client import LoadProgress, WorkerClient
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import HashRing, path_id
+from alluxiofuse.backends.proxy.backend import ProxySource, parse_source
+from alluxiofuse.backends.proxy.client import ProxyClient, ProxyStatus
 from alluxiofuse.backends.ufs import open_ufs
 from alluxiofuse.config import PROXY_SCHEME, MountConfig
 from alluxiofuse.errors import (
@@ -37,9 +39,7 @@ from alluxiofuse.errors import (
     ConfigError,
     ConnectionDropped,
 )
-from alluxiofuse.membership import WorkerAddress
-from alluxiofuse.ring import HashRing, path_id
-from alluxiofuse.spool import owed_uploads, spool_dir, spool_in_use
+from alluxiofuse.writes.spool import owed_uploads, spool_dir, spool_in_use
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}

@@ -34,10 +34,11 @@ from alluxiofuse.errors import (
     StaleFile,
 )
 from alluxiofuse.flight import SingleFlight
-from alluxiofuse.handles import DirHandle, FileHandle, Prefetcher, Spawn, default_readahead
-from alluxiofuse.inodes import Inode, InodeTable
+from alluxiofuse.fs.handles import DirHandle, FileHandle, Prefetcher, Spawn, default_readahead
+from alluxiofuse.fs.inodes import Inode, InodeTable
+from alluxiofuse.fs.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
+from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.listing import Entry, Listing, ListingStream
-from alluxiofuse.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import (
     NAME_MAX,
@@ -50,9 +51,8 @@ from alluxiofuse.model import (
     Kind,
     valid_name,
 )
-from alluxiofuse.pages import PageCache, PageKey
-from alluxiofuse.staging import StagedFile
-from alluxiofuse.writes import Writes
+from alluxiofuse.writes.staging import StagedFile
+from alluxiofuse.writes.writes import Writes
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import trio
 from cachetools import TTLCache
 
-from alluxiofuse.backends.alluxio_proxy import DEFAULT_PORT, ProxyClient, ReadStream
 from alluxiofuse.backends.base import is_temp_name, read_concurrently, temp_name
+from alluxiofuse.backends.proxy.client import DEFAULT_PORT, ProxyClient, ReadStream
 from alluxiofuse.errors import (
     AlluxioFuseError,
     AlreadyExists,

@@ -28,9 +28,9 @@ import trio
 from alluxiofuse.backends.base import run_blocking
 from alluxiofuse.backends.ufs import pread_all
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
-from alluxiofuse.extents import Extents
 from alluxiofuse.model import Data, FileStatus, Kind, Version
-from alluxiofuse.spool import Record, Spool
+from alluxiofuse.writes.extents import Extents
+from alluxiofuse.writes.spool import Record, Spool
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from alluxiofuse import operator
-from alluxiofuse.spool import Record, Spool, spool_dir
+from alluxiofuse.cli import commands
+from alluxiofuse.writes.spool import Record, Spool, spool_dir
 
 
 def test_owed_uploads_are_listed_with_their_sizes(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_owed_uploads_are_listed_with_their_sizes(tmp_path: Path) -> None:
     finally:
         spool.close()  # as after a daemon's end
     out = io.StringIO()
-    assert operator.status(source, cache, out) == 0
+    assert commands.status(source, cache, out) == 0
     lines = out.getvalue().splitlines()
     assert lines[0] == (f"{source}: 2 uploads pending (no daemon is running: they resume at "
                         f"the next mount; spool {spool_dir(cache, source)})")
@@ -39,7 +39,7 @@ def test_a_target_with_no_spool_is_an_error(
     if what == "no-spool":
         target.mkdir()
     cache = tmp_path / "cache"
-    assert operator.status(str(target), str(cache)) == 1
+    assert commands.status(str(target), str(cache)) == 1
     said = capsys.readouterr()
     assert said.out == ""
     reason = ("no such file or directory" if what == "missing"

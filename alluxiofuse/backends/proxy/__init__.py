@@ -1,0 +1,1 @@
+"""Alluxio 2.x namespaces through the proxy REST server: its client and the backend on it."""

@@ -1,0 +1,1 @@
+"""The commands: ``alluxiofuse`` (mount, umount, operator commands) and ``mount.alluxiofuse``."""

@@ -1,0 +1,1 @@
+"""The write path: staged files in the spool, their commits, and the uploads a mount owes."""
