@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from alluxiofuse.config import ALLOWANCE, cgroup_ceiling
+from alluxiofuse.limits import ALLOWANCE, cgroup_ceiling
 
 
 class CacheSize(Protocol):

@@ -27,19 +27,14 @@ from alluxiofuse.backends.cluster.backend import MTIME_UNIT_NS, Membership, open
 from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.proxy.backend import open_proxy
 from alluxiofuse.backends.ufs import open_ufs
-from alluxiofuse.config import (
-    ALLOWANCE,
-    DEFAULT_METRICS_ADDR,
-    MountConfig,
-    memory_limits,
-    split_addr,
-)
+from alluxiofuse.config import DEFAULT_METRICS_ADDR, MountConfig, split_addr
 from alluxiofuse.daemon.exporter import Exporter, Health
 from alluxiofuse.daemon.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
 from alluxiofuse.daemon.memory import MemoryGovernor
 from alluxiofuse.daemon.sdnotify import Notifier
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
 from alluxiofuse.fs.filesystem import Filesystem, KernelCaches
+from alluxiofuse.limits import ALLOWANCE, memory_limits
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations

@@ -6,9 +6,9 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry
 
-from alluxiofuse.config import ALLOWANCE, GiB, MiB
 from alluxiofuse.daemon.memory import MemoryGovernor
 from alluxiofuse.fs.pages import PageCache, PageKey
+from alluxiofuse.limits import ALLOWANCE, GiB, MiB
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import Version
 
