@@ -1,30 +1,24 @@
-"""Mount options: parsing, defaults, validation, and the merge of config file and command line.
+"""A mount's configuration: defaults, validation, and the merge of config file and command line.
 
-Every option has one name (``page_cache_size``), spelled ``--page-cache-size`` on the
-command line and ``page_cache_size`` (or ``page-cache-size``) in the TOML config file. The
-command line wins over the file. Under-storage options (credentials, endpoints) go in the
-file's ``[ufs_options]`` table or in repeatable ``--ufs-option key=value``, so that secrets
-need not appear in ``ps``.
+Every option (declared in :mod:`alluxiofuse.options`) has one name (``page_cache_size``),
+spelled ``--page-cache-size`` on the command line and ``page_cache_size`` (or
+``page-cache-size``) in the TOML config file. The command line wins over the file.
+Under-storage options (credentials, endpoints) go in the file's ``[ufs_options]`` table or
+in repeatable ``--ufs-option key=value``, so that secrets need not appear in ``ps``.
 
 Alluxio 3.x cluster reads are turned on by naming the workers (``--workers``, ``--etcd``
 or ``--load-balance-domain``). Alluxio properties (``--alluxio-property key=value`` or the
 file's ``[alluxio_properties]`` table) set the matching options, under the names an
 Alluxio deployment already uses; an explicit option wins over a property.
-
-Sizes take binary units (``1MiB``, ``1M`` and ``1MB`` are all 1,048,576 bytes, as in
-Alluxio's own properties); durations take seconds or a unit (``500ms``, ``2s``, ``1m``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,16 +26,7 @@ from typing import Any
 
 from alluxiofuse.errors import ConfigError
 from alluxiofuse.limits import GiB, KiB, MiB, default_memory_budget, memory_limits
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-# Where /metrics, /healthz and /readyz are served unless --metrics-addr says otherwise:
-# loopback only, as the numbers are nobody else's business by default.
-DEFAULT_METRICS_ADDR = "127.0.0.1:9847"
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+from alluxiofuse.options import OPTIONS
 
 
 @dataclass(frozen=True)
@@ -88,8 +73,8 @@ class MountConfig:
     io_timeout: float = 60.0
     # Writes.
     read_only: bool = False
-    write_type: str = "THROUGH"  # see WRITE_TYPES
-    read_type: str = "CACHE"  # Alluxio 2.x proxy reads: see READ_TYPES
+    write_type: str = "THROUGH"  # see options.WRITE_TYPES
+    read_type: str = "CACHE"  # Alluxio 2.x proxy reads: see options.READ_TYPES
     cache_dir: str = ""  # "" = default_cache_dir(); the spool and journal live below it
     cache_size: int = 0  # bytes the spool may hold; 0 = half the disk's free space at mount
     upload_part_size: int = 16 * MiB
@@ -120,8 +105,8 @@ class MountConfig:
     membership_refresh: float = 30.0
     virtual_nodes: int = 2000
     # Process.
-    # "host:port", ":port" (every interface) or "off"; None: DEFAULT_METRICS_ADDR, which
-    # a second mount on the host may find taken (then it serves on a port of its own)
+    # "host:port", ":port" (every interface) or "off"; None: options.DEFAULT_METRICS_ADDR,
+    # which a second mount on the host may find taken (then it serves on a port of its own)
     metrics_addr: str | None = None
     log_level: str = "info"
     log_file: str | None = None  # None: stderr, or default_log_file() in the background
@@ -143,103 +128,7 @@ class MountConfig:
         return int(getattr(logging, self.log_level.upper()))
 
 
-# How each option's value is parsed; the key set is also the set of known option names.
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def parse_size(value: Any) -> int:
-    """``"1MiB"`` → 1048576; plain integers are bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        m = _SIZE_RE.match(str(value))
-        if not m:
-            raise ValueError(f"not a size: {value!r} (try 512KiB, 1MiB, 2GiB)")
-        size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    if size < 0:
-        raise ValueError(f"size must not be negative: {value!r}")
-    return size
-
-
-def parse_duration(value: Any) -> float:
-    """``"500ms"`` → 0.5; plain numbers are seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _DURATION_RE.match(str(value))
-        if not m:
-            raise ValueError(f"not a duration: {value!r} (try 1, 0.5, 500ms, 2s, 1m)")
-        seconds = float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "s").lower()]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"duration must be a finite number of seconds >= 0: {value!r}")
-    return seconds
-
-
-def parse_mode(value: Any) -> int:
-    """``"0644"``, ``"644"`` or ``0o644`` → 0o644."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a permission mode: {value!r}")
-    mode = value if isinstance(value, int) else int(str(value), 8)
-    if not 0 <= mode <= 0o7777:
-        raise ValueError(f"not a permission mode: {value!r}")
-    return mode
-
-
-def _parse_id(value: Any) -> int:
-    ident = int(value)
-    if not 0 <= ident < 2**32:
-        raise ValueError(f"not a uid/gid: {value!r}")
-    return ident
-
-
-def _parse_count(value: Any, minimum: int = 0) -> int:
-    count = int(value)
-    if count < minimum:
-        raise ValueError(f"must be at least {minimum}: {value!r}")
-    return count
-
-
-def _parse_port(value: Any) -> int:
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ValueError(f"not a port number: {value!r}")
-    return port
-
-
-def _parse_worker_api(value: Any) -> str:
-    api = str(value).lower()
-    if api not in ("oss", "enterprise"):
-        raise ValueError(f"not a worker API: {value!r} (oss or enterprise)")
-    return api
-
-
-WRITE_TYPES = ("THROUGH", "CACHE_THROUGH", "ASYNC_THROUGH", "MUST_CACHE")
-# How an Alluxio 2.x proxy reads a file for us: NO_CACHE leaves Alluxio storage as it is,
-# CACHE (Alluxio's default) caches what is read, CACHE_PROMOTE also moves it to the top tier.
-READ_TYPES = ("NO_CACHE", "CACHE", "CACHE_PROMOTE")
 PROXY_SCHEME = "alluxio-proxy"
-
-
-def _parse_write_type(value: Any) -> str:
-    kind = str(value).strip().upper()
-    if kind not in WRITE_TYPES:
-        raise ValueError(f"not a write type: {value!r} (one of {', '.join(WRITE_TYPES)})")
-    return kind
-
-
-def _parse_read_type(value: Any) -> str:
-    kind = str(value).strip().upper()
-    if kind not in READ_TYPES:
-        raise ValueError(f"not a read type: {value!r} (one of {', '.join(READ_TYPES)})")
-    return kind
 
 
 def default_cache_dir() -> str:
@@ -292,105 +181,11 @@ def escape_path(path: str) -> str:
     return "".join(escaped)
 
 
-def parse_metrics_addr(value: Any) -> str:
-    """``"127.0.0.1:9847"``, ``":9847"`` (every interface), ``"[::1]:9847"`` or ``"off"``
-    → ``"host:port"`` or ``"off"``."""
-    text = str(value).strip()
-    if text.lower() in ("off", "none", "no", "false", "0", ""):
-        return "off"
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"not HOST:PORT or off: {value!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    """``"host:port"`` as made by :func:`parse_metrics_addr` → (host, port); the host is
-    "" for every interface."""
-    host, _, port = addr.rpartition(":")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-def _parse_level(value: Any) -> str:
-    level = str(value).lower()
-    if level not in LOG_LEVELS:
-        raise ValueError(f"not a log level: {value!r} (one of {', '.join(LOG_LEVELS)})")
-    return level
-
-
-_PARSERS: dict[str, Any] = {
-    "source": str,
-    "mountpoint": str,
-    "foreground": _parse_bool,
-    "attr_timeout": parse_duration,
-    "entry_timeout": parse_duration,
-    "negative_timeout": parse_duration,
-    "dir_timeout": parse_duration,
-    "metadata_cache_size": parse_size,
-    "page_size": parse_size,
-    "memory_budget": parse_size,
-    "page_cache_size": parse_size,
-    "max_readahead": parse_size,
-    "kernel_readahead": parse_size,
-    "prefetch_budget": parse_size,
-    "dir_readahead": _parse_count,
-    "io_threads": _parse_count,
-    "io_timeout": parse_duration,
-    "read_only": _parse_bool,
-    "immutable": _parse_bool,
-    "ignore_object_metadata": _parse_bool,
-    "write_type": _parse_write_type,
-    "read_type": _parse_read_type,
-    "cache_dir": str,
-    "cache_size": parse_size,
-    "upload_part_size": parse_size,
-    "upload_threads": functools.partial(_parse_count, minimum=1),
-    "drain_timeout": parse_duration,
-    "allow_other": _parse_bool,
-    "uid": _parse_id,
-    "gid": _parse_id,
-    "file_mode": parse_mode,
-    "dir_mode": parse_mode,
-    "workers": str,
-    "etcd": str,
-    "load_balance_domain": str,
-    "cluster_name": str,
-    "etcd_username": str,
-    "etcd_password": str,
-    "worker_api": _parse_worker_api,
-    "worker_http_port": _parse_port,
-    "worker_page_size": parse_size,
-    "worker_timeout": parse_duration,
-    "worker_retries": _parse_count,
-    "worker_cooloff": parse_duration,
-    "membership_refresh": parse_duration,
-    "virtual_nodes": functools.partial(_parse_count, minimum=1),
-    "metrics_addr": parse_metrics_addr,
-    "log_level": _parse_level,
-    "log_file": str,
-    "slow_op_threshold": parse_duration,
-    "strict": _parse_bool,
-}
+# How each option's value is parsed, by the names the config file and build_config take.
+_PARSERS = {option.name: option.parse for option in OPTIONS if option.parse is not None}
 OPTION_NAMES = frozenset(_PARSERS)
-
-# Alluxio property names and the option each sets. Both names of the ring's virtual-node
-# count are accepted: Alluxio's documented key (default 2000) and the OSS clients' key.
-ALLUXIO_PROPERTIES: dict[str, str] = {
-    "alluxio.user.worker.selection.policy.consistent.hash.virtual.node.count.per.worker":
-        "virtual_nodes",
-    "alluxio.user.consistent.hash.virtual.node.count.per.worker": "virtual_nodes",
-    "alluxio.worker.page.store.page.size": "worker_page_size",
-    "alluxio.worker.http.server.port": "worker_http_port",
-    "alluxio.cluster.name": "cluster_name",
-    "alluxio.etcd.endpoints": "etcd",
-    "alluxio.etcd.username": "etcd_username",
-    "alluxio.etcd.password": "etcd_password",
-    "alluxio.user.worker.list.refresh.interval": "membership_refresh",
-    "alluxio.user.file.writetype.default": "write_type",
-    "alluxio.user.file.readtype.default": "read_type",
-    "alluxio.fuse.logging.threshold": "slow_op_threshold",
-}
+# Alluxio property names and the option each sets.
+ALLUXIO_PROPERTIES = {name: option.name for option in OPTIONS for name in option.properties}
 
 
 def parse_key_value(item: str, what: str) -> tuple[str, str]:

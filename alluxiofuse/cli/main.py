@@ -25,105 +25,21 @@ from typing import Any
 from alluxiofuse import __version__
 from alluxiofuse.backends.cluster.membership import parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.config import (
-    DEFAULT_METRICS_ADDR,
-    LOG_LEVELS,
     OPTION_NAMES,
     MountConfig,
     build_config,
     default_cache_dir,
     default_log_file,
     load_config_file,
-    parse_duration,
     parse_key_value,
     parse_ufs_option,
 )
 from alluxiofuse.errors import ConfigError
+from alluxiofuse.options import OPTIONS, Option, parse_duration
 
-# (option, metavar, help); every option is also a config-file key with '_' for '-'.
-_VALUE_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("attr-timeout", "SECONDS", "how long file attributes are cached (default 60)"),
-    ("entry-timeout", "SECONDS", "how long name lookups are cached (default 60)"),
-    ("negative-timeout", "SECONDS", "how long a missing name is cached (default 5)"),
-    ("dir-timeout", "SECONDS", "how long directory listings are cached (default 60)"),
-    ("metadata-cache-size", "SIZE", "what cached statuses, missing names and listings may "
-     "hold together (default: a quarter of the memory budget, at least 16MiB)"),
-    ("page-size", "SIZE", "page size of the page cache (default 1MiB)"),
-    ("memory-budget", "SIZE", "memory the page cache and read-ahead may hold (default: 1/8 "
-     "of RAM, 64MiB-4GiB, and at most half the cgroup memory limit)"),
-    ("page-cache-size", "SIZE", "page cache bound, read-ahead included (default: the memory "
-     "budget)"),
-    ("max-readahead", "SIZE", "largest read-ahead window of one open file (default: 16MiB; "
-     "64MiB from object stores and other fsspec sources)"),
-    ("kernel-readahead", "SIZE", "the kernel's read-ahead for the mount, so reads reach the "
-     "daemon in large requests (root only; default 4MiB; 0 keeps the kernel's)"),
-    ("prefetch-budget", "SIZE", "read-ahead bytes in flight, all files together "
-     "(default: page cache / 4, at most 256MiB)"),
-    ("dir-readahead", "N", "when a directory's files are read in order, fetch the first "
-     "pages of up to N next files ahead (default 32; 0 turns it off)"),
-    ("io-threads", "N", "under-storage calls at once (default 16)"),
-    ("io-timeout", "SECONDS", "deadline of one under-storage or Alluxio proxy call; an "
-     "upload has one second per MiB more (default 60)"),
-    ("uid", "UID", "owner of every file (default: from the source, else the mounting user)"),
-    ("gid", "GID", "group of every file (default: from the source, else the mounting user)"),
-    ("file-mode", "OCTAL", "permission bits of every file (default: from the source, else 0644)"),
-    ("dir-mode", "OCTAL", "permission bits of every directory (default: from the source, "
-     "else 0755)"),
-    ("write-type", "TYPE", "THROUGH (default: close and fsync return once the under-storage "
-     "has the file), CACHE_THROUGH (also cached by the cluster), ASYNC_THROUGH (they return "
-     "once the file is journaled in the spool; uploaded in the background), MUST_CACHE "
-     "(alluxio-proxy:// only: kept in Alluxio storage, never persisted)"),
-    ("read-type", "TYPE", "alluxio-proxy:// reads: CACHE (default: Alluxio caches what is read), "
-     "CACHE_PROMOTE (and moves it to the top tier) or NO_CACHE"),
-    ("cache-dir", "DIR", "where files being written and owed uploads are kept (default "
-     "/var/cache/alluxiofuse as root, else ~/.cache/alluxiofuse)"),
-    ("cache-size", "SIZE", "bytes the spool may hold (default: half the disk's free space)"),
-    ("upload-part-size", "SIZE", "part size of multipart uploads (default 16MiB)"),
-    ("upload-threads", "N", "background uploads at once (default 4)"),
-    ("drain-timeout", "SECONDS", "at unmount, how long to wait for owed uploads; the rest "
-     "resume at the next mount (default 60)"),
-    ("metrics-addr", "HOST:PORT", "serve /metrics, /healthz and /readyz here (default "
-     f"{DEFAULT_METRICS_ADDR}, or a port the system picks if another mount has it, named "
-     "in the log; :PORT for every interface; off turns it off)"),
-    ("log-level", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default info)"),
-    ("log-file", "PATH", "log here (default: stderr in the foreground; in the background "
-     "/var/log/alluxiofuse/MOUNTPOINT.log as root, else ~/.local/state/alluxiofuse/, the "
-     "mountpoint escaped as by systemd-escape --path, and said at mount)"),
-    ("slow-op-threshold", "SECONDS", "log a warning for each FUSE request slower than this "
-     "(default 10; 0: never)"),
-)
-# Alluxio 3.x cluster options, shared by mount, locate and load.
-_CLUSTER_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("workers", "HOST[:PORT],...", "read through these Alluxio 3.x workers (HTTP port "
-     "default 28080)"),
-    ("etcd", "HOST[:PORT],...", "read through the Alluxio 3.x workers registered in this etcd "
-     "(port default 2379)"),
-    ("load-balance-domain", "NAME", "read through the Alluxio 3.x workers this DNS name "
-     "resolves to (re-resolved with each membership refresh)"),
-    ("cluster-name", "NAME", "the cluster's name in etcd (default DefaultAlluxioCluster)"),
-    ("etcd-username", "USER", "etcd user name"),
-    ("etcd-password", "PASSWORD", "etcd password (visible in ps: prefer the config file)"),
-    ("worker-api", "API", "oss (default) or enterprise: read-through with ufsFullPath and "
-     "/v1/node owner lookups"),
-    ("worker-http-port", "PORT", "the workers' HTTP port where not given (default 28080)"),
-    ("worker-page-size", "SIZE", "the workers' page size, alluxio.worker.page.store.page.size "
-     "(default 1MiB)"),
-    ("worker-timeout", "SECONDS", "deadline of one worker call, retries included (default 5)"),
-    ("worker-retries", "N", "retries of an idempotent worker call refused or answered 429/503 "
-     "(default 2)"),
-    ("worker-cooloff", "SECONDS", "how long a failing worker is set aside (default 30)"),
-    ("membership-refresh", "SECONDS", "how often the worker list is read again (default 30)"),
-)
-_FLAG_OPTIONS: tuple[tuple[str, str], ...] = (
-    ("allow-other", "let other users access the mount (as root, or with user_allow_other)"),
-    ("read-only", "refuse every change (EROFS); no spool is used"),
-    ("immutable", "the source does not change while mounted (a data set): names, "
-     "attributes, listings and pages are kept for the mount's life, in the kernel too "
-     "(SIGHUP refreshes them); not with --attr-, --entry-, --negative- or --dir-timeout"),
-    ("ignore-object-metadata", "S3: keep no modes, owners or times in object metadata "
-     "(chmod, chown, utimes: ENOTSUP); listings then say all of an object's attributes, so "
-     "ls -l costs the list pages alone, with no request per object"),
-    ("strict", "crash on unexpected exceptions instead of answering EIO (for tests)"),
-)
+# The options of mount that locate and load take too: where options come from, and the
+# Alluxio 3.x cluster's.
+_CLUSTER_OPTIONS = tuple(option for option in OPTIONS if option.cluster)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -137,18 +53,7 @@ def parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("mount", help="mount SOURCE at MOUNTPOINT (writable unless "
                        "--read-only)")
-    m.add_argument("source", metavar="SOURCE",
-                   help="a local directory, file:///dir, any fsspec URL (s3://bucket/prefix), "
-                   "or an Alluxio 2.x namespace: alluxio-proxy://HOST[:39999]/PATH")
-    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory, not "
-                   "mounted already (what it holds is hidden while mounted)")
-    m.add_argument("-f", "--foreground", action="store_true", default=None,
-                   help="stay in the foreground (default: return once mounted)")
-    for name, metavar, help_text in _VALUE_OPTIONS:
-        m.add_argument(f"--{name}", metavar=metavar, help=help_text)
-    for name, help_text in _FLAG_OPTIONS:
-        m.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
-    _add_cluster_options(m)
+    _add_options(m, OPTIONS)
 
     loc = sub.add_parser("locate", help="print each PATH's owning worker and preference list "
                          "(JSON)")
@@ -156,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
                      help="a UFS URI, a local path, or a path inside an alluxiofuse mount")
     loc.add_argument("--count", type=int, default=3, metavar="N",
                      help="workers in each preference list (default 3)")
-    _add_cluster_options(loc)
+    _add_options(loc, _CLUSTER_OPTIONS)
 
     ld = sub.add_parser("load", help="load PATH into the cluster's cache, showing progress; "
                         "Ctrl-C stops the job")
@@ -164,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
                     help="a UFS URI, a local path, or a path inside an alluxiofuse mount")
     ld.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
                     help="how often progress is asked for (default 1)")
-    _add_cluster_options(ld)
+    _add_options(ld, _CLUSTER_OPTIONS)
 
     proxy_path = ("an alluxio-proxy://HOST[:PORT]/PATH URI, or a path inside an alluxiofuse "
                   "mount of one")
@@ -223,16 +128,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_cluster_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="TOML file of options, [ufs_options] and [alluxio_properties]")
-    p.add_argument("--ufs-option", metavar="KEY=VALUE", action="append", default=[],
-                   help="an under-storage option (repeatable); values are JSON or strings")
-    p.add_argument("--alluxio-property", metavar="KEY=VALUE", action="append", default=[],
-                   help="an Alluxio property (repeatable), e.g. alluxio.user.worker.selection."
-                   "policy.consistent.hash.virtual.node.count.per.worker=2000")
-    for name, metavar, help_text in _CLUSTER_OPTIONS:
-        p.add_argument(f"--{name}", metavar=metavar, help=help_text)
+def _add_options(p: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """The arguments of ``options`` (alluxiofuse/options.py), in their order; an option of
+    the config file alone has none."""
+    for option in options:
+        if option.kind == "positional":
+            p.add_argument(option.name, metavar=option.metavar, help=option.help)
+        elif option.kind == "flag":
+            p.add_argument(*filter(None, (option.short, option.string)), action="store_true",
+                           default=None, help=option.help)
+        elif option.kind == "repeated":
+            p.add_argument(option.string, metavar=option.metavar, action="append", default=[],
+                           help=option.help)
+        elif option.kind == "value":
+            p.add_argument(option.string, metavar=option.metavar, help=option.help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

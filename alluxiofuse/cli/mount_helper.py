@@ -10,7 +10,6 @@ permissions, 2 system error, 32 mount failure.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import getopt
@@ -26,6 +25,7 @@ from alluxiofuse.cli import main as cli
 from alluxiofuse.config import MountConfig
 from alluxiofuse.daemon.logs import redact, secrets_of
 from alluxiofuse.errors import ConfigError
+from alluxiofuse.options import OPTIONS, Option
 
 PROG = "mount.alluxiofuse"
 USAGE = f"usage: {PROG} SOURCE DIR [-sfnv] [-o OPTION[,OPTION...]]"
@@ -191,26 +191,14 @@ def split_options(text: str) -> list[str]:
     return [option for option in options if option]
 
 
-def daemon_options() -> dict[str, DaemonOption]:
+def daemon_options(options: Sequence[Option] = OPTIONS) -> dict[str, DaemonOption]:
     """The options of ``alluxiofuse mount`` by name, with ``_`` for ``-``.
 
-    Read from that command's own parser, so that an option added to cli/main.py can be given
-    with ``-o`` at once.
+    Made from the same declarations as that command's parser (alluxiofuse/options.py), so
+    that an option added there can be given with ``-o`` at once.
     """
-    options = {}
-    for action in _mount_parser()._actions:
-        for string in action.option_strings:
-            if string.startswith("--") and string != "--help":
-                name = string.removeprefix("--").replace("-", "_")
-                options[name] = DaemonOption(string, flag=action.nargs == 0)
-    return options
-
-
-def _mount_parser() -> argparse.ArgumentParser:
-    for action in cli.parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices["mount"]  # type: ignore[no-any-return]
-    raise RuntimeError("alluxiofuse has no mount command")
+    return {option.name: DaemonOption(option.string, flag=option.kind == "flag")
+            for option in options if option.kind in ("value", "flag", "repeated")}
 
 
 def plan(options: Sequence[str], daemon: Mapping[str, DaemonOption]) -> Plan:

@@ -27,7 +27,7 @@ from alluxiofuse.backends.cluster.backend import MTIME_UNIT_NS, Membership, open
 from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.proxy.backend import open_proxy
 from alluxiofuse.backends.ufs import open_ufs
-from alluxiofuse.config import DEFAULT_METRICS_ADDR, MountConfig, split_addr
+from alluxiofuse.config import MountConfig
 from alluxiofuse.daemon.exporter import Exporter, Health
 from alluxiofuse.daemon.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging
 from alluxiofuse.daemon.memory import MemoryGovernor
@@ -38,6 +38,7 @@ from alluxiofuse.limits import ALLOWANCE, memory_limits
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.ops import Operations
+from alluxiofuse.options import DEFAULT_METRICS_ADDR, split_addr
 from alluxiofuse.writes.spool import Spool, owed_uploads
 from alluxiofuse.writes.staging import DiskIO
 from alluxiofuse.writes.writes import Writes

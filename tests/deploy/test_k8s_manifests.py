@@ -22,11 +22,10 @@ import pytest
 import yaml
 
 from alluxiofuse.cli.main import parser
-from alluxiofuse.config import (
+from alluxiofuse.config import OPTION_NAMES, build_config
+from alluxiofuse.limits import MiB
+from alluxiofuse.options import (
     DEFAULT_METRICS_ADDR,
-    OPTION_NAMES,
-    MiB,
-    build_config,
     parse_duration,
     parse_metrics_addr,
     parse_size,

@@ -15,14 +15,18 @@ from alluxiofuse.config import (
     MountConfig,
     build_config,
     load_config_file,
-    parse_duration,
-    parse_metrics_addr,
-    parse_mode,
-    parse_size,
     parse_ufs_option,
 )
 from alluxiofuse.errors import ConfigError
 from alluxiofuse.limits import GiB, KiB, MemoryLimits, MiB
+from alluxiofuse.options import (
+    DEFAULT_METRICS_ADDR,
+    OPTIONS,
+    parse_duration,
+    parse_metrics_addr,
+    parse_mode,
+    parse_size,
+)
 
 BASE = {"source": "/data", "mountpoint": "/mnt"}
 
@@ -447,23 +451,22 @@ _CHOICE_DEFAULT = re.compile(r"(\w+) \(default[:)]")
 def test_every_default_in_the_help_is_the_default() -> None:
     """Each "(default X)" in an option's help, parsed as that option, gives the value the
     daemon takes when the option is not given."""
-    from alluxiofuse.cli import main as cli
-
     defaults = build_config(BASE)
     checked = []
-    for name, metavar, text in cli._VALUE_OPTIONS + cli._CLUSTER_OPTIONS:
-        found = _DEFAULT_CLAIM.search(text)
-        if metavar in ("TYPE", "API"):  # "THROUGH (default: ...), CACHE_THROUGH ..."
-            found = _CHOICE_DEFAULT.search(text)
+    for option in OPTIONS:
+        if option.kind != "value" or option.parse is None:
+            continue
+        found = _DEFAULT_CLAIM.search(option.help)
+        if option.metavar in ("TYPE", "API"):  # "THROUGH (default: ...), CACHE_THROUGH ..."
+            found = _CHOICE_DEFAULT.search(option.help)
         if found is None:  # derived defaults (1/8 of RAM, half the free disk ...)
             continue
-        field = name.replace("-", "_")
-        claimed = getattr(build_config({**BASE, field: found.group(1)}), field)
-        actual = getattr(defaults, field)
-        if field == "metrics_addr":
-            actual = actual or config.DEFAULT_METRICS_ADDR
-        assert claimed == actual, (name, found.group(1), actual)
-        checked.append(name)
+        claimed = getattr(build_config({**BASE, option.name: found.group(1)}), option.name)
+        actual = getattr(defaults, option.name)
+        if option.name == "metrics_addr":
+            actual = actual or DEFAULT_METRICS_ADDR
+        assert claimed == actual, (option.name, found.group(1), actual)
+        checked.append(option.name)
     assert len(checked) >= 20, checked
 
 
