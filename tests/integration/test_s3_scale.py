@@ -38,6 +38,9 @@ def populate(s3: S3Server, prefix: str, count: int) -> dict[str, int]:
     return expected
 
 
+# The scan's own bound (300 s) must fire before pytest-timeout's default (120 s) does, so
+# that a slow listing fails with the scan named, not a stack dump of a waiting thread.
+@pytest.mark.timeout(420)
 def test_a_prefix_of_100000_objects_is_listed_whole(s3: S3Server, mount: MountFactory) -> None:
     # The server is set up first so that it is torn down last: the mount, stopped before
     # it, never finds the bucket gone (its readiness probe would log a warning).
