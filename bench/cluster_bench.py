@@ -90,21 +90,23 @@ from bench.harness import (
     LineReader,
     MiB,
     Snapshot,
+    add_quiet_options,
     environment,
     fmt,
     log,
     log_findings,
     machine_busy,
     on_sigterm,
+    print_notes,
     print_table,
     proc_counters,
     proc_cpu,
+    quiet_pass,
     ratio,
     self_cpu,
     summary,
     tail,
     vm_hwm_mib,
-    wait_quiet,
     watchdog,
 )
 
@@ -569,20 +571,12 @@ class Context:
 
 
 def measured(ctx: Context, work: str, target: str, rep: int, fn: Callable[[], Pass]) -> None:
-    """Run one pass; one during which the rest of the machine used more than --max-other
-    cores (another job) is discarded and run again, up to --attempts times in all."""
-    for attempt in range(1, ctx.args.attempts + 1):
-        ctx.cl.check_alive()
-        wait_quiet(ctx.args.max_other, ctx.args.quiet_wait)
-        p = fn()
-        if p.cpu["other"] <= ctx.args.max_other or attempt == ctx.args.attempts:
-            break
-        ctx.discarded += 1
-        log(f"  [{rep + 1}/{ctx.args.repeat}] {target:<11} {work:<8} {p.value:>10,.1f} "
-            f"discarded: {p.cpu['other']:.2f} cores used elsewhere during the pass")
-    if p.cpu["other"] > ctx.args.max_other:
-        ctx.problems.append(f"{target} {work} (repetition {rep + 1}) kept after {attempt} "
-                            f"attempts with {p.cpu['other']:.2f} cores used elsewhere")
+    """Run one pass while the machine is quiet (``quiet_pass``) and record it."""
+    step = f"  [{rep + 1}/{ctx.args.repeat}] {target:<11} {work:<8} "
+    what = f"{target} {work} (repetition {rep + 1})"
+    p, discarded = quiet_pass(fn, ctx.args, ctx.cl.check_alive, what,
+                              lambda p: f"{step}{p.value:>10,.1f} ", ctx.problems)
+    ctx.discarded += discarded
     ctx.record(work, target, rep, p)
 
 
@@ -698,10 +692,7 @@ def report(ctx: Context, markdown: bool) -> None:
                          cpu("other"), requests(ps[-1].requests)])
     print_table(rows, markdown)
     print()
-    for note in ctx.problems:
-        print(f"note: {note}")
-    print(f"passes discarded and run again (another job used more than "
-          f"{ctx.args.max_other} cores meanwhile): {ctx.discarded}")
+    print_notes(ctx.problems, ctx.args.max_other, ctx.discarded)
     checked = ", ".join(dict.fromkeys(ctx.checked)) or "nothing"
     print(f"checked (sha256 against the source, first repetition): {checked}")
     for t in TARGETS:
@@ -732,12 +723,7 @@ def main() -> int:
                    help="extra daemon arguments (one string); read_bench's mount already "
                         "passes -f --log-level warning")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
-    p.add_argument("--max-other", type=float, default=0.15,
-                   help="cores the rest of the machine may use during a pass: a pass over it "
-                        "is run again; also the idle level waited for before each pass")
-    p.add_argument("--attempts", type=int, default=6, help="tries per pass (see --max-other)")
-    p.add_argument("--quiet-wait", type=float, default=600,
-                   help="seconds to wait, before each pass, for the machine to be idle")
+    add_quiet_options(p)
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = p.parse_args()
     args.alluxiofuse_args = " ".join(shlex.quote(a) for a in shlex.split(args.alluxiofuse_args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import ctypes.util
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 MiB = 1 << 20
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +133,56 @@ def wait_quiet(max_other: float, wait: float) -> None:
         if not said:
             log(f"  waiting for the machine to be idle ({busy:.2f} cores busy elsewhere)")
             said = True
+
+
+def add_quiet_options(p: argparse.ArgumentParser) -> None:
+    """The options of :func:`quiet_pass`: how busy the rest of the machine may be."""
+    p.add_argument("--max-other", type=float, default=0.15,
+                   help="cores the rest of the machine may use during a pass: a pass over it "
+                        "is run again; also the idle level waited for before each pass")
+    p.add_argument("--attempts", type=int, default=6, help="tries per pass (see --max-other)")
+    p.add_argument("--quiet-wait", type=float, default=600,
+                   help="seconds to wait, before each pass, for the machine to be idle")
+
+
+class CpuPass(Protocol):
+    """A timed pass that knows the cores the rest of the machine used meanwhile."""
+
+    @property
+    def cpu(self) -> dict[str, float]: ...  # "other": cores used by the rest of the machine
+
+
+P = TypeVar("P", bound=CpuPass)
+
+
+def quiet_pass(fn: Callable[[], P], args: argparse.Namespace, check_alive: Callable[[], None],
+               what: str, said: Callable[[P], str], problems: list[str]) -> tuple[P, int]:
+    """Run one pass, ``fn()``; one during which the rest of the machine used more than
+    --max-other cores (another job) is discarded and run again, up to --attempts times in
+    all (``add_quiet_options``). The pass kept, and how many were discarded; a pass kept
+    busy is a note in ``problems`` (``what`` names it). ``said(pass)`` starts the
+    progress line of a discarded one."""
+    discarded = 0
+    for attempt in range(1, args.attempts + 1):
+        check_alive()
+        wait_quiet(args.max_other, args.quiet_wait)
+        p = fn()
+        if p.cpu["other"] <= args.max_other or attempt == args.attempts:
+            break
+        discarded += 1
+        log(f"{said(p)}discarded: {p.cpu['other']:.2f} cores used elsewhere during the pass")
+    if p.cpu["other"] > args.max_other:
+        problems.append(f"{what} kept after {attempt} attempts with {p.cpu['other']:.2f} "
+                        f"cores used elsewhere")
+    return p, discarded
+
+
+def print_notes(problems: list[str], max_other: float, discarded: int) -> None:
+    """A report's notes, and how many passes were run again (``quiet_pass``)."""
+    for note in problems:
+        print(f"note: {note}")
+    print(f"passes discarded and run again (another job used more than "
+          f"{max_other} cores meanwhile): {discarded}")
 
 
 def end(proc: subprocess.Popen[bytes]) -> None:
@@ -314,6 +366,16 @@ def environment() -> str:
         out.append((r.stdout or r.stderr).strip())
     return (f"machine: nproc={len(os.sched_getaffinity(0))} MemTotal={info.get('MemTotal')} "
             f"kernel={platform.release()} cpu={cpu}\nversions: " + ", ".join(out))
+
+
+def chosen(p: argparse.ArgumentParser, only: str, aliases: dict[str, str],
+           order: tuple[str, ...]) -> list[str]:
+    """The targets a comma-separated ``--only`` names (``aliases``: name -> target), in
+    ``order``; an unknown name is a usage error."""
+    names = [t.strip() for t in only.split(",") if t.strip()]
+    if bad := [t for t in names if t not in aliases]:
+        p.error(f"unknown target(s) {bad}; choose from {', '.join(aliases)}")
+    return [t for t in order if t in {aliases[n] for n in names}]
 
 
 def fmt(v: float | None) -> str:

@@ -42,10 +42,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from bench import latency_proxy, s3env
-from bench.harness import BenchError, drop_caches, log, print_table, proc_cpu
+from bench.harness import BenchError, drop_caches, log, on_sigterm, print_table, proc_cpu
 
 TARGETS = s3env.PEERS
 DEFAULT_TARGETS = ("alluxiofuse", "rclone", "s3fs")
@@ -167,10 +166,6 @@ def report(res: s3env.Results, markdown: bool) -> None:
         print(f"note: {note}")
     for t, why in res.failed.items():
         print(f"{t}: FAILED: {why}")
-
-
-def on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:

@@ -73,6 +73,7 @@ from bench.harness import (
     BenchError,
     MiB,
     Mount,
+    chosen,
     daemon_mount,
     drop_caches,
     environment,
@@ -383,10 +384,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args()
-    names = [t.strip() for t in args.only.split(",") if t.strip()]
-    if bad := [t for t in names if t not in ALIASES]:
-        p.error(f"unknown target(s) {bad}; choose from {', '.join(ALIASES)}")
-    targets = [t for t in TARGETS if t in {ALIASES[n] for n in names}]
+    targets = chosen(p, args.only, ALIASES, TARGETS)
 
     ds = plan_dataset(args.data_dir.resolve(), args.quick)
     ensure_dataset(ds)

@@ -63,7 +63,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import latency_proxy, s3env
-from bench.harness import BenchError, MiB, drop_caches, log, print_table, proc_counters, proc_cpu
+from bench.harness import (
+    BenchError,
+    MiB,
+    drop_caches,
+    log,
+    on_sigterm,
+    print_table,
+    proc_counters,
+    proc_cpu,
+)
 
 TARGETS = (*s3env.PEERS, "ceiling")
 # workload -> (label, unit)
@@ -380,10 +389,6 @@ def report(res: s3env.Results, markdown: bool) -> None:
         print(f"note: {note}")
     for t, why in res.failed.items():
         print(f"{t}: FAILED: {why}")
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind: every mount and process is cleaned up on the way
 
 
 def main() -> int:

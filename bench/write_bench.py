@@ -86,6 +86,7 @@ from bench.harness import (
     BenchError,
     MiB,
     Mount,
+    chosen,
     drop_caches,
     environment,
     fmt,
@@ -512,10 +513,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args()
-    names = [t.strip() for t in args.only.split(",") if t.strip()]
-    if bad := [t for t in names if t not in ALIASES]:
-        p.error(f"unknown target(s) {bad}; choose from {', '.join(ALIASES)}")
-    targets = [t for t in TARGETS if t in {ALIASES[n] for n in names}]
+    targets = chosen(p, args.only, ALIASES, TARGETS)
     works = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if bad := [w for w in works if w not in WORKLOADS]:
         p.error(f"unknown workload(s) {bad}; choose from {', '.join(WORKLOADS)}")
