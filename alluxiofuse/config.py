@@ -52,8 +52,8 @@ class MountConfig:
     # what the kernel keeps, the daemon. SIGHUP still drops everything.
     immutable: bool = False
     # What cached statuses, missing names and listings may hold together, in bytes; 0 =
-    # a quarter of the memory budget, at least 16 MiB (a listing of 100,000 local files
-    # holds about 10 MiB: see listing.py).
+    # a quarter of the memory budget, at least 16 MiB (listings are held in columns, a few
+    # bytes a field an entry: see listing.py).
     metadata_cache_size: int = 0
     # S3: modes, owners and times are not kept in object metadata (as on other object
     # stores): a listing then says all there is of each object, so `ls -l` costs the list

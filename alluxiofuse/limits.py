@@ -95,7 +95,8 @@ def _read_meminfo_total() -> int:
 
 
 # What the process may hold beyond its memory budget: Python with the daemon's libraries
-# loaded is about 50 MiB resident; the rest covers threads, buffers and allocator slack.
+# loaded (its resident size at rest is in bench/RESULTS.md), threads, buffers and
+# allocator slack.
 ALLOWANCE = 128 * MiB
 
 

@@ -1,12 +1,12 @@
 """A directory listing kept in columns: a handful of buffers, not an object per entry.
 
-A listing of 100,000 entries held as ``FileStatus`` objects costs about 500 bytes an entry
-(the object, its version tuple, its name and a dozen integer objects) in hundreds of
-thousands of small allocations, which the allocator seldom gives back once they are freed.
-Here the names are one string, each integer field one ``array`` (only the fields some entry
-has), the kinds and completeness one byte each: under 100 bytes an entry for a local
-directory, in a few large allocations that go back to the system when the listing goes.
-An entry becomes a ``FileStatus`` again when it is asked for.
+A listing held as ``FileStatus`` objects costs a dozen objects an entry (the object, its
+version tuple, its name and its integer objects), in as many small allocations, which the
+allocator seldom gives back once they are freed. Here the names are one string, each
+integer field one ``array`` (only the fields some entry has), the kinds and completeness
+one byte each: a few large allocations that go back to the system when the listing goes
+(bench/RESULTS.md has the bytes an entry). An entry becomes a ``FileStatus`` again when it
+is asked for.
 
 A listing that arrives in pages (S3: 1,000 keys each) is read out page by page while the
 rest is on its way (``ListingStream``): ``ls`` of a million objects starts at once, and its
@@ -65,8 +65,8 @@ def kind_code(kind: Kind) -> int:
 class Columns:
     """Entries added one at a time straight into columns, for a ``Listing``: a backend
     listing a directory of many entries keeps no object per entry meanwhile (a tuple per
-    entry, freed once the listing was made, left about 60 bytes an entry of the
-    allocator's memory in the process)."""
+    entry, freed once the listing was made, left part of the allocator's memory behind
+    in the process)."""
 
     def __init__(self) -> None:
         self.names: list[str] = []

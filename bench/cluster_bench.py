@@ -50,8 +50,8 @@ Exit status non-zero if the benchmark failed (a process did not start, a timeout
 bytes) or alluxiofuse fell back to the under-storage.
 
 Run as root (/dev/fuse; needs fusermount3 and the etcd binary):
-  /tmp/venv/bin/python bench/cluster_bench.py --quick --repeat 1       # smoke run
-  /tmp/venv/bin/python bench/cluster_bench.py --repeat 3 --markdown    # full run
+  .venv/bin/python -m bench.cluster_bench --quick --repeat 1       # smoke run
+  .venv/bin/python -m bench.cluster_bench --repeat 3 --markdown    # full run
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ import hashlib
 import itertools
 import json
 import os
-import select
 import shlex
 import shutil
 import signal
@@ -82,17 +81,35 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(REPO_ROOT / "bench"), str(REPO_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from alluxiofuse.backends.cluster.membership import WorkerAddress
+from alluxiofuse.backends.cluster.ring import VNODES_PROPERTIES, HashRing, path_id
+from bench import read_bench as rb
+from bench.harness import (
+    REPO_ROOT,
+    BenchError,
+    LineReader,
+    MiB,
+    Snapshot,
+    add_quiet_options,
+    environment,
+    fmt,
+    log,
+    log_findings,
+    machine_busy,
+    on_sigterm,
+    print_notes,
+    print_table,
+    proc_counters,
+    proc_cpu,
+    quiet_pass,
+    ratio,
+    self_cpu,
+    summary,
+    tail,
+    vm_hwm_mib,
+    watchdog,
+)
 
-import read_bench as rb  # noqa: E402  (bench/read_bench.py: dataset, mounts, readers)
-
-from alluxiofuse.backends.cluster.membership import WorkerAddress  # noqa: E402
-from alluxiofuse.backends.cluster.ring import VNODES_PROPERTIES, HashRing, path_id  # noqa: E402
-
-MiB = rb.MiB
 PAGE = 1 << 20  # the workers' page size (alluxio.worker.page.store.page.size default)
 CLIENT_VNODES_KEY = "alluxio.user.consistent.hash.virtual.node.count.per.worker"
 CLUSTER_NAME_KEY = "alluxio.cluster.name"
@@ -103,32 +120,9 @@ START_TIMEOUT = 60.0
 LOAD_TIMEOUT = 1200.0
 FALLBACK_MARK = "using the under-storage"
 
-log = rb.log
-BenchError = rb.BenchError
 
 
 # ------------------------------------------------------------------------ measuring
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-@dataclass
-class Snapshot:
-    t: float
-    sims: list[float]
-    proc: float
-    me: float
-    busy: float
-    stats: Counter[str]
 
 
 @dataclass
@@ -188,8 +182,8 @@ class Cluster:
 
     def snapshot(self, pid: int | None) -> Snapshot:
         stats = self.stats()
-        return Snapshot(time.perf_counter(), [rb.proc_cpu(p) for p in self.pids],
-                        rb.proc_cpu(pid) if pid else 0.0, self_cpu(), machine_busy(), stats)
+        return Snapshot(time.perf_counter(), [proc_cpu(p) for p in self.pids],
+                        proc_cpu(pid) if pid else 0.0, self_cpu(), machine_busy(), stats)
 
     def cost(self, a: Snapshot, b: Snapshot) -> tuple[float, dict[str, float], Counter[str]]:
         """Wall seconds, CPU in cores, and worker requests between two snapshots."""
@@ -201,12 +195,6 @@ class Cluster:
         cpu["other"] = max(0.0, (b.busy - a.busy) / wall - cpu["sims"] - cpu["proc"]
                            - cpu["readers"])
         return wall, cpu, b.stats - a.stats
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n    ".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:])
-    return ""
 
 
 @contextlib.contextmanager
@@ -310,26 +298,6 @@ def warm_store(store: Path) -> int:
 # ------------------------------------------------------------------------ alluxiofuse
 
 
-def fallback_count(logfile: Path) -> tuple[int, list[str]]:
-    """Worker calls answered from the under-storage, and WARNING/ERROR lines, in a log."""
-    n, bad = 0, []
-    with contextlib.suppress(OSError), open(logfile, errors="replace") as f:
-        for line in f:
-            if FALLBACK_MARK in line:
-                n += 1
-            if " WARNING " in line or " ERROR " in line or " CRITICAL " in line:
-                bad.append(line.rstrip())
-    return n, bad
-
-
-def small_digest(paths: list[str]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
     ds, args = ctx.ds, ctx.args
     logfile = ctx.logs / f"alluxiofuse-{work}-{rep + 1}.log"
@@ -352,28 +320,28 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
                 return rb.read_small(paths)
             want = ds.small_bytes
         a = ctx.cl.snapshot(pid)
-        f0 = rb.proc_counters(pid)[0]
-        with rb.watchdog(m, args.timeout, work):
+        f0 = proc_counters(pid)[0]
+        with watchdog(m, args.timeout, work):
             got = fn()
-        minflt = rb.proc_counters(pid)[0] - f0
+        minflt = proc_counters(pid)[0] - f0
         b = ctx.cl.snapshot(pid)
-        rss = rb.vm_hwm_mib(pid)
+        rss = vm_hwm_mib(pid)
         if got != want:
             raise BenchError(f"alluxiofuse {work}: read {got} bytes, expected {want}")
         if rep == 0:
-            with rb.watchdog(m, args.timeout, f"{work} check"):
+            with watchdog(m, args.timeout, f"{work} check"):
                 if work == "seq":
                     with open(big, "rb", buffering=0) as f:
                         digest = hashlib.file_digest(f, "sha256").hexdigest()
                     expect = ds.big_sha256
                 else:
-                    digest, expect = small_digest(paths), ctx.small_sha256
+                    digest, expect = rb.small_digest(paths), ctx.small_sha256
             if digest != expect:
                 raise BenchError(f"alluxiofuse {work}: sha256 through the mount is {digest}, "
                                  f"not {expect}")
             ctx.checked.append(f"alluxiofuse {work}")
     secs, cpu, reqs = ctx.cl.cost(a, b)
-    fallbacks, bad = fallback_count(logfile)
+    fallbacks, bad = log_findings(logfile, FALLBACK_MARK)
     if fallbacks or bad:
         ctx.problems.append(f"alluxiofuse {work} (repetition {rep + 1}): {fallbacks} worker "
                             f"call(s) answered from the under-storage, {len(bad)} warning(s); "
@@ -407,7 +375,7 @@ def client_main() -> int:
         with ThreadPoolExecutor(max_workers=4) as ex:
             got = sum(len(b) for b in ex.map(fs.read, uris))
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss = rb.vm_hwm_mib(os.getpid())
+    rss = vm_hwm_mib(os.getpid())
     print(json.dumps({"bytes": got, "secs": secs, "cpu": cpu, "rss": rss}), flush=True)
     digest = ""  # after the driver's snapshot ("check"), so that its reads are not counted
     if sys.stdin.readline().strip() == "check" and conf["verify"]:
@@ -422,28 +390,6 @@ def client_main() -> int:
     return 0
 
 
-class LineReader:
-    """Lines from a child's stdout, each with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        self.fd, self.buf = proc.stdout.fileno(), b""
-
-    def readline(self, timeout: float, what: str) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BenchError(f"official client: no {what} after {timeout:g}s")
-            if select.select([self.fd], [], [], left)[0]:
-                chunk = os.read(self.fd, 1 << 16)
-                if not chunk:
-                    raise BenchError(f"official client exited before {what}")
-                self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode()
-
-
 def client_pass(ctx: Context, work: str, rep: int) -> Pass:
     ds, args = ctx.ds, ctx.args
     errlog = ctx.logs / f"official-{work}-{rep + 1}.log"
@@ -452,8 +398,9 @@ def client_pass(ctx: Context, work: str, rep: int) -> Pass:
     conf = {"etcd_port": int(ctx.cl.etcd.rsplit(":", 1)[1]), "cluster": ctx.cl.cluster_name,
             "vnodes": args.vnodes, "work": work, "uris": uris, "verify": rep == 0}
     with open(errlog, "wb") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--client-pass"], cwd=REPO_ROOT,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cluster_bench", "--client-pass"],
+                                cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err)
     try:
         assert proc.stdin is not None
         lines = LineReader(proc)
@@ -478,7 +425,7 @@ def client_pass(ctx: Context, work: str, rep: int) -> Pass:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    check_reply(f"official {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
+    rb.check_reply(f"official {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
     wall, cpu, reqs = ctx.cl.cost(a, b)
     secs = reply["secs"]
     # The driver's snapshots bracket the child's own timing: per second of the child's.
@@ -623,53 +570,13 @@ class Context:
             + (f"  minflt {p.minflt:,}" if p.minflt is not None else ""))
 
 
-def check_reply(who: str, work: str, reply: dict[str, Any], ds: rb.Dataset,
-                small_sha256: str, verify: bool, checked: list[str]) -> None:
-    """A client pass's reply: the bytes it read (``reply["bytes"]``) and, when
-    ``verify``, their sha256 (``reply["digest"]``) against the source's."""
-    seq = work == "seq"
-    want = ds.big_size if seq else ds.small_bytes
-    if reply["bytes"] != want:
-        raise BenchError(f"{who}: read {reply['bytes']} bytes, expected {want}")
-    if verify:
-        expect = ds.big_sha256 if seq else small_sha256
-        if reply["digest"] != expect:
-            raise BenchError(f"{who}: sha256 {reply['digest']}, not {expect}")
-        checked.append(who)
-
-
-def wait_quiet(args: argparse.Namespace) -> None:
-    """Before a pass: wait (up to --quiet-wait seconds) until the rest of the machine uses
-    less than --max-other cores, measured over one second while this run is idle."""
-    deadline, said = time.monotonic() + args.quiet_wait, False
-    while True:
-        b0 = machine_busy()
-        time.sleep(1.0)
-        if (busy := machine_busy() - b0) < args.max_other:
-            return
-        if time.monotonic() > deadline:
-            log(f"  the machine is still busy ({busy:.2f} cores elsewhere): going on")
-            return
-        if not said:
-            log(f"  waiting for the machine to be idle ({busy:.2f} cores busy elsewhere)")
-            said = True
-
-
 def measured(ctx: Context, work: str, target: str, rep: int, fn: Callable[[], Pass]) -> None:
-    """Run one pass; one during which the rest of the machine used more than --max-other
-    cores (another job) is discarded and run again, up to --attempts times in all."""
-    for attempt in range(1, ctx.args.attempts + 1):
-        ctx.cl.check_alive()
-        wait_quiet(ctx.args)
-        p = fn()
-        if p.cpu["other"] <= ctx.args.max_other or attempt == ctx.args.attempts:
-            break
-        ctx.discarded += 1
-        log(f"  [{rep + 1}/{ctx.args.repeat}] {target:<11} {work:<8} {p.value:>10,.1f} "
-            f"discarded: {p.cpu['other']:.2f} cores used elsewhere during the pass")
-    if p.cpu["other"] > ctx.args.max_other:
-        ctx.problems.append(f"{target} {work} (repetition {rep + 1}) kept after {attempt} "
-                            f"attempts with {p.cpu['other']:.2f} cores used elsewhere")
+    """Run one pass while the machine is quiet (``quiet_pass``) and record it."""
+    step = f"  [{rep + 1}/{ctx.args.repeat}] {target:<11} {work:<8} "
+    what = f"{target} {work} (repetition {rep + 1})"
+    p, discarded = quiet_pass(fn, ctx.args, ctx.cl.check_alive, what,
+                              lambda p: f"{step}{p.value:>10,.1f} ", ctx.problems)
+    ctx.discarded += discarded
     ctx.record(work, target, rep, p)
 
 
@@ -702,7 +609,7 @@ def run(args: argparse.Namespace, ds: rb.Dataset, workdir: Path, logs: Path) -> 
         big_owner = ctx.cl.ring.owner(f"file://{ds.root}/big.bin").http_port
         ctx.problems.append(f"(info) big.bin is on the worker at port {big_owner}; small "
                             f"files per worker: {dict(sorted(owners.items()))}")
-        ctx.small_sha256 = small_digest([str(ds.root / rel) for rel, _ in ds.small])
+        ctx.small_sha256 = rb.small_digest([str(ds.root / rel) for rel, _ in ds.small])
         for rep in range(args.repeat):
             for target in TARGETS[rep % 3:] + TARGETS[:rep % 3]:
                 if target in ctx.failed:
@@ -725,20 +632,6 @@ def requests(c: Counter[str]) -> str:
     return " + ".join(f"{c[k]:,} {'page' if k == 'file' else k}" for k in keys) or "0"
 
 
-def summary(vals: list[float]) -> str:
-    if not vals:
-        return "–"
-    med = rb.fmt(statistics.median(vals))
-    if len(vals) == 1:
-        return med
-    return f"{med} ({rb.fmt(min(vals))}–{rb.fmt(max(vals))})"
-
-
-def table(rows: list[list[str]], markdown: bool) -> None:
-    rb.print_table(rows, markdown)
-    print()
-
-
 def report(ctx: Context, markdown: bool) -> None:
     def vals(work: str, target: str, what: Callable[[Pass], float | None]) -> list[float]:
         return [v for p in ctx.results.get((work, target), []) if (v := what(p)) is not None]
@@ -757,7 +650,7 @@ def report(ctx: Context, markdown: bool) -> None:
         a, o = med(work, "alluxiofuse"), med(work, "official")
         r = a / o if a and o else None
         rows.append([names[work], summary(vals(work, "alluxiofuse", lambda p: p.value)),
-                     summary(vals(work, "official", lambda p: p.value)), rb.ratio(r),
+                     summary(vals(work, "official", lambda p: p.value)), ratio(r),
                      f"≥ {need}x", "n/a" if r is None else "yes" if r >= need else "**no**",
                      summary(vals(work, "sims.1c", lambda p: p.value)),
                      summary(vals(work, "sims", lambda p: p.value))])
@@ -772,7 +665,8 @@ def report(ctx: Context, markdown: bool) -> None:
                  "n/a" if not (f := vals("seq", "alluxiofuse", lambda p: p.minflt)) else
                  "yes" if statistics.median(f) <= rb.FAULTS_TARGET else "**no**", "–", "–"])
     print()
-    table(rows, markdown)
+    print_table(rows, markdown)
+    print()
 
     rows = [["pass", "rate", "wall (s)", "sims CPU, all (cores)", "busiest sim (cores)",
              "daemon / client CPU (cores)", "reader threads CPU (cores)",
@@ -790,25 +684,19 @@ def report(ctx: Context, markdown: bool) -> None:
                 return f"{statistics.median(p.cpu[key] for p in ps):.2f}"
 
             rows.append([f"{work}: {who[target]}",
-                         f"{rb.fmt(statistics.median(p.value for p in ps))} {unit}",
+                         f"{fmt(statistics.median(p.value for p in ps))} {unit}",
                          f"{statistics.median(p.secs for p in ps):.2f}", cpu("sims"),
                          cpu("sims_max"), "–" if target.startswith("sims") else cpu("proc"),
                          cpu("proc") if target.startswith("sims") else
                          ("–" if target == "official" else cpu("readers")),
                          cpu("other"), requests(ps[-1].requests)])
-    table(rows, markdown)
-    for note in ctx.problems:
-        print(f"note: {note}")
-    print(f"passes discarded and run again (another job used more than "
-          f"{ctx.args.max_other} cores meanwhile): {ctx.discarded}")
+    print_table(rows, markdown)
+    print()
+    print_notes(ctx.problems, ctx.args.max_other, ctx.discarded)
     checked = ", ".join(dict.fromkeys(ctx.checked)) or "nothing"
     print(f"checked (sha256 against the source, first repetition): {checked}")
     for t in TARGETS:
         print(f"{t}: {'FAILED: ' + ctx.failed[t] if t in ctx.failed else 'ok'}")
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> int:
@@ -835,12 +723,7 @@ def main() -> int:
                    help="extra daemon arguments (one string); read_bench's mount already "
                         "passes -f --log-level warning")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
-    p.add_argument("--max-other", type=float, default=0.15,
-                   help="cores the rest of the machine may use during a pass: a pass over it "
-                        "is run again; also the idle level waited for before each pass")
-    p.add_argument("--attempts", type=int, default=6, help="tries per pass (see --max-other)")
-    p.add_argument("--quiet-wait", type=float, default=600,
-                   help="seconds to wait, before each pass, for the machine to be idle")
+    add_quiet_options(p)
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = p.parse_args()
     args.alluxiofuse_args = " ".join(shlex.quote(a) for a in shlex.split(args.alluxiofuse_args))
@@ -865,7 +748,7 @@ def main() -> int:
         else:
             log(f"logs kept in {logs}")
 
-    print(rb.environment())
+    print(environment())
     print(f"load average before the run: {' '.join(load_before)}, after: "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     try:

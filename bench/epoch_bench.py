@@ -15,7 +15,7 @@ alluxiofuse rows the requests of the second epoch are counted from /metrics (the
 runs with ``--metrics-addr`` on a free loopback port). Median of --repeat runs.
 
 Run as root under the shared lock:
-  flock /work/wt/bench.lock .venv/bin/python bench/epoch_bench.py --repeat 3 --markdown
+  flock /work/wt/bench.lock .venv/bin/python -m bench.epoch_bench --repeat 3 --markdown
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import read_bench as rb  # the mounts, the cache drop, the table
-from scale_bench import free_port
+from bench import read_bench as rb  # the mounts
+from bench.harness import BenchError, drop_caches, free_port, log, print_table
 
 TARGETS = ("direct", "alluxiofuse", "alluxiofuse-immutable", "rclone")
 DIRS, FILES = 10, 1_000
@@ -46,7 +45,7 @@ def ensure_data(root: Path) -> Path:
     if (data / ".complete").exists():
         return data
     shutil.rmtree(data, ignore_errors=True)
-    rb.log(f"making {data} ...")
+    log(f"making {data} ...")
     rng = random.Random(17)
     for d in range(DIRS):
         (data / f"d{d:02d}").mkdir(parents=True)
@@ -69,7 +68,7 @@ def epoch(root: Path) -> float:
                 f.read()  # whole: the files are 16 KiB at most
             files += 1
     if files != DIRS * FILES + 1:  # and the marker
-        raise rb.BenchError(f"an epoch over {root} saw {files} files")
+        raise BenchError(f"an epoch over {root} saw {files} files")
     return time.monotonic() - start
 
 
@@ -101,7 +100,7 @@ def run(target: str, data: Path, pause: float, out: dict[str, list[float]]) -> N
     daemon = target.startswith("alluxiofuse")
     with rb.mounted(target, data, " ".join(extra) if target == "alluxiofuse" else "",
                     command(target, data, extra)) as m:
-        rb.drop_caches()
+        drop_caches()
         out.setdefault(f"{target} epoch 1", []).append(epoch(m.root))
         if target != "direct":
             time.sleep(pause)
@@ -111,7 +110,7 @@ def run(target: str, data: Path, pause: float, out: dict[str, list[float]]) -> N
             after = requests(port)
             for op in OPS:
                 out.setdefault(f"{target} {op}", []).append(after[op] - before[op])
-    rb.log(f"  {target:22s} epochs {out[f'{target} epoch 1'][-1]:7.2f} "
+    log(f"  {target:22s} epochs {out[f'{target} epoch 1'][-1]:7.2f} "
             f"{out[f'{target} epoch 2'][-1]:7.2f} s")
 
 
@@ -125,7 +124,7 @@ def main() -> int:
     args = p.parse_args()
     targets = [t for t in args.only.split(",") if t in TARGETS]
     if "rclone" in targets and shutil.which("rclone") is None:
-        rb.log("rclone is not installed (apt-get install -y rclone): skipped")
+        log("rclone is not installed (apt-get install -y rclone): skipped")
         targets.remove("rclone")
     data = ensure_data(args.data_dir)
     out: dict[str, list[float]] = {}
@@ -146,7 +145,7 @@ def main() -> int:
                      f"{second:.2f}" if second is not None else "-",
                      f"{second / direct:.2f}x" if second and direct else "-",
                      *[f"{c:,.0f}" if c is not None else "-" for c in counts]])
-    rb.print_table(rows, args.markdown)
+    print_table(rows, args.markdown)
     return 0
 
 

@@ -16,9 +16,9 @@ threads per connection that move up to 1 MiB per system call and never look at t
 directly and through the proxy with no delay and no cap.
 
 As a command (prints ``listening PORT`` once it accepts; Ctrl-C or SIGTERM stops it):
-  python bench/latency_proxy.py --upstream 127.0.0.1:9000                  # 20 ms, 90 MiB/s
-  python bench/latency_proxy.py --upstream 127.0.0.1:9000 --ttfb 0 --bandwidth 0
-  python bench/latency_proxy.py --measure      # its overhead (needs boto3 and s3rver)
+  .venv/bin/python -m bench.latency_proxy --upstream 127.0.0.1:9000   # 20 ms, 90 MiB/s
+  .venv/bin/python -m bench.latency_proxy --upstream 127.0.0.1:9000 --ttfb 0 --bandwidth 0
+  .venv/bin/python -m bench.latency_proxy --measure      # its overhead (needs boto3 and s3rver)
 From Python, in this process or in a process of its own (spawn, which keeps its threads
 off the caller's GIL):
   with LatencyProxy(("127.0.0.1", 9000), ttfb=0.02, bandwidth=90 * MiB) as proxy:
@@ -278,8 +278,8 @@ def measure_overhead(repeat: int, size_mib: int, n_small: int) -> None:
     """A plain boto3 client against s3rver, directly and through this proxy with no
     delay and no cap (in its own process, as the benchmarks run it), and the proxy's CPU.
     Needs boto3 and s3rver (bench/s3env.py installs what is missing)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import s3env  # bench/s3env.py: the S3 server and a client
+    from bench import s3env  # the S3 server and a client
+    from bench.harness import proc_cpu
 
     with s3env.s3rver() as server:
         client = s3env.client(server.url)
@@ -295,13 +295,13 @@ def measure_overhead(repeat: int, size_mib: int, n_small: int) -> None:
                 c = s3env.client(url, max_pool=16)
                 seq, small_rate, cpu = [], [], []
                 for _ in range(repeat):
-                    cpu0 = s3env.rb.proc_cpu(pid) if pid else 0.0
+                    cpu0 = proc_cpu(pid) if pid else 0.0
                     t0 = time.perf_counter()
                     got = s3env.ranged_get(c, server.bucket, "big.bin", size_mib * MiB, 8)
                     secs = time.perf_counter() - t0
                     assert got == size_mib * MiB
                     seq.append(size_mib / secs)
-                    cpu.append(((s3env.rb.proc_cpu(pid) - cpu0) / secs) if pid else 0.0)
+                    cpu.append(((proc_cpu(pid) - cpu0) / secs) if pid else 0.0)
                     t0 = time.perf_counter()
                     s3env.get_many(c, server.bucket, keys, 16)
                     small_rate.append(n_small / (time.perf_counter() - t0))

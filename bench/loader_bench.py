@@ -22,10 +22,10 @@ Needs torch, the CPU build: installed into this interpreter when missing with
 ``pip install torch==2.13.0+cpu`` (a wheel on this machine's disk; elsewhere, PyTorch's
 CPU wheel index: a plain ``pip install torch`` brings the CUDA build and ~3 GiB of nvidia
 packages). Run as root, under the shared lock, one or two targets a run:
-  flock /work/wt/bench.lock .venv/bin/python bench/loader_bench.py --quick --repeat 1
-  flock /work/wt/bench.lock .venv/bin/python bench/loader_bench.py --only alluxiofuse \\
+  flock /work/wt/bench.lock .venv/bin/python -m bench.loader_bench --quick --repeat 1
+  flock /work/wt/bench.lock .venv/bin/python -m bench.loader_bench --only alluxiofuse \\
         --results /tmp/loader.json
-  flock /work/wt/bench.lock .venv/bin/python bench/loader_bench.py --only rclone,s3fs \\
+  flock /work/wt/bench.lock .venv/bin/python -m bench.loader_bench --only rclone,s3fs \\
         --results /tmp/loader.json --markdown
 """
 
@@ -42,13 +42,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import latency_proxy
-import read_bench as rb
-import s3env
-from s3env import BenchError, log
+from bench import latency_proxy, s3env
+from bench.harness import BenchError, drop_caches, log, on_sigterm, print_table, proc_cpu
 
 TARGETS = s3env.PEERS
 DEFAULT_TARGETS = ("alluxiofuse", "rclone", "s3fs")
@@ -114,18 +110,18 @@ def run_peer(ep: s3env.Endpoint, peer: str, args: argparse.Namespace, logs: Path
     extra = args.alluxiofuse_args if peer == "alluxiofuse" else ""
     for workers in WORKERS:
         with s3env.mounted(peer, ep, logs, args.repo, extra) as m:
-            if not rb.drop_caches():
+            if not drop_caches():
                 raise BenchError("cannot drop the page cache: run as root")
             assert ep.ds is not None  # made by s3env.endpoint
             passes = epochs(m.root, ep.ds, workers, seed=rep)
             for ep_no in (1, 2):
-                cpu0, t0 = rb.proc_cpu(m.pid), time.perf_counter()
+                cpu0, t0 = proc_cpu(m.pid), time.perf_counter()
                 try:
                     rate = next(passes)
                 except (OSError, RuntimeError) as e:  # a worker's error comes as RuntimeError
                     raise BenchError(f"{peer} {workers} workers epoch {ep_no}: {e!r}\n    "
                                      f"{m.tail()}") from e
-                cores = (rb.proc_cpu(m.pid) - cpu0) / (time.perf_counter() - t0)
+                cores = (proc_cpu(m.pid) - cpu0) / (time.perf_counter() - t0)
                 res.add(f"w{workers}_e{ep_no}", peer, rate)
                 log(f"  [{rep + 1}] {peer:<11} {workers:>2} workers epoch {ep_no}: "
                     f"{rate:8,.1f} samples/s  {cores:.2f} cores")
@@ -159,7 +155,7 @@ def report(res: s3env.Results, markdown: bool) -> None:
         rss = {p: res.median(f"w{w}_rss", p)[0] for p in peers}
         rows.append([f"{w} workers, peak RSS (MiB)", *(fmt(rss[p]) for p in peers), "", "",
                      "", ""])
-    rb.print_table(rows, markdown, left=(0, len(head) - 1))
+    print_table(rows, markdown, left=(0, len(head) - 1))
     print()
     if rtt:
         print(f"round trip through the proxy (HEAD on a kept-alive connection, median): "
@@ -170,10 +166,6 @@ def report(res: s3env.Results, markdown: bool) -> None:
         print(f"note: {note}")
     for t, why in res.failed.items():
         print(f"{t}: FAILED: {why}")
-
-
-def on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main() -> int:

@@ -54,9 +54,9 @@ Exit status non-zero if the benchmark failed (a process did not start, a timeout
 bytes); whether the targets are met is printed, not judged.
 
 Run as root (/dev/fuse; needs fusermount3):
-  /tmp/venv/bin/python bench/proxy_bench.py --quick --repeat 1       # smoke run
-  /tmp/venv/bin/python bench/proxy_bench.py --repeat 3 --markdown    # full run
-  /tmp/venv/bin/python bench/proxy_bench.py --repeat 9 --workloads seq
+  .venv/bin/python -m bench.proxy_bench --quick --repeat 1       # smoke run
+  .venv/bin/python -m bench.proxy_bench --repeat 3 --markdown    # full run
+  .venv/bin/python -m bench.proxy_bench --repeat 9 --workloads seq
 """
 
 from __future__ import annotations
@@ -85,15 +85,34 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(REPO_ROOT / "bench"), str(REPO_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from bench import read_bench as rb
+from bench.harness import (
+    REPO_ROOT,
+    BenchError,
+    LineReader,
+    MiB,
+    Snapshot,
+    add_quiet_options,
+    end,
+    environment,
+    fmt,
+    log,
+    log_findings,
+    machine_busy,
+    on_sigterm,
+    print_notes,
+    print_table,
+    proc_counters,
+    proc_cpu,
+    quiet_pass,
+    ratio,
+    self_cpu,
+    summary,
+    tail,
+    vm_hwm_mib,
+    watchdog,
+)
 
-import cluster_bench as cb  # noqa: E402  (CPU accounting, child-process lines, checks)
-import read_bench as rb  # noqa: E402  (bench/read_bench.py: dataset, mounts, readers)
-
-MiB = rb.MiB
 TARGETS = ("alluxiofuse", "official")
 MOUNT_TARGET = "alluxiofuse-proxy"  # read_bench's mounted() would replace an "alluxiofuse" command
 # workload -> (unit, required ratio alluxiofuse / official)
@@ -106,8 +125,6 @@ HTTP_TIMEOUT = 10.0
 NOT_ROUTES = ("streams_opened", "streams_closed", "streams_expired", "streams_open",
               "bytes_read", "bytes_written")
 
-log = rb.log
-BenchError = rb.BenchError
 
 
 # ------------------------------------------------------------------------ the simulator
@@ -125,12 +142,12 @@ class Sim:
                                         timeout=HTTP_TIMEOUT) as reply:
                 return Counter(json.loads(reply.read()))
         except (OSError, ValueError) as e:
-            raise BenchError(f"simulated proxy: stats: {e!r}\n    {cb.tail(self.log)}") from e
+            raise BenchError(f"simulated proxy: stats: {e!r}\n    {tail(self.log)}") from e
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise BenchError(f"simulated proxy exited ({self.proc.returncode}): "
-                             f"{cb.tail(self.log)}")
+                             f"{tail(self.log)}")
 
 
 @contextlib.contextmanager
@@ -144,14 +161,14 @@ def sim_proxy(ufs: Path, port: int, logfile: Path) -> Iterator[Sim]:
             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), start_new_session=True)
     try:
         try:
-            line = cb.LineReader(proc).readline(START_TIMEOUT, "'listening PORT'")
+            line = LineReader(proc).readline(START_TIMEOUT, "'listening PORT'")
         except BenchError as e:  # its message names the official client: say who it was
-            raise BenchError(f"simulated proxy: {e}\n    {cb.tail(logfile)}") from None
+            raise BenchError(f"simulated proxy: {e}\n    {tail(logfile)}") from None
         if not line.startswith("listening "):
-            raise BenchError(f"simulated proxy said {line!r}\n    {cb.tail(logfile)}")
+            raise BenchError(f"simulated proxy said {line!r}\n    {tail(logfile)}")
         yield Sim(proc, int(line.split()[1]), logfile)
     finally:
-        rb.end(proc)
+        end(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -214,12 +231,12 @@ class Context:
     checked: list[str] = field(default_factory=list)
     discarded: int = 0
 
-    def snapshot(self, pid: int | None) -> cb.Snapshot:
-        return cb.Snapshot(time.perf_counter(), [rb.proc_cpu(self.sim.proc.pid)],
-                           rb.proc_cpu(pid) if pid else 0.0, cb.self_cpu(), cb.machine_busy(),
+    def snapshot(self, pid: int | None) -> Snapshot:
+        return Snapshot(time.perf_counter(), [proc_cpu(self.sim.proc.pid)],
+                           proc_cpu(pid) if pid else 0.0, self_cpu(), machine_busy(),
                            self.sim.stats())
 
-    def cost(self, a: cb.Snapshot, b: cb.Snapshot) -> tuple[float, dict[str, float],
+    def cost(self, a: Snapshot, b: Snapshot) -> tuple[float, dict[str, float],
                                                             Counter[str]]:
         """Wall seconds, CPU in cores, and simulator counters between two snapshots."""
         wall = b.t - a.t
@@ -286,27 +303,27 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
             fn, want = partial(read_files, paths, THREADS[work]), ds.small_bytes
         prewarm(args.prewarm_gib)
         a = ctx.snapshot(pid)
-        f0 = rb.proc_counters(pid)[0]
-        with rb.watchdog(m, args.timeout, work):
+        f0 = proc_counters(pid)[0]
+        with watchdog(m, args.timeout, work):
             got = fn()
-        minflt = rb.proc_counters(pid)[0] - f0
+        minflt = proc_counters(pid)[0] - f0
         b = ctx.snapshot(pid)
-        rss = rb.vm_hwm_mib(pid)
+        rss = vm_hwm_mib(pid)
         if got != want:
             raise BenchError(f"alluxiofuse {work}: read {got} bytes, expected {want}")
         if rep == 0:  # from the kernel's cache of the mount: the bytes the pass got
-            with rb.watchdog(m, args.timeout, f"{work} check"):
+            with watchdog(m, args.timeout, f"{work} check"):
                 if work == "seq":
                     with open(big, "rb", buffering=0) as f:
                         digest = hashlib.file_digest(f, "sha256").hexdigest()
                     expect = ds.big_sha256
                 else:
-                    digest, expect = cb.small_digest(paths), ctx.small_sha256
+                    digest, expect = rb.small_digest(paths), ctx.small_sha256
             if digest != expect:
                 raise BenchError(f"alluxiofuse {work}: sha256 through the mount is {digest}, "
                                  f"not {expect}")
             ctx.checked.append(f"alluxiofuse {work}")
-        _n, bad = cb.fallback_count(m.errlog)
+        _n, bad = log_findings(m.errlog)
         if bad:
             ctx.problems.append(f"alluxiofuse {work} (repetition {rep + 1}): {len(bad)} "
                                 "warning(s)" + "".join(f"\n    {x}" for x in bad[:5]))
@@ -391,7 +408,7 @@ def client_main() -> int:
         with ThreadPoolExecutor(max_workers=4) as ex:
             got = sum(len(b) for b in ex.map(read_whole, paths))
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rss = rb.vm_hwm_mib(os.getpid())
+    rss = vm_hwm_mib(os.getpid())
     print(json.dumps({"bytes": got, "secs": secs, "cpu": cpu, "rss": rss}), flush=True)
     digest = ""
     if sys.stdin.readline().strip() == "check" and conf["verify"]:
@@ -418,11 +435,12 @@ def client_pass(ctx: Context, work: str, rep: int, whole: bool = False) -> Pass:
             "paths": paths, "verify": rep == 0}
     open_before = ctx.sim.stats()["streams_open"]
     with open(errlog, "wb") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--client-pass"], cwd=REPO_ROOT,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "bench.proxy_bench", "--client-pass"],
+                                cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err)
     try:
         assert proc.stdin is not None
-        lines = cb.LineReader(proc)
+        lines = LineReader(proc)
         proc.stdin.write(json.dumps(conf).encode() + b"\n")
         proc.stdin.flush()
         if (ready := lines.readline(START_TIMEOUT, "ready")) != "ready":
@@ -440,12 +458,12 @@ def client_pass(ctx: Context, work: str, rep: int, whole: bool = False) -> Pass:
         reply.update(json.loads(lines.readline(args.timeout, "digest")))
         proc.wait(timeout=60)
     except (BenchError, OSError, ValueError, subprocess.TimeoutExpired) as e:
-        raise BenchError(f"{target} {work}: {e}\n    {cb.tail(errlog)}") from None
+        raise BenchError(f"{target} {work}: {e}\n    {tail(errlog)}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    cb.check_reply(f"{target} {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
+    rb.check_reply(f"{target} {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
     ctx.streams_left(open_before, f"{target} {work} (repetition {rep + 1})")
     wall, cpu, reqs = ctx.cost(a, b)
     secs = reply["secs"]
@@ -462,21 +480,12 @@ def client_pass(ctx: Context, work: str, rep: int, whole: bool = False) -> Pass:
 
 
 def measured(ctx: Context, work: str, target: str, rep: int, fn: Callable[[], Pass]) -> None:
-    """Run one pass; one during which the rest of the machine used more than --max-other
-    cores (another job) is discarded and run again, up to --attempts times in all."""
-    args = ctx.args
-    for attempt in range(1, args.attempts + 1):
-        ctx.sim.check_alive()
-        cb.wait_quiet(args)
-        p = fn()
-        if p.cpu["other"] <= args.max_other or attempt == args.attempts:
-            break
-        ctx.discarded += 1
-        log(f"  [{rep + 1}/{args.repeat}] {target:<15} {work:<8} {p.value:>9,.1f} "
-            f"discarded: {p.cpu['other']:.2f} cores used elsewhere during the pass")
-    if p.cpu["other"] > args.max_other:
-        ctx.problems.append(f"{target} {work} (repetition {rep + 1}) kept after {attempt} "
-                            f"attempts with {p.cpu['other']:.2f} cores used elsewhere")
+    """Run one pass while the machine is quiet (``quiet_pass``) and record it."""
+    step = f"  [{rep + 1}/{ctx.args.repeat}] {target:<15} {work:<8} "
+    what = f"{target} {work} (repetition {rep + 1})"
+    p, discarded = quiet_pass(fn, ctx.args, ctx.sim.check_alive, what,
+                              lambda p: f"{step}{p.value:>9,.1f} ", ctx.problems)
+    ctx.discarded += discarded
     ctx.record(work, target, rep, p)
 
 
@@ -518,7 +527,7 @@ def run(args: argparse.Namespace, ds: rb.Dataset, logs: Path) -> Context:
         log(f"simulated proxy on port {sim.port} (pid {sim.proc.pid})")
         small = sorted(ds.small)  # listing order: directory by directory, names sorted
         ctx = Context(args, ds, sim, logs, small)
-        ctx.small_sha256 = cb.small_digest([str(ds.root / rel) for rel, _ in small])
+        ctx.small_sha256 = rb.small_digest([str(ds.root / rel) for rel, _ in small])
         for rep in range(args.repeat):
             # Each workload's two passes back to back, their order rotating: a ratio then
             # compares passes close in time on this noisy machine.
@@ -573,22 +582,23 @@ def report(ctx: Context, markdown: bool) -> None:
         need = WORKLOADS[work][1]
         a, o = med(work, "alluxiofuse"), med(work, "official")
         r = a / o if a and o else None
-        rows.append([names[work], cb.summary(vals(work, "alluxiofuse", lambda p: p.value)),
-                     cb.summary(vals(work, "official", lambda p: p.value)), rb.ratio(r),
+        rows.append([names[work], summary(vals(work, "alluxiofuse", lambda p: p.value)),
+                     summary(vals(work, "official", lambda p: p.value)), ratio(r),
                      f"≥ {need}x", "n/a" if r is None else "yes" if r >= need else "**no**",
-                     cb.summary(vals(work, "official.whole", lambda p: p.value))])
+                     summary(vals(work, "official.whole", lambda p: p.value))])
     for work in ctx.args.workloads:
         rows.append([f"peak RSS, {work} (MiB)",
-                     cb.summary(vals(work, "alluxiofuse", lambda p: p.rss_mib)),
-                     cb.summary(vals(work, "official", lambda p: p.rss_mib)),
+                     summary(vals(work, "alluxiofuse", lambda p: p.rss_mib)),
+                     summary(vals(work, "official", lambda p: p.rss_mib)),
                      "–", "–", "–",
-                     cb.summary(vals(work, "official.whole", lambda p: p.rss_mib))])
+                     summary(vals(work, "official.whole", lambda p: p.rss_mib))])
     if faults := vals("seq", "alluxiofuse", lambda p: p.minflt):
-        rows.append(["daemon minor faults, seq", cb.summary(faults), "–", "–",
+        rows.append(["daemon minor faults, seq", summary(faults), "–", "–",
                      f"≤ {rb.FAULTS_TARGET:,}",
                      "yes" if statistics.median(faults) <= rb.FAULTS_TARGET else "**no**", "–"])
     print()
-    cb.table(rows, markdown)
+    print_table(rows, markdown)
+    print()
     # The two passes of a repetition ran back to back: their ratio compares like moments.
     for work in ctx.args.workloads:
         ours = ctx.results.get((work, "alluxiofuse"), [])
@@ -617,17 +627,15 @@ def report(ctx: Context, markdown: bool) -> None:
             per_text = f"{per * 1e3:.2f} ms/MiB" if work == "seq" else f"{per * 1e6:,.0f} µs/file"
             last = ps[-1].requests
             rows.append([f"{work}: {target}",
-                         f"{rb.fmt(statistics.median(p.value for p in ps))} {unit}",
+                         f"{fmt(statistics.median(p.value for p in ps))} {unit}",
                          f"{statistics.median(p.secs for p in ps):.2f}", cpu("sim"), cpu("proc"),
                          per_text, "–" if target.startswith("official") else cpu("readers"),
                          cpu("other"),
                          requests(last) if work == "seq" else
                          f"{requests(last, n_small)} ({requests(last)})"])
-    cb.table(rows, markdown)
-    for note in ctx.problems:
-        print(f"note: {note}")
-    print(f"passes discarded and run again (another job used more than "
-          f"{ctx.args.max_other} cores meanwhile): {ctx.discarded}")
+    print_table(rows, markdown)
+    print()
+    print_notes(ctx.problems, ctx.args.max_other, ctx.discarded)
     checked = ", ".join(dict.fromkeys(ctx.checked)) or "nothing"
     print(f"checked (sha256 against the source, first repetition): {checked}")
     for t in TARGETS:
@@ -660,16 +668,11 @@ def main() -> int:
     p.add_argument("--no-whole", action="store_true",
                    help="skip the official client's reader.read() of the whole big file")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
-    p.add_argument("--max-other", type=float, default=0.15,
-                   help="cores the rest of the machine may use during a pass: a pass over it "
-                        "is run again; also the idle level waited for before each pass")
-    p.add_argument("--attempts", type=int, default=6, help="tries per pass (see --max-other)")
-    p.add_argument("--quiet-wait", type=float, default=600,
-                   help="seconds to wait, before each pass, for the machine to be idle")
+    add_quiet_options(p)
     p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     args = p.parse_args()
     args.alluxiofuse_args = " ".join(shlex.quote(a) for a in shlex.split(args.alluxiofuse_args))
-    signal.signal(signal.SIGTERM, cb.on_sigterm)  # run the clean-ups, as on Ctrl-C
+    signal.signal(signal.SIGTERM, on_sigterm)  # run the clean-ups, as on Ctrl-C
     load_before = Path("/proc/loadavg").read_text().split()[:3]
 
     try:  # fail before anything starts if the official client is not there
@@ -698,7 +701,7 @@ def main() -> int:
         else:
             log(f"logs kept in {logs}")
 
-    print(rb.environment())
+    print(environment())
     print(f"load average before the run: {' '.join(load_before)}, after: "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(f"official client: alluxio {version} (requests) from {args.apy01_dir}, read type "

@@ -43,47 +43,54 @@ status is non-zero only if the benchmark itself failed: a mount did not come up,
 timeout, or wrong data from any target.
 
 Run as root (drop_caches, /dev/fuse; needs fusermount3, and libfuse2 for fusepy):
-  /tmp/venv/bin/python bench/read_bench.py --quick            # smoke run, ~1 min
-  /tmp/venv/bin/python bench/read_bench.py                    # full run
-  /tmp/venv/bin/python bench/read_bench.py --only direct,fsspec --repeat 5 --markdown
+  .venv/bin/python -m bench.read_bench --quick            # smoke run, ~1 min
+  .venv/bin/python -m bench.read_bench                    # full run
+  .venv/bin/python -m bench.read_bench --only direct,fsspec --repeat 5 --markdown
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from bench.harness import (
+    REPO_ROOT,
+    BenchError,
+    MiB,
+    Mount,
+    chosen,
+    daemon_mount,
+    drop_caches,
+    environment,
+    fmt,
+    log,
+    print_table,
+    ratio,
+    watchdog,
+)
 
 T = TypeVar("T")
-MiB = 1 << 20
 BLOCK = 64 * MiB
 PAGE_CACHE_MIB = 256  # the tuned row's page cache; the main rows run the defaults
 TUNED_ARGS = f"--page-cache-size {PAGE_CACHE_MIB}MiB"
 FAULTS_TARGET = 30_000  # daemon minor faults in a cold 1 GiB sequential read (issue 16)
-MOUNT_TIMEOUT = 60.0
 SEED = 20240611
 N_DIRS = 100
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("direct", "alluxiofuse", "alluxiofuse.fsspec", "alluxiofuse.tuned", "fsspec.fuse",
            "floor", "floor.read")
 DAEMONS = ("alluxiofuse", "alluxiofuse.fsspec", "alluxiofuse.tuned")
@@ -99,15 +106,6 @@ WORKLOADS = {"seq_cold": ("MiB/s", "direct", 0.9), "seq_warm": ("MiB/s", "fsspec
              "walk": ("entries/s", "fsspec.fuse", 2.0)}
 FSSPEC_CODE = ("import sys, fsspec, fsspec.fuse; fsspec.fuse.run(fsspec.filesystem('file'), "
                "sys.argv[1] + '/', sys.argv[2], foreground=True)")
-UMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
-
-
-class BenchError(Exception):
-    """The benchmark itself failed (as opposed to a target being missed)."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -162,118 +160,44 @@ def ensure_dataset(ds: Dataset) -> None:
     os.sync()
 
 
+def small_digest(paths: list[str]) -> str:
+    """The sha256 of the files' bytes, one after the other."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def check_reply(who: str, work: str, reply: dict[str, Any], ds: Dataset,
+                small_sha256: str, verify: bool, checked: list[str]) -> None:
+    """A client pass's reply: the bytes it read (``reply["bytes"]``) and, when
+    ``verify``, their sha256 (``reply["digest"]``) against the source's."""
+    seq = work == "seq"
+    want = ds.big_size if seq else ds.small_bytes
+    if reply["bytes"] != want:
+        raise BenchError(f"{who}: read {reply['bytes']} bytes, expected {want}")
+    if verify:
+        expect = ds.big_sha256 if seq else small_sha256
+        if reply["digest"] != expect:
+            raise BenchError(f"{who}: sha256 {reply['digest']}, not {expect}")
+        checked.append(who)
+
+
 # ------------------------------------------------------------------------ mounts
 
-@dataclass
-class Mount:
-    target: str
-    root: Path
-    proc: subprocess.Popen[bytes] | None = None
-    errlog: Path | None = None
-    peak_rss_mib: float | None = None
-
-    def counters(self) -> tuple[int, float]:
-        """The daemon's minor page faults and CPU seconds so far (0, 0.0 without one)."""
-        return (0, 0.0) if self.proc is None else proc_counters(self.proc.pid)
-
-    def tail(self, lines: int = 20) -> str:
-        if self.errlog is None:
-            return ""
-        with contextlib.suppress(OSError):
-            text = self.errlog.read_text(errors="replace").rstrip().splitlines()[-lines:]
-            return "\n    ".join([f"--- output tail of {self.target} ({self.errlog}):", *text])
-        return ""
 
 
-def is_mounted(path: Path) -> bool:
-    """Unlike os.path.ismount, also true for a dead (ENOTCONN) FUSE mount."""
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def vm_hwm_mib(pid: int) -> float | None:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-def proc_counters(pid: int) -> tuple[int, float]:
-    """Minor page faults and CPU seconds (user + system) of process ``pid`` so far, all
-    its threads, from /proc/PID/stat (fields 10, 14 and 15)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0.0
-    return int(fields[7]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of process ``pid`` so far."""
-    return proc_counters(pid)[1]
-
-
-def end(proc: subprocess.Popen[bytes]) -> None:
-    """A helper process (a simulator, a server): SIGTERM, then SIGKILL; reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-def run_quiet(cmd: list[str]) -> None:
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, check=False)
-
-
-@contextlib.contextmanager
-def watchdog(m: Mount, seconds: float, what: str) -> Iterator[None]:
-    """Kill the daemon if `what` overruns: the kernel then aborts the FUSE connection,
-    so readers blocked on the mount get ENOTCONN instead of hanging forever."""
-    if m.proc is None:
-        yield
-        return
-    proc, fired = m.proc, threading.Event()
-
-    def fire() -> None:
-        fired.set()
-        proc.kill()
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    err: OSError | None = None
-    try:
-        yield
-    except OSError as exc:
-        err = exc
-    finally:
-        timer.cancel()
-    if fired.is_set() or err:
-        why = f"timed out after {seconds:g}s (daemon killed)" if fired.is_set() else repr(err)
-        raise BenchError(f"{m.target} {what}: {why}\n    {m.tail()}") from err
-
-
-def stop(proc: subprocess.Popen[bytes], mnt: Path) -> None:
-    """Unmount and reap; SIGTERM, SIGKILL and a lazy unmount are the fallbacks."""
-    if is_mounted(mnt):
-        run_quiet([UMOUNT, "-u", str(mnt)])
-    for action, wait in ((None, 20), (proc.terminate, 10), (proc.kill, 10)):
-        if action is not None:
-            log(f"warning: daemon on {mnt} still running; {action.__name__}()")
-            action()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
-            break
-    if is_mounted(mnt):
-        log(f"warning: {mnt} still mounted; lazy unmount")
-        run_quiet([UMOUNT, "-uz", str(mnt)])
-    with contextlib.suppress(OSError):
-        mnt.rmdir()
+def daemon_command(target: str, src: Path, extra: str, mnt: Path) -> list[str]:
+    """The command line of ``target``'s daemon mounting ``src`` on ``mnt``."""
+    if target in DAEMONS:  # the defaults, but for --alluxiofuse-args (and the tuned row's)
+        source = f"local://{src}" if target == "alluxiofuse.fsspec" else str(src)
+        return [sys.executable, "-m", "alluxiofuse", "mount", source, str(mnt), "-f",
+                "--log-level", "warning", *shlex.split(extra)]
+    if target in FLOORS:
+        return [sys.executable, str(REPO_ROOT / "bench" / "floor_fs.py"), str(src), str(mnt),
+                *(["--read"] if target == "floor.read" else [])]
+    return [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
 
 
 @contextlib.contextmanager
@@ -281,59 +205,19 @@ def mounted(
     target: str, src: Path, extra: str, command: Callable[[Path], list[str]] | None = None,
 ) -> Iterator[Mount]:
     """Yield a fresh mount of `src` (or `src` itself for direct); always clean up.
-    `command(mountpoint)`, if given, is the daemon's command line instead of target's."""
+    `command(mountpoint)`, if given, is the daemon's command line instead of target's
+    (but for the alluxiofuse targets, which always run alluxiofuse)."""
     if target == "direct":
         yield Mount(target, src)
         return
-    mnt = Path(os.path.realpath(tempfile.mkdtemp(prefix=f"bench-{target}-mnt-")))
-    fd, errname = tempfile.mkstemp(prefix=f"bench-{target}-", suffix=".log")
-    cmd = [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
-    if command is not None:
-        cmd = command(mnt)
-    elif target in FLOORS:
-        cmd = [sys.executable, str(REPO_ROOT / "bench" / "floor_fs.py"), str(src), str(mnt)]
-        cmd += ["--read"] if target == "floor.read" else []
-    if target in DAEMONS:  # the defaults, but for --alluxiofuse-args (and the tuned row's)
-        source = f"local://{src}" if target == "alluxiofuse.fsspec" else str(src)
-        cmd = [sys.executable, "-m", "alluxiofuse", "mount", source, str(mnt), "-f",
-               "--log-level", "warning", *shlex.split(extra)]
-    pypath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    with os.fdopen(fd, "wb") as errf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                stdout=errf, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                env=dict(os.environ, PYTHONPATH=pypath), start_new_session=True)
-    m, clean = Mount(target, mnt, proc, Path(errname)), False
-    try:
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        with watchdog(m, MOUNT_TIMEOUT + 10, "mount"):
-            while not os.path.ismount(mnt):
-                if proc.poll() is not None:
-                    raise BenchError(f"{target} exited ({proc.returncode}) before mounting"
-                                     f"\n    {m.tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{target} not mounted after {MOUNT_TIMEOUT:.0f}s"
-                                     f"\n    {m.tail()}")
-                time.sleep(0.05)
+    if command is None or target in DAEMONS:
+        command = partial(daemon_command, target, src, extra)
+    with daemon_mount(target, command) as m:
         yield m
-        m.peak_rss_mib = vm_hwm_mib(proc.pid)
-        clean = True
-    finally:
-        stop(proc, mnt)
-        if clean and proc.returncode != 0:
-            log(f"warning: {target} exited with {proc.returncode}\n    {m.tail()}")
-        elif clean:
-            Path(errname).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ workloads
 
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def read_seq(path: Path) -> int:
@@ -433,33 +317,6 @@ def read_big(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res: 
 
 # ------------------------------------------------------------------------ report
 
-def environment() -> str:
-    info = {k.strip(): v.strip() for k, _, v in (
-        line.partition(":") for line in Path("/proc/meminfo").read_text().splitlines())}
-    cpu = next((line.split(":")[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), "?")
-    out = [f"python {platform.python_version()}"]
-    for pkg in ("alluxiofuse", "fsspec", "fusepy", "pyfuse3", "trio"):
-        try:
-            out.append(f"{pkg} {metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    with contextlib.suppress(OSError, TypeError, AttributeError):
-        v = ctypes.CDLL(ctypes.util.find_library("fuse")).fuse_version()
-        out.append(f"libfuse2 API {v // 10}.{v % 10}")
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        r = subprocess.run([UMOUNT, "-V"], capture_output=True, text=True, timeout=10, check=False)
-        out.append((r.stdout or r.stderr).strip())
-    return (f"machine: nproc={len(os.sched_getaffinity(0))} MemTotal={info.get('MemTotal')} "
-            f"kernel={platform.release()} cpu={cpu}\nversions: " + ", ".join(out))
-
-
-def fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:,.0f}" if v >= 1000 else f"{v:,.1f}"
-
-
-def ratio(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
 
 
 def report(res: Results, targets: list[str], markdown: bool) -> None:
@@ -509,19 +366,6 @@ def report(res: Results, targets: list[str], markdown: bool) -> None:
         print(f"{t}: {status}")
 
 
-def print_table(rows: list[list[str]], markdown: bool,
-                left: tuple[int, ...] | None = None) -> None:
-    """``rows`` (the first is the header) as Markdown or as aligned text; in text, the
-    columns in ``left`` (all when None) are left-aligned, the others right-aligned."""
-    if markdown:
-        for i, row in enumerate(rows):
-            print("| " + " | ".join(row) + " |" + ("\n|" + "---|" * len(row) if i == 0 else ""))
-        return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) if left is None or i in left else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -540,10 +384,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args()
-    names = [t.strip() for t in args.only.split(",") if t.strip()]
-    if bad := [t for t in names if t not in ALIASES]:
-        p.error(f"unknown target(s) {bad}; choose from {', '.join(ALIASES)}")
-    targets = [t for t in TARGETS if t in {ALIASES[n] for n in names}]
+    targets = chosen(p, args.only, ALIASES, TARGETS)
 
     ds = plan_dataset(args.data_dir.resolve(), args.quick)
     ensure_dataset(ds)

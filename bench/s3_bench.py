@@ -35,12 +35,12 @@ Each target's workloads run --repeat times (medians shown), the targets in a rot
 order. The table gives alluxiofuse / best FUSE peer and alluxiofuse / ceiling beside the
 issue's targets. To keep each run short (the machine is shared: run under flock), pick
 targets and workloads and gather the samples of several runs in one --results file:
-  flock /work/wt/bench.lock .venv/bin/python bench/s3_bench.py --quick --repeat 1
-  flock /work/wt/bench.lock .venv/bin/python bench/s3_bench.py --only alluxiofuse,ceiling \\
+  flock /work/wt/bench.lock .venv/bin/python -m bench.s3_bench --quick --repeat 1
+  flock /work/wt/bench.lock .venv/bin/python -m bench.s3_bench --only alluxiofuse,ceiling \\
         --results /tmp/s3.json
-  flock /work/wt/bench.lock .venv/bin/python bench/s3_bench.py --only rclone,s3fs \\
+  flock /work/wt/bench.lock .venv/bin/python -m bench.s3_bench --only rclone,s3fs \\
         --results /tmp/s3.json --markdown          # prints the table of both runs
-  .venv/bin/python bench/s3_bench.py --report /tmp/s3.json --markdown
+  .venv/bin/python -m bench.s3_bench --report /tmp/s3.json --markdown
 Exit status non-zero if the benchmark itself failed (a mount did not come up, a pass hung,
 wrong bytes); whether targets are met is printed, not judged. Run as root (/dev/fuse,
 drop_caches). Every mount is under a temporary directory and is unmounted, and every
@@ -62,11 +62,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import latency_proxy
-import read_bench as rb
-import s3env
-from s3env import BenchError, MiB, log
+from bench import latency_proxy, s3env
+from bench.harness import (
+    BenchError,
+    MiB,
+    drop_caches,
+    log,
+    on_sigterm,
+    print_table,
+    proc_counters,
+    proc_cpu,
+)
 
 TARGETS = (*s3env.PEERS, "ceiling")
 # workload -> (label, unit)
@@ -140,7 +146,7 @@ def timed(ctx: Context, m: s3env.Mount | None, target: str, work: str, rep: int,
           fn: Callable[[float], tuple[float, bool]]) -> None:
     """Run fn(deadline) -> (amount, complete); record amount / seconds."""
     unit = WORKLOADS.get(work, ("", "MiB/s" if work.startswith("seq") else "files/s"))[1]
-    cpu0 = rb.proc_cpu(m.pid) if m else 0.0
+    cpu0 = proc_cpu(m.pid) if m else 0.0
     t0 = time.perf_counter()
     deadline = time.monotonic() + ctx.args.budget
     if m is not None:
@@ -151,13 +157,13 @@ def timed(ctx: Context, m: s3env.Mount | None, target: str, work: str, rep: int,
     secs = time.perf_counter() - t0
     value = amount / secs
     ctx.res.add(work, target, value, complete)
-    cpu = f"  {(rb.proc_cpu(m.pid) - cpu0) / secs:.2f} cores" if m else ""
+    cpu = f"  {(proc_cpu(m.pid) - cpu0) / secs:.2f} cores" if m else ""
     log(f"  [{rep + 1}] {target:<11} {work:<13} {value:>10,.1f} {unit}"
         f"{'' if complete else ' * (budget)'}{cpu}")
 
 
 def cold() -> None:
-    if not rb.drop_caches():
+    if not drop_caches():
         raise BenchError("cannot drop the page cache (/proc/sys/vm/drop_caches): run as root")
 
 
@@ -236,13 +242,13 @@ def run_peer(ctx: Context, peer: str, rep: int) -> None:
     if "seq1" in args.workloads:
         with mount() as m:
             cold()
-            f0 = rb.proc_counters(m.pid)[0]
+            f0 = proc_counters(m.pid)[0]
             timed(ctx, m, peer, "seq1", rep, lambda d: seq_pass(ctx, m, peer, 1, d))
-            ctx.res.add("minflt", peer, rb.proc_counters(m.pid)[0] - f0)
+            ctx.res.add("minflt", peer, proc_counters(m.pid)[0] - f0)
             if (hwm := m.rss_hwm_mib()) is not None:
                 ctx.res.add("rss", peer, hwm)
                 log(f"  [{rep + 1}] {peer:<11} peak RSS {hwm:,.0f} MiB, minor faults "
-                    f"{rb.proc_counters(m.pid)[0] - f0:,}")
+                    f"{proc_counters(m.pid)[0] - f0:,}")
     if "seq4" in args.workloads:
         with mount() as m:
             cold()
@@ -365,7 +371,7 @@ def report(res: s3env.Results, markdown: bool) -> None:
             goal = f"<= {BOUNDS[work]:,.0f}"
             met = "-" if a is None else "yes" if a <= BOUNDS[work] else "no"
         rows.append([*cells, goal, met])
-    rb.print_table(rows, markdown, left=(0, len(head) - 2))
+    print_table(rows, markdown, left=(0, len(head) - 2))
     print()
     for n, label in CEILING.items():
         v, _ = res.median(n, "ceiling")
@@ -383,10 +389,6 @@ def report(res: s3env.Results, markdown: bool) -> None:
         print(f"note: {note}")
     for t, why in res.failed.items():
         print(f"{t}: FAILED: {why}")
-
-
-def on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # unwind: every mount and process is cleaned up on the way
 
 
 def main() -> int:

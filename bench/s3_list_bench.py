@@ -18,7 +18,7 @@ caches are dropped before each ``ls -l``; the median of --repeat runs is shown, 
 requests (replies the proxy passed on) and the ratio to boto3's time.
 
 Run as root under the shared lock:
-  flock /work/wt/bench.lock .venv/bin/python bench/s3_list_bench.py --repeat 3 --markdown
+  flock /work/wt/bench.lock .venv/bin/python -m bench.s3_list_bench --repeat 3 --markdown
 """
 
 from __future__ import annotations
@@ -32,10 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import latency_proxy
-import read_bench as rb
-import s3env
+from bench import latency_proxy, s3env
+from bench.harness import BenchError, drop_caches, log, print_table
 
 PREFIXES = {"wide1k": 1_000, "wide": 100_000}
 SPEC = {"prefixes": PREFIXES, "size": 100}
@@ -58,12 +56,12 @@ def populate(server: s3env.S3Server) -> None:
     if got == SPEC:
         return
     keys = [f"{prefix}/{i:07d}.jpg" for prefix, n in PREFIXES.items() for i in range(n)]
-    rb.log(f"populating s3rver with {len(keys):,} objects (once) ...")
+    log(f"populating s3rver with {len(keys):,} objects (once) ...")
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=16) as ex:
         list(ex.map(lambda k: c.put_object(Bucket=server.bucket, Key=k, Body=b"x" * 100), keys))
     c.put_object(Bucket=server.bucket, Key="manifest.json", Body=json.dumps(SPEC).encode())
-    rb.log(f"populated in {time.monotonic() - t0:.0f}s")
+    log(f"populated in {time.monotonic() - t0:.0f}s")
 
 
 def list_pages(url: str, bucket: str, prefix: str) -> int:
@@ -94,16 +92,16 @@ def run(target: str, prefix: str, ep: s3env.Endpoint, logs: Path,
         seconds = time.monotonic() - t0
     else:
         with s3env.mounted(peer, ep, logs, extra=extra) as m:
-            rb.drop_caches()
+            drop_caches()
             before = ep.proxy.replies()
             t0 = time.monotonic()
             got = long_listing(m.root / prefix)
             seconds = time.monotonic() - t0
     requests = ep.proxy.replies() - before
     if got != want:
-        raise rb.BenchError(f"{target}: {got} entries in {prefix}/, not {want}")
+        raise BenchError(f"{target}: {got} entries in {prefix}/, not {want}")
     out.setdefault((target, prefix), []).append((seconds, requests))
-    rb.log(f"  {target:18s} {prefix:7s} {seconds:8.2f} s  {requests:7,} requests")
+    log(f"  {target:18s} {prefix:7s} {seconds:8.2f} s  {requests:7,} requests")
 
 
 def main() -> int:
@@ -116,13 +114,13 @@ def main() -> int:
     s3env.ensure_python_deps()
     targets = [t for t in args.only.split(",") if t in TARGETS]
     if missing := s3env.missing_tool("rclone"):
-        rb.log(f"{missing}: skipped")
+        log(f"{missing}: skipped")
         targets = [t for t in targets if TARGETS[t][0] != "rclone"]
     prefixes = [p for p in args.prefixes.split(",") if p in PREFIXES]
     out: dict[tuple[str, str], list[tuple[float, int]]] = {}
     logs = s3env.BENCH_DIR / "logs" / f"s3-list-{time.strftime('%Y%m%d-%H%M%S')}"
     logs.mkdir(parents=True, exist_ok=True)
-    rb.log(f"logs in {logs}")
+    log(f"logs in {logs}")
     with s3env.s3rver(s3env.BENCH_DIR / "s3rver-list", logs / "s3rver.log") as server:
         populate(server)
         with latency_proxy.spawn(("127.0.0.1", server.port),
@@ -148,7 +146,7 @@ def main() -> int:
             requests = statistics.median(r for _, r in runs)
             rows.append([f"{prefix}/ ({PREFIXES[prefix]:,})", target, f"{seconds:.2f}",
                          f"{requests:,.0f}", f"{seconds / base:.2f}x" if base else "-"])
-    rb.print_table(rows, args.markdown)
+    print_table(rows, args.markdown)
     return 0
 
 

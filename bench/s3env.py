@@ -38,15 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(REPO_ROOT / "bench"),):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from bench import latency_proxy
+from bench.harness import REPO_ROOT, BenchError, MiB, end, is_mounted, log, stop, tail, vm_hwm_mib
 
-import latency_proxy  # noqa: E402
-import read_bench as rb  # noqa: E402  (mount teardown, drop_caches, watchdog)
-
-MiB = 1 << 20
 BENCH_DIR = Path(os.environ.get("ALLUXIOFUSE_BENCH_DIR", "/var/tmp/alluxiofuse-bench"))
 NODE_DIR = Path(os.environ.get("ALLUXIOFUSE_BENCH_NODE", BENCH_DIR / "node"))
 S3RVER_VERSION = "3.7.1"
@@ -64,8 +58,6 @@ PEER_NAMES = {"alluxiofuse": "alluxiofuse", "rclone": "rclone mount", "s3fs": "s
 MARKERS = ("small/README.txt", "tree/README.txt")
 PYTHON_DEPS = {"boto3": "boto3", "fuse": "fusepy", "s3fs": "s3fs"}  # module -> PyPI name
 
-log = rb.log
-BenchError = rb.BenchError
 
 
 # ------------------------------------------------------------------------ installing
@@ -106,11 +98,6 @@ def missing_tool(peer: str) -> str | None:
 # ------------------------------------------------------------------------ processes
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n    ".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:])
-    return ""
-
 
 # ------------------------------------------------------------------------ S3 server
 
@@ -144,7 +131,7 @@ def s3rver(directory: Path | None = None, logfile: Path | None = None) -> Iterat
             # Its continuation tokens (truncated listings) use DES, which OpenSSL 3 keeps
             # in its legacy provider: without it such a listing is a 500.
             env=dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider"))
-        stack.callback(rb.end, proc)
+        stack.callback(end, proc)
         assert proc.stdout is not None
         stack.callback(proc.stdout.close)
         timer = threading.Timer(START_TIMEOUT, proc.kill)
@@ -418,7 +405,7 @@ class Mount:
         return self.proc.pid
 
     def rss_hwm_mib(self) -> float | None:
-        return rb.vm_hwm_mib(self.proc.pid)
+        return vm_hwm_mib(self.proc.pid)
 
     def tail(self) -> str:
         return f"--- {self.peer} log ({self.logfile}):\n    {tail(self.logfile)}"
@@ -496,9 +483,9 @@ def mounted(peer: str, ep: Endpoint, logs: Path, repo: Path = REPO_ROOT,
                 time.sleep(0.05)
             yield m
         finally:
-            rb.stop(proc, mnt)  # unmount, wait, SIGTERM, SIGKILL, lazy unmount; rmdir
+            stop(proc, mnt)  # unmount, wait, SIGTERM, SIGKILL, lazy unmount; rmdir
     finally:
-        if not rb.is_mounted(mnt):  # never delete through a mount that would not go
+        if not is_mounted(mnt):  # never delete through a mount that would not go
             shutil.rmtree(work, ignore_errors=True)
 
 

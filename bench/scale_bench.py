@@ -26,7 +26,7 @@ ls <= 2x direct, find <= 3x direct, <= 300 B per entry of the million, RSS after
 forget within 20% of before plus the metadata cache.
 
 Run as root under the shared lock:
-  flock /work/wt/bench.lock .venv/bin/python bench/scale_bench.py --repeat 3 --markdown
+  flock /work/wt/bench.lock .venv/bin/python -m bench.scale_bench --repeat 3 --markdown
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,8 +42,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import read_bench as rb  # the mounts, the cache drop, the table
+from bench import read_bench as rb  # the mounts
+from bench.harness import BenchError, drop_caches, free_port, log, print_table
 
 TARGETS = ("direct", "floor", "alluxiofuse", "fsspec.fuse", "rclone")
 WIDE = 100_000
@@ -63,7 +62,7 @@ def ensure_data(root: Path, dirs: int, mem: bool) -> tuple[Path, Path, Path]:
         if (path / ".complete").exists():
             continue
         shutil.rmtree(path, ignore_errors=True)
-        rb.log(f"making {path} ...")
+        log(f"making {path} ...")
         for directory, files in parts:
             _files(directory, files)
         (path / ".complete").touch()
@@ -80,13 +79,8 @@ def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise rb.BenchError(f"no VmRSS for {pid}")
+    raise BenchError(f"no VmRSS for {pid}")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metadata_cache_kib(port: int) -> float:
@@ -94,7 +88,7 @@ def metadata_cache_kib(port: int) -> float:
         for line in reply.read().decode().splitlines():
             if line.startswith("alluxiofuse_metadata_cache_bytes "):
                 return float(line.split()[1]) / 1024
-    raise rb.BenchError("no alluxiofuse_metadata_cache_bytes in /metrics")
+    raise BenchError("no alluxiofuse_metadata_cache_bytes in /metrics")
 
 
 def timed(argv: str) -> float:
@@ -119,7 +113,7 @@ def run(target: str, src: Path, dirs: dict[str, Path], args: argparse.Namespace,
         if work == "mem" and target != "alluxiofuse":
             continue
         with rb.mounted(target, src, extra, command(target, src)) as m:
-            rb.drop_caches()
+            drop_caches()
             sub = m.root / dirs[work].name
             pid = m.proc.pid if m.proc is not None else None
             before = rss_kib(pid) if pid else 0
@@ -141,7 +135,7 @@ def run(target: str, src: Path, dirs: dict[str, Path], args: argparse.Namespace,
                     out.setdefault(f"{work}: metadata cache (MiB)", []).append(cached / 1024)
                     out.setdefault(f"{work}: RSS after forget / (before + metadata cache)",
                                    []).append(forgotten / (before + cached))
-            rb.log(f"  {target:12s} {work:5s} {seconds:8.2f} s")
+            log(f"  {target:12s} {work:5s} {seconds:8.2f} s")
 
 
 def main() -> int:
@@ -157,7 +151,7 @@ def main() -> int:
     args.workloads = args.workloads.split(",")
     targets = [t for t in args.only.split(",") if t in TARGETS]
     if "rclone" in targets and shutil.which("rclone") is None:
-        rb.log("rclone is not installed (apt-get install -y rclone): skipped")
+        log("rclone is not installed (apt-get install -y rclone): skipped")
         targets.remove("rclone")
     src = args.data_dir
     wide, wide_1m, tree = ensure_data(src, 100 if args.quick else 1000, "mem" in args.workloads)
@@ -180,11 +174,11 @@ def main() -> int:
         rows.append([name, *[f"{med[t]:.2f}" if t in med else "-" for t in targets],
                      f"{ratio:.2f}x" if ratio else "-", f"{floor:.2f}x" if floor else "-",
                      f"<= {target_ratio:g}x"])
-    rb.print_table(rows, args.markdown)
+    print_table(rows, args.markdown)
     for key, values in out.items():
         if " " in key and key.split(" ", 1)[1] in TARGETS:
             continue
-        rb.log(f"alluxiofuse {key}: {statistics.median(values):,.2f} "
+        log(f"alluxiofuse {key}: {statistics.median(values):,.2f} "
                f"(of {', '.join(f'{v:,.2f}' for v in values)})")
     return 0
 

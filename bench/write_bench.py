@@ -51,10 +51,10 @@ ends with ENOTCONN), bytes in the source directory other than those written, or 
 floor's counts other than the files and bytes written.
 
 Run as root (drop_caches, /dev/fuse; needs fusermount3, GNU tar, and libfuse2 for fusepy):
-  /tmp/venv/bin/python bench/write_bench.py --quick --repeat 1       # smoke run
-  /tmp/venv/bin/python bench/write_bench.py --markdown               # full run
-  /tmp/venv/bin/python bench/write_bench.py --only direct,fsspec,floor,floor.wb
-  /tmp/venv/bin/python bench/write_bench.py --only alluxiofuse,fsspec \\
+  .venv/bin/python -m bench.write_bench --quick --repeat 1       # smoke run
+  .venv/bin/python -m bench.write_bench --markdown               # full run
+  .venv/bin/python -m bench.write_bench --only direct,fsspec,floor,floor.wb
+  .venv/bin/python -m bench.write_bench --only alluxiofuse,fsspec \\
       --extra "--write-type ASYNC_THROUGH" --cache-dir /var/tmp/allux-cache
 """
 
@@ -79,16 +79,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(REPO_ROOT / "bench"), str(REPO_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+from bench import read_bench as rb
+from bench.harness import (
+    REPO_ROOT,
+    UMOUNT,
+    BenchError,
+    MiB,
+    Mount,
+    chosen,
+    drop_caches,
+    environment,
+    fmt,
+    log,
+    print_table,
+    ratio,
+    run_quiet,
+    vm_hwm_mib,
+    watchdog,
+)
 
-import read_bench as rb  # noqa: E402  (bench/read_bench.py: mounts, watchdog, report helpers)
-
-MiB = rb.MiB
-log = rb.log
-BenchError = rb.BenchError
 SEED = rb.SEED + 7
 MTIME = 1_700_000_000  # every member's mtime in the archive
 SAMPLE_EVERY = 50  # tar_x: sha256 of every 50th file
@@ -185,7 +194,7 @@ class Results:
 
 
 @contextlib.contextmanager
-def mounted(target: str, src: Path, extra: str) -> Iterator[rb.Mount]:
+def mounted(target: str, src: Path, extra: str) -> Iterator[Mount]:
     """read_bench's mounted(); a floor runs bench/floor_write.py."""
     command = None
     if target in FLOORS:
@@ -195,7 +204,7 @@ def mounted(target: str, src: Path, extra: str) -> Iterator[rb.Mount]:
         yield m
 
 
-def floor_counts(m: rb.Mount) -> dict[str, int]:
+def floor_counts(m: Mount) -> dict[str, int]:
     """The request counts a floor printed at exit (read before mounted() deletes its log)."""
     with contextlib.suppress(OSError, ValueError):
         for line in (m.errlog.read_text(errors="replace").splitlines() if m.errlog else []):
@@ -228,7 +237,7 @@ def cpu_now(pid: int | None) -> tuple[float, float, float]:
 
 
 @contextlib.contextmanager
-def metered(m: rb.Mount, work: str, res: Results) -> Iterator[None]:
+def metered(m: Mount, work: str, res: Results) -> Iterator[None]:
     """Record the daemon's CPU time over the timed section, and how many of the host's
     CPUs were busy on average (anything well above what the pass itself uses means other
     work on the host competed with it)."""
@@ -244,26 +253,26 @@ def metered(m: rb.Mount, work: str, res: Results) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def guarded(m: rb.Mount, seconds: float, what: str) -> Iterator[None]:
+def guarded(m: Mount, seconds: float, what: str) -> Iterator[None]:
     """read_bench's watchdog (kills a daemon that overruns), and a BenchError for an
     OSError of the direct target too, which has no daemon to watch."""
     try:
-        with rb.watchdog(m, seconds, what):
+        with watchdog(m, seconds, what):
             yield
     except OSError as exc:
         raise BenchError(f"{m.target} {what}: {exc}") from exc
 
 
-def unmount(m: rb.Mount, timeout: float) -> tuple[float, float | None]:
+def unmount(m: Mount, timeout: float) -> tuple[float, float | None]:
     """Unmount and wait for the daemon to exit, however long it takes to drain what it
     still holds (up to ``timeout``; mounted()'s stop() would SIGTERM it after 20 s).
     Returns the seconds taken and the daemon's peak RSS, read first (mounted() reads it
     after its body, when this daemon is gone)."""
     if m.proc is None:
         return 0.0, None
-    rss = rb.vm_hwm_mib(m.proc.pid)
+    rss = vm_hwm_mib(m.proc.pid)
     t0 = time.perf_counter()
-    rb.run_quiet([rb.UMOUNT, "-u", str(m.root)])
+    run_quiet([UMOUNT, "-u", str(m.root)])
     try:
         m.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -286,9 +295,9 @@ def write_big(path: Path, block: bytes, size: int) -> None:
     os.close(fd)
 
 
-def seq_write(m: rb.Mount, src: Path, plan: Plan, args: argparse.Namespace,
+def seq_write(m: Mount, src: Path, plan: Plan, args: argparse.Namespace,
               res: Results) -> float:
-    res.cold.append(rb.drop_caches())
+    res.cold.append(drop_caches())
     with guarded(m, args.timeout, "seq_write"), metered(m, "seq_write", res):
         t0 = time.perf_counter()
         write_big(m.root / "big.bin", plan.block, plan.big_size)
@@ -313,8 +322,8 @@ def check_big(target: str, src: Path, plan: Plan) -> None:
                          f"{digest}; wrote {plan.big_size:,}, sha256 {plan.big_sha256}")
 
 
-def tar_x(m: rb.Mount, plan: Plan, args: argparse.Namespace, res: Results) -> float:
-    res.cold.append(rb.drop_caches())
+def tar_x(m: Mount, plan: Plan, args: argparse.Namespace, res: Results) -> float:
+    res.cold.append(drop_caches())
     with open(plan.archive, "rb", buffering=0) as f:  # tar's input from memory, not disk
         while f.read(16 * MiB):
             pass
@@ -407,8 +416,8 @@ def run_one(target: str, work: str, plan: Plan, args: argparse.Namespace, rep: i
 def summary(vals: list[float] | None) -> str:
     if not vals:
         return "-"
-    med = rb.fmt(statistics.median(vals))
-    return med if len(vals) == 1 else f"{med} ({rb.fmt(min(vals))}-{rb.fmt(max(vals))})"
+    med = fmt(statistics.median(vals))
+    return med if len(vals) == 1 else f"{med} ({fmt(min(vals))}-{fmt(max(vals))})"
 
 
 def filesystem(path: Path) -> str:
@@ -449,8 +458,8 @@ def report(res: Results, plan: Plan, targets: list[str], markdown: bool) -> None
                             + ("n/a (not measured)" if got is None else
                                f"{'met' if met == 'yes' else 'NOT met'} ({got:.2f}x)"))
         rows.append([names[work], *(cell(work, t) for t in TARGETS),
-                     rb.ratio(r["direct"]), rb.ratio(r["fsspec.fuse"]), rb.ratio(z["floor"]),
-                     rb.ratio(z["floor.wb"]), "; ".join(goals)])
+                     ratio(r["direct"]), ratio(r["fsspec.fuse"]), ratio(z["floor"]),
+                     ratio(z["floor.wb"]), "; ".join(goals)])
     for what, table, unit in (("peak RSS", res.rss, "MiB"), ("unmount", res.unmount, "s"),
                               ("daemon CPU", res.cpu, "s"), ("host busy", res.busy, "CPUs")):
         for work in WORKLOADS:
@@ -458,7 +467,7 @@ def report(res: Results, plan: Plan, targets: list[str], markdown: bool) -> None
                          *(summary(table.get((work, t))) for t in TARGETS),
                          "-", "-", "-", "-", "-"])
     print()
-    rb.print_table(rows, markdown, left=(0, 10))
+    print_table(rows, markdown, left=(0, 10))
     print()
     for v in verdicts:
         print(v)
@@ -504,10 +513,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = p.parse_args()
-    names = [t.strip() for t in args.only.split(",") if t.strip()]
-    if bad := [t for t in names if t not in ALIASES]:
-        p.error(f"unknown target(s) {bad}; choose from {', '.join(ALIASES)}")
-    targets = [t for t in TARGETS if t in {ALIASES[n] for n in names}]
+    targets = chosen(p, args.only, ALIASES, TARGETS)
     works = [w.strip() for w in args.workloads.split(",") if w.strip()]
     if bad := [w for w in works if w not in WORKLOADS]:
         p.error(f"unknown workload(s) {bad}; choose from {', '.join(WORKLOADS)}")
@@ -544,7 +550,7 @@ def main() -> int:
         else:
             scratch.rmdir()
 
-    print(rb.environment())
+    print(environment())
     print(f"scratch: {scratch} on {work_fs}; archive: {plan.archive} "
           f"({plan.archive.stat().st_size / MiB:,.0f} MiB, {len(plan.files):,} files, "
           f"{plan.n_bytes / MiB:,.0f} MiB of data); tar: {shlex.join(TAR)}")

@@ -54,7 +54,7 @@ _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 MAX_FUSE_TASKS = 128
 # How often /readyz's view of the backend is refreshed, and the memory budget enforced.
 BACKEND_PROBE_INTERVAL = 10.0
-MEMORY_CHECK_INTERVAL = 0.25  # reading our resident size costs ~20 µs
+MEMORY_CHECK_INTERVAL = 0.25  # reading our resident size is one small /proc read
 _FORGOTTEN_TO_TRIM = 100_000  # inodes forgotten before freed memory is handed back
 # Seconds granted beyond --drain-timeout to finish stopping (close the backend, exit).
 _STOP_MARGIN = 30
