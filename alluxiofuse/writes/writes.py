@@ -7,7 +7,7 @@ Write types (Alluxio's names):
 - ``MUST_CACHE`` (an Alluxio 2.x proxy only): as ``THROUGH``, the backend being Alluxio
   storage, which keeps the file without persisting it.
 - ``ASYNC_THROUGH``: they return once the file is complete and fsynced in the spool and
-  recorded in its journal; the :class:`~alluxiofuse.writes.staging.Uploader` uploads it in the
+  recorded in its journal; the :class:`~alluxiofuse.writes.uploader.Uploader` uploads it in the
   background, and again after a restart if the daemon dies first.
 
 Whatever the type, a file whose upload failed keeps its bytes: the flush says EIO, the
@@ -32,7 +32,8 @@ from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, NotFound
 from alluxiofuse.model import Attrs, Commit, Data, FileStatus
 from alluxiofuse.writes.spool import Record, Spool, owed_uploads
-from alluxiofuse.writes.staging import DiskIO, FetchBase, StagedFile, Uploader
+from alluxiofuse.writes.staging import DiskIO, FetchBase, StagedFile
+from alluxiofuse.writes.uploader import Uploader
 
 log = logging.getLogger(__name__)
 

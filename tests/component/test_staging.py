@@ -13,7 +13,8 @@ import trio
 from alluxiofuse.errors import BackendUnavailable, FileTooLarge, NoSpace, StaleFile
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.writes.spool import Record, Spool
-from alluxiofuse.writes.staging import DiskIO, StagedFile, Uploader
+from alluxiofuse.writes.staging import DiskIO, StagedFile
+from alluxiofuse.writes.uploader import Uploader
 
 BASE = bytes(range(256)) * 64  # 16 KiB of old content
 
