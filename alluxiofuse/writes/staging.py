@@ -28,10 +28,9 @@ T = TypeVar("T")
 # Bytes of the base fetched at once when a file is completed before its upload.
 _FILL_CHUNK = 4 * 1024 * 1024
 # Writes up to this size (the kernel's largest FUSE write) go to the spool's page cache
-# on the event loop: a worker-thread hop costs more than the copy (tar x of 2,000 small
-# files, 10 KiB writes: 435 µs per write(2) through a thread, 168 µs inline; 256 MiB in
-# 1 MiB writes: 168 MiB/s through a thread, 467-589 inline). Buffered writes have no
-# RWF_NOWAIT on these kernels (EOPNOTSUPP), so one under dirty-page throttling waits here.
+# on the event loop: a worker-thread hop costs more than the copy, for small writes and
+# for large ones alike (bench/RESULTS.md). Buffered writes have no RWF_NOWAIT on these
+# kernels (EOPNOTSUPP), so one under dirty-page throttling waits here.
 _INLINE_WRITE_MAX = 1024 * 1024
 
 # Fetch ``length`` bytes at ``offset`` of a staged file's base.
