@@ -6,6 +6,9 @@ written is fetched from the base and kept, so random writes, overwrites and appe
 large file cost only the ranges touched until the file is committed, when the rest is
 fetched and the whole file uploaded. Bytes past ``base_limit`` (the base's size, or the
 smallest size the file was truncated to) belong to the data file alone: written, or zeros.
+
+Its life against the under-storage is one :data:`Life` value, changed by the methods
+named after what happened (see below).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import trio
 
@@ -49,6 +53,52 @@ class DiskIO:
                                   what="the spool")
 
 
+# The life of a staged file's content, against the under-storage (``StagedFile.life``):
+#
+#   Committed --written()--> Written --landed()--> Committed(durable, linked)
+#   (opened over its base)      |                     ^
+#                               +--journaled()--> Owed(record)
+#                                                (landed() when the upload does)
+#
+# Any change makes it Written again (a data file that is also someone else's, linked or
+# owed, is first left to them for a copy: ``fork``); ``synced()`` makes a commit by
+# close(2) durable; ``unlink()`` leads from any of them to Unlinked, for good. A restart's
+# owed upload starts Owed (``adopt``). A commit that times out leaves the content Written:
+# only its data file is marked ``abandoned``, a fact about that file, not the content.
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Changed since its last commit or journal record: a commit is due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Nothing to commit: the under-storage holds this content (or the file was opened
+    over its base and not changed yet)."""
+
+    durable: bool = True  # False: committed by a close(2), maybe not yet fsynced there
+    linked: bool = False  # the data file became the under-storage's file: copy first
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """Complete and fsynced in the spool, and journaled: its upload is owed (the
+    uploader sends this data file, as ``record``)."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Unlinked:
+    """No name any more: never committed again; open handles still read and write it."""
+
+    linked: bool = False  # as in Committed, until a change moves it to a copy
+
+
+Life: TypeAlias = Written | Committed | Owed | Unlinked
+
+
 class StagedFile:
     """One file's new content: a spool data file over its base (``None``: a new file)."""
 
@@ -68,13 +118,14 @@ class StagedFile:
         self.size = self.base_limit
         self.mode, self.uid, self.gid = mode, uid, gid
         self.mtime_ns = mtime_ns
-        self.times_set = False  # mtime set explicitly (utimens) since the last write
-        self.dirty = False  # changed since the last commit or journal record
-        self.record: Record | None = None  # the journal record this data file backs
-        self.unlinked = False  # no name any more: its content is never committed
-        self.linked = False  # the data file became the under-storage's file: copy first
-        self.abandoned = False  # a commit timed out: its thread may still read the file
-        self.durable = True  # the last commit was fsynced (or nothing was committed)
+        # A fact about the mtime, not the life: it was set explicitly (utimens, or the
+        # create's) since the last write, so a commit carries it to the under-storage.
+        self.times_set = False
+        self._life: Life = Committed()
+        # A fact about the data file, whatever the life: a thread given up on (a commit
+        # that timed out, an owed upload superseded by an unlink) may still read it by its
+        # name, so it is changed only in a copy, and its name is kept. Until ``fork``.
+        self._abandoned = False
         self.handles = 0
         self.lock = trio.Lock()  # one change of the data file at a time
         self._held = 0  # bytes counted against the spool
@@ -83,6 +134,27 @@ class StagedFile:
         return FileStatus(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
                           ctime_ns=self.mtime_ns, mode=self.mode, uid=self.uid, gid=self.gid,
                           nlink=1)
+
+    @property
+    def life(self) -> Life:
+        return self._life
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    @property
+    def record(self) -> Record | None:
+        """The journal record whose upload sends the data file, while one is owed."""
+        return self._life.record if isinstance(self._life, Owed) else None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the data file is someone else's too (the under-storage's file, an owed
+        upload's, or a thread's given up on), so that a change must go to a copy."""
+        life = self._life
+        return (self._abandoned or isinstance(life, Owed)
+                or (isinstance(life, (Committed, Unlinked)) and life.linked))
 
     @property
     def complete(self) -> bool:
@@ -142,7 +214,7 @@ class StagedFile:
 
     async def adopt(self, record: Record) -> None:
         """Stand for ``record``'s complete data file (a restart's owed upload)."""
-        self.record = record
+        self._life = Owed(record)
         self.size = record.size
         self._account()
 
@@ -151,26 +223,73 @@ class StagedFile:
 
     async def fork(self) -> None:
         """Move to a copy of the data file, leaving this one to whoever holds it now: the
-        under-storage (linked into place), an owed upload, or an upload that timed out
-        and may still be reading it."""
+        under-storage (linked into place), an owed upload, or a thread given up on that
+        may still be reading it (the names of the last two are kept for them)."""
         name, fd = await self._io(self.spool.copy, self.fd, self.size)
         os.close(self.fd)
-        if self.record is None and not self.abandoned:  # the old name is nobody's now
+        if not isinstance(self._life, Owed) and not self._abandoned:  # nobody's name now
             self.spool.remove(self.name)
-        self.name, self.fd, self.record = name, fd, None
-        self.linked = self.abandoned = False
+        self.name, self.fd = name, fd
+        self._abandoned = False
+        match self._life:
+            case Committed(durable=durable):
+                self._life = Committed(durable=durable)
+            case Owed():  # the owed upload still lands this same content
+                self._life = Committed()
+            case Unlinked():
+                self._life = Unlinked()
         self._account()
 
     def set_mtime(self, mtime_ns: int) -> None:
         self.mtime_ns = mtime_ns
         self.times_set = True
-        self.dirty = True
+        self.written()
 
     def committed(self, status: FileStatus) -> None:
-        """The under-storage now holds the data file's content, as ``status``."""
+        """The under-storage's file is now ``status`` (a commit of the content, or
+        attributes set there): its version is the base from now on."""
         self.base = status.version
         self.mtime_ns = status.mtime_ns or self.mtime_ns
         self.times_set = False
+
+    # The transitions of the life, named after what happened.
+
+    def written(self) -> None:
+        """The content or its attributes changed (in a data file that is its own: the
+        caller forks a ``shared`` one first): a commit is due, unless it has no name."""
+        if not isinstance(self._life, Unlinked):
+            self._life = Written()
+
+    def landed(self, status: FileStatus, *, linked: bool, durable: bool = True) -> None:
+        """A commit of the content landed, as ``status``: this data file's (``linked``:
+        it became the under-storage's file), or the owed upload of it."""
+        self._life = Committed(durable=durable, linked=linked)
+        self.committed(status)
+
+    def synced(self) -> None:
+        """The under-storage fsynced the content a close(2) committed."""
+        if isinstance(self._life, Committed):
+            self._life = Committed(durable=True, linked=self._life.linked)
+
+    def journaled(self, record: Record) -> None:
+        """The content is complete and durable in the spool, its upload owed as
+        ``record``."""
+        self._life = Owed(record)
+
+    def abandon(self) -> None:
+        """A commit of the data file timed out: its thread may still be reading it."""
+        self._abandoned = True
+
+    def unlink(self) -> None:
+        """The file's name is gone: its content is never committed."""
+        match self._life:
+            case Committed(linked=linked) | Unlinked(linked=linked):
+                self._life = Unlinked(linked=linked)
+            case Owed():  # superseded by the unlink; its upload may still be reading
+                self._life = Unlinked()
+                self._abandoned = True
+            case Written():
+                self._life = Unlinked()
 
     def close(self, *, keep_data: bool = False) -> None:
         """Let go of the data file (removed unless ``keep_data``) and its spool space."""
@@ -213,7 +332,7 @@ class StagedFile:
     def _touched(self) -> None:
         self.mtime_ns = time.time_ns()
         self.times_set = False
-        self.dirty = True
+        self.written()
 
 
 def _pwrite(fd: int, data: Data, offset: int) -> None:

@@ -16,7 +16,7 @@ from functools import partial
 import trio
 
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout
-from alluxiofuse.model import FileStatus
+from alluxiofuse.model import Commit
 from alluxiofuse.writes.spool import Record, Spool
 from alluxiofuse.writes.staging import DiskIO
 
@@ -30,7 +30,7 @@ class Uploader:
     """Background uploads of journal records, oldest first, ``threads`` at a time.
 
     ``upload(record)`` commits one record's data file to the under-storage;
-    ``uploaded(record, status)`` is told of each success and says whether the data file
+    ``uploaded(record, commit)`` is told of each success and says whether the data file
     is still in use (else it is removed with the record). Records of one path are
     uploaded one at a time, in order; an older record of a path that has a newer one is
     dropped unsent (the newer holds the whole file).
@@ -38,8 +38,8 @@ class Uploader:
 
     def __init__(
         self, spool: Spool, io: DiskIO, threads: int,
-        upload: Callable[[Record], Awaitable[FileStatus]],
-        uploaded: Callable[[Record, FileStatus], bool],
+        upload: Callable[[Record], Awaitable[Commit]],
+        uploaded: Callable[[Record, Commit], bool],
     ) -> None:
         self._spool = spool
         self._io = io
@@ -138,7 +138,7 @@ class Uploader:
         delay = 1.0
         while True:
             try:
-                status = await self._upload(record)
+                done = await self._upload(record)
             except Exception as e:  # a library's own error too: never the daemon's end
                 if record.seq not in self.pending:
                     # Superseded while it ran: a newer commit owns the path (the commit
@@ -161,7 +161,7 @@ class Uploader:
                 continue
             self.pending.pop(record.seq, None)
             self._errors.pop(record.seq, None)
-            await self._settle(record, keep_data=self._uploaded(record, status))
+            await self._settle(record, keep_data=self._uploaded(record, done))
             return
 
     async def _settle(self, record: Record, *, keep_data: bool) -> None:
