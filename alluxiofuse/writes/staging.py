@@ -1,4 +1,4 @@
-"""Files being written: their bytes in the spool, and the uploads that make them durable.
+"""Files being written: their bytes in the spool, over the content they replace.
 
 A :class:`StagedFile` is one file's new content: a spool data file over the file's
 committed content (its *base*). Writes go to the data file; a read of a range never
@@ -7,44 +7,35 @@ large file cost only the ranges touched until the file is committed, when the re
 fetched and the whole file uploaded. Bytes past ``base_limit`` (the base's size, or the
 smallest size the file was truncated to) belong to the data file alone: written, or zeros.
 
-The :class:`Uploader` runs the uploads a program has been told are done (ASYNC_THROUGH,
-or a file released with an upload that failed), oldest first, a few at a time, retrying
-with backoff until each succeeds; every one is in the spool's journal first, so a restart
-resumes them.
+Its life against the under-storage is one :data:`Life` value, changed by the methods
+named after what happened (see below).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import trio
 
 from alluxiofuse.backends.base import run_blocking
 from alluxiofuse.backends.ufs import pread_all
-from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, from_oserror
+from alluxiofuse.errors import from_oserror
 from alluxiofuse.model import Data, FileStatus, Kind, Version
 from alluxiofuse.writes.extents import Extents
 from alluxiofuse.writes.spool import Record, Spool
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # Bytes of the base fetched at once when a file is completed before its upload.
 _FILL_CHUNK = 4 * 1024 * 1024
 # Writes up to this size (the kernel's largest FUSE write) go to the spool's page cache
-# on the event loop: a worker-thread hop costs more than the copy (tar x of 2,000 small
-# files, 10 KiB writes: 435 µs per write(2) through a thread, 168 µs inline; 256 MiB in
-# 1 MiB writes: 168 MiB/s through a thread, 467-589 inline). Buffered writes have no
-# RWF_NOWAIT on these kernels (EOPNOTSUPP), so one under dirty-page throttling waits here.
+# on the event loop: a worker-thread hop costs more than the copy, for small writes and
+# for large ones alike (bench/RESULTS.md). Buffered writes have no RWF_NOWAIT on these
+# kernels (EOPNOTSUPP), so one under dirty-page throttling waits here.
 _INLINE_WRITE_MAX = 1024 * 1024
-# Uploads that fail are tried again after 1, 2, 4, ... seconds, at most this many.
-_MAX_BACKOFF = 60.0
 
 # Fetch ``length`` bytes at ``offset`` of a staged file's base.
 FetchBase = Callable[[int, int], Awaitable[Data]]
@@ -60,6 +51,52 @@ class DiskIO:
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         return await run_blocking(fn, *args, limiter=self._limiter, deadline=self._timeout,
                                   what="the spool")
+
+
+# The life of a staged file's content, against the under-storage (``StagedFile.life``):
+#
+#   Committed --written()--> Written --landed()--> Committed(durable, linked)
+#   (opened over its base)      |                     ^
+#                               +--journaled()--> Owed(record)
+#                                                (landed() when the upload does)
+#
+# Any change makes it Written again (a data file that is also someone else's, linked or
+# owed, is first left to them for a copy: ``fork``); ``synced()`` makes a commit by
+# close(2) durable; ``unlink()`` leads from any of them to Unlinked, for good. A restart's
+# owed upload starts Owed (``adopt``). A commit that times out leaves the content Written:
+# only its data file is marked ``abandoned``, a fact about that file, not the content.
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Changed since its last commit or journal record: a commit is due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Nothing to commit: the under-storage holds this content (or the file was opened
+    over its base and not changed yet)."""
+
+    durable: bool = True  # False: committed by a close(2), maybe not yet fsynced there
+    linked: bool = False  # the data file became the under-storage's file: copy first
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """Complete and fsynced in the spool, and journaled: its upload is owed (the
+    uploader sends this data file, as ``record``)."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Unlinked:
+    """No name any more: never committed again; open handles still read and write it."""
+
+    linked: bool = False  # as in Committed, until a change moves it to a copy
+
+
+Life: TypeAlias = Written | Committed | Owed | Unlinked
 
 
 class StagedFile:
@@ -81,13 +118,14 @@ class StagedFile:
         self.size = self.base_limit
         self.mode, self.uid, self.gid = mode, uid, gid
         self.mtime_ns = mtime_ns
-        self.times_set = False  # mtime set explicitly (utimens) since the last write
-        self.dirty = False  # changed since the last commit or journal record
-        self.record: Record | None = None  # the journal record this data file backs
-        self.unlinked = False  # no name any more: its content is never committed
-        self.linked = False  # the data file became the under-storage's file: copy first
-        self.abandoned = False  # a commit timed out: its thread may still read the file
-        self.durable = True  # the last commit was fsynced (or nothing was committed)
+        # A fact about the mtime, not the life: it was set explicitly (utimens, or the
+        # create's) since the last write, so a commit carries it to the under-storage.
+        self.times_set = False
+        self._life: Life = Committed()
+        # A fact about the data file, whatever the life: a thread given up on (a commit
+        # that timed out, an owed upload superseded by an unlink) may still read it by its
+        # name, so it is changed only in a copy, and its name is kept. Until ``fork``.
+        self._abandoned = False
         self.handles = 0
         self.lock = trio.Lock()  # one change of the data file at a time
         self._held = 0  # bytes counted against the spool
@@ -96,6 +134,27 @@ class StagedFile:
         return FileStatus(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
                           ctime_ns=self.mtime_ns, mode=self.mode, uid=self.uid, gid=self.gid,
                           nlink=1)
+
+    @property
+    def life(self) -> Life:
+        return self._life
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    @property
+    def record(self) -> Record | None:
+        """The journal record whose upload sends the data file, while one is owed."""
+        return self._life.record if isinstance(self._life, Owed) else None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the data file is someone else's too (the under-storage's file, an owed
+        upload's, or a thread's given up on), so that a change must go to a copy."""
+        life = self._life
+        return (self._abandoned or isinstance(life, Owed)
+                or (isinstance(life, (Committed, Unlinked)) and life.linked))
 
     @property
     def complete(self) -> bool:
@@ -155,7 +214,7 @@ class StagedFile:
 
     async def adopt(self, record: Record) -> None:
         """Stand for ``record``'s complete data file (a restart's owed upload)."""
-        self.record = record
+        self._life = Owed(record)
         self.size = record.size
         self._account()
 
@@ -164,26 +223,73 @@ class StagedFile:
 
     async def fork(self) -> None:
         """Move to a copy of the data file, leaving this one to whoever holds it now: the
-        under-storage (linked into place), an owed upload, or an upload that timed out
-        and may still be reading it."""
+        under-storage (linked into place), an owed upload, or a thread given up on that
+        may still be reading it (the names of the last two are kept for them)."""
         name, fd = await self._io(self.spool.copy, self.fd, self.size)
         os.close(self.fd)
-        if self.record is None and not self.abandoned:  # the old name is nobody's now
+        if not isinstance(self._life, Owed) and not self._abandoned:  # nobody's name now
             self.spool.remove(self.name)
-        self.name, self.fd, self.record = name, fd, None
-        self.linked = self.abandoned = False
+        self.name, self.fd = name, fd
+        self._abandoned = False
+        match self._life:
+            case Committed(durable=durable):
+                self._life = Committed(durable=durable)
+            case Owed():  # the owed upload still lands this same content
+                self._life = Committed()
+            case Unlinked():
+                self._life = Unlinked()
         self._account()
 
     def set_mtime(self, mtime_ns: int) -> None:
         self.mtime_ns = mtime_ns
         self.times_set = True
-        self.dirty = True
+        self.written()
 
     def committed(self, status: FileStatus) -> None:
-        """The under-storage now holds the data file's content, as ``status``."""
+        """The under-storage's file is now ``status`` (a commit of the content, or
+        attributes set there): its version is the base from now on."""
         self.base = status.version
         self.mtime_ns = status.mtime_ns or self.mtime_ns
         self.times_set = False
+
+    # The transitions of the life, named after what happened.
+
+    def written(self) -> None:
+        """The content or its attributes changed (in a data file that is its own: the
+        caller forks a ``shared`` one first): a commit is due, unless it has no name."""
+        if not isinstance(self._life, Unlinked):
+            self._life = Written()
+
+    def landed(self, status: FileStatus, *, linked: bool, durable: bool = True) -> None:
+        """A commit of the content landed, as ``status``: this data file's (``linked``:
+        it became the under-storage's file), or the owed upload of it."""
+        self._life = Committed(durable=durable, linked=linked)
+        self.committed(status)
+
+    def synced(self) -> None:
+        """The under-storage fsynced the content a close(2) committed."""
+        if isinstance(self._life, Committed):
+            self._life = Committed(durable=True, linked=self._life.linked)
+
+    def journaled(self, record: Record) -> None:
+        """The content is complete and durable in the spool, its upload owed as
+        ``record``."""
+        self._life = Owed(record)
+
+    def abandon(self) -> None:
+        """A commit of the data file timed out: its thread may still be reading it."""
+        self._abandoned = True
+
+    def unlink(self) -> None:
+        """The file's name is gone: its content is never committed."""
+        match self._life:
+            case Committed(linked=linked) | Unlinked(linked=linked):
+                self._life = Unlinked(linked=linked)
+            case Owed():  # superseded by the unlink; its upload may still be reading
+                self._life = Unlinked()
+                self._abandoned = True
+            case Written():
+                self._life = Unlinked()
 
     def close(self, *, keep_data: bool = False) -> None:
         """Let go of the data file (removed unless ``keep_data``) and its spool space."""
@@ -226,7 +332,7 @@ class StagedFile:
     def _touched(self) -> None:
         self.mtime_ns = time.time_ns()
         self.times_set = False
-        self.dirty = True
+        self.written()
 
 
 def _pwrite(fd: int, data: Data, offset: int) -> None:
@@ -235,159 +341,3 @@ def _pwrite(fd: int, data: Data, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
-
-
-class Uploader:
-    """Background uploads of journal records, oldest first, ``threads`` at a time.
-
-    ``upload(record)`` commits one record's data file to the under-storage;
-    ``uploaded(record, status)`` is told of each success and says whether the data file
-    is still in use (else it is removed with the record). Records of one path are
-    uploaded one at a time, in order; an older record of a path that has a newer one is
-    dropped unsent (the newer holds the whole file).
-    """
-
-    def __init__(
-        self, spool: Spool, io: DiskIO, threads: int,
-        upload: Callable[[Record], Awaitable[FileStatus]],
-        uploaded: Callable[[Record, FileStatus], bool],
-    ) -> None:
-        self._spool = spool
-        self._io = io
-        self._threads = threads
-        self._upload = upload
-        self._uploaded = uploaded
-        self.pending: dict[int, Record] = {}  # by seq
-        self.failures = 0  # failed attempts, for the metrics
-        self._running: dict[str, int] = {}  # paths being uploaded now: the record's seq
-        self._errors: dict[int, str] = {}
-        self._superseded: list[Record] = []
-        self._changed = trio.Event()  # something to do, or something done
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-    def submit(self, record: Record) -> None:
-        self.pending[record.seq] = record
-        self._wake()
-
-    def busy(self, path: str) -> bool:
-        """Whether an upload of ``path`` or of anything under it is owed."""
-        prefix = path + "/"
-        return any(r.path == path or r.path.startswith(prefix) or not path
-                   for r in self.pending.values())
-
-    def uploading(self, record: Record | None) -> bool:
-        return record is not None and record.seq in self.pending
-
-    async def supersede(self, path: str) -> None:
-        """A newer content of ``path`` is about to be committed directly, or ``path`` is
-        removed: drop the owed uploads of it, and their journal records now (one being
-        sent is left to end, then dropped: the commit fence keeps it from landing over
-        a newer commit, and ``wait`` does not wait for it). Not left to an
-        upload thread: every one may be busy retrying for ever, and a record left in the
-        journal is counted as owed, and sent again after a restart."""
-        dropped = []
-        for seq, record in list(self.pending.items()):
-            if record.path == path:
-                del self.pending[seq]
-                if self._running.get(path) != seq:
-                    dropped.append(record)
-        self._wake()
-        for record in dropped:
-            await self._settle(record, keep_data=False)
-
-    async def wait(self, path: str, within: float) -> None:
-        """Wait until nothing under ``path`` is owed ("" waits for everything);
-        BackendTimeout if that takes longer than ``within`` seconds."""
-        try:
-            with trio.fail_after(within):
-                while self.busy(path):
-                    await self._changed_event().wait()
-        except trio.TooSlowError:
-            raise BackendTimeout(f"uploads of {path or 'the mount'} still pending after "
-                                 f"{within}s (kept in {self._spool.root})") from None
-
-    async def run(self) -> None:
-        """Upload until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(self._threads):
-                nursery.start_soon(self._worker)
-
-    async def _worker(self) -> None:
-        while True:
-            record = self._next()
-            while self._superseded:
-                await self._settle(self._superseded.pop(), keep_data=False)
-            if record is None:
-                await self._changed_event().wait()
-                continue
-            self._running[record.path] = record.seq
-            try:
-                await self._attempt(record)
-            finally:
-                del self._running[record.path]
-                self._wake()
-
-    def _next(self) -> Record | None:
-        """The oldest record whose path is not being uploaded; older records of a path
-        with a newer one are dropped on the way (settled by ``_worker``)."""
-        newest: dict[str, int] = {}
-        for seq, record in self.pending.items():
-            newest[record.path] = max(seq, newest.get(record.path, seq))
-        for seq in sorted(self.pending):
-            record = self.pending[seq]
-            if record.path in self._running:
-                continue
-            if newest[record.path] != seq:
-                self._superseded.append(self.pending.pop(seq))
-                continue
-            return record
-        return None
-
-    async def _attempt(self, record: Record) -> None:
-        delay = 1.0
-        while True:
-            try:
-                status = await self._upload(record)
-            except Exception as e:  # a library's own error too: never the daemon's end
-                if record.seq not in self.pending:
-                    # Superseded while it ran: a newer commit owns the path (the commit
-                    # fence refused this one its landing), so this is no failure.
-                    await self._settle(record, keep_data=False)
-                    return
-                message = f"{type(e).__name__}: {e}"
-                log.warning("upload of %s failed (%s); retrying in %.0fs; its bytes are kept "
-                            "in %s", record.path, message, delay,
-                            self._spool.data_path(record.data))
-                self._errors[record.seq] = message
-                self.failures += 1
-                with contextlib.suppress(AlluxioFuseError):  # only for ``status``
-                    await self._io(self._spool.note_error, record, message)
-                await trio.sleep(delay)
-                delay = min(_MAX_BACKOFF, delay * 2)
-                if record.seq not in self.pending:  # superseded meanwhile
-                    await self._settle(record, keep_data=False)
-                    return
-                continue
-            self.pending.pop(record.seq, None)
-            self._errors.pop(record.seq, None)
-            await self._settle(record, keep_data=self._uploaded(record, status))
-            return
-
-    async def _settle(self, record: Record, *, keep_data: bool) -> None:
-        """Drop a record that is done with; if the spool cannot, the record stays and is
-        uploaded once more at the next start (harmless: the same content again)."""
-        try:
-            await self._io(partial(self._spool.settle, keep_data=keep_data), record)
-        except AlluxioFuseError as e:
-            log.error("cannot remove the journal record of %s from %s: %s", record.path,
-                      self._spool.root, e)
-
-    def _changed_event(self) -> trio.Event:
-        return self._changed
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-

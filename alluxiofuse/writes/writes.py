@@ -7,7 +7,7 @@ Write types (Alluxio's names):
 - ``MUST_CACHE`` (an Alluxio 2.x proxy only): as ``THROUGH``, the backend being Alluxio
   storage, which keeps the file without persisting it.
 - ``ASYNC_THROUGH``: they return once the file is complete and fsynced in the spool and
-  recorded in its journal; the :class:`~alluxiofuse.writes.staging.Uploader` uploads it in the
+  recorded in its journal; the :class:`~alluxiofuse.writes.uploader.Uploader` uploads it in the
   background, and again after a restart if the daemon dies first.
 
 Whatever the type, a file whose upload failed keeps its bytes: the flush says EIO, the
@@ -32,14 +32,22 @@ from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import AlluxioFuseError, BackendTimeout, NotFound
 from alluxiofuse.model import Attrs, Commit, Data, FileStatus
 from alluxiofuse.writes.spool import Record, Spool, owed_uploads
-from alluxiofuse.writes.staging import DiskIO, FetchBase, StagedFile, Uploader
+from alluxiofuse.writes.staging import (
+    Committed,
+    DiskIO,
+    FetchBase,
+    StagedFile,
+    Unlinked,
+    Written,
+)
+from alluxiofuse.writes.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
 # Empty data files kept ready, so that a create(2) needs no worker-thread hop to make one.
 _READY_FILES = 32
 
-Committed = Callable[[str, FileStatus], None]  # a path's new content is in the under-storage
+OnCommitted = Callable[[str, FileStatus], None]  # a path's new content is in the under-storage
 
 
 class Writes:
@@ -47,7 +55,7 @@ class Writes:
 
     def __init__(
         self, config: MountConfig, backend: Backend, spool: Spool, io: DiskIO,
-        committed: Committed = lambda path, status: None,
+        committed: OnCommitted = lambda path, status: None,
     ) -> None:
         self.config = config
         self.backend = backend
@@ -171,7 +179,9 @@ class Writes:
             return attrs
         async with staged.lock:
             # New content still to be committed (or uploaded): its commit carries them.
-            pending = (staged.dirty or staged.base is None
+            # A file without a name keeps them alone (only a truncate, which changed it
+            # already, reaches here with one).
+            pending = (isinstance(staged.life, (Written, Unlinked)) or staged.base is None
                        or self.uploader.uploading(staged.record))
             if pending:
                 await self._own(staged)
@@ -185,7 +195,7 @@ class Writes:
                 return attrs
             if attrs.mtime_ns is not None:
                 staged.set_mtime(attrs.mtime_ns)
-            staged.dirty = True
+            staged.written()
             return Attrs()
 
     async def read(self, staged: StagedFile, offset: int, size: int) -> bytes:
@@ -195,8 +205,8 @@ class Writes:
     async def _own(self, staged: StagedFile) -> None:
         """Before a change (the lock is held): a data file that became the
         under-storage's own file (linked into place), that an owed upload names, or that a
-        timed-out commit may still be reading is theirs now; work on a copy."""
-        if staged.linked or staged.abandoned or self.uploader.uploading(staged.record):
+        thread given up on may still be reading is theirs now; work on a copy."""
+        if staged.shared:
             await staged.fork()
 
     # -- commits
@@ -211,12 +221,11 @@ class Writes:
     async def _flush_locked(self, staged: StagedFile, *, durable: bool = False,
                             ) -> FileStatus | None:
         """``flush`` with the lock held."""
-        if staged.unlinked:
-            return None
-        if not staged.dirty:
-            if durable and not staged.durable and staged.record is None:
+        life = staged.life
+        if not isinstance(life, Written):
+            if durable and isinstance(life, Committed) and not life.durable:
                 await self.backend.sync(staged.path)  # committed by a close(2) before
-                staged.durable = True
+                staged.synced()
             return None
         await staged.fill_locked(self._fetcher(staged))
         if self.config.write_type == "ASYNC_THROUGH":
@@ -235,13 +244,10 @@ class Writes:
                 durable=durable, size=staged.size,
             )
         except BackendTimeout:
-            staged.abandoned = True  # its thread may still be reading the data file
+            staged.abandon()  # its thread may still be reading the data file
             raise
         status = _as_mounted(done)
-        staged.dirty = False
-        staged.linked = done.linked
-        staged.durable = durable
-        staged.committed(status)
+        staged.landed(status, linked=done.linked, durable=durable)
         self.on_committed(staged.path, status)
         if self.config.write_type == "CACHE_THROUGH":
             await self.backend.cache(staged.path)
@@ -255,8 +261,7 @@ class Writes:
                         mtime_ns=staged.mtime_ns if staged.times_set else None,
                         closed_ns=time.time_ns())
         await self._io(self.spool.journal, record)
-        staged.record = record
-        staged.dirty = False
+        staged.journaled(record)
         self.uploader.submit(record)
 
     async def release(self, staged: StagedFile) -> None:
@@ -265,7 +270,7 @@ class Writes:
             return
         try:
             async with staged.lock:
-                if staged.dirty and not staged.unlinked:
+                if isinstance(staged.life, Written):
                     # Its commit failed and the program was told so; the bytes still have
                     # no other home: owe them, retried in the background until they land.
                     await staged.fill_locked(self._fetcher(staged))
@@ -287,27 +292,22 @@ class Writes:
             del self._by_path[staged.path]
         staged.close(keep_data=keep_data)
 
-    async def _upload(self, record: Record) -> FileStatus:
-        done = await self.backend.commit(
+    async def _upload(self, record: Record) -> Commit:
+        return await self.backend.commit(
             record.path, self.spool.data_path(record.data), mode=record.mode,
             owner=None if record.uid is None or record.gid is None else (record.uid, record.gid),
             mtime_ns=record.mtime_ns, size=record.size,
         )
-        staged = self._by_path.get(record.path)
-        if done.linked and staged is not None and staged.record is record:
-            staged.linked = True
-        return _as_mounted(done)
 
-    def _uploaded(self, record: Record, status: FileStatus) -> bool:
-        """An owed upload landed; whether its data file is still a staged file's."""
+    def _uploaded(self, record: Record, done: Commit) -> bool:
+        """An owed upload landed; whether its data file is still a staged file's (one
+        changed since has moved to a copy, and owes nothing to this record any more)."""
         staged = self._by_path.get(record.path)
+        status = _as_mounted(done)
         self.on_committed(record.path, status)
         if staged is None or staged.record is not record:
             return False
-        staged.record = None
-        if staged.dirty:  # changed since (after a fork): its own commit follows
-            return False
-        staged.committed(status)
+        staged.landed(status, linked=done.linked)
         if staged.handles == 0:
             del self._by_path[record.path]
             staged.close(keep_data=True)
@@ -326,7 +326,7 @@ class Writes:
             await self._lock_under(stack, paths)
             for staged in self._locked(paths):
                 await self._flush_locked(staged)
-                if not staged.unlinked:
+                if not isinstance(staged.life, Unlinked):
                     await staged.fill_locked(self._fetcher(staged))
             for path in paths:
                 await self.uploader.wait(path, self.config.drain_timeout)
@@ -359,7 +359,7 @@ class Writes:
         """``path`` is gone: its staged file (if any) is never committed."""
         staged = self._by_path.pop(path, None)
         if staged is not None:
-            staged.unlinked = True
+            staged.unlink()
             if staged.handles == 0:
                 staged.close()
         return staged
@@ -412,7 +412,7 @@ class Writes:
         """Unmounted: owe what is still being written, then wait (``drain_timeout``) for
         every owed upload; what is left stays journaled for the next start."""
         for staged in list(self._by_path.values()):
-            if staged.dirty and not staged.unlinked:
+            if isinstance(staged.life, Written):
                 try:
                     async with staged.lock:
                         await staged.fill_locked(self._fetcher(staged))

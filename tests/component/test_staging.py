@@ -11,9 +11,17 @@ import pytest
 import trio
 
 from alluxiofuse.errors import BackendUnavailable, FileTooLarge, NoSpace, StaleFile
-from alluxiofuse.model import FileStatus, Kind
+from alluxiofuse.model import Commit, FileStatus, Kind
 from alluxiofuse.writes.spool import Record, Spool
-from alluxiofuse.writes.staging import DiskIO, StagedFile, Uploader
+from alluxiofuse.writes.staging import (
+    Committed,
+    DiskIO,
+    Owed,
+    StagedFile,
+    Unlinked,
+    Written,
+)
+from alluxiofuse.writes.uploader import Uploader
 
 BASE = bytes(range(256)) * 64  # 16 KiB of old content
 
@@ -88,7 +96,7 @@ async def test_truncate_then_extend_reads_zeros_not_the_old_bytes(spool: Spool) 
     assert await staged.read(0, 100, base) == BASE[:10] + bytes(20)
     await staged.write(40, b"x")  # a hole, then a byte
     assert await staged.read(0, 100, base) == BASE[:10] + bytes(30) + b"x"
-    assert staged.size == 41 and staged.dirty
+    assert staged.size == 41 and staged.life == Written()
     staged.close()
 
 
@@ -97,11 +105,46 @@ async def test_fork_leaves_the_old_data_file_as_it_was(spool: Spool) -> None:
     async with staged.lock:
         await staged.fill_locked(base)
     old_name = staged.name
-    staged.record = Record(data=old_name, path="f", size=len(BASE))
+    staged.journaled(Record(data=old_name, path="f", size=len(BASE)))
+    assert staged.shared
     await staged.fork()
     await staged.write(0, b"changed")
     assert Path(spool.data_path(old_name)).read_bytes() == BASE  # noqa: ASYNC240
-    assert staged.name != old_name and staged.record is None
+    assert staged.name != old_name and staged.record is None and not staged.shared
+    staged.close()
+
+
+async def test_the_life_of_a_staged_file(spool: Spool) -> None:
+    """Each transition says what happened; a data file someone else holds is changed
+    only in a copy, and its name is kept only for whoever may still read it."""
+    staged = staged_over_base(spool)
+    assert staged.life == Committed() and not staged.shared  # opened over its base
+    await staged.write(0, b"new")
+    assert staged.life == Written()
+    status = FileStatus(name="f", kind=Kind.FILE, size=len(BASE), mtime_ns=2)
+    staged.landed(status, linked=False, durable=False)  # committed by a close(2)
+    assert staged.life == Committed(durable=False) and not staged.shared
+    staged.synced()
+    assert staged.life == Committed()
+    staged.landed(status, linked=True)  # the data file became the under-storage's file
+    assert staged.shared
+    linked_name = staged.name
+    await staged.fork()
+    assert staged.life == Committed() and not staged.shared
+    assert linked_name not in os.listdir(f"{spool.root}/data")  # the source has its own link
+    await staged.write(0, b"x")
+    staged.abandon()  # a commit timed out: still Written, its data file held
+    assert staged.life == Written() and staged.shared and staged.abandoned
+    record = Record(data=staged.name, path="f", size=staged.size)
+    staged.journaled(record)
+    assert staged.life == Owed(record) and staged.record is record
+    staged.unlink()  # the upload, superseded, may still be reading the data file
+    assert staged.life == Unlinked() and staged.record is None and staged.shared
+    owed_name = staged.name
+    await staged.fork()
+    await staged.write(0, b"y")
+    assert owed_name in os.listdir(f"{spool.root}/data")  # left to the upload's end
+    assert staged.life == Unlinked() and not staged.shared and not staged.abandoned
     staged.close()
 
 
@@ -155,13 +198,13 @@ async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool
     attempts: list[tuple[str, int]] = []
     failures = {"a": 2}
 
-    async def upload(record: Record) -> FileStatus:
+    async def upload(record: Record) -> Commit:
         attempts.append((record.path, record.seq))
         if failures.get(record.path):
             failures[record.path] -= 1
             raise BackendUnavailable("store down")
         await trio.sleep(0.01)
-        return FileStatus(name=record.path, kind=Kind.FILE, size=record.size)
+        return Commit(FileStatus(name=record.path, kind=Kind.FILE, size=record.size))
 
     done: list[int] = []
     uploader = Uploader(spool, io(), 2, upload, lambda r, s: done.append(r.seq) or False)
@@ -215,7 +258,7 @@ async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
     # back from the dead).
     started = trio.Event()
 
-    async def upload(record: Record) -> FileStatus:
+    async def upload(record: Record) -> Commit:
         started.set()
         raise BackendUnavailable("never lands")
 
@@ -265,12 +308,12 @@ async def test_an_upload_superseded_while_it_runs_ends_quietly(spool: Spool) -> 
     (the commit fence): it is dropped, neither a failure nor retried."""
     started, refuse = trio.Event(), trio.Event()
 
-    async def upload(record: Record) -> FileStatus:
+    async def upload(record: Record) -> Commit:
         started.set()
         await refuse.wait()
         raise StaleFile("a newer commit of the path began")
 
-    uploader = Uploader(spool, io(), 1, upload, lambda record, status: False)
+    uploader = Uploader(spool, io(), 1, upload, lambda record, done: False)
     record = journaled(spool, "f")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(uploader.run)
