@@ -40,7 +40,7 @@ from alluxiofuse.backends.base import (
     temp_name,
 )
 from alluxiofuse.backends.fence import CommitFence
-from alluxiofuse.backends.nowait import NoWait
+from alluxiofuse.backends.local_probes import CacheProbes
 from alluxiofuse.errors import (
     AlluxioFuseError,
     AlreadyExists,
@@ -882,7 +882,7 @@ class LocalUfs(UfsBackend):
     renamed or replaced. Reads check the file's size and mtime after ``pread`` on the same
     descriptor, so a page is never taken from a different version of the file than the
     one opened. What the kernel has cached is answered on the event loop, without a
-    worker thread (:mod:`alluxiofuse.backends.nowait`).
+    worker thread (:mod:`alluxiofuse.backends.local_probes`).
     """
 
     def __init__(
@@ -894,31 +894,31 @@ class LocalUfs(UfsBackend):
         self.warms = False  # True once the cache-only probes can answer the reads
         self._root_fd: int | None = None
         self._root_error: OSError | None = None
-        self._nowait: NoWait | None = None
+        self._probes: CacheProbes | None = None
         try:
             self._root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:  # reported by the first call: check_source's stat of the root
             self._root_error = e
             return
-        self._nowait = NoWait.for_root(root)
-        self.warms = self._nowait is not None
+        self._probes = CacheProbes.for_root(root)
+        self.warms = self._probes is not None
 
     def uri(self, path: str) -> str:
         return f"file://{self.full_path(path)}"
 
     async def aclose(self) -> None:
-        if self._nowait is not None:
-            self._nowait.close()
-            self._nowait = None
+        if self._probes is not None:
+            self._probes.close()
+            self._probes = None
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
 
     def stat_nowait(self, path: str) -> FileStatus | None:
-        if self._nowait is None or not path:
+        if self._probes is None or not path:
             return None
         try:
-            st = self._nowait.lstat(path)
+            st = self._probes.lstat(path)
         except FileNotFoundError:
             raise NotFound(path) from None
         if st is None:
@@ -951,10 +951,10 @@ class LocalUfs(UfsBackend):
                 os.close(fd)
 
     def read_nowait(self, path: str, offset: int, length: int, version: Version) -> bytes | None:
-        if self._nowait is None:
+        if self._probes is None:
             return None
         try:
-            got = self._nowait.pread(path, offset, max(0, min(length, version.size - offset)))
+            got = self._probes.pread(path, offset, max(0, min(length, version.size - offset)))
         except FileNotFoundError:
             raise StaleFile(f"{path} was removed while open") from None
         if got is None:
