@@ -14,11 +14,11 @@ import fsspec
 import pytest
 import trio
 
+from alluxiofuse.backends.objects import status_from_info
 from alluxiofuse.backends.ufs import (
     LocalUfs,
     UfsBackend,
     open_ufs,
-    status_from_info,
     status_from_stat,
 )
 from alluxiofuse.errors import (
