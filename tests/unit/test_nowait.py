@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from alluxiofuse.backends.local import LocalUfs
 from alluxiofuse.backends.local_probes import CacheProbes
-from alluxiofuse.backends.ufs import LocalUfs, open_ufs
+from alluxiofuse.backends.source import open_ufs
 from alluxiofuse.errors import NotFound, StaleFile
 from tests.support.oscache import evict_from_os_cache
 
