@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import fsspec
 import fsspec.core
@@ -34,6 +34,7 @@ from alluxiofuse.backends.base import (
     run_on_loop,
 )
 from alluxiofuse.backends.fence import CommitFence
+from alluxiofuse.backends.keys import Rename, StoreKeys
 from alluxiofuse.backends.objects import (
     CHANGED_CODES,
     CONTENT_RANGE,
@@ -110,36 +111,6 @@ def with_pool(options: Mapping[str, Any], connections: int) -> dict[str, Any]:
     return {**options, "config_kwargs": config}
 
 
-# The largest object copied in one request (CopyObject, which takes up to 5 GiB); larger
-# ones in parts, as s3fs does: one request copying gigabytes can outlast a read timeout.
-_COPY_MAX = 150 * 1024**2
-
-
-class _Move(NamedTuple):
-    """One key of a rename: copied to ``target`` (a directory of a store that has them:
-    made there), then removed."""
-
-    source: str
-    target: str
-    directory: bool
-    size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rename:
-    """What a rename through fsspec copies."""
-
-    old: str
-    new: str
-    directory: bool
-    moves: list[_Move]
-    replaced: bool = False  # the target is an empty directory already
-
-    @property
-    def size(self) -> int:
-        return sum(move.size for move in self.moves)
-
-
 def open_store(
     source: str, options: Mapping[str, Any], limiter: trio.CapacityLimiter, timeout: float, *,
     mtime_unit_ns: int = 1, part_size: int = 16 * 1024 * 1024, object_metadata: bool = True,
@@ -212,6 +183,7 @@ class UfsBackend:
             if self._markers:  # a file whose key the store refuses could never be committed
                 self.writes = dataclasses.replace(self.writes, path_max=_path_room(root))
         self.fs = fs
+        self._keys = StoreKeys(fs, markers=self._markers, s3=self._s3)
         self.root = root
         self.description = description
         # Above 1, statuses are reported as Alluxio workers report them: mtime in whole
@@ -531,12 +503,12 @@ class UfsBackend:
         bucket, key, _ = self.fs.split_path(full)
         if not key:  # the bucket itself
             return status_from_info(name, self.fs.info(full))
-        head = self._s3_head(bucket, key)
+        head = self._keys.head(bucket, key)
         if head is not None:
             info = {"type": "file", "size": head.get("ContentLength"), "ETag": head.get("ETag"),
                     "LastModified": head.get("LastModified")}
             return self._with_metadata(status_from_info(name, info), head.get("Metadata") or {})
-        head = self._s3_head(bucket, key + "/")
+        head = self._keys.head(bucket, key + "/")
         if head is not None:
             return self._with_metadata(FileStatus(name, Kind.DIRECTORY),
                                        head.get("Metadata") or {})
@@ -548,12 +520,6 @@ class UfsBackend:
 
     def _with_metadata(self, status: FileStatus, metadata: Mapping[str, str]) -> FileStatus:
         return with_metadata(status, metadata) if self._metadata else status
-
-    def _s3_head(self, bucket: str, key: str) -> Mapping[str, Any] | None:
-        try:
-            return dict(self.fs.call_s3("head_object", Bucket=bucket, Key=key))
-        except FileNotFoundError:
-            return None
 
     def _list_sync(self, path: str) -> Sequence[FileStatus]:
         full = self.full_path(path)
@@ -615,7 +581,7 @@ class UfsBackend:
         plan = await self._call(self._rename_plan, old, new, flags)
         deadline = (self._timeout + len(plan.moves) * _SECONDS_PER_KEY
                     + plan.size / _MIN_UPLOAD_RATE)
-        await self._call(self._move_sync, plan, within=deadline)
+        await self._call(self._keys.move, plan, within=deadline)
 
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         raise NotSupported(f"{self.description} has no symbolic links")
@@ -645,160 +611,38 @@ class UfsBackend:
     async def cache(self, path: str) -> None:
         """No cache in front of a bare under-storage."""
 
-    def _exists(self, full: str) -> bool:
-        self.fs.invalidate_cache(full)
-        return bool(self.fs.exists(full))
-
-    # Only single-path fsspec calls below (info, ls, find, mkdir, rmdir, pipe_file,
-    # cp_file, rm_file): the many-path ones (mv, copy, rm) expand glob characters, and
-    # a file may well be called "*".
+    # Only single-path fsspec calls below (info, ls, mkdir, rmdir, pipe_file, cp_file,
+    # rm_file), as in keys.py: the many-path ones (mv, copy, rm) expand glob characters,
+    # and a file may well be called "*".
 
     def _mkdir_sync(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
         full = self.full_path(path)
-        if self._exists(full):
+        if self._keys.exists(full):
             raise AlreadyExists(path)
         if self._s3:  # the marker keeps the mode and owner
             metadata = attrs_metadata(Kind.DIRECTORY, mode, owner, None) if self._metadata else {}
             self.fs.pipe_file(full + "/", b"", Metadata=metadata)
             self.fs.invalidate_cache(full)
         else:
-            self._make_dir(full)
+            self._keys.make_dir(full)
         return self._stat_sync(path)
 
-    def _make_dir(self, full: str) -> None:
-        if self._markers:
-            self.fs.pipe_file(full + "/", b"")
-        else:
-            self.fs.mkdir(full, create_parents=False)
-        self.fs.invalidate_cache(full)
+    def _rename_plan(self, old: str, new: str, flags: int) -> Rename:
+        old_full, new_full = self.full_path(old), self.full_path(new)
+        if flags & RENAME_NOREPLACE and self._keys.exists(new_full):  # not atomic: documented
+            raise AlreadyExists(new)
+        return self._keys.plan(old_full, new_full)
 
     def _rmdir_sync(self, path: str) -> None:
         full = self.full_path(path)
         if self._list_sync(path):
             raise DirectoryNotEmpty(path)
-        self._remove_dir(full)
-
-    def _remove_dir(self, full: str) -> None:
-        if self._markers:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(full + "/")
-        else:
-            self.fs.rmdir(full)
-        self.fs.invalidate_cache(full)
+        self._keys.remove_dir(full)
 
     def _unlink_sync(self, path: str) -> None:
         full = self.full_path(path)
         self.fs.rm_file(full)
         self.fs.invalidate_cache(full)
-
-    def _rename_plan(self, old: str, new: str, flags: int) -> _Rename:
-        old_full, new_full = self.full_path(old), self.full_path(new)
-        if flags & RENAME_NOREPLACE and self._exists(new_full):  # not atomic: documented
-            raise AlreadyExists(new)
-        self.fs.invalidate_cache(old_full)
-        info = self.fs.info(old_full)
-        if info.get("type") != "directory":
-            move = _Move(old_full, new_full, False, int(info.get("size") or 0))
-            return _Rename(old_full, new_full, False, [move])
-        moves = self._tree_moves(old_full, new_full)
-        return _Rename(old_full, new_full, True, moves, self._exists(new_full))
-
-    def _move_sync(self, plan: _Rename) -> None:
-        """A copy, then the removal of the old: a failure half-way leaves the old as it
-        was (see ``_rename_dir``). A file's copy replaces the target whole."""
-        if not plan.directory:
-            self._copy_key(plan.moves[0])
-            self.fs.rm_file(plan.old)
-        else:
-            self._rename_dir(plan)
-        self.fs.invalidate_cache(plan.old)
-        self.fs.invalidate_cache(plan.new)
-
-    def _rename_dir(self, plan: _Rename) -> None:
-        """Copy every key of the tree to its new key, then remove the old keys.
-
-        On object stores the keys are the objects themselves, directory markers ``dir/``
-        included (copied as the markers they are, never as files named ``dir``); a
-        directory made of a prefix alone stays one. If a copy fails, the copies made so
-        far are removed again: the old tree is as it was and no part of the new one is
-        left. Once every copy is in, the old keys are removed (children before their
-        directories); should one of those removals fail, the new tree is whole and the
-        rest of the old one is still removed before the error is raised.
-        """
-        made: builtins.list[tuple[str, bool]] = []
-        try:
-            for move in plan.moves:
-                if move.directory:  # stores with real directories: made, not copied
-                    if move.target == plan.new and plan.replaced:
-                        continue
-                    self._make_dir(move.target)
-                else:
-                    self._copy_key(move)
-                made.append((move.target, move.directory))
-        except BaseException:
-            self._remove_keys(list(reversed(made)))
-            if plan.replaced and self._markers and not self._exists(plan.new):
-                self._make_dir(plan.new)  # its marker was copied over, then removed
-            raise
-        self._remove_keys([(move.source, move.directory) for move in reversed(plan.moves)],
-                          strict=True)
-
-    def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[_Move]:
-        """Every key of the tree at ``old_full`` and its new key, parents first."""
-        tree = self.fs.find(old_full, withdirs=not self._markers, detail=True)
-        moves = [
-            _Move(str(name).rstrip("/") if not self._markers else str(name), "",
-                  info.get("type") == "directory", int(info.get("size") or 0))
-            for name, info in tree.items()
-            # Object stores: every object under the prefix, markers "d/", "d/sub/" too.
-            if (str(name).startswith(old_full + "/") if self._markers
-                else str(name).rstrip("/") != old_full)
-        ]
-        if not self._markers:
-            moves.append(_Move(old_full, "", True, 0))
-        return sorted(move._replace(target=new_full + move.source[len(old_full):])
-                      for move in moves)
-
-    def _copy_key(self, move: _Move) -> None:
-        """Copy one object (or file) to its new key exactly, a marker ``dir/`` included,
-        with its metadata (S3)."""
-        source, target = move.source, move.target
-        if self._s3:
-            # Not fsspec's cp_file alone: it drops a path's trailing slash (copying
-            # "d/sub" for the marker "d/sub/"), and copies large objects in parts
-            # without their metadata unless told it. One CopyObject keeps both.
-            bucket, key, _ = self.fs.split_path(source)
-            new_bucket, new_key, _ = self.fs.split_path(target)
-            if move.size <= _COPY_MAX:
-                self.fs.call_s3("copy_object", Bucket=new_bucket, Key=new_key,
-                                CopySource={"Bucket": bucket, "Key": key})
-            else:  # in parts, told the metadata and headers
-                self.fs.cp_file(source, target, **kept_headers(self._s3_head(bucket, key) or {}))
-        elif not source.endswith("/"):
-            self.fs.cp_file(source, target)
-        else:
-            self.fs.pipe_file(target, b"")
-        self.fs.invalidate_cache(target.rstrip("/"))
-
-    def _remove_keys(
-        self, keys: Sequence[tuple[str, bool]], *, strict: bool = False,
-    ) -> None:
-        """Remove each key, a directory's (a marker ``dir/``, or one a store has of its
-        own: the plan says which) as an empty directory; go on past failures and raise
-        the first at the end with ``strict``, else only log them."""
-        first: BaseException | None = None
-        for key, directory in keys:
-            try:
-                if key.endswith("/") or directory:
-                    self._remove_dir(key.rstrip("/"))
-                else:
-                    self.fs.rm_file(key)
-            except Exception as e:  # the others are still removed
-                log.warning("rename: cannot remove %r: %r", key, e)
-                first = first or e
-            self.fs.invalidate_cache(key.rstrip("/"))
-        if strict and first is not None:
-            raise first
 
     def _s3_setattr(self, path: str, attrs: Attrs) -> FileStatus:
         """Rewrite the object's metadata in place (a copy onto itself that replaces the
@@ -808,10 +652,10 @@ class UfsBackend:
         bucket, key, _ = self.fs.split_path(full)
         if not key:
             raise NotSupported(f"the bucket {bucket!r} itself keeps no modes, owners or times")
-        kind, head = Kind.FILE, self._s3_head(bucket, key)
+        kind, head = Kind.FILE, self._keys.head(bucket, key)
         if head is None:
             kind, key = Kind.DIRECTORY, key + "/"
-            head = self._s3_head(bucket, key)
+            head = self._keys.head(bucket, key)
         if head is None and not self.fs.isdir(full):
             raise NotFound(f"{path!r} does not exist")
         metadata = dict((head or {}).get("Metadata") or {})
