@@ -1,16 +1,16 @@
 """The keys of an fsspec store, by full path: directories as the store keeps them, copies
-that keep S3's metadata, and renames made of copies (no store has a rename of its own)."""
+that keep S3's metadata, and renames made of copies (object stores have no rename)."""
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from alluxiofuse.backends.objects import kept_headers
+from alluxiofuse.backends.s3 import head
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,6 @@ class StoreKeys:
             self.fs.rmdir(full)
         self.fs.invalidate_cache(full)
 
-    def head(self, bucket: str, key: str) -> Mapping[str, Any] | None:
-        try:
-            return dict(self.fs.call_s3("head_object", Bucket=bucket, Key=key))
-        except FileNotFoundError:
-            return None
-
     def plan(self, old_full: str, new_full: str) -> Rename:
         """What moving ``old_full`` to ``new_full`` copies."""
         self.fs.invalidate_cache(old_full)
@@ -116,7 +110,7 @@ class StoreKeys:
         directories); should one of those removals fail, the new tree is whole and the
         rest of the old one is still removed before the error is raised.
         """
-        made: builtins.list[tuple[str, bool]] = []
+        made: list[tuple[str, bool]] = []
         try:
             for move in plan.moves:
                 if move.directory:  # stores with real directories: made, not copied
@@ -134,7 +128,7 @@ class StoreKeys:
         self._remove_keys([(move.source, move.directory) for move in reversed(plan.moves)],
                           strict=True)
 
-    def _tree_moves(self, old_full: str, new_full: str) -> builtins.list[Move]:
+    def _tree_moves(self, old_full: str, new_full: str) -> list[Move]:
         """Every key of the tree at ``old_full`` and its new key, parents first."""
         tree = self.fs.find(old_full, withdirs=not self._markers, detail=True)
         moves = [
@@ -164,7 +158,7 @@ class StoreKeys:
                 self.fs.call_s3("copy_object", Bucket=new_bucket, Key=new_key,
                                 CopySource={"Bucket": bucket, "Key": key})
             else:  # in parts, told the metadata and headers
-                self.fs.cp_file(source, target, **kept_headers(self.head(bucket, key) or {}))
+                self.fs.cp_file(source, target, **kept_headers(head(self.fs, bucket, key) or {}))
         elif not source.endswith("/"):
             self.fs.cp_file(source, target)
         else:

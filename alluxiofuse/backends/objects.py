@@ -1,5 +1,6 @@
-"""What object stores report and keep: statuses from fsspec's ``info``, S3's replies to
-ranged reads, and POSIX attributes kept in S3 object metadata (as s3fs-fuse keeps them)."""
+"""What object stores report and keep: statuses from fsspec's ``info`` (at the precision
+a source reports), and POSIX attributes kept in S3 object metadata (as s3fs-fuse keeps
+them)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ def status_from_info(name: str, info: Mapping[str, Any]) -> FileStatus:
         mtime_ns=_time_ns(mtime), etag=etag,
         mode=statmod.S_IMODE(mode) if isinstance(mode, int) else None,
     )
+
+
+def reported(status: FileStatus, mtime_unit_ns: int) -> FileStatus:
+    """``status`` as a source reports it that gives modification times in whole units of
+    ``mtime_unit_ns`` (1,000,000 for Alluxio workers' milliseconds) and no etag."""
+    if mtime_unit_ns == 1:
+        return status
+    mtime, version_mtime = status.mtime_ns, status.version_mtime_ns
+    if mtime is not None:
+        mtime -= mtime % mtime_unit_ns
+    if version_mtime is not None:
+        version_mtime -= version_mtime % mtime_unit_ns
+    return dataclasses.replace(status, etag=None, mtime_ns=mtime,
+                               version_mtime_ns=version_mtime)
 
 
 # POSIX attributes in S3 object metadata, as s3fs-fuse keeps them: x-amz-meta-mode is st_mode
@@ -139,35 +154,3 @@ def _time_ns(value: Any) -> int | None:
         return int((value - _EPOCH) // dt.timedelta(microseconds=1)) * 1000
     return None
 
-
-CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)")
-# What S3 answers a read of a version that is no longer there: If-Match refused (412), or
-# a range past the end of a shorter object (416).
-CHANGED_CODES = frozenset({"PreconditionFailed", "InvalidRange"})
-
-
-class BodyFailed(Exception):
-    """A reply's body broke off, or could not be read (worth asking again)."""
-
-
-async def read_exactly(body: Any, n: int) -> bytes:
-    """The next ``n`` bytes of an aiobotocore reply body."""
-    chunks = []
-    try:
-        while n > 0:
-            chunk = await body.read(n)
-            if not chunk:
-                raise BodyFailed(f"the body ended {n} bytes short")
-            chunks.append(chunk)
-            n -= len(chunk)
-    except BodyFailed:
-        raise
-    except Exception as e:  # the transport's, whichever library's it is
-        raise BodyFailed(repr(e)) from e
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def s3_code(e: BaseException) -> str | None:
-    """The S3 error code behind an error s3fs translated (its cause: botocore's)."""
-    response = getattr(e.__cause__, "response", None)
-    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None

@@ -27,6 +27,7 @@ import fsspec
 import fsspec.core
 import trio
 
+from alluxiofuse.backends import s3
 from alluxiofuse.backends.base import (
     ByteStream,
     is_temp_name,
@@ -35,19 +36,7 @@ from alluxiofuse.backends.base import (
 )
 from alluxiofuse.backends.fence import CommitFence
 from alluxiofuse.backends.keys import Rename, StoreKeys
-from alluxiofuse.backends.objects import (
-    CHANGED_CODES,
-    CONTENT_RANGE,
-    META_GID,
-    META_UID,
-    BodyFailed,
-    attrs_metadata,
-    kept_headers,
-    read_exactly,
-    s3_code,
-    status_from_info,
-    with_metadata,
-)
+from alluxiofuse.backends.objects import attrs_metadata, reported, status_from_info, with_metadata
 from alluxiofuse.errors import (
     AlluxioFuseError,
     AlreadyExists,
@@ -56,7 +45,6 @@ from alluxiofuse.errors import (
     InvalidArgument,
     NotFound,
     NotSupported,
-    ProtocolError,
     StaleFile,
 )
 from alluxiofuse.model import (
@@ -98,9 +86,6 @@ READAHEAD_REQUESTS = 16
 # The bytes read-ahead asks of a file in one request: at one S3 connection's rate the
 # transfer then outweighs the request's latency several times over.
 _SPAN = 8 * 1024 * 1024
-# Transport failures part-way through a reply that a read tries again after (s3fs retries
-# the request itself, not the reading of its body).
-_BODY_RETRIES = 2
 
 
 def with_pool(options: Mapping[str, Any], connections: int) -> dict[str, Any]:
@@ -202,15 +187,7 @@ class UfsBackend:
 
     def _reported(self, status: FileStatus) -> FileStatus:
         """``status`` at the precision this backend reports (see ``mtime_unit_ns``)."""
-        if self.mtime_unit_ns == 1:
-            return status
-        mtime, version_mtime = status.mtime_ns, status.version_mtime_ns
-        if mtime is not None:
-            mtime -= mtime % self.mtime_unit_ns
-        if version_mtime is not None:
-            version_mtime -= version_mtime % self.mtime_unit_ns
-        return dataclasses.replace(status, etag=None, mtime_ns=mtime,
-                                   version_mtime_ns=version_mtime)
+        return reported(status, self.mtime_unit_ns)
 
     def _same_mtime(self, mtime_ns: int, version: Version) -> bool:
         return mtime_ns - mtime_ns % self.mtime_unit_ns == version.mtime_ns
@@ -339,59 +316,10 @@ class UfsBackend:
         if not sum(want):
             return [b""] * len(lengths)
         return await run_on_loop(
-            lambda: self._s3_get(full, offset, want, version), self._loop,
+            lambda: s3.get_ranges(self.fs, full, offset, want, version, self.mtime_unit_ns),
+            self._loop,
             deadline=self._timeout, what=self.description,
         )
-
-    async def _s3_get(
-        self, full: str, offset: int, lengths: Sequence[int], version: Version,
-    ) -> builtins.list[bytes]:
-        """On fsspec's loop: one ranged GET of ``version`` that checks the version itself.
-        With the version's ETag it asks for that content alone (If-Match: a changed object
-        is refused with 412, never sent); either way the reply's own size, ETag and
-        modification time must be the version's. The body is read page by page, each a
-        buffer of its own (a page dropped frees its memory, not a neighbour's)."""
-        bucket, key, _ = self.fs.split_path(full)
-        total = sum(lengths)
-        kwargs = {"Range": f"bytes={offset}-{offset + total - 1}"}
-        if version.etag is not None:
-            kwargs["IfMatch"] = version.etag
-        for attempt in range(_BODY_RETRIES + 1):
-            try:
-                reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **kwargs)
-            except OSError as e:
-                # A StaleFile, not an OSError: passed on as it is, never retried.
-                if isinstance(e, FileNotFoundError) or s3_code(e) in CHANGED_CODES:
-                    raise StaleFile(f"{full} changed while open") from e
-                raise
-            body = reply["Body"]
-            try:
-                self._check_reply(full, offset, reply, version)
-                return [await read_exactly(body, n) for n in lengths]
-            except BodyFailed as e:
-                if attempt == _BODY_RETRIES:
-                    raise ConnectionError(f"{full}: the reply broke off: {e}") from e
-                log.debug("%s: the reply broke off (%s); asking again", full, e)
-            finally:
-                body.close()
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _check_reply(
-        self, full: str, offset: int, reply: Mapping[str, Any], version: Version,
-    ) -> None:
-        """The reply to a ranged GET is of ``version``, from ``offset``."""
-        match = CONTENT_RANGE.fullmatch(str(reply.get("ContentRange") or ""))
-        if match is None or int(match[1]) != offset:
-            raise ProtocolError(f"{full}: a read at {offset} was answered with range "
-                                f"{reply.get('ContentRange')!r}")
-        info = {"size": int(match[3]), "ETag": reply.get("ETag"),
-                "LastModified": reply.get("LastModified")}
-        now = self._reported(status_from_info(full, info)).version
-        # The modification time is compared only where there is no ETag: listings may
-        # carry it to the millisecond, the reply's header to the second.
-        if now.size != version.size or (
-                now.etag != version.etag if version.etag is not None else now != version):
-            raise StaleFile(f"{full} changed while open")
 
     async def open_stream(self, path: str, offset: int, version: Version) -> ByteStream:
         raise NotSupported(f"{self.description} is read by range, not as a stream")
@@ -403,7 +331,7 @@ class UfsBackend:
             return None  # fsspec has no portable read that tells the version read
         full = self.full_path(path)
         async with self._ahead if ahead else self._demand:
-            got = await run_on_loop(lambda: self._s3_get_with_status(full, length),
+            got = await run_on_loop(lambda: s3.get_start(self.fs, full, length),
                                     self._loop, deadline=self._timeout, what=self.description)
         if got is None:  # an object too short for the range now (the listing was older)
             return await self.stat(path), b""
@@ -417,28 +345,6 @@ class UfsBackend:
         status = self._with_metadata(status_from_info(path.rpartition("/")[2], info),
                                      reply.get("Metadata") or {})
         return self._reported(status), data[:length]
-
-    async def _s3_get_with_status(
-        self, full: str, length: int,
-    ) -> tuple[Mapping[str, Any], bytes] | None:
-        """On fsspec's loop: one ranged GET of the object's first ``length`` bytes, whose
-        reply carries what a HEAD's does (size, ETag, LastModified, the metadata) of the
-        very version read. None when the GET fails other than for a missing object (416:
-        empty now): the HEAD that follows meets anything else too."""
-        bucket, key, _ = self.fs.split_path(full)
-        try:
-            reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                           Range=f"bytes=0-{length - 1}")
-        except FileNotFoundError:
-            raise
-        except OSError as e:
-            log.debug("GET of %r for its status failed (%r): a HEAD instead", full, e)
-            return None
-        body = reply["Body"]
-        try:
-            return reply, await body.read()
-        finally:
-            body.close()
 
     def stat_nowait(self, path: str) -> FileStatus | None:
         return None  # every fsspec call may block
@@ -492,31 +398,8 @@ class UfsBackend:
         full = self.full_path(path)
         self.fs.invalidate_cache(full)
         if self._s3:
-            return self._reported(self._s3_stat(path, full))
+            return self._reported(s3.stat(self.fs, path, full, metadata=self._metadata))
         return self._reported(status_from_info(path.rpartition("/")[2], self.fs.info(full)))
-
-    def _s3_stat(self, path: str, full: str) -> FileStatus:
-        """The status with what the object's metadata keeps (mode, owner, times): a HEAD
-        of the object (one request, as ``info`` costs), else of the directory's marker
-        ``dir/``, else a directory made of a prefix alone (a listing of one key)."""
-        name = path.rpartition("/")[2]
-        bucket, key, _ = self.fs.split_path(full)
-        if not key:  # the bucket itself
-            return status_from_info(name, self.fs.info(full))
-        head = self._keys.head(bucket, key)
-        if head is not None:
-            info = {"type": "file", "size": head.get("ContentLength"), "ETag": head.get("ETag"),
-                    "LastModified": head.get("LastModified")}
-            return self._with_metadata(status_from_info(name, info), head.get("Metadata") or {})
-        head = self._keys.head(bucket, key + "/")
-        if head is not None:
-            return self._with_metadata(FileStatus(name, Kind.DIRECTORY),
-                                       head.get("Metadata") or {})
-        out = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", Delimiter="/",
-                              MaxKeys=1)
-        if out.get("KeyCount") or out.get("Contents") or out.get("CommonPrefixes"):
-            return FileStatus(name, Kind.DIRECTORY)
-        raise NotFound(f"{path!r} does not exist")
 
     def _with_metadata(self, status: FileStatus, metadata: Mapping[str, str]) -> FileStatus:
         return with_metadata(status, metadata) if self._metadata else status
@@ -645,35 +528,7 @@ class UfsBackend:
         self.fs.invalidate_cache(full)
 
     def _s3_setattr(self, path: str, attrs: Attrs) -> FileStatus:
-        """Rewrite the object's metadata in place (a copy onto itself that replaces the
-        metadata, keeping the content and its headers); a directory's is its marker's,
-        made if it had none (a directory made of a prefix alone)."""
-        full = self.full_path(path)
-        bucket, key, _ = self.fs.split_path(full)
-        if not key:
-            raise NotSupported(f"the bucket {bucket!r} itself keeps no modes, owners or times")
-        kind, head = Kind.FILE, self._keys.head(bucket, key)
-        if head is None:
-            kind, key = Kind.DIRECTORY, key + "/"
-            head = self._keys.head(bucket, key)
-        if head is None and not self.fs.isdir(full):
-            raise NotFound(f"{path!r} does not exist")
-        metadata = dict((head or {}).get("Metadata") or {})
-        metadata.update(attrs_metadata(kind, attrs.mode, None, attrs.mtime_ns, attrs.atime_ns))
-        if attrs.uid is not None:
-            metadata[META_UID] = str(attrs.uid)
-        if attrs.gid is not None:
-            metadata[META_GID] = str(attrs.gid)
-        if head is None:  # a directory without a marker: it gets one
-            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", Metadata=metadata)
-        else:
-            copy = {**kept_headers(head), "Metadata": metadata, "MetadataDirective": "REPLACE"}
-            if kind is Kind.FILE:  # cp_file copies large objects in parts
-                self.fs.cp_file(full, full, **copy)
-            else:  # fsspec would drop the marker's trailing slash
-                self.fs.call_s3("copy_object", Bucket=bucket, Key=key,
-                                CopySource={"Bucket": bucket, "Key": key}, **copy)
-        self.fs.invalidate_cache(full)
+        s3.set_attrs(self.fs, path, self.full_path(path), attrs)
         return self._stat_sync(path)
 
     def _commit_sync(
