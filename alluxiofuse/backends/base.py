@@ -29,7 +29,7 @@ def temp_name() -> str:
 
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is a commit in progress (or one a crash left behind): not listed."""
-    # The prefix first: a listing of 100,000 names asks this of each.
+    # The prefix first: a listing asks this of every name in it.
     return name.startswith(_TEMP_PREFIX) and _TEMP_NAME.match(name) is not None
 
 

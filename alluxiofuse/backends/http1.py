@@ -2,8 +2,8 @@
 
 Worker page reads and proxy stream reads are the hot path of a cluster mount (one or more
 requests per small file, one per MiB of a large one). Through httpx under trio a request
-costs about 650 µs of event-loop CPU (anyio, httpcore's pool scan and readiness poll,
-h11); this costs about 100 µs (bench/RESULTS.md). It does only what those calls need:
+costs several times the event-loop CPU it costs here (anyio, httpcore's pool scan and
+readiness poll, h11: bench/RESULTS.md). It does only what those calls need:
 ``GET`` and ``POST`` with a body (bytes, or parts sent as they come) on a keep-alive pool
 of connections per address; replies with a ``Content-Length`` or chunked, read whole or as
 a stream; and it tells apart the two ways a reply can fail: no status line at all

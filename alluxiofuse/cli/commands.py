@@ -31,7 +31,7 @@ from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.cluster.ring import HashRing, path_id
 from alluxiofuse.backends.proxy.backend import ProxySource, parse_source
 from alluxiofuse.backends.proxy.client import ProxyClient, ProxyStatus
-from alluxiofuse.backends.ufs import open_ufs
+from alluxiofuse.backends.source import open_ufs
 from alluxiofuse.config import PROXY_SCHEME, MountConfig
 from alluxiofuse.errors import (
     AlluxioFuseError,

@@ -26,7 +26,7 @@ from alluxiofuse.backends.base import Backend
 from alluxiofuse.backends.cluster.backend import MTIME_UNIT_NS, Membership, open_cluster
 from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.proxy.backend import open_proxy
-from alluxiofuse.backends.ufs import open_ufs
+from alluxiofuse.backends.source import open_ufs
 from alluxiofuse.config import MountConfig
 from alluxiofuse.daemon.exporter import Exporter, Health
 from alluxiofuse.daemon.logs import REDACTED, mask_secrets, redact, secrets_of, setup_logging

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias, TypeVar
 import trio
 
 from alluxiofuse.backends.base import run_blocking
-from alluxiofuse.backends.ufs import pread_all
+from alluxiofuse.backends.local import pread_all
 from alluxiofuse.errors import from_oserror
 from alluxiofuse.model import Data, FileStatus, Kind, Version
 from alluxiofuse.writes.extents import Extents

@@ -23,7 +23,7 @@ from alluxiofuse.backends.cluster.client import WorkerClient
 from alluxiofuse.backends.cluster.discovery import StaticWorkers
 from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.cluster.ring import HashRing, WorkerIdentity, path_id
-from alluxiofuse.backends.ufs import LocalUfs
+from alluxiofuse.backends.local import LocalUfs
 from alluxiofuse.errors import BackendUnavailable, ContentMismatch, NotFound
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import Kind

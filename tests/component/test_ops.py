@@ -18,7 +18,9 @@ import trio.testing
 from prometheus_client import CollectorRegistry
 
 import tests.support.flakyfs
-from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
+from alluxiofuse.backends.local import LocalUfs
+from alluxiofuse.backends.source import open_ufs
+from alluxiofuse.backends.ufs import UfsBackend
 from alluxiofuse.config import FOREVER, build_config
 from alluxiofuse.daemon.process import check_source
 from alluxiofuse.fs.filesystem import Filesystem

@@ -289,9 +289,9 @@ async def test_objects_copied_in_parts_keep_their_metadata(
     them) keep their metadata and headers through renames and setattr."""
     import s3fs.core
 
-    from alluxiofuse.backends import ufs
+    from alluxiofuse.backends import keys
 
-    monkeypatch.setattr(ufs, "_COPY_MAX", 0, raising=False)
+    monkeypatch.setattr(keys, "_COPY_MAX", 0)
     monkeypatch.setattr(s3fs.core, "MANAGED_COPY_THRESHOLD", 0)
     fs = s3.fs()
     fs.call_s3("put_object", Bucket=s3.bucket, Key=f"{ROOT}/d/big", Body=b"big" * 1000,

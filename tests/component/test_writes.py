@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from alluxiofuse.backends.base import temp_name
-from alluxiofuse.backends.ufs import open_ufs
+from alluxiofuse.backends.source import open_ufs
 from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendUnavailable
 from alluxiofuse.fs.inodes import ROOT_INODE

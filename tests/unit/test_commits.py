@@ -13,7 +13,9 @@ import trio
 
 import tests.support.flakyfs  # noqa: F401  (registers flaky://)
 from alluxiofuse.backends.fence import CommitFence
-from alluxiofuse.backends.ufs import LocalUfs, UfsBackend, open_ufs
+from alluxiofuse.backends.local import LocalUfs
+from alluxiofuse.backends.source import open_ufs
+from alluxiofuse.backends.ufs import UfsBackend
 from alluxiofuse.errors import BackendTimeout, StaleFile
 
 

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from alluxiofuse.backends.ufs import attrs_metadata, with_metadata
+from alluxiofuse.backends.objects import attrs_metadata, with_metadata
 from alluxiofuse.model import FileStatus, Kind
 
 LAST_MODIFIED = 1_800_000_000 * 10**9

@@ -14,13 +14,10 @@ import fsspec
 import pytest
 import trio
 
-from alluxiofuse.backends.ufs import (
-    LocalUfs,
-    UfsBackend,
-    open_ufs,
-    status_from_info,
-    status_from_stat,
-)
+from alluxiofuse.backends.local import LocalUfs, status_from_stat
+from alluxiofuse.backends.objects import status_from_info
+from alluxiofuse.backends.source import open_ufs
+from alluxiofuse.backends.ufs import UfsBackend
 from alluxiofuse.errors import (
     BackendError,
     BackendTimeout,

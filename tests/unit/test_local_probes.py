@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from alluxiofuse.backends.nowait import NoWait
-from alluxiofuse.backends.ufs import LocalUfs, open_ufs
+from alluxiofuse.backends.local import LocalUfs
+from alluxiofuse.backends.local_probes import CacheProbes
+from alluxiofuse.backends.source import open_ufs
 from alluxiofuse.errors import NotFound, StaleFile
 from tests.support.oscache import evict_from_os_cache
 
@@ -24,14 +25,14 @@ def tree(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def probes(tree: Path) -> NoWait:
-    p = NoWait.for_root(str(tree))
+def probes(tree: Path) -> CacheProbes:
+    p = CacheProbes.for_root(str(tree))
     if p is None:
         pytest.fail(f"no cache-only probes for {tree} (statfs type, or openat2 missing)")
     return p
 
 
-def test_lstat_of_a_cached_path_matches_os_lstat(probes: NoWait, tree: Path) -> None:
+def test_lstat_of_a_cached_path_matches_os_lstat(probes: CacheProbes, tree: Path) -> None:
     expected = os.lstat(tree / "d" / "f.bin")  # now in the dentry cache
     got = probes.lstat("d/f.bin")
     assert got is not None
@@ -42,7 +43,7 @@ def test_lstat_of_a_cached_path_matches_os_lstat(probes: NoWait, tree: Path) -> 
 
 
 def test_known_missing_path_raises_and_symlinked_parents_are_left_to_threads(
-    probes: NoWait, tree: Path,
+    probes: CacheProbes, tree: Path,
 ) -> None:
     with pytest.raises(FileNotFoundError):
         os.lstat(tree / "nope")
@@ -52,7 +53,7 @@ def test_known_missing_path_raises_and_symlinked_parents_are_left_to_threads(
     assert probes.lstat("dirlink/f.bin") is None  # RESOLVE_NO_SYMLINKS
 
 
-def test_pread_answers_only_from_the_page_cache(probes: NoWait, tree: Path) -> None:
+def test_pread_answers_only_from_the_page_cache(probes: CacheProbes, tree: Path) -> None:
     path = tree / "d" / "f.bin"
     data = path.read_bytes()
     got = probes.pread("d/f.bin", 100, 1000)
@@ -64,8 +65,8 @@ def test_pread_answers_only_from_the_page_cache(probes: NoWait, tree: Path) -> N
 
 
 def test_probes_are_refused_where_they_could_block(tmp_path: Path) -> None:
-    assert NoWait.for_root(str(tmp_path / "missing")) is None
-    assert NoWait.for_root("/proc") is None  # not a local block or memory filesystem
+    assert CacheProbes.for_root(str(tmp_path / "missing")) is None
+    assert CacheProbes.for_root("/proc") is None  # not a local block or memory filesystem
 
 
 async def test_local_backend_answers_cached_status_and_bytes_inline(tree: Path) -> None:

@@ -1,9 +1,9 @@
-"""Non-blocking probes of a local directory: answers from the kernel's caches, or none.
+"""Cache-only probes of a local directory: answers from the kernel's caches, or none.
 
-A local file's status and bytes are usually in the kernel's caches, where a syscall costs
-a few microseconds; handing the call to a worker thread costs 50-100 us of the event
-loop's time. These probes are safe to run on the event loop because they cannot wait for
-a disk: ``openat2(2)`` with ``RESOLVE_CACHED`` fails with EAGAIN unless every path
+A local file's status and bytes are usually in the kernel's caches, where a system call
+costs far less of the event loop's time than handing it to a worker thread does
+(bench/RESULTS.md). These probes are safe to run on the event loop because they cannot
+wait for a disk: ``openat2(2)`` with ``RESOLVE_CACHED`` fails with EAGAIN unless every path
 component is in the dentry cache, and ``preadv2(2)`` with ``RWF_NOWAIT`` fails with
 EAGAIN unless the range is in the page cache. A probe that cannot answer returns None,
 and the caller goes to a worker thread as usual.
@@ -52,7 +52,7 @@ class _StatFs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_long * 31)]
 
 
-class NoWait:
+class CacheProbes:
     """Cache-only ``lstat`` and ``pread`` of paths below one local root directory."""
 
     def __init__(self, root: str) -> None:
@@ -69,7 +69,7 @@ class NoWait:
         self._read_how = _OpenHow(os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0, _RESOLVE)
 
     @classmethod
-    def for_root(cls, root: str) -> NoWait | None:
+    def for_root(cls, root: str) -> CacheProbes | None:
         """Probes for ``root``, or None where they cannot be trusted not to block."""
         if not sys.platform.startswith("linux") or not hasattr(os, "RWF_NOWAIT"):
             return None
