@@ -19,249 +19,20 @@ kernel caches them).
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
 
-import trio
-
-from alluxiofuse.backends.base import Backend, ByteStream
-from alluxiofuse.errors import BackendError, StaleFile
+from alluxiofuse.backends.base import Backend
+from alluxiofuse.errors import StaleFile
 from alluxiofuse.fs.inodes import Inode
 from alluxiofuse.fs.pages import PageCache, PageKey
+from alluxiofuse.fs.readahead import Prefetcher, StreamCursor
 from alluxiofuse.listing import ListingStream
 from alluxiofuse.model import Data, FileStatus, Version
 
-log = logging.getLogger(__name__)
-
-Spawn = Callable[..., object]  # nursery.start_soon
-
 # Largest page a waiting reader takes from the backend's non-blocking path (see _fetch).
 _INLINE_READ_MAX = 128 * 1024
-# The read-ahead window of a file unless --max-readahead says otherwise: a backend read
-# page by page, or this many requests of its span in flight (at 20 ms to the first byte
-# and 90 MiB/s per connection, eight 8 MiB requests keep about 500 MiB/s coming).
-_READAHEAD = 16 * 1024 * 1024
-_READAHEAD_REQUESTS = 8
-
-
-def default_readahead(span: int) -> int:
-    """The largest read-ahead window of a file from a backend whose ``span`` is this."""
-    return max(_READAHEAD, _READAHEAD_REQUESTS * span)
-
-
-@dataclass
-class Prefetcher:
-    """Background page fetches, under one budget of bytes in flight for the whole mount."""
-
-    spawn: Spawn
-    pages: PageCache
-    budget: int
-    in_flight: int = 0
-    # Spawned but maybe not started yet, so not yet a flight the page cache knows about.
-    _pending: set[PageKey] = field(default_factory=set)
-
-    def prefetch(
-        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
-        wanted: Callable[[], bool],
-    ) -> bool:
-        """Fetch page ``key`` in the background unless it is cached or being fetched, or
-        no longer ``wanted()`` once the task starts.
-
-        Returns False when the budget is spent, so the caller stops asking for more.
-        """
-        return self.run(key, length, partial(self._fetch, key, fetch, length, wanted))
-
-    def run(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> bool:
-        """Run ``job``, which brings page ``key`` (``length`` bytes) into the cache along
-        with more (the file's status), in the background, unless the page is cached or on
-        its way. Returns False when the budget is spent, as ``prefetch`` does."""
-        if key in self._pending or key in self.pages:
-            return True
-        if self.in_flight + length > self.budget:
-            return False
-        self.in_flight += length
-        self._pending.add(key)
-        self.spawn(self._job, key, length, job)
-        return True
-
-    async def _job(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> None:
-        try:
-            await job()
-        except Exception as e:  # a demand read of the page reports it (or fetches again)
-            log.debug("prefetch of %s failed: %r", key, e)
-        finally:
-            self.in_flight -= length
-            self._pending.discard(key)
-
-    async def _fetch(
-        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
-        wanted: Callable[[], bool],
-    ) -> None:
-        # A reader can get to the page first (fetching it itself) and read it through
-        # before this task starts: fetching it again would be for nothing.
-        if wanted():
-            await self.pages.get(key, fetch, expected=length, prefetch=True)
-
-    def coming(self, key: PageKey) -> bool:
-        """Whether a task is on its way for page ``key`` (spawned, or fetching it)."""
-        return key in self._pending or self.pages.fetching(key)
-
-    def prefetch_many(
-        self, pages: Sequence[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
-    ) -> int:
-        """Fetch several pages in the background with one ``fetch_all`` call.
-
-        Pages already cached or in flight are skipped; the rest are taken in order while
-        the budget lasts. Returns how many of ``pages`` were dealt with (skipped or taken):
-        the caller can come back for the others. Each page still gets its own single-flight
-        entry, so a demand read of one of them waits for the batch instead of fetching it.
-        """
-        taken: list[tuple[PageKey, int]] = []
-        done = 0
-        for key, length in pages:
-            if key not in self._pending and key not in self.pages:
-                if self.in_flight + length > self.budget:
-                    break
-                self.in_flight += length
-                self._pending.add(key)
-                taken.append((key, length))
-            done += 1
-        if taken:
-            self.spawn(self._fill, taken, fetch_all)
-        return done
-
-    async def _fill(
-        self, pages: list[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
-    ) -> None:
-        try:
-            await self.pages.fill(pages, fetch_all)
-        except Exception as e:  # a demand read of one of the pages reports it
-            log.debug("read-ahead of %d pages failed: %r", len(pages), e)
-        finally:
-            for key, length in pages:
-                self.in_flight -= length
-                self._pending.discard(key)
-
-
-class StreamCursor:
-    """One open file's stream, for a backend whose reads are streams (``streams``).
-
-    Pages are read from the stream in order. It is opened at the first page wanted and
-    reopened (at the page wanted) only when a read goes back, or when reading on from where
-    it stands fails (a proxy closes a stream left unused long enough). Read-ahead fetches
-    pages in tasks of their own, which may come for them out of order: pages passed over
-    on the way to a later one are kept for the fetches already waiting for them
-    (``wanted``), never read twice. At the end of the file the stream is closed at once.
-    """
-
-    def __init__(
-        self, backend: Backend, path: str, version: Version, *, page_size: int,
-        wanted: Callable[[int], bool], spawn: Spawn,
-    ) -> None:
-        self._backend = backend
-        self._path = path
-        self._version = version
-        self._page_size = page_size
-        self._wanted = wanted
-        self._spawn = spawn
-        self._lock = trio.Lock()
-        self._stream: ByteStream | None = None
-        self._position = 0
-        self._passed: dict[int, Data] = {}  # page index -> its bytes, for fetches waiting
-        self._closed = False
-
-    async def page(self, index: int, length: int) -> Data:
-        """Page ``index`` (``length`` bytes) from the stream."""
-        try:  # a free lock is taken without a trip through the scheduler (7% of the loop)
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-        try:
-            return await self._page(index, length)
-        finally:
-            self._lock.release()
-
-    async def _page(self, index: int, length: int) -> Data:
-        for stale in [i for i in self._passed if not self._wanted(i)]:
-            del self._passed[stale]
-        data = self._passed.pop(index, None)
-        if data is not None:
-            return data
-        if self._closed:
-            raise StaleFile(f"{self._path}: read after the file was closed")
-        offset = index * self._page_size
-        reused = self._stream is not None and self._position <= offset
-        try:
-            return await self._read_page(index, length)
-        except BackendError as e:
-            await self._drop()
-            if not reused:
-                raise
-            log.debug("%s: reading on from %d failed (%s); reopening", self._path,
-                      self._position, e)
-        return await self._read_page(index, length)
-
-    async def aclose(self) -> None:
-        """The file is closed: so is its stream, and nothing opens another."""
-        async with self._lock:
-            self._closed = True
-            self._passed.clear()
-            await self._drop()
-
-    async def _read_page(self, index: int, length: int) -> Data:
-        offset = index * self._page_size
-        if self._stream is None or offset < self._position:
-            await self._drop()
-            self._stream = await self._backend.open_stream(self._path, offset, self._version)
-            self._position = offset
-        try:
-            while self._position < offset:
-                passed = self._position // self._page_size
-                data = await self._read(min(self._page_size, self._version.size - self._position))
-                if self._wanted(passed):
-                    self._passed[passed] = data
-            data = await self._read(length)
-            if self._position >= self._version.size:
-                await self._at_end()
-        except BaseException:
-            await self._drop()  # where the stream stands is not known any more
-            raise
-        return data
-
-    async def _read(self, n: int) -> Data:
-        assert self._stream is not None
-        data = await self._stream.read(n)
-        if len(data) != n:
-            raise StaleFile(f"{self._path} is shorter than when it was opened")
-        self._position += n
-        return data
-
-    async def _at_end(self) -> None:
-        """The last byte is read: the file must end here, and the stream is closed (in the
-        background: the reader waiting for this page need not wait for that)."""
-        assert self._stream is not None
-        if await self._stream.read(1):
-            raise StaleFile(f"{self._path} is longer than when it was opened")
-        stream, self._stream = self._stream, None
-        self._spawn(_close_stream, stream, self._path)
-
-    async def _drop(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await _close_stream(stream, self._path)
-
-
-async def _close_stream(stream: ByteStream, path: str) -> None:
-    try:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
-    except Exception as e:  # closing is tidying up: the reads it served are done
-        log.debug("%s: closing its stream failed: %r", path, e)
 
 
 class FileHandle:
@@ -446,9 +217,8 @@ class FileHandle:
         A reader waiting for a small page takes what the backend can answer at once: that
         saves a worker-thread hop, which costs more than copying a small page. Large pages
         and read-ahead go the blocking way, in the background, so the event loop never
-        copies whole pages (sequential 1 GiB cold read, three runs each: 304-726 MiB/s
-        with 1 MiB demand reads inline, 625-939 MiB/s without; 141-331 MiB/s with
-        read-ahead inline too).
+        copies whole pages: large demand reads, and read-ahead even more, made sequential
+        reads slower inline (bench/RESULTS.md).
         """
         offset, length = index * self._page_size, self._length(index)
         if self._stream is not None:

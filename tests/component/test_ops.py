@@ -112,8 +112,6 @@ async def make(
         shutil.rmtree(made_cache_dir)
     fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
                     invalidate_attrs=invalidate_attrs, writes=writes)
-    if writes is not None:
-        writes.on_committed = fs.committed
     return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
 
 
