@@ -10,7 +10,6 @@ State is re-read after every ``await``: another request may have changed it mean
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from alluxiofuse.errors import (
     StaleFile,
 )
 from alluxiofuse.fs.directories import Directories, ReplyFn
-from alluxiofuse.fs.handles import DirHandle, FileHandle
+from alluxiofuse.fs.handles import DirHandle, FileHandle, HandleTable, StagedHandle
 from alluxiofuse.fs.inodes import Inode, InodeTable
 from alluxiofuse.fs.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
 from alluxiofuse.fs.pages import PageCache
@@ -86,9 +85,6 @@ class Filesystem:
         self.writes = writes
         if writes is not None:  # what it commits, uploads that drain later included
             writes.on_committed = self.committed
-        # The staged file each handle opened for writing (or opened while it was staged).
-        self._staged: dict[int, StagedFile] = {}
-        self._writers: set[int] = set()  # handles opened for writing: their close commits
         self._staged_inodes: dict[int, StagedFile] = {}  # inode -> staged file, while open
         self._invalidate_attrs = invalidate_attrs
         self.backend = backend
@@ -114,12 +110,11 @@ class Filesystem:
         if config.negative_timeout > 0 and config.metadata_cache_size >= MISSING_BYTES:
             self._misses = TTLCache(maxsize=config.metadata_cache_size // MISSING_BYTES,
                                     ttl=config.negative_timeout + _NEGATIVE_MARGIN)
-        self._files: dict[int, FileHandle] = {}
-        self._dirs: dict[int, DirHandle] = {}
-        self._handle_ids = itertools.count(1)
+        self._handles = HandleTable()
         metrics.watch_inodes(lambda: len(self.inodes))
         metrics.watch_metadata_cache(lambda: self.meta.nbytes, self.meta.max_bytes)
-        metrics.watch_handles(lambda: len(self._files) + len(self._dirs))
+        metrics.watch_handles(lambda: sum(not isinstance(h, StagedHandle)
+                                          for h in self._handles.values()))
 
     # -- names and attributes
 
@@ -199,16 +194,15 @@ class Filesystem:
     async def opendir(self, ino: int) -> int:
         """A handle on the entries of directory ``ino`` (see ``Directories.open``)."""
         handle = await self._directories.open(ino)
-        fh = next(self._handle_ids)
-        self._dirs[fh] = handle
-        return fh
+        return self._handles.add(handle)
 
     async def readdir(self, fh: int, start: int, reply: ReplyFn) -> None:
         """Hand entries from ``start`` on to ``reply`` (see ``Directories.read``)."""
         await self._directories.read(self._dir(fh), start, reply)
 
     def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        if isinstance(self._handles.get(fh), DirHandle):
+            self._handles.remove(fh)
 
     # -- files
 
@@ -248,23 +242,21 @@ class Filesystem:
         self._dir_readahead.opened(inode)
         if not keep_cache and not self.backend.warms:  # the first read follows at once
             handle.start()
-        fh = next(self._handle_ids)
-        self._files[fh] = handle
-        return fh, keep_cache
+        return self._handles.add(handle), keep_cache
 
     async def read(self, fh: int, offset: int, size: int) -> Data:
-        staged = self._staged.get(fh)
-        if staged is not None:
-            assert self.writes is not None
-            return await self.writes.read(staged, offset, size)
-        handle = self._files.get(fh)
-        if handle is None:
-            raise StaleFile(f"file handle {fh} is not open")
-        try:
-            return await handle.read(offset, size)
-        except StaleFile:
-            self._changed_behind(handle.inode)
-            raise
+        match self._handles.get(fh):
+            case StagedHandle(staged=staged):
+                assert self.writes is not None
+                return await self.writes.read(staged, offset, size)
+            case FileHandle() as handle:
+                try:
+                    return await handle.read(offset, size)
+                except StaleFile:
+                    self._changed_behind(handle.inode)
+                    raise
+            case _:
+                raise StaleFile(f"file handle {fh} is not open")
 
     def _changed_behind(self, inode: Inode) -> None:
         """A read found ``inode``'s file changed behind the mount: its cached status is
@@ -277,18 +269,19 @@ class Filesystem:
             self.meta.forget(inode.path)
 
     async def release(self, fh: int) -> None:
-        handle = self._files.pop(fh, None)
-        if handle is not None:
-            await handle.aclose()
-        staged = self._staged.pop(fh, None)
-        self._writers.discard(fh)
-        if staged is not None and self.writes is not None:
-            staged.handles -= 1
-            if staged.handles == 0:
-                for ino, known in list(self._staged_inodes.items()):
-                    if known is staged:
-                        del self._staged_inodes[ino]
-            await self.writes.release(staged)
+        match self._handles.get(fh):
+            case FileHandle() as handle:
+                self._handles.remove(fh)
+                await handle.aclose()
+            case StagedHandle(staged=staged):
+                self._handles.remove(fh)
+                assert self.writes is not None
+                staged.handles -= 1
+                if staged.handles == 0:
+                    for ino, known in list(self._staged_inodes.items()):
+                        if known is staged:
+                            del self._staged_inodes[ino]
+                await self.writes.release(staged)
 
     def refuse_write(self, what: str) -> NoReturn:
         """Every change the mount does not make ends here."""
@@ -326,19 +319,19 @@ class Filesystem:
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         writes = self._writable()
-        staged = self._staged.get(fh)
-        if staged is None:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, StagedHandle):
             raise InvalidArgument(f"file handle {fh} is not open for writing")
-        await writes.write(staged, offset, data)
+        await writes.write(handle.staged, offset, data)
         return len(data)
 
     async def flush(self, fh: int, *, durable: bool = False) -> None:
         """close(2) (and fsync(2), ``durable``): commit what the handle's file holds."""
-        staged = self._staged.get(fh)
-        if staged is not None and self.writes is not None and (durable or fh in self._writers):
-            await self._commit(staged, durable=durable)
-        elif staged is None and durable and (handle := self._files.get(fh)) is not None:
-            await self.backend.sync(handle.path)  # an earlier close may not have synced it
+        match self._handles.get(fh):
+            case StagedHandle() as handle if durable or handle.writing:
+                await self._commit(handle.staged, durable=durable)
+            case FileHandle() as handle if durable:
+                await self.backend.sync(handle.path)  # an earlier close may not have synced it
 
     async def setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
         writes = self._writable()
@@ -349,7 +342,8 @@ class Filesystem:
                 or ((attrs.uid, attrs.gid) != (None, None) and not support.owners)
                 or ((attrs.atime_ns, attrs.mtime_ns) != (None, None) and not support.times)):
             raise NotSupported(f"{self.backend.description} does not keep this attribute")
-        staged = self._staged.get(fh) if fh is not None else None
+        handle = self._handles.get(fh) if fh is not None else None
+        staged = handle.staged if isinstance(handle, StagedHandle) else None
         if staged is None and self.inodes.is_linked(inode):
             staged = writes.get(path)
         if staged is None and size is not None:
@@ -495,11 +489,8 @@ class Filesystem:
             raise AlreadyExists(path)
 
     def _open_staged(self, inode: Inode, staged: StagedFile, *, writing: bool) -> int:
-        fh = next(self._handle_ids)
-        self._staged[fh] = staged
+        fh = self._handles.add(StagedHandle(staged, writing))
         self._staged_inodes[inode.ino] = staged
-        if writing:
-            self._writers.add(fh)
         staged.handles += 1
         inode.kernel_version = None
         return fh
@@ -582,8 +573,8 @@ class Filesystem:
         return inode
 
     def _dir(self, fh: int) -> DirHandle:
-        handle = self._dirs.get(fh)
-        if handle is None:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
             raise StaleFile(f"directory handle {fh} is not open")
         return handle
 

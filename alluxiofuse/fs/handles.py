@@ -1,4 +1,6 @@
-"""Open files: reads through the page cache, with adaptive sequential read-ahead.
+"""Open handles: one table of them by number, each a file read at one version, a file being
+written, or a directory; a file's reads go through the page cache, with adaptive
+sequential read-ahead.
 
 A handle pins the file version it was opened with: every page it reads is keyed by that
 version and fetched as that version. Once a change is seen (a refreshed status, or the
@@ -19,8 +21,10 @@ kernel caches them).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from alluxiofuse.backends.base import Backend
@@ -30,6 +34,7 @@ from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.fs.readahead import Prefetcher, StreamCursor
 from alluxiofuse.listing import ListingStream
 from alluxiofuse.model import Data, FileStatus, Version
+from alluxiofuse.writes.staging import StagedFile
 
 # Largest page a waiting reader takes from the backend's non-blocking path (see _fetch).
 _INLINE_READ_MAX = 128 * 1024
@@ -231,14 +236,48 @@ class FileHandle:
         return data
 
 
+@dataclass
+class StagedHandle:
+    """One open of a file being written (staged): reads and writes go to the spool."""
+
+    staged: StagedFile
+    writing: bool  # opened for writing: its close commits
+
+
+@dataclass
 class DirHandle:
     """One open of a directory: a snapshot of its entries (or of a listing still arriving,
     page by page), so offsets stay meaningful."""
 
-    def __init__(
-        self, ino: int, path: str, entries: Sequence[FileStatus] | ListingStream,
-    ) -> None:
-        self.ino = ino
-        self.path = path
-        self.entries = entries
+    ino: int
+    path: str
+    entries: Sequence[FileStatus] | ListingStream
 
+
+Handle = FileHandle | StagedHandle | DirHandle
+
+
+class HandleTable:
+    """The open handles, by number: the kernel's ``fh``. Numbers count up from 1 across
+    every kind and are never reused, so a late request on a closed handle finds nothing."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Handle] = {}
+        self._numbers = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, handle: Handle) -> int:
+        fh = next(self._numbers)
+        self._open[fh] = handle
+        return fh
+
+    def get(self, fh: int) -> Handle | None:
+        return self._open.get(fh)
+
+    def values(self) -> Iterable[Handle]:
+        return self._open.values()
+
+    def remove(self, fh: int) -> None:
+        del self._open[fh]

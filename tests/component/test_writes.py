@@ -128,7 +128,7 @@ async def test_concurrent_opens_share_one_staged_file(
     async with trio.open_nursery() as inner:
         inner.start_soon(open_rw)
         inner.start_soon(open_rw)
-    staged = {id(m.fs._staged[fh]) for fh in handles}
+    staged = {id(m.fs._handles.get(fh).staged) for fh in handles}  # type: ignore[union-attr]
     assert len(staged) == 1
     await m.ops.write(handles[0], 0, b"new")
     assert await m.ops.read(handles[1], 0, 10) == b"new"
