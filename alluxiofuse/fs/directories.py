@@ -9,14 +9,14 @@ from alluxiofuse.errors import NotADirectory
 from alluxiofuse.fs.handles import DirHandle
 from alluxiofuse.fs.inodes import Inode, InodeTable
 from alluxiofuse.fs.metacache import MetadataCache, join
+from alluxiofuse.fs.replies import Attributes, Replies
 from alluxiofuse.fs.statuses import Statuses
-from alluxiofuse.listing import Entry, Listing, ListingStream
+from alluxiofuse.listing import Listing, ListingStream
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.writes.writes import Writes
 
-# Entry callback for readdir: (attributes, inode number, next offset) -> whether the
-# kernel took it.
-ReplyFn = Callable[[FileStatus | Entry, int, int], bool]
+# Entry callback for readdir: (name, attributes, next offset) -> whether the kernel took it.
+ReplyFn = Callable[[str, Attributes, int], bool]
 # Record a status (a listing's entry, if given) for a path: Filesystem._learn.
 Learn = Callable[[str, FileStatus, tuple[Listing, int] | None], Inode]
 
@@ -26,13 +26,14 @@ class Directories:
 
     def __init__(
         self, inodes: InodeTable, meta: MetadataCache, statuses: Statuses,
-        writes: Writes | None, learn: Learn,
+        writes: Writes | None, learn: Learn, replies: Replies,
     ) -> None:
         self._inodes = inodes
         self._meta = meta
         self._statuses = statuses
         self._writes = writes
         self._learn = learn
+        self._replies = replies
 
     async def open(self, ino: int) -> DirHandle:
         """A handle on the entries of directory ``ino``: a fresh cached listing, else one
@@ -92,7 +93,8 @@ class Directories:
                 number = None if staged is not None else self._inodes.hold_row(
                     path, handle.path, *listed)
                 if number is not None:
-                    if not reply(entry, number, index + 1):
+                    attrs = self._replies.attributes(number, entry)
+                    if not reply(entry.name, attrs, index + 1):
                         self._inodes.forget(number, 1)
                         break
                     continue
@@ -109,7 +111,7 @@ class Directories:
                 if newer is not None:
                     status, listed = newer, None
             inode = self._learn(path, status, listed)
-            if not reply(status, inode.ino, index + 1):
+            if not reply(status.name, self._replies.attributes(inode.ino, status), index + 1):
                 self._inodes.discard_if_unused(inode)
                 break
             self._inodes.remember(inode)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
@@ -38,6 +39,7 @@ from alluxiofuse.fs.inodes import Inode, InodeTable
 from alluxiofuse.fs.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
 from alluxiofuse.fs.pages import PageCache
 from alluxiofuse.fs.readahead import DirectoryReadahead, Prefetcher, Spawn, default_readahead
+from alluxiofuse.fs.replies import Attributes, NegativeEntry, Replies, Unimplemented
 from alluxiofuse.fs.statuses import Statuses
 from alluxiofuse.listing import Listing
 from alluxiofuse.metrics import Metrics
@@ -99,8 +101,9 @@ class Filesystem:
         self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
         self._dir_readahead = DirectoryReadahead(config, backend, self.inodes, self.meta,
                                                  self.statuses, self._prefetcher)
+        self.replies = Replies(config)
         self._directories = Directories(self.inodes, self.meta, self.statuses, writes,
-                                        self._learn)
+                                        self._learn, self.replies)
         self._max_readahead = (default_readahead(backend.span) if config.max_readahead is None
                                else config.max_readahead)
         # The misses the kernel was told it may cache (negative entries), for SIGHUP:
@@ -118,9 +121,10 @@ class Filesystem:
 
     # -- names and attributes
 
-    async def lookup(self, parent_ino: int, name: str) -> Inode:
+    async def lookup(self, parent_ino: int, name: str) -> Attributes | NegativeEntry:
         """The inode of ``name`` in directory ``parent_ino``, with one more kernel reference.
-        NotFound is a negative entry the kernel caches for ``--negative-timeout``.
+        A missing name is a negative entry the kernel caches for ``--negative-timeout``
+        (NotFound when that is 0).
 
         A regular file a fresh listing names is answered from the listing, with no request,
         even where the listing lacks attributes the store keeps (S3 metadata): those
@@ -129,6 +133,16 @@ class Filesystem:
         lookups of one directory one at a time (libfuse before 3.17 never grants it
         parallel directory operations); getattrs of different files run side by side.
         """
+        try:
+            inode = await self._lookup(parent_ino, name)
+        except NotFound:
+            negative = self.replies.negative()
+            if negative is None:
+                raise
+            return negative
+        return self._attributes(inode)
+
+    async def _lookup(self, parent_ino: int, name: str) -> Inode:
         path = self._child_path(parent_ino, name)
         try:
             status = await self.statuses.stat(path, attrs=True, lookup=True)
@@ -141,7 +155,10 @@ class Filesystem:
         inode.attrs_given()
         return inode
 
-    async def getattr(self, ino: int) -> Inode:
+    async def getattr(self, ino: int) -> Attributes:
+        return self._attributes(await self._getattr(ino))
+
+    async def _getattr(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
         if not self.inodes.is_linked(inode):  # removed or replaced while open
             staged = self._staged_inodes.get(ino)
@@ -292,8 +309,27 @@ class Filesystem:
 
     async def create(
         self, parent_ino: int, name: str, mode: int, flags: int, owner: tuple[int, int],
-    ) -> tuple[int, Inode]:
+    ) -> tuple[int, Attributes]:
         """A new file ``name`` in ``parent_ino``, open; committed at its first flush."""
+        fh, inode = await self._create(parent_ino, name, mode, flags, owner)
+        return fh, self._attributes(inode)
+
+    async def mknod(
+        self, parent_ino: int, name: str, mode: int, owner: tuple[int, int],
+    ) -> Attributes:
+        """An empty regular file, committed at once; no other kind of node."""
+        if not stat.S_ISREG(mode):
+            self.refuse_write("mknod of a device, FIFO or socket")
+        fh, inode = await self._create(parent_ino, name, mode, os.O_WRONLY | os.O_EXCL, owner)
+        try:
+            await self.flush(fh)
+        finally:
+            await self.release(fh)
+        return self._attributes(inode)
+
+    async def _create(
+        self, parent_ino: int, name: str, mode: int, flags: int, owner: tuple[int, int],
+    ) -> tuple[int, Inode]:
         writes = self._writable()
         path = self._new_path(parent_ino, name)
         existing = await self.statuses.status_or_none(path)
@@ -326,14 +362,24 @@ class Filesystem:
         return len(data)
 
     async def flush(self, fh: int, *, durable: bool = False) -> None:
-        """close(2) (and fsync(2), ``durable``): commit what the handle's file holds."""
+        """close(2) (and fsync(2), ``durable``): commit what the handle's file holds.
+
+        A read-only mount does not implement them: told so, the kernel stops sending a
+        flush at every close, and saves that round trip."""
+        if self.writes is None:
+            raise Unimplemented("flush of a read-only mount")
         match self._handles.get(fh):
             case StagedHandle() as handle if durable or handle.writing:
                 await self._commit(handle.staged, durable=durable)
             case FileHandle() as handle if durable:
                 await self.backend.sync(handle.path)  # an earlier close may not have synced it
 
-    async def setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
+    async def setattr(
+        self, ino: int, fh: int | None, size: int | None, attrs: Attrs,
+    ) -> Attributes:
+        return self._attributes(await self._setattr(ino, fh, size, attrs))
+
+    async def _setattr(self, ino: int, fh: int | None, size: int | None, attrs: Attrs) -> Inode:
         writes = self._writable()
         inode = self.inodes.get(ino)
         path = inode.path
@@ -372,22 +418,24 @@ class Filesystem:
             self._learn(path, staged.status(inode.status.name))
         return inode
 
-    async def mkdir(self, parent_ino: int, name: str, mode: int, owner: tuple[int, int]) -> Inode:
+    async def mkdir(
+        self, parent_ino: int, name: str, mode: int, owner: tuple[int, int],
+    ) -> Attributes:
         self._writable()
         path = self._new_path(parent_ino, name)
         await self._must_not_exist(path)
         status = await self.backend.mkdir(path, mode & 0o7777, owner)
-        return self._made(path, status)
+        return self._attributes(self._made(path, status))
 
     async def symlink(
         self, parent_ino: int, name: str, target: str, owner: tuple[int, int],
-    ) -> Inode:
+    ) -> Attributes:
         self._writable()
         if not self.backend.writes.symlinks:
             raise NotSupported(f"{self.backend.description} has no symbolic links")
         path = self._new_path(parent_ino, name)
         await self._must_not_exist(path)
-        return self._made(path, await self.backend.symlink(path, target, owner))
+        return self._attributes(self._made(path, await self.backend.symlink(path, target, owner)))
 
     async def unlink(self, parent_ino: int, name: str) -> None:
         writes = self._writable()
@@ -452,7 +500,7 @@ class Filesystem:
         self._dir_changed(old, kernel=True)
         self._dir_changed(new, kernel=True)
 
-    async def link(self, ino: int, parent_ino: int, name: str) -> Inode:
+    async def link(self, ino: int, parent_ino: int, name: str) -> Attributes:
         self._writable()
         raise NotSupported("hard links are not supported")
 
@@ -559,6 +607,9 @@ class Filesystem:
                 raise DirectoryNotEmpty(new)
 
     # -- internals
+
+    def _attributes(self, inode: Inode) -> Attributes:
+        return self.replies.attributes(inode.ino, inode.status)
 
     def _learn(
         self, path: str, status: FileStatus, listed: tuple[Listing, int] | None = None,

@@ -102,8 +102,8 @@ async def test_listing_shows_the_size_of_a_file_being_written(
     dh = await m.ops.opendir(ROOT_INODE, None)
     sizes: dict[str, int] = {}
 
-    def reply(status: Any, ino: int, next_id: int) -> bool:
-        sizes[status.name] = status.size
+    def reply(name: str, attrs: Any, next_id: int) -> bool:
+        sizes[name] = attrs.st_size
         return True
 
     await m.fs.readdir(dh, 0, reply)
