@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from cachetools import TTLCache
-
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import (
@@ -36,7 +34,7 @@ from alluxiofuse.errors import (
 from alluxiofuse.fs.directories import Directories, ReplyFn
 from alluxiofuse.fs.handles import DirHandle, FileHandle, HandleTable, StagedHandle
 from alluxiofuse.fs.inodes import Inode, InodeTable
-from alluxiofuse.fs.metacache import MISSING_BYTES, MetadataCache, join, parent_and_name
+from alluxiofuse.fs.metacache import MetadataCache, join, parent_and_name
 from alluxiofuse.fs.pages import PageCache
 from alluxiofuse.fs.readahead import DirectoryReadahead, Prefetcher, Spawn, default_readahead
 from alluxiofuse.fs.replies import Attributes, NegativeEntry, Replies, Unimplemented
@@ -58,10 +56,6 @@ from alluxiofuse.writes.staging import StagedFile
 from alluxiofuse.writes.writes import Writes
 
 log = logging.getLogger(__name__)
-
-# How much longer than --negative-timeout a miss is remembered for SIGHUP: the kernel's
-# timeout starts when the reply reaches it, a little after the daemon recorded the miss.
-_NEGATIVE_MARGIN = 1.0
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
@@ -106,13 +100,6 @@ class Filesystem:
                                         self._learn, self.replies)
         self._max_readahead = (default_readahead(backend.span) if config.max_readahead is None
                                else config.max_readahead)
-        # The misses the kernel was told it may cache (negative entries), for SIGHUP:
-        # only the kernel can drop them, and only by name. Bounded like the metadata
-        # cache; one forgotten early still expires in the kernel on its own.
-        self._misses: TTLCache[tuple[int, str], bool] | None = None
-        if config.negative_timeout > 0 and config.metadata_cache_size >= MISSING_BYTES:
-            self._misses = TTLCache(maxsize=config.metadata_cache_size // MISSING_BYTES,
-                                    ttl=config.negative_timeout + _NEGATIVE_MARGIN)
         self._handles = HandleTable()
         metrics.watch_inodes(lambda: len(self.inodes))
         metrics.watch_metadata_cache(lambda: self.meta.nbytes, self.meta.max_bytes)
@@ -136,7 +123,7 @@ class Filesystem:
         try:
             inode = await self._lookup(parent_ino, name)
         except NotFound:
-            negative = self.replies.negative()
+            negative = self.replies.negative(parent_ino, name)
             if negative is None:
                 raise
             return negative
@@ -144,12 +131,7 @@ class Filesystem:
 
     async def _lookup(self, parent_ino: int, name: str) -> Inode:
         path = self._child_path(parent_ino, name)
-        try:
-            status = await self.statuses.stat(path, attrs=True, lookup=True)
-        except NotFound:
-            if self._misses is not None:
-                self._misses[parent_ino, name] = True
-            raise
+        status = await self.statuses.stat(path, attrs=True, lookup=True)
         inode = self._learn(path, status)
         self.inodes.remember(inode)
         inode.attrs_given()
@@ -184,11 +166,7 @@ class Filesystem:
         self.meta.clear()
         self.pages.clear()
         self.statuses.clear_misses()
-        misses: list[tuple[int, str]] = []
-        if self._misses is not None:
-            misses = list(self._misses)
-            self._misses.clear()
-        return KernelCaches(self.inodes.numbers(), misses)
+        return KernelCaches(self.inodes.numbers(), self.replies.take_misses())
 
     def resize_page_cache(self, capacity: int) -> None:
         """Bound the page cache to ``capacity`` bytes, and read-ahead in proportion."""

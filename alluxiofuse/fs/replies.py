@@ -9,8 +9,11 @@ import stat
 import time
 from dataclasses import dataclass
 
+from cachetools import TTLCache
+
 from alluxiofuse.config import MountConfig
 from alluxiofuse.fs.inodes import ROOT_INODE
+from alluxiofuse.fs.metacache import MISSING_BYTES
 from alluxiofuse.listing import Entry
 from alluxiofuse.model import FileStatus, Kind
 
@@ -21,6 +24,9 @@ _DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777}
 # CLI's dead-mount check and health probes stat it. Asking again costs the daemon a
 # request answered from its own cache, not a trip to the store.
 _ROOT_ATTR_TIMEOUT = 1.0
+# How much longer than --negative-timeout a miss is remembered for SIGHUP: the kernel's
+# timeout starts when the reply reaches it, a little after the daemon recorded the miss.
+_NEGATIVE_MARGIN = 1.0
 
 
 @dataclass(slots=True)
@@ -61,8 +67,9 @@ class Unimplemented(Exception):
 
 
 class Replies:
-    """Attributes of statuses under the mount's options: forced modes and owners, and
-    stand-ins, fixed at mount time, for what the source does not keep."""
+    """Attributes of statuses under the mount's options (forced modes and owners, and
+    stand-ins, fixed at mount time, for what the source does not keep), and negative
+    entries, remembered while the kernel may hold them."""
 
     def __init__(self, config: MountConfig) -> None:
         self._config = config
@@ -70,6 +77,13 @@ class Replies:
         self._mount_time_ns = time.time_ns()
         self._uid = os.getuid()
         self._gid = os.getgid()
+        # The misses the kernel was told it may cache (negative entries), for SIGHUP:
+        # only the kernel can drop them, and only by name. Bounded like the metadata
+        # cache; one forgotten early still expires in the kernel on its own.
+        self._misses: TTLCache[tuple[int, str], bool] | None = None
+        if config.negative_timeout > 0 and config.metadata_cache_size >= MISSING_BYTES:
+            self._misses = TTLCache(maxsize=config.metadata_cache_size // MISSING_BYTES,
+                                    ttl=config.negative_timeout + _NEGATIVE_MARGIN)
 
     def attributes(self, ino: int, s: FileStatus | Entry) -> Attributes:
         c = self._config
@@ -98,8 +112,22 @@ class Replies:
             st_atime_ns=s.atime_ns if s.atime_ns is not None else mtime,
         )
 
-    def negative(self) -> NegativeEntry | None:
-        """The reply to a lookup of a missing name: a negative entry the kernel caches
-        itself, or None (ENOENT) when --negative-timeout is 0."""
+    def negative(self, parent_ino: int, name: str) -> NegativeEntry | None:
+        """The reply to a lookup of ``name`` in directory ``parent_ino`` that found
+        nothing: a negative entry the kernel caches itself, or None (ENOENT) when
+        --negative-timeout is 0."""
         timeout = self._config.negative_timeout
-        return NegativeEntry(timeout) if timeout > 0 else None
+        if timeout <= 0:
+            return None
+        if self._misses is not None:
+            self._misses[parent_ino, name] = True
+        return NegativeEntry(timeout)
+
+    def take_misses(self) -> list[tuple[int, str]]:
+        """The negative entries the kernel may still hold, (directory inode, name), each
+        handed out once: the caches are being dropped."""
+        if self._misses is None:
+            return []
+        misses = list(self._misses)
+        self._misses.clear()
+        return misses
