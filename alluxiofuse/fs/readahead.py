@@ -1,7 +1,18 @@
-"""Read-ahead: the mount-wide budget of background page fetches, the stream a streaming
-backend's file is read from, and the first pages of the next files of a directory read in
-order. (A handle's own window, which decides what of its file is fetched ahead, is in
-handles.py; the page cache counts which fetched-ahead pages were read, for the metrics.)
+"""Read-ahead: each open file's window, the mount-wide budget of background page fetches,
+the stream a streaming backend's file is read from, and the first pages of the next files
+of a directory read in order. (The page cache counts which fetched-ahead pages were read,
+for the metrics.)
+
+A file's window: a read that stays on the current page or moves to the next one is
+sequential and doubles the window (up to ``max_readahead``) each time it enters a new
+page; any other read is random and resets the window to zero. The pages of the window
+that are neither cached nor being fetched are prefetched in the background, but only
+while the bytes in flight stay under the daemon-wide prefetch budget. Where the backend
+reads several pages in one request well (its ``span``: ranged GETs of an object store),
+the window is asked for in runs of that many pages, one request each, several in flight,
+and a run is only cut short where the reader is about to need it or the file ends.
+Sequential readers drop behind: pages they have read through leave the page cache at once
+(the kernel caches them).
 """
 
 from __future__ import annotations
@@ -255,6 +266,135 @@ async def _close_stream(stream: ByteStream, path: str) -> None:
             await stream.aclose()
     except Exception as e:  # closing is tidying up: the reads it served are done
         log.debug("%s: closing its stream failed: %r", path, e)
+
+
+class FileReadahead:
+    """One open file's read-ahead: the window, grown while reads are sequential and reset
+    by any other, the pages of it asked for, and the pages sequential reads drop behind
+    them."""
+
+    def __init__(
+        self, ino: int, version: Version, *, page_size: int, max_readahead: int, span: int,
+        pages: PageCache, prefetcher: Prefetcher,
+        fetch: Callable[[int], Awaitable[Data]],
+        fetch_run: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
+    ) -> None:
+        self.ino = ino
+        self.version = version
+        self._size = version.size
+        self._page_size = page_size
+        self._max_window = max_readahead // page_size
+        self._span = span // page_size  # pages read ahead in one request; 0, 1: one
+        self._pages = pages
+        self._prefetcher = prefetcher
+        self._fetch = fetch  # page index -> its bytes, fetched in the background
+        self._fetch_run = fetch_run  # several pages in one request
+        self._last_page = -1
+        self.window = 0  # in pages
+        self._behind = -1  # the last page read through by sequential reads (and dropped)
+        self._read_to = -1  # where the last read ended
+        self._asked = -1  # the last page read ahead in this run of sequential reads
+
+    def coming(self, index: int) -> bool:
+        """Whether a fetch is on its way for page ``index``."""
+        return self._prefetcher.coming(PageKey(self.ino, self.version, index))
+
+    def done(self, offset: int, end: int) -> None:
+        """A read of bytes ``offset`` to ``end`` is done: drop what it read through."""
+        ps = self._page_size
+        first, last = offset // ps, (end - 1) // ps
+        # A read that starts inside a page has read it through only if the bytes before
+        # it on the page were read just before (the kernel's concurrent read-ahead
+        # requests can arrive out of order; the page is kept for the earlier part).
+        through_from = first if offset % ps == 0 or offset == self._read_to else first + 1
+        self._read_to = end
+        if not self.window:
+            self._behind = -1
+        else:
+            self._drop_behind(through_from,
+                              last if end % ps == 0 or end == self._size else last - 1)
+
+    def start(self) -> None:
+        """Begin fetching the first page now: the kernel's first read follows the open, so
+        the page is fetched as a reader's (``read``), never queued as read-ahead behind
+        other files' runs."""
+        if self._size > 0:
+            key = PageKey(self.ino, self.version, 0)
+            fetch = partial(self._fetch, 0)
+            if self._prefetcher.prefetch(key, fetch, self._length(0), self._unread):
+                self._asked = max(self._asked, 0)
+
+    def _unread(self) -> bool:
+        """Whether no read has come yet. Once one has, the page fetched at the open is
+        the reader's own business: read (and perhaps dropped) already, or wanted no more."""
+        return self._last_page < 0
+
+    def advance(self, first: int, last: int) -> None:
+        """A read of pages ``first`` to ``last`` begins: grow or reset the window, and
+        ask for what it holds."""
+        if first in (self._last_page, self._last_page + 1):
+            if last > self._last_page:
+                self.window = min(self._max_window, max(1, self.window * 2))
+        else:  # a new run: what the last one read through is not behind this one
+            self.window = 0
+            self._asked = -1
+            self._behind = -1
+        self._last_page = last
+        self._schedule_prefetch(last + 1, last + self.window)
+
+    def _schedule_prefetch(self, first: int, last: int) -> None:
+        """Read ahead pages ``first`` to ``last``, but for those already asked for in
+        this run of sequential reads (each read would ask again for most of its window)."""
+        last = min(last, (self._size - 1) // self._page_size)
+        if self._span > 1:
+            self._schedule_runs(max(first, self._asked + 1), last)
+            return
+        for index in range(max(first, self._asked + 1), last + 1):
+            key = PageKey(self.ino, self.version, index)
+            fetch = partial(self._fetch, index)
+            wanted = partial(self._ahead, index)
+            if not self._prefetcher.prefetch(key, fetch, self._length(index), wanted):
+                return
+            self._asked = index
+
+    def _schedule_runs(self, first: int, last: int) -> None:
+        """Read ahead pages ``first`` to ``last`` in runs of ``span`` pages, one backend
+        request each (``read_many``). A shorter run is asked for only when it is the
+        reader's next (it starts within a span of the last page read) or ends the file:
+        otherwise it waits for the window to grow, so that requests stay full."""
+        end = (self._size - 1) // self._page_size
+        start = first
+        while start <= last:
+            stop = min(start + self._span - 1, last)
+            if stop - start + 1 < self._span and stop < end and (
+                    start > self._last_page + self._span):
+                return
+            run = [(PageKey(self.ino, self.version, i), self._length(i))
+                   for i in range(start, stop + 1)]
+            taken = self._prefetcher.prefetch_many(run, self._fetch_run)
+            self._asked = start + taken - 1
+            if taken < len(run):  # the budget is spent: the next read asks again
+                return
+            start = stop + 1
+
+    def _drop_behind(self, first: int, last: int) -> None:
+        """A sequential reader has read pages ``first`` to ``last`` through: they leave the
+        page cache at once. The kernel keeps what it was given in its own cache (other
+        readers of the file are answered from there too), and this reader will not be
+        back; freed now, their memory takes the next pages. Kept until evicted instead, a
+        large file read once filled the page cache with pages nobody would ask for again,
+        each of them fresh memory (a page fault per 4 KiB, the kernel zeroing each one),
+        and held the process's memory as high as the cache's bound for nothing."""
+        for index in range(first, last + 1):
+            self._pages.discard(PageKey(self.ino, self.version, index))
+        self._behind = max(self._behind, last)
+
+    def _ahead(self, index: int) -> bool:
+        """Whether page ``index`` is still to be read (not read through and dropped)."""
+        return index > self._behind
+
+    def _length(self, index: int) -> int:
+        return max(0, min(self._page_size, self._size - index * self._page_size))
 
 
 @dataclass
