@@ -103,8 +103,7 @@ class Filesystem:
         self._handles = HandleTable()
         metrics.watch_inodes(lambda: len(self.inodes))
         metrics.watch_metadata_cache(lambda: self.meta.nbytes, self.meta.max_bytes)
-        metrics.watch_handles(lambda: sum(not isinstance(h, StagedHandle)
-                                          for h in self._handles.values()))
+        metrics.watch_handles(lambda: len(self._handles))
 
     # -- names and attributes
 

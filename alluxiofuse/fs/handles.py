@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -183,9 +183,6 @@ class HandleTable:
 
     def get(self, fh: int) -> Handle | None:
         return self._open.get(fh)
-
-    def values(self) -> Iterable[Handle]:
-        return self._open.values()
 
     def remove(self, fh: int) -> None:
         del self._open[fh]
