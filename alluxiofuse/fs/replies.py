@@ -96,20 +96,21 @@ class Replies:
             override = None
         perm = override if override is not None else s.mode
         mtime = s.mtime_ns if s.mtime_ns is not None else self._mount_time_ns
+        # Positional, in field order: keywords cost more, once per readdir entry.
         return Attributes(
-            st_ino=ino,
-            entry_timeout=c.entry_timeout,
-            attr_timeout=attr_timeout,
-            st_mode=_TYPE_BITS[s.kind] | (perm if perm is not None else _DEFAULT_MODES[s.kind]),
-            st_nlink=s.nlink if s.nlink is not None else (2 if s.kind is Kind.DIRECTORY else 1),
-            st_uid=c.uid if c.uid is not None else s.uid if s.uid is not None else self._uid,
-            st_gid=c.gid if c.gid is not None else s.gid if s.gid is not None else self._gid,
-            st_size=s.size,
-            st_blksize=c.page_size,
-            st_blocks=s.blocks if s.blocks is not None else (s.size + 511) // 512,
-            st_mtime_ns=mtime,
-            st_ctime_ns=s.ctime_ns if s.ctime_ns is not None else mtime,
-            st_atime_ns=s.atime_ns if s.atime_ns is not None else mtime,
+            ino,  # st_ino
+            c.entry_timeout,
+            attr_timeout,
+            _TYPE_BITS[s.kind] | (perm if perm is not None else _DEFAULT_MODES[s.kind]),  # mode
+            s.nlink if s.nlink is not None else (2 if s.kind is Kind.DIRECTORY else 1),
+            c.uid if c.uid is not None else s.uid if s.uid is not None else self._uid,
+            c.gid if c.gid is not None else s.gid if s.gid is not None else self._gid,
+            s.size,
+            c.page_size,  # st_blksize
+            s.blocks if s.blocks is not None else (s.size + 511) // 512,
+            mtime,
+            s.ctime_ns if s.ctime_ns is not None else mtime,  # st_ctime_ns
+            s.atime_ns if s.atime_ns is not None else mtime,  # st_atime_ns
         )
 
     def negative(self, parent_ino: int, name: str) -> NegativeEntry | None:
