@@ -1,9 +1,12 @@
 """The kernel adapter: pyfuse3 requests in, :class:`~alluxiofuse.fs.filesystem.Filesystem` down.
 
-This is the one place exceptions become ``FUSEError``. Each handler times itself, calls
-down and lets :meth:`Operations._call` map what comes back: a domain error becomes its
-errno; anything else becomes EIO with a log line and a metric, or is re-raised under
-``--strict`` so that tests see the bug.
+The filesystem decides every reply (attributes and their timeouts, negative entries,
+what a mount does not implement: ``fs/replies.py``); this module only translates them
+into pyfuse3's objects. It is the one place exceptions become ``FUSEError``. Each handler
+times itself, calls down and lets :meth:`Operations._call` map what comes back: a domain
+error becomes its errno (an unimplemented operation ENOSYS, not counted as an error);
+anything else becomes EIO with a log line and a metric, or is re-raised under ``--strict``
+so that tests see the bug.
 """
 
 from __future__ import annotations
@@ -21,22 +24,13 @@ import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 
 from alluxiofuse.config import MountConfig
-from alluxiofuse.errors import AlluxioFuseError, BackendError, NotFound
+from alluxiofuse.errors import AlluxioFuseError, BackendError
 from alluxiofuse.fs.filesystem import Filesystem
-from alluxiofuse.fs.inodes import ROOT_INODE, Inode
-from alluxiofuse.listing import Entry
+from alluxiofuse.fs.replies import Attributes, NegativeEntry, Unimplemented
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import Attrs, Data, FileStatus, Kind
+from alluxiofuse.model import Attrs, Data
 
 log = logging.getLogger(__name__)
-
-_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
-_DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777}
-# The longest the kernel keeps the root's attributes. A stat of the mountpoint answered
-# from them would hide a daemon that died (ENOTCONN) for the whole --attr-timeout: the
-# CLI's dead-mount check and health probes stat it. Asking again costs the daemon a
-# request answered from its own cache, not a trip to the store.
-_ROOT_ATTR_TIMEOUT = 1.0
 
 
 class _Call:
@@ -80,10 +74,6 @@ class Operations(pyfuse3.Operations):
         self._config = config
         self._metrics = metrics
         self._slow = config.slow_op_threshold
-        # Fixed stand-ins for what a backend does not know: never "now" at each call.
-        self._mount_time_ns = time.time_ns()
-        self._uid = os.getuid()
-        self._gid = os.getgid()
 
     def init(self) -> None:
         """The kernel's INIT handshake; its reply is sent when this returns."""
@@ -96,6 +86,8 @@ class Operations(pyfuse3.Operations):
 
     def _map(self, op: str, e: BaseException) -> FUSEError | None:
         """The FUSEError that answers ``e``; None to let ``e`` through (``--strict``)."""
+        if isinstance(e, Unimplemented):  # an answer, not an error
+            return FUSEError(e.errno)
         if isinstance(e, AlluxioFuseError):
             self._metrics.fuse_errors.labels(op, errno.errorcode.get(e.errno, str(e.errno))).inc()
             if isinstance(e, BackendError):
@@ -111,57 +103,23 @@ class Operations(pyfuse3.Operations):
         log.error("%s: unexpected %s: %s", op, type(e).__name__, e, exc_info=e)
         return None if self._config.strict else FUSEError(errno.EIO)
 
-    def _attrs(self, inode: Inode) -> EntryAttributes:
-        return self._entry(inode.ino, inode.status)
-
-    def _entry(self, ino: int, s: FileStatus | Entry) -> EntryAttributes:
-        c = self._config
-        a = EntryAttributes()
-        a.st_ino = ino
-        a.generation = 0
-        a.entry_timeout = c.entry_timeout
-        # Attributes a listing lacked (S3 metadata) are not cached: a stat asks getattr.
-        a.attr_timeout = c.attr_timeout if s.complete else 0
-        if ino == ROOT_INODE:
-            a.attr_timeout = min(a.attr_timeout, _ROOT_ATTR_TIMEOUT)
-        override = c.dir_mode if s.kind is Kind.DIRECTORY else c.file_mode
-        if s.kind is Kind.SYMLINK:
-            override = None
-        perm = override if override is not None else s.mode
-        a.st_mode = _TYPE_BITS[s.kind] | (perm if perm is not None else _DEFAULT_MODES[s.kind])
-        a.st_nlink = s.nlink if s.nlink is not None else (2 if s.kind is Kind.DIRECTORY else 1)
-        a.st_uid = c.uid if c.uid is not None else s.uid if s.uid is not None else self._uid
-        a.st_gid = c.gid if c.gid is not None else s.gid if s.gid is not None else self._gid
-        a.st_rdev = 0
-        a.st_size = s.size
-        a.st_blksize = c.page_size
-        a.st_blocks = s.blocks if s.blocks is not None else (s.size + 511) // 512
-        mtime = s.mtime_ns if s.mtime_ns is not None else self._mount_time_ns
-        a.st_mtime_ns = mtime
-        a.st_ctime_ns = s.ctime_ns if s.ctime_ns is not None else mtime
-        a.st_atime_ns = s.atime_ns if s.atime_ns is not None else mtime
-        return a
-
     # -- names and attributes
 
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: Any = None,
     ) -> EntryAttributes:
         with self._call("lookup"):
-            try:
-                return self._attrs(await self.fs.lookup(parent_inode, os.fsdecode(name)))
-            except NotFound:
-                if self._config.negative_timeout <= 0:
-                    raise
-            # A negative entry (inode 0) lets the kernel cache the miss itself.
-            negative = EntryAttributes()
-            negative.st_ino = 0
-            negative.entry_timeout = self._config.negative_timeout
-            return negative
+            found = await self.fs.lookup(parent_inode, os.fsdecode(name))
+            if isinstance(found, NegativeEntry):  # inode 0: the kernel caches the miss
+                negative = EntryAttributes()
+                negative.st_ino = 0
+                negative.entry_timeout = found.entry_timeout
+                return negative
+            return entry_attributes(found)
 
     async def getattr(self, inode: int, ctx: Any = None) -> EntryAttributes:
         with self._call("getattr"):
-            return self._attrs(await self.fs.getattr(inode))
+            return entry_attributes(await self.fs.getattr(inode))
 
     async def forget(self, inode_list: Any) -> None:
         with self._call("forget"):
@@ -190,9 +148,9 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         with self._call("readdir"):
-            def reply(status: FileStatus | Entry, ino: int, next_id: int) -> bool:
-                attrs = self._entry(ino, status)  # the inode's status, at hand already
-                return bool(pyfuse3.readdir_reply(token, os.fsencode(status.name), attrs, next_id))
+            def reply(name: str, attrs: Attributes, next_id: int) -> bool:
+                entry = entry_attributes(attrs)
+                return bool(pyfuse3.readdir_reply(token, os.fsencode(name), entry, next_id))
 
             await self.fs.readdir(fh, start_id, reply)
 
@@ -215,16 +173,10 @@ class Operations(pyfuse3.Operations):
 
     async def flush(self, fh: int) -> None:
         with self._call("flush"):
-            if self.fs.writes is None:
-                # ENOSYS makes the kernel stop sending flushes: a read-only mount saves a
-                # round trip on every close.
-                raise FUSEError(errno.ENOSYS)
             await self.fs.flush(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         with self._call("fsync"):
-            if self.fs.writes is None:
-                raise FUSEError(errno.ENOSYS)
             await self.fs.flush(fh, durable=True)
 
     async def release(self, fh: int) -> None:
@@ -237,9 +189,9 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any,
     ) -> tuple[FileInfo, EntryAttributes]:
         with self._call("create"):
-            fh, inode = await self.fs.create(parent_inode, os.fsdecode(name), mode, flags,
+            fh, attrs = await self.fs.create(parent_inode, os.fsdecode(name), mode, flags,
                                              _owner(ctx))
-            return FileInfo(fh=fh), self._attrs(inode)
+            return FileInfo(fh=fh), entry_attributes(attrs)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         with self._call("write"):
@@ -257,28 +209,21 @@ class Operations(pyfuse3.Operations):
                 mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             )
             size = attr.st_size if fields.update_size else None
-            return self._attrs(await self.fs.setattr(inode, fh, size, attrs))
+            return entry_attributes(await self.fs.setattr(inode, fh, size, attrs))
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any,
     ) -> EntryAttributes:
         with self._call("mknod"):
-            if not stat.S_ISREG(mode):
-                self.fs.refuse_write("mknod of a device, FIFO or socket")
-            fh, inode = await self.fs.create(parent_inode, os.fsdecode(name), mode,
-                                             os.O_WRONLY | os.O_EXCL, _owner(ctx))
-            try:
-                await self.fs.flush(fh)
-            finally:
-                await self.fs.release(fh)
-            return self._attrs(inode)
+            attrs = await self.fs.mknod(parent_inode, os.fsdecode(name), mode, _owner(ctx))
+            return entry_attributes(attrs)
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: Any,
     ) -> EntryAttributes:
         with self._call("mkdir"):
-            inode = await self.fs.mkdir(parent_inode, os.fsdecode(name), mode, _owner(ctx))
-            return self._attrs(inode)
+            attrs = await self.fs.mkdir(parent_inode, os.fsdecode(name), mode, _owner(ctx))
+            return entry_attributes(attrs)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         with self._call("unlink"):
@@ -292,9 +237,9 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any,
     ) -> EntryAttributes:
         with self._call("symlink"):
-            inode = await self.fs.symlink(parent_inode, os.fsdecode(name),
-                                          os.fsdecode(target), _owner(ctx))
-            return self._attrs(inode)
+            attrs = await self.fs.symlink(parent_inode, os.fsdecode(name), os.fsdecode(target),
+                                          _owner(ctx))
+            return entry_attributes(attrs)
 
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
@@ -308,8 +253,8 @@ class Operations(pyfuse3.Operations):
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any,
     ) -> EntryAttributes:
         with self._call("link"):
-            return self._attrs(await self.fs.link(inode, new_parent_inode,
-                                                  os.fsdecode(new_name)))
+            attrs = await self.fs.link(inode, new_parent_inode, os.fsdecode(new_name))
+            return entry_attributes(attrs)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         with self._call("setxattr"):
@@ -318,6 +263,27 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         with self._call("removexattr"):
             self.fs.refuse_write("removexattr")
+
+
+def entry_attributes(a: Attributes) -> EntryAttributes:
+    """``a``, as pyfuse3 takes attributes."""
+    e = EntryAttributes()
+    e.st_ino = a.st_ino
+    e.generation = a.generation
+    e.entry_timeout = a.entry_timeout
+    e.attr_timeout = a.attr_timeout
+    e.st_mode = a.st_mode
+    e.st_nlink = a.st_nlink
+    e.st_uid = a.st_uid
+    e.st_gid = a.st_gid
+    e.st_rdev = a.st_rdev
+    e.st_size = a.st_size
+    e.st_blksize = a.st_blksize
+    e.st_blocks = a.st_blocks
+    e.st_mtime_ns = a.st_mtime_ns
+    e.st_ctime_ns = a.st_ctime_ns
+    e.st_atime_ns = a.st_atime_ns
+    return e
 
 
 def _owner(ctx: Any) -> tuple[int, int]:

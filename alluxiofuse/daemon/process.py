@@ -221,7 +221,6 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             pages = fs.pages
             metrics.watch_memory(config.memory_budget, lambda: pages.used + pages.reserved)
             if writes is not None:
-                writes.on_committed = fs.committed
                 nursery.start_soon(writes.run)
 
             def on_init() -> None:

@@ -1,267 +1,32 @@
-"""Open files: reads through the page cache, with adaptive sequential read-ahead.
+"""Open handles: one table of them by number, each a file read at one version, a file being
+written, or a directory; a file's reads go through the page cache, with adaptive
+sequential read-ahead (``readahead.FileReadahead``).
 
 A handle pins the file version it was opened with: every page it reads is keyed by that
 version and fetched as that version. Once a change is seen (a refreshed status, or the
 backend's own check on the range it reads), reads through the handle fail with ESTALE
 instead of mixing in bytes of the new version.
-
-Read-ahead: a read that stays on the current page or moves to the next one is sequential
-and doubles the handle's window (up to ``max_readahead``) each time it enters a new page;
-any other read is random and resets the window to zero. The pages of the window that are
-neither cached nor being fetched are prefetched in the background, but only while the
-bytes in flight stay under the daemon-wide prefetch budget. Where the backend reads
-several pages in one request well (its ``span``: ranged GETs of an object store), the
-window is asked for in runs of that many pages, one request each, several in flight, and
-a run is only cut short where the reader is about to need it or the file ends. Sequential
-readers drop behind: pages they have read through leave the page cache at once (the
-kernel caches them).
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 
-import trio
-
-from alluxiofuse.backends.base import Backend, ByteStream
-from alluxiofuse.errors import BackendError, StaleFile
+from alluxiofuse.backends.base import Backend
+from alluxiofuse.errors import StaleFile
 from alluxiofuse.fs.inodes import Inode
 from alluxiofuse.fs.pages import PageCache, PageKey
+from alluxiofuse.fs.readahead import FileReadahead, Prefetcher, StreamCursor
 from alluxiofuse.listing import ListingStream
 from alluxiofuse.model import Data, FileStatus, Version
-
-log = logging.getLogger(__name__)
-
-Spawn = Callable[..., object]  # nursery.start_soon
+from alluxiofuse.writes.staging import StagedFile
 
 # Largest page a waiting reader takes from the backend's non-blocking path (see _fetch).
 _INLINE_READ_MAX = 128 * 1024
-# The read-ahead window of a file unless --max-readahead says otherwise: a backend read
-# page by page, or this many requests of its span in flight (at 20 ms to the first byte
-# and 90 MiB/s per connection, eight 8 MiB requests keep about 500 MiB/s coming).
-_READAHEAD = 16 * 1024 * 1024
-_READAHEAD_REQUESTS = 8
-
-
-def default_readahead(span: int) -> int:
-    """The largest read-ahead window of a file from a backend whose ``span`` is this."""
-    return max(_READAHEAD, _READAHEAD_REQUESTS * span)
-
-
-@dataclass
-class Prefetcher:
-    """Background page fetches, under one budget of bytes in flight for the whole mount."""
-
-    spawn: Spawn
-    pages: PageCache
-    budget: int
-    in_flight: int = 0
-    # Spawned but maybe not started yet, so not yet a flight the page cache knows about.
-    _pending: set[PageKey] = field(default_factory=set)
-
-    def prefetch(
-        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
-        wanted: Callable[[], bool],
-    ) -> bool:
-        """Fetch page ``key`` in the background unless it is cached or being fetched, or
-        no longer ``wanted()`` once the task starts.
-
-        Returns False when the budget is spent, so the caller stops asking for more.
-        """
-        return self.run(key, length, partial(self._fetch, key, fetch, length, wanted))
-
-    def run(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> bool:
-        """Run ``job``, which brings page ``key`` (``length`` bytes) into the cache along
-        with more (the file's status), in the background, unless the page is cached or on
-        its way. Returns False when the budget is spent, as ``prefetch`` does."""
-        if key in self._pending or key in self.pages:
-            return True
-        if self.in_flight + length > self.budget:
-            return False
-        self.in_flight += length
-        self._pending.add(key)
-        self.spawn(self._job, key, length, job)
-        return True
-
-    async def _job(self, key: PageKey, length: int, job: Callable[[], Awaitable[object]]) -> None:
-        try:
-            await job()
-        except Exception as e:  # a demand read of the page reports it (or fetches again)
-            log.debug("prefetch of %s failed: %r", key, e)
-        finally:
-            self.in_flight -= length
-            self._pending.discard(key)
-
-    async def _fetch(
-        self, key: PageKey, fetch: Callable[[], Awaitable[Data]], length: int,
-        wanted: Callable[[], bool],
-    ) -> None:
-        # A reader can get to the page first (fetching it itself) and read it through
-        # before this task starts: fetching it again would be for nothing.
-        if wanted():
-            await self.pages.get(key, fetch, expected=length, prefetch=True)
-
-    def coming(self, key: PageKey) -> bool:
-        """Whether a task is on its way for page ``key`` (spawned, or fetching it)."""
-        return key in self._pending or self.pages.fetching(key)
-
-    def prefetch_many(
-        self, pages: Sequence[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
-    ) -> int:
-        """Fetch several pages in the background with one ``fetch_all`` call.
-
-        Pages already cached or in flight are skipped; the rest are taken in order while
-        the budget lasts. Returns how many of ``pages`` were dealt with (skipped or taken):
-        the caller can come back for the others. Each page still gets its own single-flight
-        entry, so a demand read of one of them waits for the batch instead of fetching it.
-        """
-        taken: list[tuple[PageKey, int]] = []
-        done = 0
-        for key, length in pages:
-            if key not in self._pending and key not in self.pages:
-                if self.in_flight + length > self.budget:
-                    break
-                self.in_flight += length
-                self._pending.add(key)
-                taken.append((key, length))
-            done += 1
-        if taken:
-            self.spawn(self._fill, taken, fetch_all)
-        return done
-
-    async def _fill(
-        self, pages: list[tuple[PageKey, int]],
-        fetch_all: Callable[[list[PageKey]], Awaitable[Sequence[Data | Exception]]],
-    ) -> None:
-        try:
-            await self.pages.fill(pages, fetch_all)
-        except Exception as e:  # a demand read of one of the pages reports it
-            log.debug("read-ahead of %d pages failed: %r", len(pages), e)
-        finally:
-            for key, length in pages:
-                self.in_flight -= length
-                self._pending.discard(key)
-
-
-class StreamCursor:
-    """One open file's stream, for a backend whose reads are streams (``streams``).
-
-    Pages are read from the stream in order. It is opened at the first page wanted and
-    reopened (at the page wanted) only when a read goes back, or when reading on from where
-    it stands fails (a proxy closes a stream left unused long enough). Read-ahead fetches
-    pages in tasks of their own, which may come for them out of order: pages passed over
-    on the way to a later one are kept for the fetches already waiting for them
-    (``wanted``), never read twice. At the end of the file the stream is closed at once.
-    """
-
-    def __init__(
-        self, backend: Backend, path: str, version: Version, *, page_size: int,
-        wanted: Callable[[int], bool], spawn: Spawn,
-    ) -> None:
-        self._backend = backend
-        self._path = path
-        self._version = version
-        self._page_size = page_size
-        self._wanted = wanted
-        self._spawn = spawn
-        self._lock = trio.Lock()
-        self._stream: ByteStream | None = None
-        self._position = 0
-        self._passed: dict[int, Data] = {}  # page index -> its bytes, for fetches waiting
-        self._closed = False
-
-    async def page(self, index: int, length: int) -> Data:
-        """Page ``index`` (``length`` bytes) from the stream."""
-        try:  # a free lock is taken without a trip through the scheduler (7% of the loop)
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-        try:
-            return await self._page(index, length)
-        finally:
-            self._lock.release()
-
-    async def _page(self, index: int, length: int) -> Data:
-        for stale in [i for i in self._passed if not self._wanted(i)]:
-            del self._passed[stale]
-        data = self._passed.pop(index, None)
-        if data is not None:
-            return data
-        if self._closed:
-            raise StaleFile(f"{self._path}: read after the file was closed")
-        offset = index * self._page_size
-        reused = self._stream is not None and self._position <= offset
-        try:
-            return await self._read_page(index, length)
-        except BackendError as e:
-            await self._drop()
-            if not reused:
-                raise
-            log.debug("%s: reading on from %d failed (%s); reopening", self._path,
-                      self._position, e)
-        return await self._read_page(index, length)
-
-    async def aclose(self) -> None:
-        """The file is closed: so is its stream, and nothing opens another."""
-        async with self._lock:
-            self._closed = True
-            self._passed.clear()
-            await self._drop()
-
-    async def _read_page(self, index: int, length: int) -> Data:
-        offset = index * self._page_size
-        if self._stream is None or offset < self._position:
-            await self._drop()
-            self._stream = await self._backend.open_stream(self._path, offset, self._version)
-            self._position = offset
-        try:
-            while self._position < offset:
-                passed = self._position // self._page_size
-                data = await self._read(min(self._page_size, self._version.size - self._position))
-                if self._wanted(passed):
-                    self._passed[passed] = data
-            data = await self._read(length)
-            if self._position >= self._version.size:
-                await self._at_end()
-        except BaseException:
-            await self._drop()  # where the stream stands is not known any more
-            raise
-        return data
-
-    async def _read(self, n: int) -> Data:
-        assert self._stream is not None
-        data = await self._stream.read(n)
-        if len(data) != n:
-            raise StaleFile(f"{self._path} is shorter than when it was opened")
-        self._position += n
-        return data
-
-    async def _at_end(self) -> None:
-        """The last byte is read: the file must end here, and the stream is closed (in the
-        background: the reader waiting for this page need not wait for that)."""
-        assert self._stream is not None
-        if await self._stream.read(1):
-            raise StaleFile(f"{self._path} is longer than when it was opened")
-        stream, self._stream = self._stream, None
-        self._spawn(_close_stream, stream, self._path)
-
-    async def _drop(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            await _close_stream(stream, self._path)
-
-
-async def _close_stream(stream: ByteStream, path: str) -> None:
-    try:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
-    except Exception as e:  # closing is tidying up: the reads it served are done
-        log.debug("%s: closing its stream failed: %r", path, e)
 
 
 class FileHandle:
@@ -278,23 +43,29 @@ class FileHandle:
         self._backend = backend
         self._pages = pages
         self._page_size = page_size
-        self._max_window = max_readahead // page_size
-        self._span = backend.span // page_size  # pages read ahead in one request; 0, 1: one
-        self._prefetcher = prefetcher
-        self._last_page = -1
-        self.window = 0  # in pages
+        self._readahead = FileReadahead(
+            self.ino, version, page_size=page_size, max_readahead=max_readahead,
+            span=backend.span, pages=pages, prefetcher=prefetcher,
+            fetch=partial(self._fetch, inline=False), fetch_run=self._fetch_run,
+        )
         self._stream = StreamCursor(
             backend, self.path, version, page_size=page_size, spawn=prefetcher.spawn,
             wanted=self._wanted,
         ) if backend.streams else None
         self._reading: Counter[int] = Counter()  # pages of the reads in progress
-        self._behind = -1  # the last page read through by sequential reads (and dropped)
-        self._read_to = -1  # where the last read ended
-        self._asked = -1  # the last page read ahead in this run of sequential reads
 
     @property
     def size(self) -> int:
         return self.version.size
+
+    @property
+    def window(self) -> int:
+        """How many pages ahead of the reader are fetched (read-ahead), now."""
+        return self._readahead.window
+
+    def start(self) -> None:
+        """Begin fetching the first page now (see ``FileReadahead.start``)."""
+        self._readahead.start()
 
     async def read(self, offset: int, size: int) -> Data:
         """Up to ``size`` bytes at ``offset``; fewer only at the end of the file.
@@ -308,7 +79,7 @@ class FileHandle:
             return b""
         ps = self._page_size
         first, last = offset // ps, (end - 1) // ps
-        self._advance_window(first, last)
+        self._readahead.advance(first, last)
         pages = range(first, last + 1)
         streaming = self._stream is not None
         if streaming:
@@ -326,104 +97,17 @@ class FileHandle:
                 for index in pages:
                     if not self._reading[index]:
                         del self._reading[index]
-        # A read that starts inside a page has read it through only if the bytes before
-        # it on the page were read just before (the kernel's concurrent read-ahead
-        # requests can arrive out of order; the page is kept for the earlier part).
-        through_from = first if offset % ps == 0 or offset == self._read_to else first + 1
-        self._read_to = end
-        if not self.window:
-            self._behind = -1
-        else:
-            self._drop_behind(through_from,
-                              last if end % ps == 0 or end == self.size else last - 1)
+        self._readahead.done(offset, end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _drop_behind(self, first: int, last: int) -> None:
-        """A sequential reader has read pages ``first`` to ``last`` through: they leave the
-        page cache at once. The kernel keeps what it was given in its own cache (other
-        readers of the file are answered from there too), and this reader will not be
-        back; freed now, their memory takes the next pages. Kept until evicted instead, a
-        large file read once filled the page cache with pages nobody would ask for again,
-        each of them fresh memory (a page fault per 4 KiB, the kernel zeroing each one),
-        and held the process's memory as high as the cache's bound for nothing."""
-        for index in range(first, last + 1):
-            self._pages.discard(PageKey(self.ino, self.version, index))
-        self._behind = max(self._behind, last)
-
-    def _ahead(self, index: int) -> bool:
-        """Whether page ``index`` is still to be read (not read through and dropped)."""
-        return index > self._behind
 
     def _wanted(self, index: int) -> bool:
         """Whether a task will come for page ``index``: a read in progress, or a fetch."""
-        return (self._reading[index] > 0
-                or self._prefetcher.coming(PageKey(self.ino, self.version, index)))
+        return self._reading[index] > 0 or self._readahead.coming(index)
 
     async def aclose(self) -> None:
         """The file is closed (its stream, if it has one, too)."""
         if self._stream is not None:
             await self._stream.aclose()
-
-    def start(self) -> None:
-        """Begin fetching the first page now: the kernel's first read follows the open, so
-        the page is fetched as a reader's (``read``), never queued as read-ahead behind
-        other files' runs."""
-        if self.size > 0:
-            key = PageKey(self.ino, self.version, 0)
-            fetch = partial(self._fetch, 0, inline=False)
-            if self._prefetcher.prefetch(key, fetch, self._length(0), self._unread):
-                self._asked = max(self._asked, 0)
-
-    def _unread(self) -> bool:
-        """Whether no read has come yet. Once one has, the page fetched at the open is
-        the reader's own business: read (and perhaps dropped) already, or wanted no more."""
-        return self._last_page < 0
-
-    def _advance_window(self, first: int, last: int) -> None:
-        if first in (self._last_page, self._last_page + 1):
-            if last > self._last_page:
-                self.window = min(self._max_window, max(1, self.window * 2))
-        else:  # a new run: what the last one read through is not behind this one
-            self.window = 0
-            self._asked = -1
-            self._behind = -1
-        self._last_page = last
-        self._schedule_prefetch(last + 1, last + self.window)
-
-    def _schedule_prefetch(self, first: int, last: int) -> None:
-        """Read ahead pages ``first`` to ``last``, but for those already asked for in
-        this run of sequential reads (each read would ask again for most of its window)."""
-        last = min(last, (self.size - 1) // self._page_size)
-        if self._span > 1:
-            self._schedule_runs(max(first, self._asked + 1), last)
-            return
-        for index in range(max(first, self._asked + 1), last + 1):
-            key = PageKey(self.ino, self.version, index)
-            fetch = partial(self._fetch, index, inline=False)
-            wanted = partial(self._ahead, index)
-            if not self._prefetcher.prefetch(key, fetch, self._length(index), wanted):
-                return
-            self._asked = index
-
-    def _schedule_runs(self, first: int, last: int) -> None:
-        """Read ahead pages ``first`` to ``last`` in runs of ``span`` pages, one backend
-        request each (``read_many``). A shorter run is asked for only when it is the
-        reader's next (it starts within a span of the last page read) or ends the file:
-        otherwise it waits for the window to grow, so that requests stay full."""
-        end = (self.size - 1) // self._page_size
-        start = first
-        while start <= last:
-            stop = min(start + self._span - 1, last)
-            if stop - start + 1 < self._span and stop < end and (
-                    start > self._last_page + self._span):
-                return
-            run = [(PageKey(self.ino, self.version, i), self._length(i))
-                   for i in range(start, stop + 1)]
-            taken = self._prefetcher.prefetch_many(run, self._fetch_run)
-            self._asked = start + taken - 1
-            if taken < len(run):  # the budget is spent: the next read asks again
-                return
-            start = stop + 1
 
     async def _fetch_run(self, keys: list[PageKey]) -> Sequence[Data | Exception]:
         """Pages ``keys`` of this file from the backend, as read-ahead."""
@@ -446,9 +130,8 @@ class FileHandle:
         A reader waiting for a small page takes what the backend can answer at once: that
         saves a worker-thread hop, which costs more than copying a small page. Large pages
         and read-ahead go the blocking way, in the background, so the event loop never
-        copies whole pages (sequential 1 GiB cold read, three runs each: 304-726 MiB/s
-        with 1 MiB demand reads inline, 625-939 MiB/s without; 141-331 MiB/s with
-        read-ahead inline too).
+        copies whole pages: large demand reads, and read-ahead even more, made sequential
+        reads slower inline (bench/RESULTS.md).
         """
         offset, length = index * self._page_size, self._length(index)
         if self._stream is not None:
@@ -461,14 +144,45 @@ class FileHandle:
         return data
 
 
+@dataclass
+class StagedHandle:
+    """One open of a file being written (staged): reads and writes go to the spool."""
+
+    staged: StagedFile
+    writing: bool  # opened for writing: its close commits
+
+
+@dataclass
 class DirHandle:
     """One open of a directory: a snapshot of its entries (or of a listing still arriving,
     page by page), so offsets stay meaningful."""
 
-    def __init__(
-        self, ino: int, path: str, entries: Sequence[FileStatus] | ListingStream,
-    ) -> None:
-        self.ino = ino
-        self.path = path
-        self.entries = entries
+    ino: int
+    path: str
+    entries: Sequence[FileStatus] | ListingStream
 
+
+Handle = FileHandle | StagedHandle | DirHandle
+
+
+class HandleTable:
+    """The open handles, by number: the kernel's ``fh``. Numbers count up from 1 across
+    every kind and are never reused, so a late request on a closed handle finds nothing."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, Handle] = {}
+        self._numbers = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, handle: Handle) -> int:
+        fh = next(self._numbers)
+        self._open[fh] = handle
+        return fh
+
+    def get(self, fh: int) -> Handle | None:
+        return self._open.get(fh)
+
+    def remove(self, fh: int) -> None:
+        del self._open[fh]

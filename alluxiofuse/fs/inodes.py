@@ -35,7 +35,7 @@ ROOT_INODE = 1
 _INO_MASK = (1 << 63) - 1
 # A dict keeps the room its largest size took after entries leave it: once the table is
 # this many times smaller than at its largest (and that was large), it is copied into
-# dicts of its present size (a walk of a million files left 50 MB of empty tables).
+# dicts of its present size (a large walk otherwise leaves its empty tables behind).
 _SHRINK = 4
 _SHRINK_FROM = 10_000
 

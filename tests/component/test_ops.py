@@ -26,8 +26,8 @@ from alluxiofuse.daemon.process import check_source
 from alluxiofuse.fs.filesystem import Filesystem
 from alluxiofuse.fs.inodes import ROOT_INODE
 from alluxiofuse.fs.pages import PageKey
+from alluxiofuse.fs.replies import Attributes
 from alluxiofuse.metrics import Metrics
-from alluxiofuse.model import FileStatus
 from alluxiofuse.ops import Operations
 from alluxiofuse.writes.spool import Spool
 from alluxiofuse.writes.staging import DiskIO
@@ -76,11 +76,11 @@ class Mounted:
             batch: list[tuple[str, int]] = []
 
             def reply(
-                status: FileStatus, ino: int, next_id: int, batch: list[Any] = batch,
+                name: str, attrs: Attributes, next_id: int, batch: list[Any] = batch,
             ) -> bool:
                 if refuse_after is not None and len(batch) == refuse_after:
                     return False
-                batch.append((status.name, next_id))
+                batch.append((name, next_id))
                 return True
 
             await self.fs.readdir(dir_fh, start, reply)
@@ -114,8 +114,6 @@ async def make(
         shutil.rmtree(made_cache_dir)
     fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
                     invalidate_attrs=invalidate_attrs, writes=writes)
-    if writes is not None:
-        writes.on_committed = fs.committed
     return Mounted(Operations(fs, config, metrics), metrics, Path(str(source)))
 
 

@@ -18,6 +18,7 @@ import trio
 from alluxiofuse.errors import NotFound, NotSupported
 from alluxiofuse.fs.inodes import ROOT_INODE
 from alluxiofuse.model import Attrs, Kind
+from alluxiofuse.ops import entry_attributes
 from tests.component.test_ops import Mounted, make
 from tests.support.s3server import S3Server, moto_s3
 
@@ -254,8 +255,8 @@ async def long_listing(m: Mounted, directory: str) -> dict[str, pyfuse3.EntryAtt
     dir_ino = (await m.lookup_path(directory)).st_ino
     fh = await m.ops.opendir(dir_ino, None)
     listed: list[tuple[str, pyfuse3.EntryAttributes]] = []
-    await m.fs.readdir(fh, 0, lambda status, ino, _: bool(
-        listed.append((status.name, m.ops._entry(ino, status))) or True))
+    await m.fs.readdir(fh, 0, lambda name, attrs, _: bool(
+        listed.append((name, entry_attributes(attrs))) or True))
     await m.ops.releasedir(fh)
     return {name: attrs if attrs.attr_timeout else await m.ops.getattr(attrs.st_ino)
             for name, attrs in listed}
@@ -353,7 +354,7 @@ async def test_a_listing_of_many_pages_takes_a_deadline_per_page(
 async def read_from(m: Mounted, fh: int, start: int) -> list[str]:
     """One readdir from offset ``start``: the names it hands over."""
     names: list[str] = []
-    await m.fs.readdir(fh, start, lambda status, ino, _: names.append(status.name) or True)
+    await m.fs.readdir(fh, start, lambda name, attrs, _: names.append(name) or True)
     return names
 
 

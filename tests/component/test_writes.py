@@ -102,8 +102,8 @@ async def test_listing_shows_the_size_of_a_file_being_written(
     dh = await m.ops.opendir(ROOT_INODE, None)
     sizes: dict[str, int] = {}
 
-    def reply(status: Any, ino: int, next_id: int) -> bool:
-        sizes[status.name] = status.size
+    def reply(name: str, attrs: Any, next_id: int) -> bool:
+        sizes[name] = attrs.st_size
         return True
 
     await m.fs.readdir(dh, 0, reply)
@@ -128,7 +128,7 @@ async def test_concurrent_opens_share_one_staged_file(
     async with trio.open_nursery() as inner:
         inner.start_soon(open_rw)
         inner.start_soon(open_rw)
-    staged = {id(m.fs._staged[fh]) for fh in handles}
+    staged = {id(m.fs._handles.get(fh).staged) for fh in handles}  # type: ignore[union-attr]
     assert len(staged) == 1
     await m.ops.write(handles[0], 0, b"new")
     assert await m.ops.read(handles[1], 0, 10) == b"new"

@@ -20,9 +20,10 @@ from alluxiofuse.errors import (
     NotFound,
     StaleFile,
 )
-from alluxiofuse.fs.handles import FileHandle, Prefetcher
+from alluxiofuse.fs.handles import FileHandle
 from alluxiofuse.fs.inodes import Inode
 from alluxiofuse.fs.pages import PageCache, PageKey
+from alluxiofuse.fs.readahead import Prefetcher
 from alluxiofuse.metrics import Metrics
 from alluxiofuse.model import FileStatus, FsStats, Kind, Version
 
