@@ -63,7 +63,7 @@ class MountConfig:
     page_size: int = 1 * MiB
     memory_budget: int = 0  # 0 = derived from the memory limits: limits.default_memory_budget
     page_cache_size: int = 0  # 0 = the memory budget (the cache holds read-ahead too)
-    # None = by source: handles.default_readahead (16 MiB; 8 requests' worth where
+    # None = by source: fs/readahead.default_readahead (16 MiB; 8 requests' worth where
     # read-ahead is ranged requests, as on object stores).
     max_readahead: int | None = None
     kernel_readahead: int = 4 * MiB  # the mount's bdi read_ahead_kb; 0 keeps the kernel's
