@@ -123,8 +123,6 @@ def _check_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
                 ) -> Iterator[None]:
     caplog.set_level(logging.DEBUG, logger="alluxiofuse")
     yield
-    if request.node.get_closest_marker("allow_warnings"):  # until each test declares its own
-        return
     records = in_process(r for when in ("setup", "call", "teardown")
                          for r in caplog.get_records(when))
     for log in request.node.stash.get(_LOGS, {}):
