@@ -1,25 +1,9 @@
-"""Test-wide rules: WARNING+ log records from alluxiofuse fail a test unless it declares them."""
+"""Test-wide rules: a WARNING+ log record from alluxiofuse fails a test unless the test
+declares it, with ``@pytest.mark.expect_log`` or the ``expect_log`` fixture
+(tests/support/checklogs.py)."""
 
-from __future__ import annotations
+from tests.support.checklogs import _check_logs, expect_log
 
-import logging
-from collections.abc import Iterator
+pytest_plugins = ["pytester"]  # tests/unit/test_checklogs.py runs the check on test files
 
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def _no_unexpected_warnings(
-    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture,
-) -> Iterator[None]:
-    caplog.set_level(logging.DEBUG, logger="alluxiofuse")
-    yield
-    if request.node.get_closest_marker("allow_warnings"):
-        return
-    loud = [
-        r for r in caplog.get_records("call")
-        if r.name.startswith("alluxiofuse") and r.levelno >= logging.WARNING
-    ]
-    assert not loud, "unexpected log records:\n" + "\n".join(
-        f"{r.levelname} {r.name}: {r.getMessage()}" for r in loud
-    )
+__all__ = ["_check_logs", "expect_log"]

@@ -30,7 +30,7 @@ def etcd(tmp_path: Path) -> Iterator[str]:
         yield client
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^etcd key \S+/worker-broken.: not a worker registration", count=3)
 async def test_registered_workers_are_read_and_departures_seen(
     etcd: str, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -498,8 +498,11 @@ async def test_generic_fsspec_source_reads(flaky: Mounted, tree: Path) -> None:
     assert await flaky.listing(fh) == ["sub", "three-pages.bin"]
 
 
-@pytest.mark.allow_warnings
 @pytest.mark.parametrize("mode", ["oserror", "hang"])
+@pytest.mark.expect_log(r"^getattr: (BackendError: \[Errno 5\] injected failure in info"
+                        r"|BackendTimeout: .*: no answer within 1s)$", count=2)
+@pytest.mark.expect_log(r"^opendir: (BackendError: \[Errno 5\] injected failure in ls"
+                        r"|BackendTimeout: .*: no answer within 1s)$", count=1)
 async def test_backend_failure_is_eio_and_the_mount_recovers(
     flaky: Mounted, mode: str,
 ) -> None:
@@ -516,7 +519,8 @@ async def test_backend_failure_is_eio_and_the_mount_recovers(
     assert await flaky.read_all("small.txt") == b"hello\n"
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^lookup: unexpected RuntimeError: injected unexpected failure",
+                        count=1, level="ERROR")
 async def test_unexpected_errors_are_eio_and_counted(flaky: Mounted) -> None:
     tests.support.flakyfs.set_failure(flaky.control, ["info"], "unexpected")  # type: ignore[attr-defined]
     with pytest.raises(pyfuse3.FUSEError) as e:
@@ -526,7 +530,8 @@ async def test_unexpected_errors_are_eio_and_counted(flaky: Mounted) -> None:
                         type="RuntimeError") == 1
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^lookup: unexpected RuntimeError: injected unexpected failure",
+                        count=1, level="ERROR")
 async def test_strict_mode_reraises_unexpected_errors(
     tree: Path, tmp_path: Path, nursery: trio.Nursery,
 ) -> None:
@@ -720,7 +725,6 @@ async def test_lookups_in_one_directory_are_answered_by_one_listing(
     assert fs.calls == after_listing, "every later lookup was answered by the listing"
 
 
-@pytest.mark.allow_warnings
 async def test_a_failing_listing_falls_back_to_stat(
     tree: Path, many_small: dict[str, bytes], tmp_path: Path, nursery: trio.Nursery,
 ) -> None:

@@ -151,7 +151,7 @@ async def test_a_failed_copy_over_an_empty_directory_keeps_that_directory(
     assert keys(s3) == before
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^rename: cannot remove 'data/root/d/a': OSError\(5, ", count=1)
 async def test_a_failed_removal_after_the_copies_finishes_the_rename(s3: S3Server) -> None:
     """Every copy is in: the new tree is whole and the rest of the old one still goes;
     the error is reported."""

@@ -406,7 +406,7 @@ async def test_a_listing_in_pages_is_read_out_as_they_come(
     await m.ops.releasedir(other)
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^readdir: BackendUnavailable: injected: the connection dropped$", count=1)
 async def test_a_listing_that_fails_after_its_first_page_fails_the_readdir(
     s3: S3Server, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -193,7 +193,7 @@ async def test_a_sparse_extension_is_charged_nothing_and_a_size_too_large_is_efb
     spool.close()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^upload of a failed \(BackendUnavailable: store down\)", count=2)
 async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool) -> None:
     attempts: list[tuple[str, int]] = []
     failures = {"a": 2}
@@ -248,7 +248,7 @@ async def test_reads_past_the_base_limit_are_the_data_files_own(tmp_path: Path) 
     spool.close()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^upload of stuck failed \(BackendUnavailable: never lands\); retrying")
 async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
     spool: Spool,
 ) -> None:

@@ -137,7 +137,9 @@ async def test_concurrent_opens_share_one_staged_file(
         await m.ops.release(fh)
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^flush: BackendUnavailable: store down$", count=1)
+@pytest.mark.expect_log(r"^f: upload owed after a failed commit", count=1)
+@pytest.mark.expect_log(r"^upload of f failed \(BackendUnavailable: store down\)", count=1)
 async def test_an_owed_upload_never_lands_after_a_newer_commit(
     tmp_path: Path, nursery: trio.Nursery,
 ) -> None:
@@ -268,7 +270,9 @@ async def test_files_made_ahead_leave_with_the_daemon(tmp_path: Path) -> None:
         spool.close()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^an owed upload of lost[12] has lost its data", count=2, level="ERROR")
+@pytest.mark.expect_log(r"^upload of stuck failed \(BackendUnavailable: the store is down", count=1)
+@pytest.mark.expect_log(r"^3 uploads still owed after 0\.5s", count=1, level="ERROR")
 async def test_a_drain_that_runs_out_counts_what_the_journal_owes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -308,7 +312,7 @@ def _write(path: str, data: bytes) -> None:
         f.write(data)
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^a file being written when the last daemon stopped was never", count=1)
 async def test_a_crash_between_the_link_and_the_rename_keeps_the_bytes(tmp_path: Path) -> None:
     """A local commit links the data file to a temporary name beside the target, then
     renames it into place. A crash in between leaves a data file with two links that is

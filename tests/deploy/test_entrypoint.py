@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checklogs import watch
 from tests.support.mounts import (
-    _LOUD,
     REPO,
     _require_fuse,
     daemon_pids,
@@ -117,6 +117,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
                "ALLUXIOFUSE_MOUNTPOINT": str(mnt)}
     environ.pop("ALLUXIOFUSE_CONFIG", None)
     e = Env(tmp_path, src, mnt, tmp_path / "daemon.log", environ, [])
+    watch(request.node, e.log)  # as for every mount in these tests
     try:
         yield e
     finally:
@@ -127,10 +128,6 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         for pid in daemon_pids(mnt):  # only ours: the mountpoint is under tmp_path
             os.kill(pid, signal.SIGKILL)
         fusermount_u(mnt)
-    # As for every mount in these tests: a daemon warning fails the test.
-    if e.log.exists() and request.node.get_closest_marker("allow_warnings") is None:
-        loud = [line for line in e.log.read_text().splitlines() if _LOUD.search(line)]
-        assert not loud, "daemon logged warnings:\n" + "\n".join(loud[:20])
 
 
 def stop_and_wait(env: Env, proc: subprocess.Popen[bytes], sig: int) -> int:
@@ -200,7 +197,7 @@ def test_a_dead_mount_is_cleared_at_start(env: Env) -> None:
     env.assert_clean()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^source does not exist: ", count=1, level="ERROR")
 def test_a_daemon_that_fails_to_start_fails_the_script(env: Env) -> None:
     proc = env.start(env={"ALLUXIOFUSE_SOURCE": str(env.tmp / "missing")})
     assert proc.wait(TIMEOUT) == 1  # the daemon's exit code

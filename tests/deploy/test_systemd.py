@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checklogs import watch
 from tests.support.flakyfs import clear_failure, set_failure
 from tests.support.mounts import (
-    _LOUD,
     CLI,
     DAEMON,
     REPO,
@@ -231,6 +231,7 @@ def start_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sta
                                 stderr=subprocess.PIPE)
         daemon = Daemon(proc, mnt, log)
         started.append(daemon)
+        watch(request.node, log)
         return daemon
 
     try:
@@ -241,10 +242,6 @@ def start_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sta
                 d.proc.kill()
                 d.proc.wait(10)
             fusermount_u(d.mnt)
-        loud = [line for d in started for line in d.log_text().splitlines()
-                if _LOUD.search(line)]
-        if loud and request.node.get_closest_marker("allow_warnings") is None:
-            pytest.fail("daemon logged warnings:\n" + "\n".join(loud[:20]))
 
 
 # Every daemon here sets its mount's kernel read-ahead to this, right after the kernel's
@@ -366,8 +363,8 @@ def test_no_watchdog_pings_for_another_process(
     assert "WATCHDOG=1" not in listener.lines()
 
 
-@pytest.mark.allow_warnings  # the daemon logs the failure at ERROR
 @pytest.mark.parametrize("notify_socket", ["path"], indirect=True)
+@pytest.mark.expect_log(r"^source does not exist: ", count=1, level="ERROR")
 def test_startup_failure_says_failed_and_exits_nonzero(
     tmp_path: Path, notify_socket: tuple[NotifySocket, str], start_daemon: StartDaemon,
 ) -> None:

@@ -453,7 +453,7 @@ def test_version_and_help() -> None:
 # -- (e) config file
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^\w+: BackendError: \[Errno 5\] injected failure in (info|ls)$")
 def test_config_file_options_and_ufs_options(mount: MountFactory, tmp_path: Path) -> None:
     src = _source(tmp_path)
     (src / "later").write_bytes(b"later\n")

@@ -66,7 +66,7 @@ def test_every_file_reads_right_through_three_workers(
         assert sum(served) == sum(_pages(len(d)) for d in content.values())
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^worker \S+ set aside for 30s, .*: cannot connect", count=1)
 def test_a_worker_killed_mid_read_costs_no_error(
     mount: MountFactory, etcd: str, tmp_path: Path,
 ) -> None:
@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_read_costs_no_error(
         assert "set aside" in m.log_text()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^worker \S+ set aside for 30s, .*: no answer within 1\.0s$", count=1)
 def test_a_stalled_worker_bounds_latency_then_falls_back(
     mount: MountFactory, etcd: str, tmp_path: Path,
 ) -> None:
@@ -119,7 +119,6 @@ def test_a_stalled_worker_bounds_latency_then_falls_back(
         assert stalled.stats()["file"] == 1
 
 
-@pytest.mark.allow_warnings
 def test_membership_changes_while_mounted_are_picked_up(
     mount: MountFactory, etcd: str, tmp_path: Path,
 ) -> None:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checklogs import ExpectLog
 from tests.support.flakyfs import clear_failure, set_failure
 from tests.support.mounts import Mount, MountFactory, errno_of, read_bytes, with_timeout
 
-pytestmark = [pytest.mark.integration, pytest.mark.allow_warnings]
+pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 IO_TIMEOUT = 2.0
@@ -101,8 +102,16 @@ def _check_recovered(m: Mount, content: dict[str, bytes], *, cold: bool = True) 
 @pytest.mark.parametrize("op", ["info", "ls", "cat_file"])
 @pytest.mark.parametrize("mode", ["oserror", "unexpected"])
 def test_backend_errors_become_eio(
-    mount: MountFactory, tmp_path: Path, op: str, mode: str,
+    mount: MountFactory, tmp_path: Path, op: str, mode: str, expect_log: ExpectLog,
 ) -> None:
+    if mode == "oserror":
+        expect_log(rf"^\w+: BackendError: \[Errno 5\] injected failure in {op}$")
+    else:
+        expect_log(rf"^\w+: unexpected RuntimeError: injected unexpected failure in {op}",
+                   level="ERROR")
+        if op == "cat_file":  # the pages of the big file are read at once (read_many)
+            expect_log(r"^read: unexpected ExceptionGroup: Exceptions from Trio nursery",
+                       level="ERROR")
     # An unmapped library error is re-raised under --strict: this one runs without it.
     m, control, content = _flaky_mount(mount, tmp_path, strict=mode == "oserror")
     _check_recovered(m, content, cold=False)
@@ -123,6 +132,7 @@ def test_backend_errors_become_eio(
 
 
 @pytest.mark.parametrize("op", ["cat_file", "info"])
+@pytest.mark.expect_log(r"^\w+: BackendTimeout: flaky://.* no answer within 2s$")
 def test_hung_backend_times_out_with_eio(mount: MountFactory, tmp_path: Path, op: str) -> None:
     m, control, content = _flaky_mount(mount, tmp_path)
     _check_recovered(m, content, cold=False)

@@ -135,7 +135,6 @@ def test_umount_clears_a_dead_mount_after_kill_9(mount: MountFactory, tmp_path: 
         assert run([*CLI, "umount", str(m.path)], check=False).returncode == 0
 
 
-@pytest.mark.allow_warnings
 def test_sigterm_after_an_outside_unmount_lets_uploads_drain(
     mount: MountFactory, tmp_path: Path,
 ) -> None:

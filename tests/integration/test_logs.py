@@ -33,7 +33,8 @@ def _slow_lookup(path: Path, control: str, seconds: float) -> None:
     assert not probe.is_alive()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^slow lookup: 1\.\d+s \(ok\)$", count=2)
+@pytest.mark.expect_log(r"^read: BackendError: \[Errno 5\] injected failure in cat_file$")
 def test_log_lines_levels_slow_requests_and_no_secrets(
     mount: MountFactory, tmp_path: Path,
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checklogs import watch
 from tests.support.mounts import (
     DAEMON,
     REPO,
@@ -163,7 +164,7 @@ def _read(path: Path) -> str:
 
 
 @pytest.fixture
-def cgroup_mount(tmp_path: Path) -> Iterator[object]:
+def cgroup_mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     cleanup = contextlib.ExitStack()  # each step undone, even if an earlier undo fails
 
     def start(src: Path, limit: int, *options: str) -> tuple[Mount, MemoryCgroup]:
@@ -179,6 +180,7 @@ def cgroup_mount(tmp_path: Path) -> Iterator[object]:
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
         m = Mount(mnt, str(src), proc, log)
         cleanup.callback(m.close)
+        watch(request.node, log)
         deadline = time.monotonic() + 30
         while not ismount(mnt):
             assert proc.poll() is None, m.log_text()
@@ -199,7 +201,7 @@ def test_default_budget_is_half_the_cgroup_limit(cgroup_mount: object, tmp_path:
     assert scrape("alluxiofuse_page_cache_capacity_bytes") == 350 * MiB
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^memory budget 200 MiB .* exceeds 90% of the cgroup memory", count=1)
 def test_near_the_cgroup_limit_the_cache_shrinks_instead(
     cgroup_mount: object, tmp_path: Path,
 ) -> None:

@@ -162,7 +162,8 @@ def test_errors_by_op_and_errno_and_the_handle_gauges(mount: MountFactory, tmp_p
     _eventually(m, lambda s: s("alluxiofuse_open_handles") == s0("alluxiofuse_open_handles"))
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^upload of one failed \(BackendError: .*injected failure in open_write\)")
+@pytest.mark.expect_log(r"^upload of two failed \(BackendError: .*injected failure in open_write\)")
 def test_pending_uploads_and_upload_failures(mount: MountFactory, tmp_path: Path) -> None:
     src, control = tmp_path / "src", str(tmp_path / "control.json")
     src.mkdir()
@@ -179,7 +180,7 @@ def test_pending_uploads_and_upload_failures(mount: MountFactory, tmp_path: Path
     assert (src / "two").read_bytes() == b"2" * 5000
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^backend flaky://\S+: BackendError: .*injected failure in info$", count=1)
 def test_healthz_and_readyz_follow_the_backend(mount: MountFactory, tmp_path: Path) -> None:
     src, control = tmp_path / "src", str(tmp_path / "control.json")
     src.mkdir()

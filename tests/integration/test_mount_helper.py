@@ -6,7 +6,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 from alluxiofuse.cli import main as cli
 from alluxiofuse.cli.mount_helper import daemon_options, parse_command_line, plan, split_options
 from alluxiofuse.config import parse_ufs_option
+from tests.support.checklogs import watch
 from tests.support.mounts import (
     CLI,
     REPO,
@@ -41,7 +41,6 @@ HELPER = Path("/sbin/mount.alluxiofuse")
 # a fixed port); empty as long as the daemon needs none.
 EXTRA_OPTIONS: list[str] = ["metrics_addr=off"]
 TIMEOUT = 90.0
-_LOUD = re.compile(r" (WARNING|ERROR|CRITICAL) alluxiofuse")
 
 
 @pytest.fixture
@@ -73,12 +72,8 @@ def cleanup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Pat
         for pid in daemon_pids(mnt):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    if request.node.get_closest_marker("allow_warnings"):
-        return
     for log in tmp_path.glob("*.log"):
-        loud = [line for line in log.read_text(errors="replace").splitlines()
-                if _LOUD.search(line)]
-        assert not loud, f"{log.name}:\n" + "\n".join(loud[:20])
+        watch(request.node, log)
 
 
 def mount8(*args: str | Path, env: dict[str, str] | None = None,
@@ -263,12 +258,15 @@ def test_json_under_storage_options_in_double_quotes(
     ("bogus", "{src}", 1, "unknown option: bogus"),
     ("page_size=3000", "{src}", 1, "--page-size"),
     ("allow_other=1", "{src}", 1, "takes no value"),
-    ("", "{tmp}/no-such-source", 32, "source does not exist"),
-    ("ufs_option=endpoint_url=http://127.0.0.1:9,ufs_option=key=k,ufs_option=secret=s,"
-     'ufs_option="config_kwargs={\\"retries\\": {\\"max_attempts\\": 1}}"',
-     "s3://bucket/x", 32, "cannot reach source"),
+    pytest.param("", "{tmp}/no-such-source", 32, "source does not exist", marks=[
+        pytest.mark.expect_log(r"^source does not exist: ", count=1, level="ERROR")]),
+    pytest.param(
+        "ufs_option=endpoint_url=http://127.0.0.1:9,ufs_option=key=k,ufs_option=secret=s,"
+        'ufs_option="config_kwargs={\\"retries\\": {\\"max_attempts\\": 1}}"',
+        "s3://bucket/x", 32, "cannot reach source", marks=[
+            pytest.mark.expect_log(r"^cannot reach source s3://bucket/x: ", count=1,
+                                   level="ERROR")]),
 ])
-@pytest.mark.allow_warnings  # the daemon logs why it did not start
 def test_failures_exit_with_mount8_status(
     helper: Path, tmp_path: Path, cleanup: list[Path], options: str, source: str, status: int,
     says: str,

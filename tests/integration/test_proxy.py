@@ -194,6 +194,9 @@ def test_write_types_land_where_they_say(
     assert not list(ufs.rglob(".alluxiofuse-*")), "no temporary file left behind"
 
 
+@pytest.mark.expect_log(r"^read: ServerError: simulated failure \(INTERNAL\)$")
+@pytest.mark.expect_log(r"^read: ConnectionDropped: \S+/streams/\d+/read: closed without a reply")
+@pytest.mark.expect_log(r"^getattr: BackendTimeout: \S+/get-status: no answer within 3s$", count=1)
 def test_a_proxy_error_is_the_errno_it_stands_for_and_the_mount_lives_on(
     mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
 ) -> None:
@@ -204,7 +207,6 @@ def test_a_proxy_error_is_the_errno_it_stands_for_and_the_mount_lives_on(
     m = mount(sim.source(), "--attr-timeout", "0", "--entry-timeout", "0",
               "--negative-timeout", "0", "--dir-timeout", "0", "--io-timeout", "3",
               strict=False)
-    m.allow_warnings = True
     sim.faults(error="PERMISSION_DENIED", routes=["get-status"])
     assert errno_of(lambda: os.stat(m.path / "f")) == errno.EACCES
     sim.faults(error="UNAVAILABLE", routes=["get-status"], count=2)  # retried: it passes
@@ -222,6 +224,8 @@ def test_a_proxy_error_is_the_errno_it_stands_for_and_the_mount_lives_on(
     assert m.proc.poll() is None
 
 
+@pytest.mark.expect_log(r"^fsync: BackendUnavailable: \S+/create-file: cannot connect", count=1)
+@pytest.mark.expect_log(r"^flush: BackendUnavailable: \S+/create-file: cannot connect", count=1)
 def test_a_proxy_that_goes_away_costs_eio_and_the_bytes_written_are_kept(
     mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
 ) -> None:
@@ -229,7 +233,6 @@ def test_a_proxy_that_goes_away_costs_eio_and_the_bytes_written_are_kept(
     ufs.mkdir()
     sim = proxy_sim(ufs)
     m = mount(sim.source(), "--io-timeout", "3", strict=False)
-    m.allow_warnings = True
     fd = os.open(m.path / "kept.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     os.write(fd, b"precious")
     sim.stop()

@@ -143,7 +143,10 @@ def test_new_file_is_visible_in_the_mount_before_its_first_close(
 # -- no data loss
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^flush: BackendError: .*injected failure in open_write$", count=2)
+@pytest.mark.expect_log(r"^rename: BackendError: .*injected failure in open_write$", count=1)
+@pytest.mark.expect_log(r"^(keep|renamed-over): upload owed after a failed commit", count=2)
+@pytest.mark.expect_log(r"^upload of (keep|renamed-over) failed \(BackendError: .*injected failure")
 def test_failed_upload_is_eio_at_close_and_the_bytes_land_later(
     mount: MountFactory, tmp_path: Path,
 ) -> None:
@@ -209,7 +212,7 @@ def test_async_through_uploads_survive_kill_9(mount: MountFactory, tmp_path: Pat
 
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^an owed upload of lost[123] has lost its data", count=3, level="ERROR")
 def test_status_and_the_pending_uploads_metric_count_the_same_uploads(
     mount: MountFactory, tmp_path: Path,
 ) -> None:
@@ -230,7 +233,7 @@ def test_status_and_the_pending_uploads_metric_count_the_same_uploads(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^a file being written when the last daemon stopped was never", count=2)
 def test_after_kill_9_the_spool_keeps_only_what_is_nowhere_else(
     mount: MountFactory, tmp_path: Path,
 ) -> None:
@@ -332,7 +335,7 @@ def test_an_open_unlinked_file_has_no_links(mount: MountFactory, tmp_path: Path)
             os.close(fd)
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^fsync: BackendError: .*injected failure in open_write$", count=1)
 def test_a_sparse_file_whose_commit_failed_reads_back_its_bytes(
     mount: MountFactory, tmp_path: Path,
 ) -> None:

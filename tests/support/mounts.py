@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.checklogs import watch
 from tests.support.needs import need
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +32,6 @@ DAEMON = [
     "sys.exit(main(sys.argv[1:]))",
 ]
 START_TIMEOUT = 30.0
-_LOUD = re.compile(r" (WARNING|ERROR|CRITICAL) alluxiofuse")
 
 
 def _require_fuse() -> None:
@@ -75,7 +75,6 @@ class Mount:
     source: str
     proc: subprocess.Popen[bytes]
     log: Path
-    allow_warnings: bool = False
     args: list[str] = field(default_factory=list)
 
     def log_text(self) -> str:
@@ -144,10 +143,10 @@ class Scrape:
 
 @pytest.fixture
 def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFactory]:
-    """``mount(source, *options, strict=True)`` → a live :class:`Mount`."""
+    """``mount(source, *options, strict=True)`` → a live :class:`Mount`, whose daemon log
+    the log check reads (tests/support/checklogs.py)."""
     _require_fuse()
     mounts: list[Mount] = []
-    allow = request.node.get_closest_marker("allow_warnings") is not None
 
     def start(source: str | Path, *options: str, strict: bool = True) -> Mount:
         n = len(mounts)
@@ -164,8 +163,9 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFacto
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([*DAEMON, *args], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        m = Mount(mnt, str(source), proc, log, allow, args)
+        m = Mount(mnt, str(source), proc, log, args)
         mounts.append(m)
+        watch(request.node, log)
         deadline = time.monotonic() + START_TIMEOUT
         while not ismount(mnt):
             if proc.poll() is not None:
@@ -181,10 +181,6 @@ def mount(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MountFacto
     finally:
         for m in mounts:
             m.close()
-        for m in mounts:
-            loud = [line for line in m.log_text().splitlines() if _LOUD.search(line)]
-            if loud and not m.allow_warnings:
-                pytest.fail("daemon logged warnings:\n" + "\n".join(loud[:20]))
 
 
 @pytest.fixture(autouse=True)

@@ -185,7 +185,7 @@ async def test_a_page_the_worker_lacks_is_read_from_the_ufs(oss: Cluster, metric
         await backend.aclose()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^worker \S+ set aside for 30s, .*: cannot connect", count=1)
 async def test_a_dead_worker_costs_one_failure_then_is_set_aside(
     oss: Cluster, metrics: Metrics,
 ) -> None:
@@ -206,7 +206,7 @@ async def test_a_dead_worker_costs_one_failure_then_is_set_aside(
         await backend.aclose()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^worker \S+ set aside for 30s, .*: no answer within 0\.5s$", count=1)
 async def test_a_stalled_worker_costs_one_timeout_then_reads_go_to_the_ufs(
     oss: Cluster, metrics: Metrics,
 ) -> None:
@@ -229,7 +229,7 @@ async def test_a_stalled_worker_costs_one_timeout_then_reads_go_to_the_ufs(
         await backend.aclose()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^worker \S+ set aside for 0\.3s, .*: no answer within 0\.3s$", count=1)
 async def test_a_worker_back_after_its_cooloff_is_used_again(oss: Cluster, metrics: Metrics,
                                                               ) -> None:
     oss.load()
@@ -317,7 +317,7 @@ async def test_enterprise_reads_through_and_asks_node_once(enterprise: Cluster,
         await backend.aclose()
 
 
-@pytest.mark.allow_warnings
+@pytest.mark.expect_log(r"^small\.txt: the bytes read do not match content hash", count=2)
 async def test_content_hash_mismatch_is_never_served(enterprise: Cluster,
                                                      metrics: Metrics) -> None:
     backend = await _backend(enterprise, metrics, enterprise=True)
