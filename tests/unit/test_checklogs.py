@@ -82,11 +82,11 @@ def daemon_log(request, tmp_path):
     return path
 
 def test_daemon_log_undeclared(daemon_log):
-    pass
+    assert daemon_log.exists()
 
 @pytest.mark.expect_log(r"^read: unexpected OSError", count=1, level="ERROR")
 def test_daemon_log_declared(daemon_log):
-    pass
+    assert daemon_log.exists()
 """
 
 
