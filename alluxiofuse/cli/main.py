@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import alluxiofuse
 from alluxiofuse import __version__
 from alluxiofuse.backends.cluster.membership import parse_etcd_endpoints, parse_static_workers
 from alluxiofuse.config import (
@@ -471,7 +472,8 @@ def cmd_install_mount_helper(sbin_dir: str, *, force: bool, uninstall: bool) -> 
             return 0
         code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                 "from alluxiofuse.cli.mount_helper import main; sys.exit(main(sys.argv[1:]))")
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The directory that holds the package: the script puts it first on sys.path.
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(alluxiofuse.__file__)))
         script = (f"#!/bin/sh\n{_HELPER_MARK}\n"
                   "# mount(8) runs it for 'mount -t alluxiofuse' and fstab entries of that type.\n"
                   f"exec {shlex.quote(sys.executable)} -P -c {shlex.quote(code)} "

@@ -4,6 +4,7 @@ mount(8)'s and the daemon's options, exit statuses, and `alluxiofuse install-mou
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -311,7 +312,8 @@ def test_install_is_idempotent_and_runs_this_copy(
     assert _install(capsys, "--sbin-dir", str(tmp_path)) == (0, f"installed {helper}", "")
     assert helper.read_text() == first
     assert os.stat(helper).st_mode & 0o777 == 0o755
-    assert sys.executable in first and str(REPO) in first
+    assert sys.executable in first
+    assert first.endswith(f' {shlex.quote(str(REPO))} "$@"\n')  # the package's parent first
     assert sorted(os.listdir(tmp_path)) == ["mount.alluxiofuse"]  # no temporary file left
     # It runs this working copy's helper, with no PYTHONPATH and from anywhere.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -358,3 +360,16 @@ def test_install_into_a_missing_directory_says_why(
     assert status == 1
     assert err == f"alluxiofuse: cannot write {tmp_path}/nope/mount.alluxiofuse: " \
                   "No such file or directory"
+
+
+def test_a_helper_script_written_before_the_cli_package_still_mounts() -> None:
+    """/sbin/mount.alluxiofuse written by an earlier version imports
+    alluxiofuse.mount_helper: an upgrade must not break fstab mounts."""
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from alluxiofuse.mount_helper import main; sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ran = subprocess.run([sys.executable, "-P", "-c", code, str(REPO), "-h"],
+                         capture_output=True, text=True, env=env, cwd="/", timeout=60,
+                         check=False)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert ran.stdout.startswith("usage: mount.alluxiofuse")
