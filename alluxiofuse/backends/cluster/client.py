@@ -2,12 +2,12 @@
 
 One pooled ``httpx.AsyncClient`` serves every worker, except for page reads, which take
 the leaner keep-alive transport of ``http1.py``: they are the hot path, and through httpx
-under trio a page request costs several times the event-loop CPU it costs there (one small
-file is one page; the figures are in bench/RESULTS.md). Each call has a deadline; idempotent calls (every GET but a load
-submit or stop) are sent again, with exponential backoff and full jitter and within the
-same deadline, when a connection is refused or the worker answers 429 or 503. A timeout
-is not retried: a stalled worker should cost one deadline, and the caller has a faster
-way to the bytes (the under-storage).
+under trio a page request costs several times the event-loop CPU it costs there (one
+small file is one page; the figures are in bench/RESULTS.md). Each call has a deadline;
+idempotent calls (every GET but a load submit or stop) are sent again, with exponential
+backoff and full jitter and within the same deadline, when a connection is refused or the
+worker answers 429 or 503. A timeout is not retried: a stalled worker should cost one
+deadline, and the caller has a faster way to the bytes (the under-storage).
 
 Replies are checked before anything is returned. JSON that does not parse or lacks the
 documented fields, and page bodies of the wrong length or cut short, raise
