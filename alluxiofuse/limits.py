@@ -1,6 +1,6 @@
 """The memory this process may use (RAM, cgroup limits) and the memory budget drawn from it.
 
-Also the byte units, here at the bottom so that every module can share them.
+Also the byte units, here in the bottom layer so that every module can share them.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ class MemoryLimits:
 
     ram: int
     cgroup: int | None  # the tightest cgroup limit over this process; None: unlimited
-
-    @property
-    def effective(self) -> int:
-        return min(self.ram, self.cgroup) if self.cgroup is not None else self.ram
 
 
 def memory_limits() -> MemoryLimits:

@@ -1,7 +1,8 @@
 """The mount's file semantics, free of FUSE: names, attributes, open files and changes.
 
 Statuses and listings come through ``statuses.py``, open directories are ``directories.py``,
-what is fetched ahead is ``readahead.py``; this module ties them to inodes and handles.
+what is fetched ahead is ``readahead.py``, open handles are ``handles.py`` and replies are
+built by ``replies.py``; this module ties them to the inodes.
 
 ``ops.py`` adapts this to pyfuse3; tests drive it (through ``ops``) without a kernel. Every
 method raises only :mod:`alluxiofuse.errors` exceptions for conditions it understands.
@@ -10,7 +11,6 @@ State is re-read after every ``await``: another request may have changed it mean
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Callable
@@ -55,8 +55,6 @@ from alluxiofuse.model import (
 from alluxiofuse.writes.staging import StagedFile
 from alluxiofuse.writes.writes import Writes
 
-log = logging.getLogger(__name__)
-
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -79,8 +77,8 @@ class Filesystem:
     ) -> None:
         self.config = config
         self.writes = writes
-        if writes is not None:  # what it commits, uploads that drain later included
-            writes.on_committed = self.committed
+        if writes is not None:
+            writes.when_committed(self.committed)
         self._staged_inodes: dict[int, StagedFile] = {}  # inode -> staged file, while open
         self._invalidate_attrs = invalidate_attrs
         self.backend = backend
@@ -384,7 +382,7 @@ class Filesystem:
                 await writes.truncate(staged, size)
             ufs_attrs = await writes.set_attrs(staged, attrs)
             if ufs_attrs != Attrs():
-                staged.committed(await self.backend.setattr(path, ufs_attrs))
+                staged.rebased(await self.backend.setattr(path, ufs_attrs))
             if staged.handles == 1:  # truncate(2), chmod(2) by name: done at once
                 await self._commit(staged)
         finally:

@@ -245,7 +245,7 @@ class StagedFile:
         self.times_set = True
         self.written()
 
-    def committed(self, status: FileStatus) -> None:
+    def rebased(self, status: FileStatus) -> None:
         """The under-storage's file is now ``status`` (a commit of the content, or
         attributes set there): its version is the base from now on."""
         self.base = status.version
@@ -264,7 +264,7 @@ class StagedFile:
         """A commit of the content landed, as ``status``: this data file's (``linked``:
         it became the under-storage's file), or the owed upload of it."""
         self._life = Committed(durable=durable, linked=linked)
-        self.committed(status)
+        self.rebased(status)
 
     def synced(self) -> None:
         """The under-storage fsynced the content a close(2) committed."""

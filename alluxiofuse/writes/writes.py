@@ -55,17 +55,22 @@ class Writes:
 
     def __init__(
         self, config: MountConfig, backend: Backend, spool: Spool, io: DiskIO,
-        committed: OnCommitted = lambda path, status: None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.spool = spool
         self._io = io
-        self.on_committed = committed
+        self._on_committed: OnCommitted = lambda path, status: None
         self._by_path: dict[str, StagedFile] = {}
         self._ready: list[tuple[str, int]] = []  # data files made ahead
         self._want_more = trio.Event()
         self.uploader = Uploader(spool, io, config.upload_threads, self._upload, self._uploaded)
+
+    def when_committed(self, call: OnCommitted) -> None:
+        """Have ``call(path, status)`` told of each path whose new content the under-storage
+        now holds, by a close, an fsync or an upload that drains later. The file layer is
+        built after the writes it serves, so it asks for this itself."""
+        self._on_committed = call
 
     async def run(self) -> None:
         """Upload what is owed and keep data files ready, until cancelled."""
@@ -248,7 +253,7 @@ class Writes:
             raise
         status = _as_mounted(done)
         staged.landed(status, linked=done.linked, durable=durable)
-        self.on_committed(staged.path, status)
+        self._on_committed(staged.path, status)
         if self.config.write_type == "CACHE_THROUGH":
             await self.backend.cache(staged.path)
         return status
@@ -304,7 +309,7 @@ class Writes:
         changed since has moved to a copy, and owes nothing to this record any more)."""
         staged = self._by_path.get(record.path)
         status = _as_mounted(done)
-        self.on_committed(record.path, status)
+        self._on_committed(record.path, status)
         if staged is None or staged.record is not record:
             return False
         staged.landed(status, linked=done.linked)

@@ -39,7 +39,6 @@ def test_memory_limits_of_this_machine() -> None:
     limits = memory_limits()
     assert limits.ram > 0
     assert limits.cgroup is None or limits.cgroup > 0
-    assert 0 < limits.effective <= limits.ram
 
 
 def _cgroup_tree(root: Path, files: dict[str, str]) -> None:
