@@ -237,7 +237,7 @@ class ProgressBar:
         self.out.flush()
 
     def update(self, progress: LoadProgress) -> None:
-        loaded = parse_size(progress.properties.get("Bytes Loaded", ""))
+        loaded = reported_size(progress.properties.get("Bytes Loaded", ""))
         files = progress.properties.get("Files Processed", progress.properties.get(
             "Files Loaded", "?"))
         now = self._clock()
@@ -267,7 +267,7 @@ class ProgressBar:
                 f"{_human(loaded)} of {_human(self.total)}")
 
 
-def parse_size(text: str) -> int | None:
+def reported_size(text: str) -> int | None:
     """The first size in a load report value (``1234B``, ``12.50MB``), in bytes."""
     match = _SIZE.search(text)
     if not match:

@@ -11,7 +11,7 @@ from alluxiofuse.backends.cluster.client import LoadProgress
 from alluxiofuse.backends.cluster.discovery import DnsWorkers, StaticWorkers
 from alluxiofuse.backends.cluster.membership import WorkerAddress, parse_etcd_endpoints
 from alluxiofuse.backends.cluster.ring import WorkerIdentity
-from alluxiofuse.cli.commands import ProgressBar, parse_size, to_uri
+from alluxiofuse.cli.commands import ProgressBar, reported_size, to_uri
 from alluxiofuse.config import build_config
 from alluxiofuse.errors import BackendError, ConfigError
 
@@ -124,7 +124,7 @@ def test_to_uri_translates_paths_inside_alluxiofuse_mounts(tmp_path: Path) -> No
 @pytest.mark.parametrize("text,size", [("1234B", 1234), ("12.50MB", 12.5 * (1 << 20)),
                                         ("2 GiB out of 4GiB", 2 << 30), ("n/a", None)])
 def test_parse_size(text: str, size: int | None) -> None:
-    assert parse_size(text) == size
+    assert reported_size(text) == size
 
 
 def test_progress_bar_draws_the_fraction_once_the_total_is_known() -> None:
