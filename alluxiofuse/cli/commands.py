@@ -39,6 +39,7 @@ from alluxiofuse.errors import (
     ConfigError,
     ConnectionDropped,
 )
+from alluxiofuse.mountinfo import MOUNTINFO, Mount, mounts
 from alluxiofuse.writes.spool import owed_uploads, spool_dir, spool_in_use
 
 _SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B", re.IGNORECASE)
@@ -47,7 +48,7 @@ _BAR_WIDTH = 30
 _LOAD_WALK_LIMIT = 8  # directory listings at once while totalling a load's size
 
 
-def to_uri(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+def to_uri(path: str, mountinfo: str = MOUNTINFO) -> str:
     """The full UFS URI of ``path``: a URI as it is, a path inside an alluxiofuse mount
     as the file in the mount's source, any other path as a ``file://`` URI."""
     if "://" in path:
@@ -63,30 +64,19 @@ def to_uri(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
 def _in_mount(path: str, mountinfo: str) -> tuple[str, str] | None:
     """(source, path relative to it) when ``path`` is inside an alluxiofuse mount."""
     absolute = os.path.abspath(path)
-    for mountpoint, source, _ in _alluxiofuse_mounts(mountinfo):
-        if absolute == mountpoint or absolute.startswith(mountpoint.rstrip("/") + "/"):
-            return source, absolute[len(mountpoint):].strip("/")
+    for m in _alluxiofuse_mounts(mountinfo):
+        if absolute == m.mountpoint or absolute.startswith(m.mountpoint.rstrip("/") + "/"):
+            return m.source, absolute[len(m.mountpoint):].strip("/")
     return None
 
 
-def _alluxiofuse_mounts(mountinfo: str) -> list[tuple[str, str, str]]:
-    """(mountpoint, source, mount options) of every alluxiofuse mount, longest mountpoint
-    first."""
-    mounts = []
+def _alluxiofuse_mounts(mountinfo: str) -> list[Mount]:
+    """Every alluxiofuse mount, longest mountpoint first."""
     try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-")
-                if fields[sep + 1] == "fuse.alluxiofuse":
-                    mounts.append((_unescape(fields[4]), _unescape(fields[sep + 2]), fields[5]))
-    except (OSError, ValueError, IndexError):
+        found = [m for m in mounts(mountinfo) if m.fstype == "fuse.alluxiofuse"]
+    except OSError:
         return []
-    return sorted(mounts, key=lambda m: -len(m[0]))
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+    return sorted(found, key=lambda m: -len(m.mountpoint))
 
 
 async def _ring(config: MountConfig) -> HashRing[WorkerAddress]:
@@ -333,21 +323,21 @@ class _Mount:
     read_only: bool
 
 
-def _mount_at(target: str, mountinfo: str = "/proc/self/mountinfo") -> _Mount | None:
+def _mount_at(target: str, mountinfo: str = MOUNTINFO) -> _Mount | None:
     """The alluxiofuse mount whose mountpoint ``target`` is, if it is one."""
     if "://" in target:
         return None
     absolute = os.path.abspath(target)
-    for mountpoint, source, options in _alluxiofuse_mounts(mountinfo):
-        if absolute == mountpoint:
-            return _Mount(mountpoint, source, "ro" in options.split(","))
+    for m in _alluxiofuse_mounts(mountinfo):
+        if absolute == m.mountpoint:
+            return _Mount(m.mountpoint, m.source, "ro" in m.options.split(","))
     return None
 
 
 # --- Alluxio 2.x, through the proxy --------------------------------------------------------
 
 
-def proxy_target(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[ProxySource, str]:
+def proxy_target(path: str, mountinfo: str = MOUNTINFO) -> tuple[ProxySource, str]:
     """Which proxy, and which Alluxio path, ``path`` names: an ``alluxio-proxy://`` URI (its
     path percent-decoded), or a path inside an alluxiofuse mount of one."""
     if "://" in path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import select
 import shutil
 import signal
@@ -36,6 +35,7 @@ from alluxiofuse.config import (
     parse_ufs_option,
 )
 from alluxiofuse.errors import ConfigError
+from alluxiofuse.mountinfo import mounts
 from alluxiofuse.options import OPTIONS, Option, parse_duration
 
 # The options of mount that locate and load take too: where options come from, and the
@@ -420,18 +420,11 @@ def _real_path(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def _mounted_at(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+def _mounted_at(path: str) -> bool:
     """Whether something is mounted at ``path`` (a real path), as the kernel's mount table
     says: a stat of the path would hang on a hung mount, and fail on a dead one."""
-    target = os.fsencode(path.rstrip("/") or "/")
-    with open(mountinfo, "rb") as f:
-        for line in f:
-            # The kernel writes space, tab, newline and backslash as octal escapes.
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]),
-                           line.split()[4])
-            if point == target:
-                return True
-    return False
+    target = path.rstrip("/") or "/"
+    return any(m.mountpoint == target for m in mounts())
 
 
 def _fusermount(path: str, *, lazy: bool, quiet: bool) -> subprocess.CompletedProcess[str]:

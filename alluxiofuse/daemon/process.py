@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from alluxiofuse.fs.filesystem import Filesystem, KernelCaches
 from alluxiofuse.limits import ALLOWANCE, memory_limits
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
+from alluxiofuse.mountinfo import mounts
 from alluxiofuse.ops import Operations
 from alluxiofuse.options import DEFAULT_METRICS_ADDR, split_addr
 from alluxiofuse.writes.spool import Spool, owed_uploads
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
-_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 # FUSE requests served at once; each waits on the page cache or a worker thread.
 MAX_FUSE_TASKS = 128
@@ -535,15 +534,8 @@ def set_kernel_readahead(config: MountConfig) -> None:
 
 def _mount_device(mountpoint: str) -> str | None:
     """``major:minor`` of the mount at ``mountpoint`` (the last one, if stacked)."""
-    device = None
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            fields = line.split()
-            # The kernel writes space, tab, newline and backslash as octal escapes.
-            point = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            if point == os.fsencode(mountpoint):
-                device = fields[2].decode()
-    return device
+    devices = [m.device for m in mounts() if m.mountpoint == mountpoint]
+    return devices[-1] if devices else None
 
 
 async def _handle_signals(fs: Filesystem, metrics: Metrics, session: KernelSession) -> None:
