@@ -79,7 +79,6 @@ class Filesystem:
         self.writes = writes
         if writes is not None:
             writes.when_committed(self.committed)
-        self._staged_inodes: dict[int, StagedFile] = {}  # inode -> staged file, while open
         self._invalidate_attrs = invalidate_attrs
         self.backend = backend
         self.inodes = InodeTable(root)
@@ -140,7 +139,7 @@ class Filesystem:
     async def _getattr(self, ino: int) -> Inode:
         inode = self.inodes.get(ino)
         if not self.inodes.is_linked(inode):  # removed or replaced while open
-            staged = self._staged_inodes.get(ino)
+            staged = self._handles.staged(ino)
             if staged is not None:
                 inode.status = staged.status(inode.status.name)
             inode.status = replace(inode.status, nlink=0)  # no name any more
@@ -269,10 +268,6 @@ class Filesystem:
                 self._handles.remove(fh)
                 assert self.writes is not None
                 staged.handles -= 1
-                if staged.handles == 0:
-                    for ino, known in list(self._staged_inodes.items()):
-                        if known is staged:
-                            del self._staged_inodes[ino]
                 await self.writes.release(staged)
 
     def refuse_write(self, what: str) -> NoReturn:
@@ -512,8 +507,7 @@ class Filesystem:
             raise AlreadyExists(path)
 
     def _open_staged(self, inode: Inode, staged: StagedFile, *, writing: bool) -> int:
-        fh = self._handles.add(StagedHandle(staged, writing))
-        self._staged_inodes[inode.ino] = staged
+        fh = self._handles.add(StagedHandle(inode.ino, staged, writing))
         staged.handles += 1
         inode.kernel_version = None
         return fh

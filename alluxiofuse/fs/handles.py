@@ -148,6 +148,7 @@ class FileHandle:
 class StagedHandle:
     """One open of a file being written (staged): reads and writes go to the spool."""
 
+    ino: int
     staged: StagedFile
     writing: bool  # opened for writing: its close commits
 
@@ -186,3 +187,12 @@ class HandleTable:
 
     def remove(self, fh: int) -> None:
         del self._open[fh]
+
+    def staged(self, ino: int) -> StagedFile | None:
+        """The staged file an open handle of inode ``ino`` writes or reads, if any: what
+        an inode with no name any more still shows until its last handle closes. A scan,
+        for that rare case only."""
+        for handle in self._open.values():
+            if isinstance(handle, StagedHandle) and handle.ino == ino:
+                return handle.staged
+        return None
