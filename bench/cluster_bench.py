@@ -3,7 +3,7 @@
 reading from the same simulated Alluxio 3.x workers.
 
 One run starts a real etcd (127.0.0.1, free ports) and N simulated workers
-(tests/sim/worker.py, OSS mode) registered in it, over read_bench.py's dataset (the same
+(tests/sim/worker.py, OSS mode) registered in it, over localenv.py's dataset (the same
 cached directory under --data-dir: ``full/`` = 1 GiB big.bin + 10,000 files of 4-64 KiB
 in 100 directories, ``quick/`` = 256 MiB + 2,000 files), and loads the whole directory
 into the workers' caches (``/v1/load``): every page is then served from a worker's page
@@ -26,10 +26,10 @@ next; every pass starts a fresh daemon or process:
                their owners with a minimal keep-alive HTTP client (raw sockets, threads)
 Workloads:
   seq       big.bin, sequentially: through the mount, 1 MiB ``readinto`` calls (as
-            read_bench's seq_cold); official: ``fs.read(uri)`` (the whole file in memory,
+            localenv's read_seq); official: ``fs.read(uri)`` (the whole file in memory,
             as that API returns it); sims: every page in order on one connection
             (``sims.1c``) and with --sim-threads connections (``sims``). MiB/s
-  small_4t  every small file read whole by 4 threads (read_bench's read_small through the
+  small_4t  every small file read whole by 4 threads (localenv's read_small through the
             mount; ``fs.read(uri)`` in a 4-thread pool for the client; page 0 of each file
             for the sims: --sim-threads threads, one connection per worker each). files/s
 It also records each daemon's / client process's peak RSS (VmHWM, right after the timed
@@ -83,7 +83,7 @@ from typing import Any
 
 from alluxiofuse.backends.cluster.membership import WorkerAddress
 from alluxiofuse.backends.cluster.ring import VNODES_PROPERTIES, HashRing, path_id
-from bench import read_bench as rb
+from bench import localenv
 from bench.harness import (
     REPO_ROOT,
     BenchError,
@@ -304,20 +304,20 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
     extra = (f"--etcd {ctx.cl.etcd} --cluster-name {ctx.cl.cluster_name} "
              f"--alluxio-property {VNODES_PROPERTIES[0]}={args.vnodes} "
              f"--log-level debug --log-file {logfile} {args.alluxiofuse_args}")
-    with rb.mounted("alluxiofuse", ds.root, extra) as m:
+    with localenv.mounted("alluxiofuse", ds.root, extra) as m:
         assert m.proc is not None
         pid = m.proc.pid
         if work == "seq":
             big = m.root / "big.bin"
 
             def fn() -> int:
-                return rb.read_seq(big)
+                return localenv.read_seq(big)
             want = ds.big_size
         else:
             paths = [str(m.root / rel) for rel, _ in ds.small]
 
             def fn() -> int:
-                return rb.read_small(paths)
+                return localenv.read_small(paths)
             want = ds.small_bytes
         a = ctx.cl.snapshot(pid)
         f0 = proc_counters(pid)[0]
@@ -335,7 +335,7 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
                         digest = hashlib.file_digest(f, "sha256").hexdigest()
                     expect = ds.big_sha256
                 else:
-                    digest, expect = rb.small_digest(paths), ctx.small_sha256
+                    digest, expect = localenv.small_digest(paths), ctx.small_sha256
             if digest != expect:
                 raise BenchError(f"alluxiofuse {work}: sha256 through the mount is {digest}, "
                                  f"not {expect}")
@@ -425,7 +425,8 @@ def client_pass(ctx: Context, work: str, rep: int) -> Pass:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    rb.check_reply(f"official {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
+    localenv.check_reply(f"official {work}", work, reply, ds, ctx.small_sha256, rep == 0,
+                         ctx.checked)
     wall, cpu, reqs = ctx.cl.cost(a, b)
     secs = reply["secs"]
     # The driver's snapshots bracket the child's own timing: per second of the child's.
@@ -548,7 +549,7 @@ def sim_pass(ctx: Context, work: str, threads: int) -> Pass:
 @dataclass
 class Context:
     args: argparse.Namespace
-    ds: rb.Dataset
+    ds: localenv.Dataset
     cl: Cluster
     logs: Path
     small_sha256: str = ""
@@ -592,7 +593,7 @@ def run_target(ctx: Context, target: str, rep: int) -> None:
             measured(ctx, work, "sims", rep, partial(sim_pass, ctx, work, ctx.args.sim_threads))
 
 
-def run(args: argparse.Namespace, ds: rb.Dataset, workdir: Path, logs: Path) -> Context:
+def run(args: argparse.Namespace, ds: localenv.Dataset, workdir: Path, logs: Path) -> Context:
     with etcd(workdir) as etcd_url, \
             sim_workers(etcd_url, ds.root, workdir, args.workers, args.vnodes) as sims:
         t0 = time.monotonic()
@@ -609,7 +610,7 @@ def run(args: argparse.Namespace, ds: rb.Dataset, workdir: Path, logs: Path) -> 
         big_owner = ctx.cl.ring.owner(f"file://{ds.root}/big.bin").http_port
         ctx.problems.append(f"(info) big.bin is on the worker at port {big_owner}; small "
                             f"files per worker: {dict(sorted(owners.items()))}")
-        ctx.small_sha256 = rb.small_digest([str(ds.root / rel) for rel, _ in ds.small])
+        ctx.small_sha256 = localenv.small_digest([str(ds.root / rel) for rel, _ in ds.small])
         for rep in range(args.repeat):
             for target in TARGETS[rep % 3:] + TARGETS[:rep % 3]:
                 if target in ctx.failed:
@@ -661,9 +662,9 @@ def report(ctx: Context, markdown: bool) -> None:
                      "–", "–", "–", "–", "–"])
     rows.append(["daemon minor faults, seq", summary(vals("seq", "alluxiofuse",
                                                           lambda p: p.minflt)),
-                 "–", "–", f"≤ {rb.FAULTS_TARGET:,}",
+                 "–", "–", f"≤ {localenv.FAULTS_TARGET:,}",
                  "n/a" if not (f := vals("seq", "alluxiofuse", lambda p: p.minflt)) else
-                 "yes" if statistics.median(f) <= rb.FAULTS_TARGET else "**no**", "–", "–"])
+                 "yes" if statistics.median(f) <= localenv.FAULTS_TARGET else "**no**", "–", "–"])
     print()
     print_table(rows, markdown)
     print()
@@ -720,7 +721,7 @@ def main() -> int:
     p.add_argument("--sim-threads", type=int, default=4,
                    help="threads of the direct fetch that measures the workers' limit")
     p.add_argument("--alluxiofuse-args", default="",
-                   help="extra daemon arguments (one string); read_bench's mount already "
+                   help="extra daemon arguments (one string); localenv's mount already "
                         "passes -f --log-level warning")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed per pass")
     add_quiet_options(p)
@@ -730,8 +731,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_sigterm)  # run the clean-ups, as on Ctrl-C
     load_before = Path("/proc/loadavg").read_text().split()[:3]
 
-    ds = rb.plan_dataset(args.data_dir.resolve(), args.quick)
-    rb.ensure_dataset(ds)
+    ds = localenv.plan_dataset(args.data_dir.resolve(), args.quick)
+    localenv.ensure_dataset(ds)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="cluster-run-", dir=args.work_dir))
     logs = Path(tempfile.mkdtemp(prefix="cluster-logs-", dir=args.work_dir))

@@ -32,7 +32,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import read_bench as rb  # the mounts
+from bench import localenv  # the mounts
 from bench.harness import BenchError, drop_caches, free_port, log, print_table
 
 TARGETS = ("direct", "alluxiofuse", "alluxiofuse-immutable", "rclone")
@@ -85,7 +85,7 @@ def requests(port: int) -> dict[str, float]:
 
 
 def command(target: str, src: Path, extra: list[str]) -> Callable[[Path], list[str]] | None:
-    """The daemon's command line for ``target``, where read_bench has none of its own."""
+    """The daemon's command line for ``target``, where localenv has none of its own."""
     if target == "rclone":
         return lambda mnt: ["rclone", "mount", str(src), str(mnt), "--config", "/dev/null"]
     if target == "alluxiofuse-immutable":
@@ -98,8 +98,8 @@ def run(target: str, data: Path, pause: float, out: dict[str, list[float]]) -> N
     port = free_port()
     extra = ["--metrics-addr", f"127.0.0.1:{port}"]
     daemon = target.startswith("alluxiofuse")
-    with rb.mounted(target, data, " ".join(extra) if target == "alluxiofuse" else "",
-                    command(target, data, extra)) as m:
+    with localenv.mounted(target, data, " ".join(extra) if target == "alluxiofuse" else "",
+                          command(target, data, extra)) as m:
         drop_caches()
         out.setdefault(f"{target} epoch 1", []).append(epoch(m.root))
         if target != "direct":

@@ -3,7 +3,7 @@
 the official Alluxio 0.x Python client (``alluxio`` 0.1.4), both through the same simulated
 Alluxio 2.x proxy (tests/sim/proxy.py) in the same run.
 
-One simulator process serves read_bench.py's dataset (the same cached directory under
+One simulator process serves localenv.py's dataset (the same cached directory under
 --data-dir: ``full/`` = 1 GiB big.bin + 10,000 files of 4-64 KiB in 100 directories,
 ``quick/`` = 256 MiB + 2,000 files) for the whole run. Every file is read once before
 measuring and never dropped from the kernel's page cache: the simulator then serves from
@@ -13,14 +13,14 @@ Two targets; every pass starts a fresh daemon or a fresh client process:
   alluxiofuse  ``python -m alluxiofuse mount alluxio-proxy://127.0.0.1:PORT/ MNT -f``,
                the daemon's defaults (read type CACHE); a fresh
                mount per pass, so its page cache and the kernel's cache of the mount are
-               cold. The readers are threads of this driver, as in read_bench.
+               cold. The readers are threads of this driver (localenv's read_seq and read_small).
   official     the official 0.x client, ``alluxio`` 0.1.4 (requests), loaded under the
                module name ``apy01`` from --apy01-dir (``alluxio`` 1.0.0, the 3.x client,
                takes the name in this venv), in a subprocess of its own so that its CPU and
                RSS are measurable and it shares no GIL with this driver; read type CACHE too
 Workloads (for each, the two targets run back to back, in an order that rotates from one
 repetition to the next, so that each ratio compares passes close in time):
-  seq       big.bin, sequentially. Mount: 1 MiB ``readinto`` calls (read_bench's read_seq).
+  seq       big.bin, sequentially. Mount: 1 MiB ``readinto`` calls (localenv's read_seq).
             Client: ``open_file`` + ``read(id)``, the reader consumed in 1 MiB ``read(n)``
             calls, what a user of that API does with a large file. Also, not compared:
             ``official.whole``, the reader's ``read()`` of the whole file in memory. MiB/s
@@ -85,7 +85,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import read_bench as rb
+from bench import localenv
 from bench.harness import (
     REPO_ROOT,
     BenchError,
@@ -114,7 +114,7 @@ from bench.harness import (
 )
 
 TARGETS = ("alluxiofuse", "official")
-MOUNT_TARGET = "alluxiofuse-proxy"  # read_bench's mounted() would replace an "alluxiofuse" command
+MOUNT_TARGET = "alluxiofuse-proxy"  # localenv.mounted() would replace an "alluxiofuse" command
 # workload -> (unit, required ratio alluxiofuse / official)
 WORKLOADS = {"seq": ("MiB/s", 1.0), "small_1t": ("files/s", 1.0), "small_4t": ("files/s", 1.0)}
 THREADS = {"small_1t": 1, "small_4t": 4}
@@ -220,7 +220,7 @@ class Pass:
 @dataclass
 class Context:
     args: argparse.Namespace
-    ds: rb.Dataset
+    ds: localenv.Dataset
     sim: Sim
     logs: Path
     small: list[tuple[str, int]]  # the small files in listing order
@@ -273,7 +273,7 @@ class Context:
 def read_files(paths: list[str], threads: int) -> int:
     """Every file read whole (``open().read()``), by ``threads`` threads."""
     if threads == 4:
-        return rb.read_small(paths)  # the same 4-thread reader as read_bench
+        return localenv.read_small(paths)  # the local benchmarks' 4-thread reader
     assert threads == 1
     total = 0
     for p in paths:
@@ -291,14 +291,14 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
     ds, args = ctx.ds, ctx.args
     open_before = ctx.sim.stats()["streams_open"]
     command = partial(mount_command, ctx.sim.port, args.alluxiofuse_args)
-    with rb.mounted(MOUNT_TARGET, ds.root, "", command=command) as m:
+    with localenv.mounted(MOUNT_TARGET, ds.root, "", command=command) as m:
         assert m.proc is not None and m.errlog is not None
         pid = m.proc.pid
         big = m.root / "big.bin"
         paths = [str(m.root / rel) for rel, _ in ctx.small]
         fn: Callable[[], int]
         if work == "seq":
-            fn, want = partial(rb.read_seq, big), ds.big_size
+            fn, want = partial(localenv.read_seq, big), ds.big_size
         else:
             fn, want = partial(read_files, paths, THREADS[work]), ds.small_bytes
         prewarm(args.prewarm_gib)
@@ -318,7 +318,7 @@ def fuse_pass(ctx: Context, work: str, rep: int) -> Pass:
                         digest = hashlib.file_digest(f, "sha256").hexdigest()
                     expect = ds.big_sha256
                 else:
-                    digest, expect = rb.small_digest(paths), ctx.small_sha256
+                    digest, expect = localenv.small_digest(paths), ctx.small_sha256
             if digest != expect:
                 raise BenchError(f"alluxiofuse {work}: sha256 through the mount is {digest}, "
                                  f"not {expect}")
@@ -463,7 +463,8 @@ def client_pass(ctx: Context, work: str, rep: int, whole: bool = False) -> Pass:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-    rb.check_reply(f"{target} {work}", work, reply, ds, ctx.small_sha256, rep == 0, ctx.checked)
+    localenv.check_reply(f"{target} {work}", work, reply, ds, ctx.small_sha256, rep == 0,
+                         ctx.checked)
     ctx.streams_left(open_before, f"{target} {work} (repetition {rep + 1})")
     wall, cpu, reqs = ctx.cost(a, b)
     secs = reply["secs"]
@@ -518,7 +519,7 @@ def warm_sim(ctx: Context) -> None:
         client.close(file_id)
 
 
-def run(args: argparse.Namespace, ds: rb.Dataset, logs: Path) -> Context:
+def run(args: argparse.Namespace, ds: localenv.Dataset, logs: Path) -> Context:
     t0 = time.monotonic()
     warmed = warm_source(ds.root)
     log(f"read the dataset once ({warmed / MiB:,.0f} MiB in {time.monotonic() - t0:.0f}s): "
@@ -527,7 +528,7 @@ def run(args: argparse.Namespace, ds: rb.Dataset, logs: Path) -> Context:
         log(f"simulated proxy on port {sim.port} (pid {sim.proc.pid})")
         small = sorted(ds.small)  # listing order: directory by directory, names sorted
         ctx = Context(args, ds, sim, logs, small)
-        ctx.small_sha256 = rb.small_digest([str(ds.root / rel) for rel, _ in small])
+        ctx.small_sha256 = localenv.small_digest([str(ds.root / rel) for rel, _ in small])
         for rep in range(args.repeat):
             # Each workload's two passes back to back, their order rotating: a ratio then
             # compares passes close in time on this noisy machine.
@@ -594,8 +595,9 @@ def report(ctx: Context, markdown: bool) -> None:
                      summary(vals(work, "official.whole", lambda p: p.rss_mib))])
     if faults := vals("seq", "alluxiofuse", lambda p: p.minflt):
         rows.append(["daemon minor faults, seq", summary(faults), "–", "–",
-                     f"≤ {rb.FAULTS_TARGET:,}",
-                     "yes" if statistics.median(faults) <= rb.FAULTS_TARGET else "**no**", "–"])
+                     f"≤ {localenv.FAULTS_TARGET:,}",
+                     "yes" if statistics.median(faults) <= localenv.FAULTS_TARGET
+                     else "**no**", "–"])
     print()
     print_table(rows, markdown)
     print()
@@ -683,8 +685,8 @@ def main() -> int:
     if version != APY01_VERSION:
         log(f"warning: {args.apy01_dir} holds alluxio {version}, not {APY01_VERSION}")
 
-    ds = rb.plan_dataset(args.data_dir.resolve(), args.quick)
-    rb.ensure_dataset(ds)
+    ds = localenv.plan_dataset(args.data_dir.resolve(), args.quick)
+    localenv.ensure_dataset(ds)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="proxy-logs-", dir=args.work_dir))
     ctx: Context | None = None

@@ -51,30 +51,20 @@ Run as root (drop_caches, /dev/fuse; needs fusermount3, and libfuse2 for fusepy)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import json
 import os
-import random
-import shlex
-import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 from bench.harness import (
-    REPO_ROOT,
     BenchError,
     MiB,
     Mount,
     chosen,
-    daemon_mount,
     drop_caches,
     environment,
     fmt,
@@ -83,158 +73,31 @@ from bench.harness import (
     ratio,
     watchdog,
 )
+from bench.localenv import (
+    ALIASES,
+    DAEMONS,
+    FAULTS_TARGET,
+    FLOORS,
+    TARGETS,
+    Dataset,
+    ensure_dataset,
+    mounted,
+    plan_dataset,
+    read_seq,
+    read_small,
+)
 
-T = TypeVar("T")
-BLOCK = 64 * MiB
 PAGE_CACHE_MIB = 256  # the tuned row's page cache; the main rows run the defaults
 TUNED_ARGS = f"--page-cache-size {PAGE_CACHE_MIB}MiB"
-FAULTS_TARGET = 30_000  # daemon minor faults in a cold 1 GiB sequential read (issue 16)
-SEED = 20240611
-N_DIRS = 100
-TARGETS = ("direct", "alluxiofuse", "alluxiofuse.fsspec", "alluxiofuse.tuned", "fsspec.fuse",
-           "floor", "floor.read")
-DAEMONS = ("alluxiofuse", "alluxiofuse.fsspec", "alluxiofuse.tuned")
-ALIASES = {"direct": "direct", "alluxiofuse": "alluxiofuse", "alluxio": "alluxiofuse",
-           "alluxiofuse.fsspec": "alluxiofuse.fsspec", "alluxiofuse.tuned": "alluxiofuse.tuned",
-           "tuned": "alluxiofuse.tuned", "fsspec": "fsspec.fuse", "fsspec.fuse": "fsspec.fuse",
-           "floor": "floor", "floor.read": "floor.read"}
-FLOORS = ("floor", "floor.read")  # small_4t and walk only
 SEQ_ONLY = ("alluxiofuse.fsspec", "alluxiofuse.tuned")  # seq_cold and seq_warm only
 # workload -> (unit, baseline, required ratio alluxiofuse / baseline)
 WORKLOADS = {"seq_cold": ("MiB/s", "direct", 0.9), "seq_warm": ("MiB/s", "fsspec.fuse", 2.0),
              "small_4t": ("files/s", "fsspec.fuse", 1.0),
              "walk": ("entries/s", "fsspec.fuse", 2.0)}
-FSSPEC_CODE = ("import sys, fsspec, fsspec.fuse; fsspec.fuse.run(fsspec.filesystem('file'), "
-               "sys.argv[1] + '/', sys.argv[2], foreground=True)")
-
-
-@dataclass
-class Dataset:
-    root: Path
-    big_size: int
-    small: list[tuple[str, int]]  # (relative path, size)
-    small_bytes: int = 0
-    n_entries: int = 0  # names os.walk yields: small/, dNN/, files, big.bin, manifest.json
-    big_sha256: str = ""
-
-
-def plan_dataset(data_dir: Path, quick: bool) -> Dataset:
-    rng = random.Random(SEED)
-    n = 2000 if quick else 10000
-    small = [(f"small/d{i % N_DIRS:02d}/f{i:04d}.bin", rng.randint(4096, 65536)) for i in range(n)]
-    return Dataset(data_dir / ("quick" if quick else "full"), (256 if quick else 1024) * MiB,
-                   small, sum(s for _, s in small), 1 + N_DIRS + n + 2)
-
-
-def ensure_dataset(ds: Dataset) -> None:
-    """Reuse the cached dataset if it is complete, else (re)generate it."""
-    manifest = ds.root / "manifest.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        meta = json.loads(manifest.read_text())
-        if ((meta["seed"], meta["big_size"], meta["n_small"]) == (SEED, ds.big_size, len(ds.small))
-                and (ds.root / "big.bin").stat().st_size == ds.big_size
-                and all((ds.root / p).stat().st_size == s for p, s in ds.small)):
-            ds.big_sha256 = meta["big_sha256"]
-            return
-    log(f"generating dataset in {ds.root} ...")
-    manifest.unlink(missing_ok=True)
-    shutil.rmtree(ds.root / "small", ignore_errors=True)
-    ds.root.mkdir(parents=True, exist_ok=True)
-    block, sha = bytearray(os.urandom(BLOCK)), hashlib.sha256()
-    with open(ds.root / "big.bin.tmp", "wb") as f:
-        for b in range(ds.big_size // BLOCK):  # stamp a global counter into every 4 KiB page
-            for off in range(0, BLOCK, 4096):
-                block[off:off + 8] = (b * BLOCK + off).to_bytes(8, "little")
-            f.write(block)
-            sha.update(block)
-    os.replace(ds.root / "big.bin.tmp", ds.root / "big.bin")
-    pool, rng = os.urandom(4 * MiB), random.Random(SEED + 1)
-    for d in range(N_DIRS):
-        (ds.root / f"small/d{d:02d}").mkdir(parents=True, exist_ok=True)
-    for rel, size in ds.small:
-        off = rng.randrange(len(pool) - size)
-        (ds.root / rel).write_bytes(pool[off:off + size])
-    ds.big_sha256 = sha.hexdigest()
-    manifest.write_text(json.dumps({"seed": SEED, "big_size": ds.big_size,
-                                    "n_small": len(ds.small), "big_sha256": ds.big_sha256}))
-    os.sync()
-
-
-def small_digest(paths: list[str]) -> str:
-    """The sha256 of the files' bytes, one after the other."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb", buffering=0) as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
-def check_reply(who: str, work: str, reply: dict[str, Any], ds: Dataset,
-                small_sha256: str, verify: bool, checked: list[str]) -> None:
-    """A client pass's reply: the bytes it read (``reply["bytes"]``) and, when
-    ``verify``, their sha256 (``reply["digest"]``) against the source's."""
-    seq = work == "seq"
-    want = ds.big_size if seq else ds.small_bytes
-    if reply["bytes"] != want:
-        raise BenchError(f"{who}: read {reply['bytes']} bytes, expected {want}")
-    if verify:
-        expect = ds.big_sha256 if seq else small_sha256
-        if reply["digest"] != expect:
-            raise BenchError(f"{who}: sha256 {reply['digest']}, not {expect}")
-        checked.append(who)
-
-
-# ------------------------------------------------------------------------ mounts
-
-
-
-def daemon_command(target: str, src: Path, extra: str, mnt: Path) -> list[str]:
-    """The command line of ``target``'s daemon mounting ``src`` on ``mnt``."""
-    if target in DAEMONS:  # the defaults, but for --alluxiofuse-args (and the tuned row's)
-        source = f"local://{src}" if target == "alluxiofuse.fsspec" else str(src)
-        return [sys.executable, "-m", "alluxiofuse", "mount", source, str(mnt), "-f",
-                "--log-level", "warning", *shlex.split(extra)]
-    if target in FLOORS:
-        return [sys.executable, str(REPO_ROOT / "bench" / "floor_fs.py"), str(src), str(mnt),
-                *(["--read"] if target == "floor.read" else [])]
-    return [sys.executable, "-c", FSSPEC_CODE, str(src), str(mnt)]
-
-
-@contextlib.contextmanager
-def mounted(
-    target: str, src: Path, extra: str, command: Callable[[Path], list[str]] | None = None,
-) -> Iterator[Mount]:
-    """Yield a fresh mount of `src` (or `src` itself for direct); always clean up.
-    `command(mountpoint)`, if given, is the daemon's command line instead of target's
-    (but for the alluxiofuse targets, which always run alluxiofuse)."""
-    if target == "direct":
-        yield Mount(target, src)
-        return
-    if command is None or target in DAEMONS:
-        command = partial(daemon_command, target, src, extra)
-    with daemon_mount(target, command) as m:
-        yield m
 
 
 # ------------------------------------------------------------------------ workloads
 
-
-
-def read_seq(path: Path) -> int:
-    buf, total = bytearray(MiB), 0
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            total += n
-    return total
-
-
-def read_small(paths: list[str]) -> int:
-    def one(p: str) -> int:
-        with open(p, "rb", buffering=0) as f:
-            return len(f.read())
-
-    with ThreadPoolExecutor(max_workers=4) as ex:
-        return sum(ex.map(one, paths))
 
 
 def walk_stat(root: Path) -> int:
@@ -287,7 +150,7 @@ def run_target(target: str, ds: Dataset, args: argparse.Namespace, rep: int, res
     extra = args.alluxiofuse_args
     if target == "alluxiofuse.tuned":
         extra = f"{args.tuned_args} {extra}"
-    if target not in FLOORS:
+    if target not in FLOORS:  # the floors run small_4t and walk only
         read_big(target, ds, args, rep, res, measure, extra)
     if target in SEQ_ONLY:
         return

@@ -6,7 +6,7 @@ Targets, each a fresh mount with its own defaults over one local directory:
   floor        bench/floor_fs.py: a do-nothing pyfuse3 + trio daemon serving the tree from
                memory (what the kernel, libfuse, pyfuse3 and trio cost; nothing is faster)
   alluxiofuse  ``python -m alluxiofuse mount SRC MNT -f`` (defaults)
-  fsspec.fuse  fsspec.fuse.run(file filesystem), as in read_bench.py
+  fsspec.fuse  fsspec.fuse.run(file filesystem), as in localenv.py
   rclone       ``rclone mount SRC MNT`` (its local backend; Debian package ``rclone``)
 Data (made once under --data-dir, kept between runs):
   wide/     100,000 empty files in one directory (COCO's train2017 holds 118,287)
@@ -42,7 +42,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import read_bench as rb  # the mounts
+from bench import localenv  # the mounts
 from bench.harness import BenchError, drop_caches, free_port, log, print_table
 
 TARGETS = ("direct", "floor", "alluxiofuse", "fsspec.fuse", "rclone")
@@ -98,7 +98,7 @@ def timed(argv: str) -> float:
 
 
 def command(target: str, src: Path) -> Callable[[Path], list[str]] | None:
-    """The daemon's command line for ``target``, where read_bench has none of its own."""
+    """The daemon's command line for ``target``, where localenv has none of its own."""
     if target == "rclone":
         return lambda mnt: ["rclone", "mount", str(src), str(mnt), "--config", "/dev/null"]
     return None
@@ -112,7 +112,7 @@ def run(target: str, src: Path, dirs: dict[str, Path], args: argparse.Namespace,
     for work in args.workloads:
         if work == "mem" and target != "alluxiofuse":
             continue
-        with rb.mounted(target, src, extra, command(target, src)) as m:
+        with localenv.mounted(target, src, extra, command(target, src)) as m:
             drop_caches()
             sub = m.root / dirs[work].name
             pid = m.proc.pid if m.proc is not None else None

@@ -4,11 +4,11 @@ and vs the floor of any pyfuse3 + trio daemon.
 
 Targets; every run writes into a fresh, empty source directory under a scratch directory
 on /var/tmp (a real disk here; /tmp may be tmpfs), and every FUSE run on a fresh mount
-of it (read_bench.py's ``mounted()``):
+of it (localenv.py's ``mounted()``):
   direct       writes straight into the source directory
   alluxiofuse  ``python -m alluxiofuse mount SRC MNT -f``, the daemon's defaults, plus
                --extra (e.g. ``--extra "--write-type ASYNC_THROUGH"``) and --cache-dir
-  fsspec.fuse  fsspec.fuse.run(file filesystem), as read_bench runs it: fusepy on
+  fsspec.fuse  fsspec.fuse.run(file filesystem), as localenv.py runs it: fusepy on
                libfuse2, single-threaded, no ``big_writes`` (the kernel sends it 4 KiB
                writes). It creates and writes files, but its fsync is a no-op, its
                utimens is a no-op (extracted files keep the time of extraction), and
@@ -28,7 +28,7 @@ rotates from one repetition to the next; kernel caches dropped before each timed
              open to close returning (MiB/s). Checked untimed after unmounting:
              sha256 of the file in the source directory, read directly
   tar_x      ``tar --no-same-owner -xf ARCHIVE -C DIR`` of 10,000 files of 4-64 KiB
-             in 100 directories (read_bench's small-file names and sizes, content from
+             in 100 directories (localenv's small-file names and sizes, content from
              a seeded random; the archive is built once, cached under --data-dir and
              read into the page cache before the timed run); timed until tar exits
              (files/s). Checked untimed after unmounting: every file in the source
@@ -79,7 +79,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import read_bench as rb
+from bench import localenv
 from bench.harness import (
     REPO_ROOT,
     UMOUNT,
@@ -98,12 +98,12 @@ from bench.harness import (
     watchdog,
 )
 
-SEED = rb.SEED + 7
+SEED = localenv.SEED + 7
 MTIME = 1_700_000_000  # every member's mtime in the archive
 SAMPLE_EVERY = 50  # tar_x: sha256 of every 50th file
 STRIDE = 1031  # seq_write: block b is the MiB window at b * 1031 % MiB of a 2 MiB buffer
 TARGETS = ("direct", "alluxiofuse", "fsspec.fuse", "floor", "floor.wb")
-ALIASES = {**{k: v for k, v in rb.ALIASES.items() if v in TARGETS}, "floor.wb": "floor.wb"}
+ALIASES = {**{k: v for k, v in localenv.ALIASES.items() if v in TARGETS}, "floor.wb": "floor.wb"}
 FLOORS = {"floor": [], "floor.wb": ["--writeback"]}  # target -> floor_write.py's options
 FLOOR_WRITE = REPO_ROOT / "bench" / "floor_write.py"
 COUNTS = "floor_write requests: "  # the line floor_write.py prints at exit
@@ -132,8 +132,8 @@ def big_blocks(block: bytes, size: int) -> Iterator[memoryview]:
 
 
 def make_plan(data_dir: Path, quick: bool) -> Plan:
-    """What to write: read_bench's small-file names and sizes, grouped by directory."""
-    ds = rb.plan_dataset(data_dir, quick)
+    """What to write: the local data set's small-file names and sizes, grouped by directory."""
+    ds = localenv.plan_dataset(data_dir, quick)
     rng = random.Random(SEED)
     pool = rng.randbytes(4 * MiB)
     files = [(rel.removeprefix("small/"), size, rng.randrange(len(pool) - size))
@@ -195,12 +195,12 @@ class Results:
 
 @contextlib.contextmanager
 def mounted(target: str, src: Path, extra: str) -> Iterator[Mount]:
-    """read_bench's mounted(); a floor runs bench/floor_write.py."""
+    """localenv's mounted(); a floor runs bench/floor_write.py."""
     command = None
     if target in FLOORS:
         def command(mnt: Path) -> list[str]:
             return [sys.executable, str(FLOOR_WRITE), str(src), str(mnt), *FLOORS[target]]
-    with rb.mounted(target, src, extra, command) as m:
+    with localenv.mounted(target, src, extra, command) as m:
         yield m
 
 
@@ -254,7 +254,7 @@ def metered(m: Mount, work: str, res: Results) -> Iterator[None]:
 
 @contextlib.contextmanager
 def guarded(m: Mount, seconds: float, what: str) -> Iterator[None]:
-    """read_bench's watchdog (kills a daemon that overruns), and a BenchError for an
+    """The harness's watchdog (kills a daemon that overruns), and a BenchError for an
     OSError of the direct target too, which has no daemon to watch."""
     try:
         with watchdog(m, seconds, what):
@@ -529,7 +529,7 @@ def main() -> int:
     res = Results()
     try:
         for rep in range(args.repeat):
-            # A rotating order, as read_bench: no target always follows another's I/O.
+            # A rotating order: no target always follows another's I/O.
             for target in targets[rep % len(targets):] + targets[:rep % len(targets)]:
                 for work in works:
                     if (target, work) in res.failed:
