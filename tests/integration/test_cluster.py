@@ -26,6 +26,9 @@ pytestmark = pytest.mark.integration
 MiB = 1 << 20
 
 
+# Tests take ``etcd`` before ``mount``: fixtures are torn down in the reverse order, so the
+# mount ends before its etcd does (a membership refresh in between would find no etcd and
+# log a warning the test did not declare).
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "etcd").mkdir()
@@ -51,7 +54,7 @@ def _pages(size: int) -> int:
 
 
 def test_every_file_reads_right_through_three_workers(
-    mount: MountFactory, etcd: str, tmp_path: Path,
+    etcd: str, mount: MountFactory, tmp_path: Path,
 ) -> None:
     content = make_tree(tmp_path / "ufs", files=120)
     with sim_cluster(etcd, tmp_path / "ufs", tmp_path / "store", 3) as cluster:
@@ -68,7 +71,7 @@ def test_every_file_reads_right_through_three_workers(
 
 @pytest.mark.expect_log(r"^worker \S+ set aside for 30s, .*: cannot connect", count=1)
 def test_a_worker_killed_mid_read_costs_no_error(
-    mount: MountFactory, etcd: str, tmp_path: Path,
+    etcd: str, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -95,7 +98,7 @@ def test_a_worker_killed_mid_read_costs_no_error(
 
 @pytest.mark.expect_log(r"^worker \S+ set aside for 30s, .*: no answer within 1\.0s$", count=1)
 def test_a_stalled_worker_bounds_latency_then_falls_back(
-    mount: MountFactory, etcd: str, tmp_path: Path,
+    etcd: str, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -120,7 +123,7 @@ def test_a_stalled_worker_bounds_latency_then_falls_back(
 
 
 def test_membership_changes_while_mounted_are_picked_up(
-    mount: MountFactory, etcd: str, tmp_path: Path,
+    etcd: str, mount: MountFactory, tmp_path: Path,
 ) -> None:
     content = make_tree(tmp_path / "ufs", files=60, seed=7)
     with sim_cluster(etcd, tmp_path / "ufs", tmp_path / "store", 2) as cluster:
@@ -153,7 +156,7 @@ def _wait_for(condition: object, timeout: float = 10.0) -> None:
 
 
 def test_locate_prints_the_owner_of_a_path_inside_the_mount(
-    mount: MountFactory, etcd: str, tmp_path: Path,
+    etcd: str, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -242,7 +245,7 @@ def test_load_reports_a_worker_that_fails_it(etcd: str, tmp_path: Path) -> None:
 
 
 def test_worker_rest_metrics_count_the_calls_made(
-    mount: MountFactory, etcd: str, tmp_path: Path,
+    etcd: str, mount: MountFactory, tmp_path: Path,
 ) -> None:
     """Known reads through a worker move the REST histogram and result counters, under
     Alluxio's own names, by the pages read; an uncached file is counted as a fallback."""
