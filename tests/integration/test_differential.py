@@ -228,7 +228,7 @@ def test_s3_mount_behaves_like_a_local_directory(mount: MountFactory, tmp_path: 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("write_type", ["THROUGH", "MUST_CACHE"])
 def test_alluxio_proxy_mount_behaves_like_a_local_directory(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path, write_type: str,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path, write_type: str,
 ) -> None:
     """Over an Alluxio 2.x proxy: persisted as it goes (THROUGH), or kept in Alluxio
     storage alone (MUST_CACHE: the under-storage never sees a file)."""

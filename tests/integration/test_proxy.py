@@ -71,7 +71,7 @@ def drop_kernel_cache(path: Path) -> None:
 
 
 def test_a_sequential_read_is_one_stream_and_every_stream_is_closed(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -94,7 +94,7 @@ def test_a_sequential_read_is_one_stream_and_every_stream_is_closed(
 
 
 def test_random_reads_reopen_and_advance_and_leave_no_stream_open(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -117,7 +117,7 @@ def test_random_reads_reopen_and_advance_and_leave_no_stream_open(
 
 
 def test_a_stream_the_proxy_expired_is_reopened(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -135,7 +135,7 @@ def test_a_stream_the_proxy_expired_is_reopened(
 
 
 def test_names_round_trip_and_names_alluxio_cannot_hold_are_einval(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     (ufs / "files").mkdir(parents=True)
@@ -163,7 +163,7 @@ def test_names_round_trip_and_names_alluxio_cannot_hold_are_einval(
 @pytest.mark.parametrize("write_type", ["THROUGH", "CACHE_THROUGH", "MUST_CACHE",
                                         "ASYNC_THROUGH"])
 def test_write_types_land_where_they_say(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path, write_type: str,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path, write_type: str,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -198,7 +198,7 @@ def test_write_types_land_where_they_say(
 @pytest.mark.expect_log(r"^read: ConnectionDropped: \S+/streams/\d+/read: closed without a reply")
 @pytest.mark.expect_log(r"^getattr: BackendTimeout: \S+/get-status: no answer within 3s$", count=1)
 def test_a_proxy_error_is_the_errno_it_stands_for_and_the_mount_lives_on(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -227,7 +227,7 @@ def test_a_proxy_error_is_the_errno_it_stands_for_and_the_mount_lives_on(
 @pytest.mark.expect_log(r"^fsync: BackendUnavailable: \S+/create-file: cannot connect", count=1)
 @pytest.mark.expect_log(r"^flush: BackendUnavailable: \S+/create-file: cannot connect", count=1)
 def test_a_proxy_that_goes_away_costs_eio_and_the_bytes_written_are_kept(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()
@@ -245,7 +245,7 @@ def test_a_proxy_that_goes_away_costs_eio_and_the_bytes_written_are_kept(
 
 
 def test_free_and_setattr_act_on_the_namespace(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     (ufs / "d").mkdir(parents=True)
@@ -285,7 +285,7 @@ def test_free_and_setattr_act_on_the_namespace(
 
 
 def test_sigterm_drains_async_through_uploads_to_the_proxy(
-    mount: MountFactory, proxy_sim: ProxySimFactory, tmp_path: Path,
+    proxy_sim: ProxySimFactory, mount: MountFactory, tmp_path: Path,
 ) -> None:
     ufs = tmp_path / "ufs"
     ufs.mkdir()

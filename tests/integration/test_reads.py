@@ -31,7 +31,7 @@ def served(request: pytest.FixtureRequest, proxy_sim: ProxySimFactory) -> Callab
 
 
 def test_concurrent_random_reads_with_eviction(
-    mount: MountFactory, tmp_path: Path, served: Callable[[Path], str],
+    served: Callable[[Path], str], mount: MountFactory, tmp_path: Path,
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -95,7 +95,7 @@ def test_concurrent_random_reads_with_eviction(
 
 
 def test_sequential_read_of_50mib_file(
-    mount: MountFactory, tmp_path: Path, served: Callable[[Path], str],
+    served: Callable[[Path], str], mount: MountFactory, tmp_path: Path,
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -57,7 +57,7 @@ def tree(root: Path) -> dict[str, bytes | None]:
 
 
 def test_mv_of_a_directory_made_through_the_mount_moves_it_whole(
-    mount: MountFactory, s3: S3Server,
+    s3: S3Server, mount: MountFactory,
 ) -> None:
     m = mount_s3(mount, s3)
     run(["sh", "-c", "mkdir -p d/sub && echo hi > d/sub/f && mv d d2"], cwd=m.path)
@@ -65,7 +65,7 @@ def test_mv_of_a_directory_made_through_the_mount_moves_it_whole(
     assert keys(s3) == [f"{ROOT}/", f"{ROOT}/d2/", f"{ROOT}/d2/sub/", f"{ROOT}/d2/sub/f"]
 
 
-def test_mv_of_directories_of_every_shape(mount: MountFactory, s3: S3Server) -> None:
+def test_mv_of_directories_of_every_shape(s3: S3Server, mount: MountFactory) -> None:
     """Marker directories, prefix-only ones (made directly in the bucket), empty ones and
     files, nested; each renamed through the mount, then everything renamed at once."""
     for name in ("files/a", "files/b", "empty/", "marked/", "marked/a", "prefix/p/x",
@@ -89,7 +89,7 @@ def test_mv_of_directories_of_every_shape(mount: MountFactory, s3: S3Server) -> 
 
 @pytest.mark.expect_log(r"^rename: BackendError: .*\(ObjectNotInActiveTierError\)", count=2)
 def test_a_failed_directory_rename_leaves_the_source_whole(
-    mount: MountFactory, s3: S3Server,
+    s3: S3Server, mount: MountFactory,
 ) -> None:
     """An archived (GLACIER) object cannot be copied: the rename fails part-way, after
     the other keys were copied, and what was copied is removed again."""
@@ -151,7 +151,7 @@ TOOLS = {
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("tool", TOOLS)
 def test_cp_rsync_and_tar_keep_modes_owners_and_times(
-    mount: MountFactory, s3: S3Server, tmp_path: Path, tool: str,
+    s3: S3Server, mount: MountFactory, tmp_path: Path, tool: str,
 ) -> None:
     need(shutil.which(TOOLS[tool]("", "")[0]), f"{tool} is not installed")
     src = tmp_path / "src"
@@ -199,7 +199,7 @@ def s3fs_fuse(s3: S3Server, tmp_path: Path) -> Iterator[Path]:
 
 
 def test_s3fs_fuse_and_alluxiofuse_read_each_others_attributes(
-    mount: MountFactory, s3: S3Server, s3fs_fuse: Path,
+    s3: S3Server, mount: MountFactory, s3fs_fuse: Path,
 ) -> None:
     m = mount_s3(mount, s3, "--attr-timeout", "0", "--entry-timeout", "0",
                  "--dir-timeout", "0")
