@@ -63,6 +63,11 @@ class MountConfig:
     page_size: int = 1 * MiB
     memory_budget: int = 0  # 0 = derived from the memory limits: limits.default_memory_budget
     page_cache_size: int = 0  # 0 = the memory budget (the cache holds read-ahead too)
+    # The disk page store (fs/diskpages.py): "" = off. disk_cache (the Alluxio property
+    # alluxio.user.client.cache.enabled) turns it on in <cache_dir>/pages, or off.
+    disk_cache_dir: str = ""
+    disk_cache_size: int = 0  # 0 = half its disk's free space, counting the store
+    disk_cache: bool | None = None
     # None = by source: fs/readahead.default_readahead (16 MiB; 8 requests' worth where
     # read-ahead is ranged requests, as on object stores).
     max_readahead: int | None = None
@@ -347,7 +352,14 @@ def _with_derived_defaults(c: MountConfig) -> MountConfig:
     cache = max(cache, 4 * c.page_size)
     prefetch = c.prefetch_budget or min(256 * MiB, cache // 4)
     metadata = c.metadata_cache_size or max(16 * MiB, max(budget, cache) // 4)
+    cache_dir = os.path.abspath(c.cache_dir or default_cache_dir())
+    disk_cache_dir = c.disk_cache_dir
+    if c.disk_cache is False:
+        disk_cache_dir = ""
+    elif c.disk_cache and not disk_cache_dir:
+        disk_cache_dir = os.path.join(cache_dir, "pages")
+    disk_cache_dir = disk_cache_dir and os.path.abspath(disk_cache_dir)
     return dataclasses.replace(c, memory_budget=max(budget, cache), page_cache_size=cache,
                                metadata_cache_size=metadata,
                                prefetch_budget=max(prefetch, c.page_size),
-                               cache_dir=os.path.abspath(c.cache_dir or default_cache_dir()))
+                               cache_dir=cache_dir, disk_cache_dir=disk_cache_dir)

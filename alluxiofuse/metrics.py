@@ -11,10 +11,15 @@ describe. Rare events (errors) use prometheus_client's counters as they are.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 # FUSE ops answer from memory in microseconds or wait on an under-storage for seconds.
@@ -94,6 +99,43 @@ class _FunctionCounter(Collector):
         yield CounterMetricFamily(self._name, self._documentation, value=self.function())
 
 
+# The disk page store's counters: name (after alluxiofuse_disk_cache_) -> what it counts.
+_DISK_COUNTERS = {
+    "hits": "Pages read from the disk page store",
+    "misses": "Pages looked for in the disk page store and not found there",
+    "hit_bytes": "Bytes read from the disk page store",
+    "written_bytes": "Bytes written to the disk page store",
+    "skipped_bytes": "Bytes of fetched pages not written to the disk page store: too "
+                     "many were waiting to be",
+    "evicted_pages": "Pages this daemon evicted from the disk page store",
+    "evicted_bytes": "Bytes this daemon evicted from the disk page store",
+    "corrupt_pages": "Pages of the disk page store that failed a check on read (removed, "
+                     "fetched again)",
+    "errors": "I/O errors of the disk page store (the read went to the source)",
+}
+
+
+class _DiskCollector(Collector):
+    """The disk page store's counters and gauges, read at scrape time (none until watched)."""
+
+    def __init__(self) -> None:
+        self.counters: Callable[[], Mapping[str, float]] | None = None
+        self.used: Callable[[], float] = lambda: 0
+        self.capacity = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        if self.counters is None:
+            return
+        values = self.counters()
+        for name, documentation in _DISK_COUNTERS.items():
+            yield CounterMetricFamily(f"alluxiofuse_disk_cache_{name}", documentation,
+                                      value=values[name])
+        yield GaugeMetricFamily("alluxiofuse_disk_cache_bytes", "Bytes the disk page store "
+                                "holds, for all the daemons sharing it", value=self.used())
+        yield GaugeMetricFamily("alluxiofuse_disk_cache_capacity_bytes",
+                                "The disk page store's bound", value=self.capacity)
+
+
 class Metrics:
     """Every instrument the daemon updates; one instance per daemon, never global."""
 
@@ -168,6 +210,8 @@ class Metrics:
             "retried)",
         )
         registry.register(self._upload_failures)
+        self._disk = _DiskCollector()
+        registry.register(self._disk)
         # process_resident_memory_bytes and friends, from /proc/self at scrape time.
         ProcessCollector(registry=registry)
         self._inodes = Gauge("alluxiofuse_inodes", "Inodes the kernel holds", registry=registry)
@@ -255,3 +299,9 @@ class Metrics:
 
     def watch_handles(self, count: Callable[[], float]) -> None:
         self._open_handles.set_function(count)
+
+    def watch_disk_cache(self, counters: Callable[[], Mapping[str, float]],
+                         used: Callable[[], float], capacity: float) -> None:
+        self._disk.counters = counters
+        self._disk.used = used
+        self._disk.capacity = capacity

@@ -149,6 +149,15 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def _parse_disk_cache_dir(value: Any) -> str:
+    """A directory; Alluxio's ``alluxio.user.client.cache.dirs`` may list several, and one
+    store is kept in one."""
+    dirs = [d.strip() for d in str(value).split(",") if d.strip()]
+    if len(dirs) > 1:
+        raise ValueError(f"one directory, not {len(dirs)}: {value!r}")
+    return dirs[0] if dirs else ""
+
+
 def _parse_level(value: Any) -> str:
     level = str(value).lower()
     if level not in LOG_LEVELS:
@@ -236,6 +245,24 @@ OPTIONS: tuple[Option, ...] = (
            "page cache bound, read-ahead included (default: the memory budget)",
            "the memory budget",
            "page cache bound, including pages being fetched; at most the budget"),
+    Option("disk_cache_dir", "value", _parse_disk_cache_dir, "DIR",
+           "keep the pages read on local disk here too, for later epochs and restarts "
+           "(default: none, off)", "none: off",
+           "keep the pages read in a page store on local disk, behind the memory page cache: "
+           "a later read of the same version of a file (a later epoch, a remount, another "
+           "daemon of the node sharing DIR) is served from it instead of the source "
+           "([Disk page store](#disk-page-store))",
+           properties=("alluxio.user.client.cache.dirs",)),
+    Option("disk_cache_size", "value", parse_size, "SIZE",
+           "bytes the disk page store may hold (default: half of what its disk has free, "
+           "counting the store)", "half the disk's free space, counting the store",
+           "bytes the disk page store may hold, for all the daemons sharing it (give them "
+           "the same); whatever this says, the store never leaves its disk under 5% free",
+           properties=("alluxio.user.client.cache.size",)),
+    Option("disk_cache", "file", _parse_bool, "BOOL", "", "on with `--disk-cache-dir`",
+           "`false` turns the disk page store off; `true` with no `--disk-cache-dir` keeps it "
+           "in `pages` under `--cache-dir`",
+           properties=("alluxio.user.client.cache.enabled",)),
     Option("max_readahead", "value", parse_size, "SIZE",
            "largest read-ahead window of one open file (default: 16MiB; 64MiB from object "
            "stores and other fsspec sources)",

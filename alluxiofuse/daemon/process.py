@@ -32,8 +32,10 @@ from alluxiofuse.daemon.logs import REDACTED, mask_secrets, redact, secrets_of, 
 from alluxiofuse.daemon.memory import MemoryGovernor
 from alluxiofuse.daemon.sdnotify import Notifier
 from alluxiofuse.errors import AlluxioFuseError, ConfigError, NotFound
+from alluxiofuse.fs.diskpages import DiskPages
+from alluxiofuse.fs.diskreads import DiskReads
 from alluxiofuse.fs.filesystem import Filesystem, KernelCaches
-from alluxiofuse.limits import ALLOWANCE, memory_limits
+from alluxiofuse.limits import ALLOWANCE, MiB, memory_limits
 from alluxiofuse.metrics import Metrics, new_registry
 from alluxiofuse.model import FileStatus, Kind
 from alluxiofuse.mountinfo import mounts
@@ -148,6 +150,31 @@ def _single(exc: Exception) -> Exception:
     return exc
 
 
+async def _open_disk_pages(config: MountConfig, metrics: Metrics) -> DiskPages | None:
+    """The disk page store ``--disk-cache-dir`` names, opened (which tidies what a crash
+    left and evicts down to ``--disk-cache-size``), or None when there is none."""
+    if not config.disk_cache_dir:
+        return None
+    try:
+        store = await trio.to_thread.run_sync(functools.partial(
+            DiskPages, config.disk_cache_dir, config.disk_cache_size,
+            page_size=config.page_size))
+    except OSError as e:
+        raise ConfigError(f"cannot use --disk-cache-dir {config.disk_cache_dir}: "
+                          f"{e.strerror or e}") from None
+    log.info("disk page store %s: %d of %d MiB used", config.disk_cache_dir,
+             store.used() // MiB, store.capacity // MiB)
+    return store
+
+
+def _disk_counters(disk: DiskReads) -> dict[str, float]:
+    c = disk.store.counters
+    return {"hits": c.hits, "misses": c.misses, "hit_bytes": c.hit_bytes,
+            "written_bytes": c.written_bytes, "skipped_bytes": disk.skipped_bytes,
+            "evicted_pages": c.evicted_pages, "evicted_bytes": c.evicted_bytes,
+            "corrupt_pages": c.corrupt, "errors": c.errors}
+
+
 async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
                 notifier: Notifier | None = None,
                 warn: Callable[[str], None] = lambda message: None) -> None:
@@ -211,12 +238,19 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             metrics.watch_uploads(lambda: len(owed_uploads(spool.root)),
                                   lambda: sum(r.size for r, _ in owed_uploads(spool.root)),
                                   lambda: uploader.failures)
+        store = await _open_disk_pages(config, metrics)
         session = KernelSession()
         async with trio.open_nursery() as nursery:
             if cluster is not None:
                 nursery.start_soon(cluster.membership.run, config.membership_refresh)
+            disk = None
+            if store is not None:
+                disk = DiskReads(store, config.source, spawn=nursery.start_soon,
+                                 deadline=config.io_timeout)
+                metrics.watch_disk_cache(functools.partial(_disk_counters, disk), store.used,
+                                         store.capacity)
             fs = Filesystem(config, backend, root, metrics, spawn=nursery.start_soon,
-                            invalidate_attrs=invalidate_kernel_attrs, writes=writes)
+                            invalidate_attrs=invalidate_kernel_attrs, writes=writes, disk=disk)
             pages = fs.pages
             metrics.watch_memory(config.memory_budget, lambda: pages.used + pages.reserved)
             if writes is not None:

@@ -47,7 +47,7 @@ from alluxiofuse.model import Data, Version
 log = logging.getLogger(__name__)
 
 # A page's key: the caller's own bytes, or (source id, path, version, page index).
-PageKey = bytes | tuple[str, str, Version, int]
+DiskKey = bytes | tuple[str, str, Version, int]
 
 _MAGIC = b"AFPG"
 _FORMAT = 1
@@ -64,7 +64,7 @@ _LOW_WATER = 0.9  # eviction goes down to this fraction of the capacity, not eve
 _TOUCH_AFTER = 60.0  # seconds: a page read again sooner keeps its time (one write fewer)
 
 
-def encode_key(key: PageKey) -> bytes:
+def encode_key(key: DiskKey) -> bytes:
     """The bytes a page file stores for ``key``; distinct keys give distinct bytes."""
     if isinstance(key, bytes):
         return b"b" + key
@@ -80,6 +80,7 @@ class DiskCounters:
     """What this store object did, for the metrics."""
 
     hits: int = 0
+    hit_bytes: int = 0
     misses: int = 0
     corrupt: int = 0  # pages that failed a check on read, removed
     evicted_pages: int = 0
@@ -105,7 +106,8 @@ class _Entry(NamedTuple):
 
 
 class DiskPages:
-    """Pages on disk under ``directory``, within ``capacity_bytes`` for all its daemons.
+    """Pages on disk under ``directory``, within ``capacity_bytes`` for all its daemons
+    (0: half of what its disk has free, counting what the store holds already).
 
     Eviction is LRU by file mtime (a hit sets it), done by whichever daemon needs room,
     under the lock. The file system is the only index: an in-memory LRU would be one
@@ -136,11 +138,14 @@ class DiskPages:
         self._counting = threading.Lock()
         self._warned: set[str] = set()
         self._scanned = 0.0
-        os.makedirs(self._pages, exist_ok=True)
+        os.makedirs(self._pages, mode=0o700, exist_ok=True)
         with self._locked() as fd:  # removes what a crash left; a lower capacity applies
+            if not capacity_bytes:  # half of what the disk has free, counting the store
+                st = os.statvfs(directory)
+                self.capacity = (st.f_bavail * st.f_frsize + _read_used(fd)) // 2
             self._make_room(fd, 0, 0)
 
-    def get(self, key: PageKey) -> bytes | None:
+    def get(self, key: DiskKey) -> bytes | None:
         """The page's data, or None when it is not there or fails a check (then removed)."""
         encoded = encode_key(key)
         path = self._path(encoded)
@@ -169,9 +174,10 @@ class DiskPages:
                 with contextlib.suppress(OSError):  # best effort: a read-only store still serves
                     os.utime(f.fileno())
         self._bump("hits")
+        self._bump("hit_bytes", len(data))
         return data
 
-    def put(self, key: PageKey, data: Data) -> bool:
+    def put(self, key: DiskKey, data: Data) -> bool:
         """Store the page; False when it could not be (no room, an I/O error), never raises
         for those. ValueError if ``data`` is longer than a page."""
         if len(data) > self.page_size:
@@ -200,6 +206,17 @@ class DiskPages:
             return False
         self._bump("written_bytes", size)
         return True
+
+    def used(self) -> int:
+        """Bytes the pages of all the daemons use, as their shared count says (no scan)."""
+        try:
+            fd = os.open(self._lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return 0
+        try:
+            return _read_used(fd)
+        finally:
+            os.close(fd)
 
     def stats(self) -> DiskStats:
         """The pages and bytes of all the daemons, and the disk's free space."""
@@ -242,10 +259,10 @@ class DiskPages:
     def _write(self, tmp: str, encoded: bytes, data: Data) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(tmp, flags, 0o644)
+            fd = os.open(tmp, flags, 0o600)
         except FileNotFoundError:  # the first page of its subdirectory
-            os.makedirs(os.path.dirname(tmp), exist_ok=True)
-            fd = os.open(tmp, flags, 0o644)
+            os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
+            fd = os.open(tmp, flags, 0o600)
         try:
             crc = zlib.crc32(data, zlib.crc32(encoded))
             header = _HEADER.pack(_MAGIC, _FORMAT, len(encoded), len(data), crc)
@@ -368,7 +385,7 @@ class DiskPages:
     def _locked(self) -> Iterator[int]:
         """The lock file, flock()ed. Opened anew each time: a flock belongs to an open
         file, so threads sharing one descriptor would not exclude each other."""
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd

@@ -32,6 +32,7 @@ from alluxiofuse.errors import (
     StaleFile,
 )
 from alluxiofuse.fs.directories import Directories, ReplyFn
+from alluxiofuse.fs.diskreads import DiskReads
 from alluxiofuse.fs.handles import DirHandle, FileHandle, HandleTable, StagedHandle
 from alluxiofuse.fs.inodes import Inode, InodeTable
 from alluxiofuse.fs.metacache import MetadataCache, join, parent_and_name
@@ -73,7 +74,7 @@ class Filesystem:
     def __init__(
         self, config: MountConfig, backend: Backend, root: FileStatus, metrics: Metrics,
         spawn: Spawn, invalidate_attrs: Callable[[int], None] = lambda ino: None,
-        writes: Writes | None = None,
+        writes: Writes | None = None, disk: DiskReads | None = None,
     ) -> None:
         self.config = config
         self.writes = writes
@@ -87,11 +88,12 @@ class Filesystem:
             dir_ttl=config.dir_timeout, max_bytes=config.metadata_cache_size,
         )
         self.pages = PageCache(config.page_cache_size, metrics)
+        self.disk = disk
         self.statuses = Statuses(config, backend, self.meta, self.pages, self.inodes, writes,
-                                 spawn)
+                                 spawn, disk)
         self._prefetcher = Prefetcher(spawn, self.pages, config.prefetch_budget)
         self._dir_readahead = DirectoryReadahead(config, backend, self.inodes, self.meta,
-                                                 self.statuses, self._prefetcher)
+                                                 self.statuses, self._prefetcher, disk)
         self.replies = Replies(config)
         self._directories = Directories(self.inodes, self.meta, self.statuses, writes,
                                         self._learn, self.replies)
@@ -228,7 +230,7 @@ class Filesystem:
         handle = FileHandle(
             inode, status.version, backend=self.backend, pages=self.pages,
             page_size=self.config.page_size, max_readahead=self._max_readahead,
-            prefetcher=self._prefetcher,
+            prefetcher=self._prefetcher, disk=self.disk,
         )
         self._dir_readahead.opened(inode)
         if not keep_cache and not self.backend.warms:  # the first read follows at once

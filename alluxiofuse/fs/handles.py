@@ -18,6 +18,7 @@ from functools import partial
 
 from alluxiofuse.backends.base import Backend
 from alluxiofuse.errors import StaleFile
+from alluxiofuse.fs.diskreads import DiskReads
 from alluxiofuse.fs.inodes import Inode
 from alluxiofuse.fs.pages import PageCache, PageKey
 from alluxiofuse.fs.readahead import FileReadahead, Prefetcher, StreamCursor
@@ -34,7 +35,7 @@ class FileHandle:
 
     def __init__(
         self, inode: Inode, version: Version, *, backend: Backend, pages: PageCache,
-        page_size: int, max_readahead: int, prefetcher: Prefetcher,
+        page_size: int, max_readahead: int, prefetcher: Prefetcher, disk: DiskReads | None = None,
     ) -> None:
         self.inode = inode
         self.ino = inode.ino
@@ -43,6 +44,7 @@ class FileHandle:
         self._backend = backend
         self._pages = pages
         self._page_size = page_size
+        self._disk = disk
         self._readahead = FileReadahead(
             self.ino, version, page_size=page_size, max_readahead=max_readahead,
             span=backend.span, pages=pages, prefetcher=prefetcher,
@@ -110,10 +112,12 @@ class FileHandle:
             await self._stream.aclose()
 
     async def _fetch_run(self, keys: list[PageKey]) -> Sequence[Data | Exception]:
-        """Pages ``keys`` of this file from the backend, as read-ahead."""
-        return await self._backend.read_many(
-            [(self.path, key.page * self._page_size, self._length(key.page), self.version)
-             for key in keys])
+        """Pages ``keys`` of this file from disk or the backend, as read-ahead."""
+        reads = [(self.path, key.page * self._page_size, self._length(key.page), self.version)
+                 for key in keys]
+        if self._disk is not None:
+            return await self._disk.read_many(self._backend, reads)
+        return await self._backend.read_many(reads)
 
     async def _page(self, index: int, *, served: int) -> Data:
         key = PageKey(self.ino, self.version, index)
@@ -125,7 +129,8 @@ class FileHandle:
         return max(0, min(self._page_size, self.size - index * self._page_size))
 
     async def _fetch(self, index: int, *, inline: bool = True) -> Data:
-        """Page ``index`` from the backend.
+        """Page ``index`` from the disk page store, if there is one and it has the page,
+        else from the backend (and then written to the store behind).
 
         A reader waiting for a small page takes what the backend can answer at once: that
         saves a worker-thread hop, which costs more than copying a small page. Large pages
@@ -134,13 +139,21 @@ class FileHandle:
         reads slower inline (bench/RESULTS.md).
         """
         offset, length = index * self._page_size, self._length(index)
-        if self._stream is not None:
-            return await self._stream.page(index, length)
         data: Data | None = None
-        if inline and length <= _INLINE_READ_MAX:
+        if inline and length <= _INLINE_READ_MAX and self._stream is None:
             data = self._backend.read_nowait(self.path, offset, length, self.version)
-        if data is None:
+            if data is not None:
+                return data
+        if self._disk is not None:
+            data = await self._disk.get(self.path, self.version, index)
+            if data is not None:
+                return data
+        if self._stream is not None:
+            data = await self._stream.page(index, length)
+        else:
             data = await self._backend.read(self.path, offset, length, self.version)
+        if self._disk is not None and len(data) == length:
+            self._disk.put_behind(self.path, self.version, index, data)
         return data
 
 

@@ -28,6 +28,7 @@ from cachetools import LRUCache
 from alluxiofuse.backends.base import Backend, ByteStream
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import BackendError, StaleFile
+from alluxiofuse.fs.diskreads import DiskReads
 from alluxiofuse.fs.inodes import Inode, InodeTable
 from alluxiofuse.fs.metacache import MetadataCache, join, parent_and_name
 from alluxiofuse.fs.pages import PageCache, PageKey
@@ -420,10 +421,11 @@ class DirectoryReadahead:
 
     def __init__(
         self, config: MountConfig, backend: Backend, inodes: InodeTable, meta: MetadataCache,
-        statuses: Statuses, prefetcher: Prefetcher,
+        statuses: Statuses, prefetcher: Prefetcher, disk: DiskReads | None = None,
     ) -> None:
         self._config = config
         self._backend = backend
+        self._disk = disk
         self._inodes = inodes
         self._meta = meta
         self._statuses = statuses
@@ -500,9 +502,16 @@ class DirectoryReadahead:
         read_of = {keys[i]: reads[i] for i in plain}
         done = self._prefetcher.prefetch_many(
             [(keys[i], reads[i][2]) for i in plain],
-            lambda wanted: self._backend.read_many([read_of[key] for key in wanted]),
+            lambda wanted: self._read_many([read_of[key] for key in wanted]),
         )
         if done < len(plain):
             taken = plain[done]
         # Had the budget run out, the next open tries again from the first file not taken.
         state.fetched_to = start + len(entries) if taken == len(files) else files[taken][0]
+
+    async def _read_many(
+        self, reads: list[tuple[str, int, int, Version]],
+    ) -> Sequence[Data | Exception]:
+        if self._disk is not None:
+            return await self._disk.read_many(self._backend, reads)
+        return await self._backend.read_many(reads)

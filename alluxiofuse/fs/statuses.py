@@ -15,6 +15,7 @@ from alluxiofuse.backends.base import Backend
 from alluxiofuse.config import MountConfig
 from alluxiofuse.errors import BackendUnavailable, NotFound
 from alluxiofuse.flight import SingleFlight
+from alluxiofuse.fs.diskreads import DiskReads
 from alluxiofuse.fs.inodes import Inode, InodeTable
 from alluxiofuse.fs.metacache import MetadataCache, parent_and_name
 from alluxiofuse.fs.pages import PageCache, PageKey
@@ -41,8 +42,10 @@ class Statuses:
     def __init__(
         self, config: MountConfig, backend: Backend, meta: MetadataCache, pages: PageCache,
         inodes: InodeTable, writes: Writes | None, spawn: Callable[..., object],
+        disk: DiskReads | None = None,
     ) -> None:
         self._config = config
+        self._disk = disk
         self._backend = backend
         self._meta = meta
         self._pages = pages
@@ -138,6 +141,8 @@ class Statuses:
         status, data = got
         self._meta.put_status(path, status)
         if len(data) == status.size:  # the whole file, as one page: it has not grown
+            if self._disk is not None:
+                self._disk.put_behind(path, status.version, 0, data)
             key = PageKey(self._inodes.number_for(path), status.version, 0)
             await self._pages.get(key, partial(_given, data), expected=len(data), prefetch=True)
         return status

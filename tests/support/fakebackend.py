@@ -15,6 +15,7 @@ from alluxiofuse.errors import (
     NotFound,
     StaleFile,
 )
+from alluxiofuse.fs.diskreads import DiskReads
 from alluxiofuse.fs.handles import FileHandle
 from alluxiofuse.fs.inodes import Inode
 from alluxiofuse.fs.pages import PageCache
@@ -152,11 +153,12 @@ class StreamBackend(FakeBackend):
 
 class Env:
     """File ``f`` (``data``) as inode 5, and what its handles read it through: a page
-    cache and a prefetcher whose tasks run in ``nursery``."""
+    cache and a prefetcher whose tasks run in ``nursery``, and ``disk`` if given."""
 
     def __init__(
         self, nursery: trio.Nursery, data: bytes = DATA, *, max_readahead: int = 8 * PS,
         budget: int = 1000 * PS, capacity: int = 1000 * PS, streams: bool = False,
+        disk: DiskReads | None = None,
     ) -> None:
         self.backend = StreamBackend(data) if streams else FakeBackend(data)
         self.registry = CollectorRegistry()
@@ -164,9 +166,11 @@ class Env:
         self.prefetcher = Prefetcher(nursery.start_soon, self.pages, budget)
         self.inode = Inode(5, "f", self.backend.status, lookups=1)
         self.max_readahead = max_readahead
+        self.disk = disk
 
     def open(self) -> FileHandle:
         return FileHandle(
             self.inode, self.inode.status.version, backend=self.backend, pages=self.pages,
             page_size=PS, max_readahead=self.max_readahead, prefetcher=self.prefetcher,
+            disk=self.disk,
         )

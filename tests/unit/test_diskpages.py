@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from alluxiofuse.fs import diskpages
-from alluxiofuse.fs.diskpages import DiskPages, PageKey, encode_key
+from alluxiofuse.fs.diskpages import DiskKey, DiskPages, encode_key
 from alluxiofuse.model import Version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,12 +28,12 @@ FILE = 24 + 4 + PAGE  # header, b"b" + a three-byte key, a full page
 KEY = ("s3://bucket/data", "/dir/f.bin", Version(4096, 1_700_000_000_000_000_000, "abc"), 3)
 
 
-def page_file(root: Path, key: PageKey) -> Path:
+def page_file(root: Path, key: DiskKey) -> Path:
     name = hashlib.sha256(encode_key(key)).hexdigest()
     return root / "pages" / name[:2] / name
 
 
-def content(key: PageKey) -> bytes:
+def content(key: DiskKey) -> bytes:
     """Bytes that belong to ``key`` alone, of a length that depends on it."""
     seed = repr(key).encode()
     return (seed * (PAGE // len(seed) + 1))[: 200 + zlib.crc32(seed) % (PAGE - 200)]
@@ -44,7 +44,7 @@ def full(i: int) -> tuple[bytes, bytes]:
     return b"k%02d" % i, bytes([i]) * PAGE
 
 
-def age(root: Path, key: PageKey, seconds_ago: float) -> None:
+def age(root: Path, key: DiskKey, seconds_ago: float) -> None:
     t = int((time.time() - seconds_ago) * 1e9)
     os.utime(page_file(root, key), ns=(t, t))
 
@@ -79,7 +79,7 @@ def test_round_trip_and_a_new_store_object_finds_the_pages(tmp_path: Path) -> No
 
 def test_distinct_keys_encode_distinctly() -> None:
     version = Version(1, 2, None)
-    keys: list[PageKey] = [
+    keys: list[DiskKey] = [
         ("a", "b", version, 1), ("a", "b", Version(1, 2, ""), 1), ("a", "b", Version(1, 2, "-"), 1),
         ("ab", "", version, 1), ("a", "b", version, 11), ("a", "b\udcff", version, 1),
         b"", b"t", b"t1:a,1:b,1:1,1:2,1:-,1:1,",
