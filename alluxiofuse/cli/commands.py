@@ -8,6 +8,7 @@
   ``setattr`` (pin, TTL, replication). They name files as ``alluxio-proxy://`` URIs or as
   paths inside an alluxiofuse mount of one.
 - ``status``: the uploads a mount still owes its source.
+- ``cache``: what a disk page store holds, or empty it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from alluxiofuse.errors import (
     ConfigError,
     ConnectionDropped,
 )
+from alluxiofuse.fs.diskpages import DiskPages
 from alluxiofuse.mountinfo import MOUNTINFO, Mount, mounts
 from alluxiofuse.writes.spool import owed_uploads, spool_dir, spool_in_use
 
@@ -271,6 +273,31 @@ def _human(n: float) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def cache(action: str, directory: str, out: TextIO | None = None) -> int:
+    """``alluxiofuse cache stats|clear DIR``: what the disk page store in ``directory``
+    holds, or remove every page of it (under its lock: mounts using it go on, and fetch
+    again what they miss). Exit code 0, or 1 (said on stderr) when ``directory`` holds
+    no store."""
+    out = out or sys.stdout
+    if not os.path.isfile(os.path.join(directory, "lock")):
+        print(f"alluxiofuse: {directory} is not a disk page store (no lock file): give a "
+              "mount's --disk-cache-dir", file=sys.stderr)
+        return 1
+    store = DiskPages(directory, 0, page_size=0)
+    try:
+        if action == "clear":
+            removed = store.clear()
+            print(f"{directory}: removed {removed} pages", file=out)
+            return 0
+        stats = store.stats()
+    except OSError as e:
+        print(f"alluxiofuse: {directory}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"{directory}: {stats.pages} pages, {_human(stats.used)}; "
+          f"{_human(stats.free)} free on its disk", file=out)
+    return 0
 
 
 def status(target: str, cache_dir: str, out: TextIO | None = None) -> int:

@@ -112,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", metavar="DIR",
                    help="the mount's --cache-dir, if it was given one")
 
+    c = sub.add_parser("cache", help="what a disk page store (--disk-cache-dir) holds, or "
+                       "empty it; safe while mounts use it")
+    c.add_argument("action", choices=("stats", "clear"),
+                   help="stats: its pages, bytes and the disk's free space; clear: remove "
+                        "every page")
+    c.add_argument("directory", metavar="DIR", help="the store: a mount's --disk-cache-dir")
+
     u = sub.add_parser("umount", help="unmount MOUNTPOINT")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("-z", "--lazy", action="store_true",
@@ -159,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             uninstall=args.uninstall)
         if args.command in ("free", "setattr"):
             return cmd_proxy(args)
+        if args.command == "cache":
+            from alluxiofuse.cli import commands
+
+            return commands.cache(args.action, args.directory)
         if args.command == "status":
             from alluxiofuse.cli import commands
 

@@ -150,14 +150,14 @@ def _single(exc: Exception) -> Exception:
     return exc
 
 
-async def _open_disk_pages(config: MountConfig, metrics: Metrics) -> DiskPages | None:
+async def _open_disk_pages(config: MountConfig) -> DiskPages | None:
     """The disk page store ``--disk-cache-dir`` names, opened (which tidies what a crash
     left and evicts down to ``--disk-cache-size``), or None when there is none."""
     if not config.disk_cache_dir:
         return None
     try:
         store = await trio.to_thread.run_sync(functools.partial(
-            DiskPages, config.disk_cache_dir, config.disk_cache_size,
+            DiskPages.open, config.disk_cache_dir, config.disk_cache_size,
             page_size=config.page_size))
     except OSError as e:
         raise ConfigError(f"cannot use --disk-cache-dir {config.disk_cache_dir}: "
@@ -238,7 +238,7 @@ async def serve(config: MountConfig, ready: Callable[[], None] = lambda: None,
             metrics.watch_uploads(lambda: len(owed_uploads(spool.root)),
                                   lambda: sum(r.size for r, _ in owed_uploads(spool.root)),
                                   lambda: uploader.failures)
-        store = await _open_disk_pages(config, metrics)
+        store = await _open_disk_pages(config)
         session = KernelSession()
         async with trio.open_nursery() as nursery:
             if cluster is not None:

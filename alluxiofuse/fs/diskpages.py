@@ -106,8 +106,9 @@ class _Entry(NamedTuple):
 
 
 class DiskPages:
-    """Pages on disk under ``directory``, within ``capacity_bytes`` for all its daemons
-    (0: half of what its disk has free, counting what the store holds already).
+    """Pages on disk under ``directory``, within ``capacity_bytes`` for all its daemons.
+    A daemon opens it with :meth:`open`; built directly, it touches nothing until asked
+    (``alluxiofuse cache stats`` and ``clear`` look at a store that way).
 
     Eviction is LRU by file mtime (a hit sets it), done by whichever daemon needs room,
     under the lock. The file system is the only index: an in-memory LRU would be one
@@ -118,7 +119,8 @@ class DiskPages:
 
     Besides ``capacity_bytes``, a put never leaves less than ``min_free_fraction`` of
     the disk free: it evicts, or skips the page when evicting cannot make the room.
-    Raises OSError only when ``directory`` cannot be made or its lock file opened.
+    Raises OSError only when ``directory`` cannot be made or its lock file opened (by
+    :meth:`open`, :meth:`stats` or :meth:`clear`).
     """
 
     def __init__(
@@ -138,12 +140,24 @@ class DiskPages:
         self._counting = threading.Lock()
         self._warned: set[str] = set()
         self._scanned = 0.0
-        os.makedirs(self._pages, mode=0o700, exist_ok=True)
-        with self._locked() as fd:  # removes what a crash left; a lower capacity applies
-            if not capacity_bytes:  # half of what the disk has free, counting the store
+
+    @classmethod
+    def open(
+        cls, directory: str, capacity_bytes: int, *, page_size: int,
+        min_free_fraction: float = 0.05, rescan_interval: float = 300.0,
+    ) -> DiskPages:
+        """The store in ``directory``, made if there is none, rid of what a crash left and
+        evicted down to ``capacity_bytes`` (0: half of what its disk has free, counting
+        what the store holds already): what a daemon uses."""
+        store = cls(directory, capacity_bytes, page_size=page_size,
+                    min_free_fraction=min_free_fraction, rescan_interval=rescan_interval)
+        os.makedirs(store._pages, mode=0o700, exist_ok=True)
+        with store._locked() as fd:
+            if not capacity_bytes:
                 st = os.statvfs(directory)
-                self.capacity = (st.f_bavail * st.f_frsize + _read_used(fd)) // 2
-            self._make_room(fd, 0, 0)
+                store.capacity = (st.f_bavail * st.f_frsize + _read_used(fd)) // 2
+            store._make_room(fd, 0, 0)
+        return store
 
     def get(self, key: DiskKey) -> bytes | None:
         """The page's data, or None when it is not there or fails a check (then removed)."""

@@ -303,6 +303,18 @@ def problems(docs: list[dict[str, Any]]) -> list[str]:
             size_limit = (volume.get("emptyDir") or {}).get("sizeLimit")
             if size_limit and quantity(size_limit) <= parse_size(config["cache_size"]):
                 out.append(f"spool: emptyDir sizeLimit {size_limit} not above cache_size")
+
+        # The disk page store is worth keeping beyond the pod, and sharing on the node.
+        pages_dir = config.get("disk_cache_dir")
+        if pages_dir:
+            store = mount_of(side, str(pages_dir))
+            volume = next((v for v in spec["volumes"] if store and v["name"] == store["name"]),
+                          None)
+            if volume is None:
+                out.append(f"disk page store: no volume mounted at {pages_dir}")
+            elif "hostPath" not in volume and "persistentVolumeClaim" not in volume:
+                out.append("disk page store: an emptyDir dies with the pod; use a hostPath "
+                           "(or a node-local volume) that the node's pods share")
     return out
 
 
@@ -390,6 +402,9 @@ def _set(path: str, value: Any) -> Any:
     (_set("initContainers.0.args.2", "--memory-budgt"), "unknown option or argument"),
     (_set("initContainers.0.env.2.value", "/etc/other/x.toml"), "is in no ConfigMap"),
     (_set("terminationGracePeriodSeconds", 30), "leaves no time to drain"),
+    (_set("volumes.2", {"name": "pages", "emptyDir": {}}), "an emptyDir dies with the pod"),
+    (_set("initContainers.0.volumeMounts.4", None),
+     "no volume mounted at /var/cache/alluxiofuse-pages"),
 ])
 def test_a_broken_rule_is_reported(mutate: Any, expected: str) -> None:
     docs = load_documents()

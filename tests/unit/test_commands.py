@@ -1,4 +1,5 @@
-"""``alluxiofuse status`` on a spool with owed uploads, and on targets that have none."""
+"""``alluxiofuse status`` on a spool with owed uploads, and on targets that have none;
+``alluxiofuse cache stats|clear`` on a disk page store, and on a directory that is none."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from alluxiofuse.cli import commands
+from alluxiofuse.fs.diskpages import DiskPages
 from alluxiofuse.writes.spool import Record, Spool, spool_dir
 
 
@@ -47,3 +49,30 @@ def test_a_target_with_no_spool_is_an_error(
     assert said.err.startswith(f"alluxiofuse: {target}") and reason in said.err, said.err
     assert len(said.err.splitlines()) == 1
     assert not cache.exists()
+
+
+def test_cache_stats_and_clear_a_store_in_use(tmp_path: Path) -> None:
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=4096)
+    for i in range(3):
+        assert store.put(b"page %d" % i, bytes(4000))
+    out = io.StringIO()
+    assert commands.cache("stats", str(tmp_path), out) == 0
+    pages, size = out.getvalue().split(": ", 1)[1].split(";")[0].split(", ")
+    assert pages == "3 pages"
+    assert size.endswith("KiB") and 11.7 < float(size[:-3]) < 12.0  # three pages with headers
+    out = io.StringIO()
+    assert commands.cache("clear", str(tmp_path), out) == 0
+    assert out.getvalue() == f"{tmp_path}: removed 3 pages\n"
+    assert store.get(b"page 0") is None  # the daemon using it sees a miss, and goes on
+    assert store.put(b"page 0", bytes(4000))
+    assert store.used() == store.stats().used
+
+
+def test_cache_of_a_directory_that_is_no_store_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert commands.cache("stats", str(tmp_path)) == 1
+    assert commands.cache("clear", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.count("is not a disk page store") == 2
+    assert list(tmp_path.iterdir()) == []  # nothing made there

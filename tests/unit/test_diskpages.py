@@ -59,7 +59,7 @@ def files(root: Path) -> list[str]:
 
 
 def test_round_trip_and_a_new_store_object_finds_the_pages(tmp_path: Path) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     assert store.get(KEY) is None
     assert store.put(KEY, content(KEY))
     assert store.put(b"raw key", memoryview(b"x" * PAGE))
@@ -68,7 +68,7 @@ def test_round_trip_and_a_new_store_object_finds_the_pages(tmp_path: Path) -> No
     other = (*KEY[:2], Version(4096, KEY[2].mtime_ns, None), 3)  # the etag is in the key
     assert store.get(other) is None
     assert (store.counters.hits, store.counters.misses, store.counters.corrupt) == (2, 2, 0)
-    restarted = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    restarted = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     assert restarted.get(KEY) == content(KEY)
     stats = restarted.stats()
     assert stats.pages == 2
@@ -88,7 +88,7 @@ def test_distinct_keys_encode_distinctly() -> None:
 
 
 def test_a_page_under_another_keys_name_is_refused(tmp_path: Path) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     a, b = full(1), full(2)
     store.put(*a)
     store.put(*b)
@@ -134,7 +134,7 @@ DAMAGES: dict[str, Callable[[bytes], bytes]] = {
 def test_a_damaged_page_is_removed_counted_and_never_served(
     tmp_path: Path, damage: Callable[[bytes], bytes],
 ) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     store.put(KEY, content(KEY))
     path = page_file(tmp_path, KEY)
     path.write_bytes(damage(path.read_bytes()))
@@ -146,7 +146,7 @@ def test_a_damaged_page_is_removed_counted_and_never_served(
 
 
 def test_a_write_cut_short_is_never_served_and_cleaned_once_old(tmp_path: Path) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     store.put(KEY, content(KEY))
     final = page_file(tmp_path, KEY)
     left = final.parent / ".tmp-999-dead-0"  # what a daemon killed before its rename leaves
@@ -154,16 +154,16 @@ def test_a_write_cut_short_is_never_served_and_cleaned_once_old(tmp_path: Path) 
     final.unlink()
     assert store.get(KEY) is None
     assert store.counters.corrupt == 0
-    DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     assert left.exists()  # young: perhaps a live daemon's write in progress
     old = time.time() - 120
     os.utime(left, (old, old))
-    DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     assert not left.exists()
 
 
 def test_capacity_evicts_the_least_recently_read_first(tmp_path: Path) -> None:
-    store = DiskPages(str(tmp_path), 10 * FILE, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 10 * FILE, page_size=PAGE)
     for i in range(10):
         assert store.put(*full(i))
         age(tmp_path, full(i)[0], 1000 - i)  # written in order, long ago
@@ -180,20 +180,20 @@ def test_capacity_evicts_the_least_recently_read_first(tmp_path: Path) -> None:
         assert store.put(*full(i))
         assert store.stats().used <= 10 * FILE
     assert store.put(b"big", b"x" * PAGE)
-    assert not DiskPages(str(tmp_path), FILE - 1, page_size=PAGE).put(*full(50))
+    assert not DiskPages.open(str(tmp_path), FILE - 1, page_size=PAGE).put(*full(50))
 
 
 def test_a_lower_capacity_applies_at_open(tmp_path: Path) -> None:
-    store = DiskPages(str(tmp_path), 10 * FILE, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 10 * FILE, page_size=PAGE)
     for i in range(10):
         store.put(*full(i))
-    smaller = DiskPages(str(tmp_path), 5 * FILE, page_size=PAGE)
+    smaller = DiskPages.open(str(tmp_path), 5 * FILE, page_size=PAGE)
     assert smaller.stats().used <= 5 * FILE * 0.9
 
 
 def test_two_daemons_share_pages_and_the_capacity(tmp_path: Path) -> None:
-    a = DiskPages(str(tmp_path), 10 * FILE, page_size=PAGE)
-    b = DiskPages(str(tmp_path), 10 * FILE, page_size=PAGE)
+    a = DiskPages.open(str(tmp_path), 10 * FILE, page_size=PAGE)
+    b = DiskPages.open(str(tmp_path), 10 * FILE, page_size=PAGE)
     a.put(*full(0))
     assert b.get(full(0)[0]) == full(0)[1]  # fetched by one, served to the other
     assert b.put(*full(0))  # already there: kept as it is
@@ -209,7 +209,7 @@ def test_two_daemons_share_pages_and_the_capacity(tmp_path: Path) -> None:
 
 
 def test_clear_removes_every_page(tmp_path: Path) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     for i in range(5):
         store.put(*full(i))
     assert store.clear() == 5
@@ -226,7 +226,7 @@ import random, sys
 from alluxiofuse.fs.diskpages import DiskPages
 from alluxiofuse.model import Version
 from tests.unit.test_diskpages import PAGE, content
-store = DiskPages(sys.argv[1], 12 * PAGE, page_size=PAGE)
+store = DiskPages.open(sys.argv[1], 12 * PAGE, page_size=PAGE)
 rnd = random.Random(int(sys.argv[2]))
 for _ in range(300):
     key = ("src", "/f%d" % rnd.randrange(3), Version(rnd.randrange(2), 5, None), rnd.randrange(4))
@@ -250,7 +250,7 @@ def test_daemons_and_threads_sharing_a_store_read_only_right_bytes(tmp_path: Pat
         )
         for seed in (1, 2)
     ]
-    stores = [DiskPages(str(tmp_path), 12 * PAGE, page_size=PAGE) for _ in range(2)]
+    stores = [DiskPages.open(str(tmp_path), 12 * PAGE, page_size=PAGE) for _ in range(2)]
     wrong: list[str] = []
 
     def work(store: DiskPages, seed: int) -> None:
@@ -286,7 +286,7 @@ def statvfs(free: int, total: int = 1_000_000) -> Callable[[str], SimpleNamespac
 def test_a_disk_near_its_floor_makes_a_put_evict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     for i in range(5):
         store.put(*full(i))
         age(tmp_path, full(i)[0], 1000 - i)
@@ -301,7 +301,7 @@ def test_a_disk_near_its_floor_makes_a_put_evict(
 def test_a_full_disk_skips_the_put_when_eviction_cannot_help(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     store.put(*full(0))
     monkeypatch.setattr(diskpages.os, "statvfs", statvfs(40_000))  # others filled the disk
     assert not store.put(*full(1))
@@ -328,7 +328,7 @@ def test_a_failing_disk_makes_put_return_false_and_logs_once(
     name: str, fail: Callable[..., object], message: str,
 ) -> None:
     expect_log(rf"cannot write a page: .*{message}", count=1)
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     store.put(*full(0))
     monkeypatch.setattr(diskpages.os, name, fail)
     assert not store.put(*full(1))
@@ -344,7 +344,7 @@ def test_a_failing_disk_makes_put_return_false_and_logs_once(
 
 @pytest.mark.expect_log(r"cannot reserve room: .*Read-only", count=1)
 def test_a_read_only_store_still_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = DiskPages(str(tmp_path), 1 << 20, page_size=PAGE)
+    store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
     store.put(*full(0))
     age(tmp_path, full(0)[0], 1000)
     real_open = os.open
