@@ -116,16 +116,16 @@ _DISK_COUNTERS = {
 
 
 class _DiskCollector(Collector):
-    """The disk page store's counters and gauges, read at scrape time (none until watched)."""
+    """The disk page store's counters and gauges, read at scrape time (zeros without one,
+    so that dashboards find every series)."""
 
     def __init__(self) -> None:
-        self.counters: Callable[[], Mapping[str, float]] | None = None
+        self.counters: Callable[[], Mapping[str, float]] = lambda: dict.fromkeys(
+            _DISK_COUNTERS, 0)
         self.used: Callable[[], float] = lambda: 0
         self.capacity = 0.0
 
     def collect(self) -> Iterator[Metric]:
-        if self.counters is None:
-            return
         values = self.counters()
         for name, documentation in _DISK_COUNTERS.items():
             yield CounterMetricFamily(f"alluxiofuse_disk_cache_{name}", documentation,
@@ -133,7 +133,8 @@ class _DiskCollector(Collector):
         yield GaugeMetricFamily("alluxiofuse_disk_cache_bytes", "Bytes the disk page store "
                                 "holds, for all the daemons sharing it", value=self.used())
         yield GaugeMetricFamily("alluxiofuse_disk_cache_capacity_bytes",
-                                "The disk page store's bound", value=self.capacity)
+                                "The disk page store's bound (0: no store)",
+                                value=self.capacity)
 
 
 class Metrics:

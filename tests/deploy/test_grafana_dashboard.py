@@ -30,7 +30,9 @@ REQUIRED = {
     "alluxio_http_server_call_latency_ms_bucket", "alluxio_http_server_result_total",
     "alluxiofuse_worker_retries_total", "alluxiofuse_memory_budget_bytes",
     "alluxiofuse_memory_used_bytes", "alluxiofuse_open_handles", "alluxiofuse_inodes",
-    "alluxiofuse_pending_uploads",
+    "alluxiofuse_pending_uploads", "alluxiofuse_disk_cache_hits_total",
+    "alluxiofuse_disk_cache_misses_total", "alluxiofuse_disk_cache_bytes",
+    "alluxiofuse_disk_cache_corrupt_pages_total",
 }
 _FUNCTIONS_TAKING_COUNTERS = ("rate", "irate", "increase")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
