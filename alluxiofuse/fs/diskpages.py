@@ -61,6 +61,9 @@ _MAX_KEY = 1 << 16  # far above any key: a longer length in a header is garbage
 _TMP = ".tmp-"
 _STALE_TMP = 60.0  # seconds: a temporary file this old was left by a daemon that died
 _LOW_WATER = 0.9  # eviction goes down to this fraction of the capacity, not every put evicts
+# Pages being written at once, by all daemons, that the free-space floor keeps room for
+# (and that eviction at the floor frees at least, so that it does not run at every put).
+_IN_FLIGHT_PAGES = 8
 _TOUCH_AFTER = 60.0  # seconds: a page read again sooner keeps its time (one write fewer)
 
 
@@ -303,10 +306,16 @@ class DiskPages:
         return True
 
     def _disk_deficit(self, size: int) -> int:
-        """Bytes to free so that writing ``size`` leaves the disk its free-space floor."""
+        """Bytes to free so that writing ``size`` leaves the disk its free-space floor.
+
+        The free space statvfs tells does not yet count the pages other puts (of this
+        daemon and the others) have reserved room for and are still writing, nor the
+        rounding of files up to whole blocks: a few pages' room is kept on top of the
+        floor for them, so that puts racing at the floor do not run into ENOSPC."""
         st = os.statvfs(self.directory)
         floor = self.min_free_fraction * st.f_blocks * st.f_frsize
-        return max(0, int(floor + size - st.f_bavail * st.f_frsize))
+        margin = _IN_FLIGHT_PAGES * (self.page_size + st.f_frsize)
+        return max(0, int(floor + margin + size - st.f_bavail * st.f_frsize))
 
     def _make_room(self, fd: int, size: int, deficit: int) -> int | None:
         """Scan the store and evict, oldest first, so that ``size`` more bytes fit in the
@@ -319,7 +328,8 @@ class DiskPages:
         if used + size > self.capacity:
             need = used + size - int(self.capacity * _LOW_WATER)
         if deficit:  # with a margin, so that a disk at its floor is not scanned at every put
-            need = max(need, min(deficit + used // 10, evictable))
+            need = max(need, min(deficit + max(used // 10, _IN_FLIGHT_PAGES * self.page_size),
+                                 evictable))
         if size > self.capacity or need > evictable or deficit > evictable:
             _write_used(fd, used)
             if deficit > evictable:
@@ -399,7 +409,12 @@ class DiskPages:
     def _locked(self) -> Iterator[int]:
         """The lock file, flock()ed. Opened anew each time: a flock belongs to an open
         file, so threads sharing one descriptor would not exclude each other."""
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self._lock_path, flags, 0o600)
+        except FileNotFoundError:  # the store was removed under the daemon: make it again
+            os.makedirs(self._pages, mode=0o700, exist_ok=True)
+            fd = os.open(self._lock_path, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd

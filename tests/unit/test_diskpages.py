@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -287,14 +288,17 @@ def test_a_disk_near_its_floor_makes_a_put_evict(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = DiskPages.open(str(tmp_path), 1 << 20, page_size=PAGE)
-    for i in range(5):
+    for i in range(12):
         store.put(*full(i))
         age(tmp_path, full(i)[0], 1000 - i)
-    # the floor is 5% of the disk, 50 000 bytes: the page would go 600 bytes under it
-    monkeypatch.setattr(diskpages.os, "statvfs", statvfs(50_000 + FILE - 600))
-    assert store.put(*full(9))
-    gone = [i for i in range(5) if not page_file(tmp_path, full(i)[0]).exists()]
-    assert gone == [0, 1]  # enough for the page, and a tenth of the store besides
+    # The floor is 5% of the disk, 50,000 bytes, plus room for 8 pages being written (of
+    # 1,001 bytes with the block rounding): the page would go 600 bytes under that.
+    monkeypatch.setattr(diskpages.os, "statvfs", statvfs(50_000 + 8 * 1001 + FILE - 600))
+    assert store.put(*full(20))
+    gone = [i for i in range(12) if not page_file(tmp_path, full(i)[0]).exists()]
+    # The oldest first, the 600 bytes and 8 pages' room more (so that the next puts do not
+    # each evict one): 8,600 bytes are 9 files of 1,028.
+    assert gone == list(range(9))
 
 
 @pytest.mark.expect_log(r"disk is nearly full", count=1)
@@ -358,3 +362,14 @@ def test_a_read_only_store_still_serves(tmp_path: Path, monkeypatch: pytest.Monk
     assert not store.put(*full(1))
     assert not store.put(*full(2))
     assert store.get(full(0)[0]) == full(0)[1]
+
+
+def test_a_store_removed_under_its_daemon_is_made_again(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = DiskPages.open(str(root), 1 << 20, page_size=PAGE)
+    assert store.put(*full(0))
+    shutil.rmtree(root)
+    assert store.get(full(0)[0]) is None
+    assert store.put(*full(1))
+    assert store.get(full(1)[0]) == full(1)[1]
+    assert counted(root) == FILE
