@@ -17,6 +17,8 @@ Rows, each a fresh mount with the defaults (plus ``--disk-cache-dir`` for the st
                     and 2, then epoch 2 again on a new daemon mounted on the same store
                     after the first one is unmounted ("after restart")
   local             alluxiofuse over the data set's local directory: the baseline
+  floor             the do-nothing pyfuse3 daemon that preads (bench/floor_fs.py --read)
+                    over the same directory: what any pyfuse3 + trio daemon costs
   direct            the local directory itself: the floor
   boto3             a plain boto3 client reading the shards by 8 parallel ranged GETs of
                     8 MiB through the same proxy: the ceiling of a first epoch
@@ -25,7 +27,10 @@ time). The kernel's caches are dropped before every epoch of every row, so each 
 reaches the daemon and the local rows read from disk; before an S3 epoch, s3rver's own
 files are read back into the page cache (untimed), so the server answers from memory as a
 remote one would and does not share this disk with the store. The first run of each row
-reads the data set once more, untimed, and checks every shard's sha256.
+reads the data set once more, untimed, and checks every shard's sha256. After its last
+epoch the store row also reads the store's page files themselves, by 4 threads (as many
+as the daemon's store uses) after the caches are dropped: what the disk gives that
+layout ("page files").
 
 Per epoch: seconds, MiB/s, the daemon's CPU seconds, the requests and bytes the proxy
 passed on (S3), and for the store the deltas of ``alluxiofuse_disk_cache_*`` from /metrics
@@ -56,11 +61,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from alluxiofuse.limits import MemoryLimits, default_memory_budget, memory_limits
 from alluxiofuse.options import parse_size
-from bench import latency_proxy, s3env
+from bench import latency_proxy, localenv, s3env
 from bench.harness import (
     BenchError,
     MiB,
@@ -83,12 +89,12 @@ from bench.harness import (
 )
 
 SHARD = 128 * MiB
-ROWS = ("alluxiofuse", "alluxiofuse+disk", "local", "direct", "boto3")
+ROWS = ("alluxiofuse", "alluxiofuse+disk", "local", "floor", "direct", "boto3")
 ALIASES = {"alluxiofuse": "alluxiofuse", "s3": "alluxiofuse", "alluxiofuse+disk":
            "alluxiofuse+disk", "disk": "alluxiofuse+disk", "local": "local",
-           "direct": "direct", "boto3": "boto3", "ceiling": "boto3"}
-DAEMON_ROWS = ("alluxiofuse", "alluxiofuse+disk", "local")
-S3_ROWS = ("alluxiofuse", "alluxiofuse+disk", "boto3")
+           "floor": "floor", "direct": "direct", "boto3": "boto3", "ceiling": "boto3"}
+EPOCHS = ("epoch 1", "epoch 2", "after restart", "page files")
+STORE_THREADS = 4  # the disk store's threads in the daemon (fs/diskreads.py)
 EPOCH_TIMEOUT = 900.0
 DISK_COUNTERS = ("hits", "misses", "hit_bytes", "written_bytes", "skipped_bytes",
                  "evicted_pages", "corrupt_pages", "errors")
@@ -263,7 +269,7 @@ def settle(port: int, timeout: float = 30.0) -> None:
 @dataclass
 class Daemon:
     mount: Mount
-    port: int
+    port: int | None  # of its /metrics; None: it has none (the floor)
 
     @property
     def pid(self) -> int:
@@ -273,7 +279,7 @@ class Daemon:
 
 @contextlib.contextmanager
 def daemon(row: str, source: str, ep: s3env.Endpoint | None, procs: Path | None,
-           store: Path | None) -> Iterator[Daemon]:
+           store: Path | None, extra: tuple[str, ...] = ()) -> Iterator[Daemon]:
     """alluxiofuse with its defaults mounting ``source`` (a local path or s3://bucket/),
     in the cgroup whose ``cgroup.procs`` is ``procs``, on a fresh mountpoint."""
     port = free_port()
@@ -287,6 +293,7 @@ def daemon(row: str, source: str, ep: s3env.Endpoint | None, procs: Path | None,
                 cmd += ["--ufs-option", "client_kwargs=" + json.dumps({"endpoint_url": ep.url})]
             if store is not None:
                 cmd += ["--disk-cache-dir", str(store)]
+            cmd += extra
             if procs is None:
                 return cmd
             # Into the cgroup first, then the daemon in the same process.
@@ -324,6 +331,13 @@ def read_all(root: Path, names: list[str], readers: int) -> int:
         return sum(read_file(p) for p in paths)
     with ThreadPoolExecutor(max_workers=readers) as ex:
         return sum(ex.map(read_file, paths))
+
+
+def read_store(store: Path) -> int:
+    """The store's page files read whole by STORE_THREADS threads; bytes read."""
+    files = sorted(p for p in (store / "pages").rglob("*") if p.is_file())
+    with ThreadPoolExecutor(max_workers=STORE_THREADS) as ex:
+        return sum(ex.map(read_file, files))
 
 
 def verify(root: Path, data: Data, who: str) -> None:
@@ -377,14 +391,15 @@ def prepare(ctx: Ctx, s3: bool) -> None:
 
 
 def epoch(ctx: Ctx, row: str, root: Path, d: Daemon | None, s3: bool,
-          read: Callable[[], int] | None = None) -> Epoch:
-    """One timed epoch over ``root`` (or ``read()``), with its counters."""
+          read: Callable[[], int] | None = None, whole: bool = True) -> Epoch:
+    """One timed epoch over ``root`` (or ``read()``), with its counters; ``whole``: it
+    must have read the data set's bytes."""
     prepare(ctx, s3)
     pids = ctx.pids + ([d.pid] if d is not None else [])
     cpu0 = {p: proc_cpu(p) for p in pids}
     busy0, me0 = machine_busy(), self_cpu()
     s3_0 = ctx.ep.proxy.counts() if s3 else (0, 0)
-    disk0 = disk_counters(d.port) if d is not None else {}
+    disk0 = disk_counters(d.port) if d is not None and d.port is not None else {}
     t0 = time.monotonic()
     if read is not None:
         got = read()
@@ -396,13 +411,14 @@ def epoch(ctx: Ctx, row: str, root: Path, d: Daemon | None, s3: bool,
         else:
             got = read_all(root, ctx.data.shards, ctx.args.readers)
     seconds = time.monotonic() - t0
-    if got != ctx.data.size:
+    if whole and got != ctx.data.size:
         raise BenchError(f"{row}: an epoch read {got:,} bytes, not {ctx.data.size:,}")
     ours = sum(proc_cpu(p) - cpu0[p] for p in pids) + self_cpu() - me0
     e = Epoch(seconds, got / MiB / seconds,
               other=max(0.0, (machine_busy() - busy0 - ours) / seconds))
     if d is not None:
         e.daemon_cpu = proc_cpu(d.pid) - cpu0[d.pid]
+    if d is not None and d.port is not None:
         if row == "alluxiofuse+disk":
             settle(d.port)
         disk1 = disk_counters(d.port)
@@ -414,6 +430,7 @@ def epoch(ctx: Ctx, row: str, root: Path, d: Daemon | None, s3: bool,
 
 
 def check_budget(ctx: Ctx, d: Daemon, row: str) -> None:
+    assert d.port is not None
     budget = metrics(d.port)["alluxiofuse_memory_budget_bytes"]
     ctx.budgets.append(budget)
     if ctx.data.size < 2 * budget:
@@ -439,6 +456,14 @@ def run_row(ctx: Ctx, row: str) -> dict[str, Epoch]:
         out["epoch 1"] = epoch(ctx, row, shards, None, False)
         out["epoch 2"] = epoch(ctx, row, shards, None, False)
         verify_once(ctx, row, shards, False)
+        return out
+    if row == "floor":
+        with daemon_mount(row, lambda mnt: localenv.daemon_command(
+                "floor.read", ctx.data.root, "", mnt)) as m:
+            assert m.proc is not None
+            d = Daemon(m, None)
+            out["epoch 1"] = epoch(ctx, row, m.root / "shards", d, False)
+            out["epoch 2"] = epoch(ctx, row, m.root / "shards", d, False)
         return out
     if row == "boto3":
         c = s3env.client(ctx.ep.url)
@@ -470,6 +495,8 @@ def run_row(ctx: Ctx, row: str) -> dict[str, Epoch]:
                 root = d.mount.root / "shards"
                 out["after restart"] = epoch(ctx, row, root, d, s3)
                 verify_once(ctx, row, root, s3)
+            out["page files"] = epoch(ctx, row, store, None, False,
+                                      partial(read_store, store), whole=False)
     return out
 
 
@@ -512,7 +539,7 @@ def report(ctx: Ctx, rows: list[str], runs: dict[str, list[dict[str, Epoch]]],
             "corrupt", "errors"]
     table = [head]
     for row in rows:
-        for ep in ("epoch 1", "epoch 2", "after restart"):
+        for ep in EPOCHS:
             if not samples(row, ep, lambda e: e.seconds):
                 continue
 
@@ -522,7 +549,7 @@ def report(ctx: Ctx, rows: list[str], runs: dict[str, list[dict[str, Epoch]]],
 
             def disk(name: str, scale: Callable[[float], float] = float,
                      row: str = row, ep: str = ep) -> str:
-                if row != "alluxiofuse+disk":
+                if row != "alluxiofuse+disk" or ep == "page files":
                     return "-"
                 return summary(samples(row, ep, lambda e: scale(e.disk[name])))
 
@@ -559,7 +586,13 @@ def report(ctx: Ctx, rows: list[str], runs: dict[str, list[dict[str, Epoch]]],
         ("no-store epoch 1 / boto3 (ceiling)", over(med("alluxiofuse", "epoch 1"),
                                                     med("boto3", "epoch 1"))),
         ("local epoch 2 / direct epoch 2", over(local, med("direct", "epoch 2"))),
-        ("store epoch 2 / direct epoch 2", over(d2, med("direct", "epoch 2"))),
+        ("local epoch 2 / floor epoch 2", over(local, med("floor", "epoch 2"))),
+        ("store epoch 2 / floor epoch 2", over(d2, med("floor", "epoch 2"))),
+        ("after restart / floor epoch 2", over(dr, med("floor", "epoch 2"))),
+        ("page files read directly / store epoch 2", over(med("alluxiofuse+disk", "page files"),
+                                                         d2)),
+        ("floor epoch 2 / no-store epoch 1 (at most the 5x ratio, the store at the floor)",
+         over(med("floor", "epoch 2"), med("alluxiofuse", "epoch 1"))),
     ]
     rt = [["ratio (of medians, MiB/s)", "value", "target", "met"]]
     rt += [[name, ratio(v), f">= {t:g}x", met(v, t)] for name, v, t in targets]
