@@ -23,7 +23,7 @@ From Python, in this process or in a process of its own (spawn, which keeps its 
 off the caller's GIL):
   with LatencyProxy(("127.0.0.1", 9000), ttfb=0.02, bandwidth=90 * MiB) as proxy:
       url = f"http://127.0.0.1:{proxy.port}"
-  with spawn(("127.0.0.1", 9000)) as proxy: ...   # proxy.port, proxy.replies()
+  with spawn(("127.0.0.1", 9000)) as proxy: ...   # proxy.port, .replies(), .counts()
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class _Pipe:
         # are the first of a reply and wait ttfb.
         self.request_sent = threading.Event()
         self.done = 0
+        self.reply_bytes = 0  # bytes of replies passed on (written by the reply thread only)
         self.lock = threading.Lock()
 
     def start(self) -> None:
@@ -107,6 +108,8 @@ class _Pipe:
                     if start > now:
                         time.sleep(start - now)
                     free_at = start + n / self.bandwidth
+                if first_of_reply is not None:
+                    self.reply_bytes += n
                 while n:
                     n -= os.splice(pipe_r, dst.fileno(), n)
             with contextlib.suppress(OSError):
@@ -139,6 +142,7 @@ class LatencyProxy:
         self.connections = 0
         # Replies passed on: one per HTTP request, as the clients here never pipeline.
         self.replies = 0
+        self.retired_bytes = 0  # reply bytes of the pipes forgotten (see reply_bytes)
         self.lock = threading.Lock()
         self.closed = False
         self.thread = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
@@ -181,6 +185,7 @@ class LatencyProxy:
             with self.lock:
                 self.connections += 1
                 # Forget finished pipes here rather than from their threads: no callback.
+                self.retired_bytes += sum(p.reply_bytes for p in self.pipes if p.done >= 2)
                 self.pipes = {p for p in self.pipes if p.done < 2}
                 self.pipes.add(pipe)
             pipe.start()
@@ -188,6 +193,11 @@ class LatencyProxy:
     def _replied(self) -> None:
         with self.lock:
             self.replies += 1
+
+    def reply_bytes(self) -> int:
+        """Bytes of replies passed on so far, all connections."""
+        with self.lock:
+            return self.retired_bytes + sum(p.reply_bytes for p in self.pipes)
 
 
 @dataclass
@@ -198,7 +208,11 @@ class Spawned:
     proc: subprocess.Popen[bytes]
 
     def replies(self) -> int:
-        """Replies it has passed on so far (SIGUSR1: it prints ``replies N``)."""
+        """Replies it has passed on so far (SIGUSR1: it prints ``replies N bytes M``)."""
+        return self.counts()[0]
+
+    def counts(self) -> tuple[int, int]:
+        """Replies it has passed on so far, and their bytes."""
         assert self.proc.stdout is not None
         self.proc.send_signal(signal.SIGUSR1)
         timer = threading.Timer(START_TIMEOUT, self.proc.kill)
@@ -207,7 +221,8 @@ class Spawned:
         timer.cancel()
         if not line.startswith("replies "):
             raise RuntimeError(f"latency proxy did not say its replies (said {line!r})")
-        return int(line.split()[1])
+        words = line.split()
+        return int(words[1]), int(words[3])
 
 
 @contextlib.contextmanager
@@ -345,7 +360,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with LatencyProxy(args.upstream, args.ttfb, args.bandwidth, args.port) as proxy:
         signal.signal(signal.SIGUSR1,
-                      lambda *_: print(f"replies {proxy.replies}", flush=True))
+                      lambda *_: print(f"replies {proxy.replies} bytes {proxy.reply_bytes()}",
+                                       flush=True))
         print(f"listening {proxy.port}", flush=True)
         while not stop.wait(1):
             pass
