@@ -38,9 +38,9 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 from alluxiofuse.model import Data, Version
 
@@ -162,12 +162,13 @@ class DiskPages:
             store._make_room(fd, 0, 0)
         return store
 
-    def get(self, key: DiskKey) -> bytes | None:
-        """The page's data, or None when it is not there or fails a check (then removed)."""
+    def get(self, key: DiskKey) -> Data | None:
+        """The page's data, or None when it is not there or fails a check (then removed).
+        The whole file is read in one call, and the data handed out without a copy."""
         encoded = encode_key(key)
         path = self._path(encoded)
         try:
-            f = open(path, "rb")  # noqa: SIM115 (closed below, after the checks)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             self._bump("misses")
             return None
@@ -175,11 +176,13 @@ class DiskPages:
             self._failed("read a page", e)
             self._bump("misses")
             return None
-        with f:
+        try:
             st = None
+            data = None
             try:
-                st = os.fstat(f.fileno())
-                data = self._read(f, st.st_size, encoded)
+                st = os.fstat(fd)
+                if st.st_size <= _HEADER.size + _MAX_KEY + self.page_size:  # else garbage
+                    data = self._parse(os.read(fd, st.st_size), st.st_size, encoded)
             except OSError:  # EIO: the file is as bad as a corrupt one
                 data = None
             if st is None or data is None:
@@ -189,7 +192,9 @@ class DiskPages:
                 return None
             if time.time() - st.st_mtime > _TOUCH_AFTER:
                 with contextlib.suppress(OSError):  # best effort: a read-only store still serves
-                    os.utime(f.fileno())
+                    os.utime(fd)
+        finally:
+            os.close(fd)
         self._bump("hits")
         self._bump("hit_bytes", len(data))
         return data
@@ -197,32 +202,50 @@ class DiskPages:
     def put(self, key: DiskKey, data: Data) -> bool:
         """Store the page; False when it could not be (no room, an I/O error), never raises
         for those. ValueError if ``data`` is longer than a page."""
-        if len(data) > self.page_size:
-            raise ValueError(f"a page holds at most {self.page_size} bytes, not {len(data)}")
-        encoded = encode_key(key)
-        path = self._path(encoded)
-        if os.path.exists(path):
-            return True
-        size = _HEADER.size + len(encoded) + len(data)
+        return self.put_many([(key, data)])[0]
+
+    def put_many(self, pages: Sequence[tuple[DiskKey, Data]]) -> list[bool]:
+        """``put`` of each page, with room reserved for them all at once (one trip through
+        the lock for a read-ahead run's pages)."""
+        for _, data in pages:
+            if len(data) > self.page_size:
+                raise ValueError(f"a page holds at most {self.page_size} bytes, not {len(data)}")
+        todo = []  # (index, encoded key, final path, file size)
+        done = [True] * len(pages)
+        for i, (key, data) in enumerate(pages):
+            encoded = encode_key(key)
+            path = self._path(encoded)
+            if not os.path.exists(path):
+                todo.append((i, encoded, path, _HEADER.size + len(encoded) + len(data)))
+        if not todo:
+            return done
         try:
-            if not self._reserve(size):
-                return False
+            reserved = self._reserve(sum(size for *_, size in todo))
         except OSError as e:
             self._failed("reserve room", e)
-            return False
-        tmp = f"{os.path.dirname(path)}/{_TMP}{os.getpid()}-{self._tag}-{next(self._seq)}"
-        try:
-            self._write(tmp, encoded, data)
-            os.rename(tmp, path)
-        except OSError as e:
-            self._failed("write a page", e)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            reserved = False
+        if not reserved:
+            for i, *_ in todo:
+                done[i] = False
+            return done
+        unused = 0
+        for i, encoded, path, size in todo:
+            tmp = f"{os.path.dirname(path)}/{_TMP}{os.getpid()}-{self._tag}-{next(self._seq)}"
+            try:
+                self._write(tmp, encoded, pages[i][1])
+                os.rename(tmp, path)
+            except OSError as e:
+                self._failed("write a page", e)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                done[i] = False
+                unused += size
+                continue
+            self._bump("written_bytes", size)
+        if unused:
             with contextlib.suppress(OSError), self._locked() as fd:
-                _write_used(fd, _read_used(fd) - size)
-            return False
-        self._bump("written_bytes", size)
-        return True
+                _write_used(fd, _read_used(fd) - unused)
+        return done
 
     def used(self) -> int:
         """Bytes the pages of all the daemons use, as their shared count says (no scan)."""
@@ -255,21 +278,24 @@ class DiskPages:
         name = hashlib.sha256(encoded).hexdigest()
         return f"{self._pages}/{name[:2]}/{name}"
 
-    def _read(self, f: BinaryIO, size: int, encoded: bytes) -> bytes | None:
-        """The data of an open page file, or None if any check fails."""
-        header = f.read(_HEADER.size)
-        if len(header) != _HEADER.size:
+    def _parse(self, raw: bytes, size: int, encoded: bytes) -> memoryview | None:
+        """The data of a page file read whole (``size`` bytes, as fstat said), or None
+        if any check fails."""
+        if len(raw) != size or size < _HEADER.size:
             return None
-        magic, fmt, key_len, data_len, crc = _HEADER.unpack(header)
+        magic, fmt, key_len, data_len, crc = _HEADER.unpack_from(raw)
         if (
             magic != _MAGIC or fmt != _FORMAT or key_len > _MAX_KEY
             or data_len > self.page_size or size != _HEADER.size + key_len + data_len
         ):
             return None
-        if f.read(key_len) != encoded:  # a name clash, or a file moved under another name
+        view = memoryview(raw)
+        start = _HEADER.size + key_len
+        # The key: a name clash, or a file moved under another name, is refused.
+        if view[_HEADER.size:start] != encoded:
             return None
-        data = f.read(data_len)
-        if len(data) != data_len or zlib.crc32(data, zlib.crc32(encoded)) != crc:
+        data = view[start:]
+        if zlib.crc32(data, zlib.crc32(encoded)) != crc:
             return None
         return data
 
@@ -283,10 +309,14 @@ class DiskPages:
         try:
             crc = zlib.crc32(data, zlib.crc32(encoded))
             header = _HEADER.pack(_MAGIC, _FORMAT, len(encoded), len(data), crc)
-            for part in (header + encoded, data):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view):]
+            parts = [memoryview(header + encoded), memoryview(data)]
+            while parts:  # one call, unless the disk takes less
+                written = os.writev(fd, parts)
+                while parts and written >= len(parts[0]):
+                    written -= len(parts[0])
+                    parts.pop(0)
+                if parts:
+                    parts[0] = parts[0][written:]
         finally:
             os.close(fd)
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
@@ -32,6 +35,10 @@ Spawn = Callable[..., object]  # nursery.start_soon
 # Disk reads and writes at once: enough to keep a local SSD busy, few enough that they do
 # not crowd out the source's own threads.
 _THREADS = 4
+# Pages written to disk in one worker-thread job, and such jobs at once: several, as a
+# write can wait for the disk while another computes its checksum.
+_BATCH = 4
+_WRITERS = 3
 # Pages fetched but not yet written to disk, in bytes: their memory is the price of not
 # making readers wait for the disk. Past it, a page is not written (a later read fetches
 # it from the source again).
@@ -56,6 +63,8 @@ class DiskReads:
         self._limiter = trio.CapacityLimiter(_THREADS)
         self._behind = 0  # bytes waiting to be written
         self._max_behind = behind_bytes
+        self._waiting: deque[tuple[DiskKey, Data]] = deque()
+        self._writers = 0  # tasks writing what waits
         self.skipped_bytes = 0  # pages not written: too many were waiting
         self._slow_logged = False
 
@@ -73,7 +82,10 @@ class DiskReads:
             self.skipped_bytes += size
             return
         self._behind += size
-        self._spawn(self._put, self.key(path, version, index), data)
+        self._waiting.append((self.key(path, version, index), data))
+        if self._writers < _WRITERS:
+            self._writers += 1
+            self._spawn(self._write_waiting)
 
     async def read_many(
         self, backend: Backend, reads: Sequence[tuple[str, int, int, Version]],
@@ -98,23 +110,44 @@ class DiskReads:
         return results
 
     async def _get_all(self, keys: list[DiskKey]) -> list[Data | None]:
-        """The pages on disk (None for each one not there), in one worker-thread job. A
-        disk that does not answer within the deadline is a miss: the source is asked."""
-        def get_all() -> list[Data | None]:
-            return [self.store.get(key) for key in keys]
+        """The pages on disk (None for each one not there), read by a few worker threads
+        at once (a read-ahead run's pages in parallel: each read and check lets go of the
+        interpreter lock). A disk that does not answer within the deadline is a miss: the
+        source is asked."""
+        found: list[Data | None] = [None] * len(keys)
 
+        def get(indices: range) -> None:
+            for i in indices:
+                found[i] = self.store.get(keys[i])
+
+        # Reads in parallel only where there are cores for them beside the event loop and
+        # the kernel's own work for the reader: on a small machine threads only contend.
+        jobs = min(len(keys), _THREADS, max(1, (os.cpu_count() or 1) // 2))
         with trio.move_on_after(self._deadline):
-            return await trio.to_thread.run_sync(
-                get_all, limiter=self._limiter, abandon_on_cancel=True,
-            )
+            async with trio.open_nursery() as nursery:
+                for first in range(jobs):
+                    nursery.start_soon(partial(
+                        trio.to_thread.run_sync, get, range(first, len(keys), jobs),
+                        limiter=self._limiter, abandon_on_cancel=True))
+            return found
         if not self._slow_logged:
             self._slow_logged = True
             log.warning("disk page store %s: no answer within %gs; reading from the source "
                         "(logged once)", self.store.directory, self._deadline)
         return [None] * len(keys)
 
-    async def _put(self, key: DiskKey, data: Data) -> None:
+    async def _write_waiting(self) -> None:
+        """Write the pages waiting, a batch per worker-thread job (one reservation of room
+        for each batch), until none is left; one of up to ``_WRITERS`` such tasks."""
         try:
-            await trio.to_thread.run_sync(self.store.put, key, data, limiter=self._limiter)
+            while self._waiting:
+                batch: list[tuple[DiskKey, Data]] = []
+                while self._waiting and len(batch) < _BATCH:
+                    batch.append(self._waiting.popleft())
+                try:
+                    await trio.to_thread.run_sync(self.store.put_many, batch,
+                                                  limiter=self._limiter)
+                finally:
+                    self._behind -= sum(len(data) for _, data in batch)
         finally:
-            self._behind -= len(data)
+            self._writers -= 1

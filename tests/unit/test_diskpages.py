@@ -325,7 +325,7 @@ def fail_write(fd: int, data: object) -> int:
 
 @pytest.mark.parametrize(
     ("name", "fail", "message"),
-    [("rename", fail_rename, "No space left"), ("write", fail_write, "Input/output error")],
+    [("rename", fail_rename, "No space left"), ("writev", fail_write, "Input/output error")],
 )
 def test_a_failing_disk_makes_put_return_false_and_logs_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expect_log: Callable[..., None],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -113,23 +114,24 @@ async def test_a_corrupt_page_is_fetched_again_and_counted(
 class SlowStore(DiskPages):
     """A store whose writes wait for ``go``: a disk slower than the source."""
 
-    go = threading.Event()
+    go: threading.Event
 
-    def put(self, key: DiskKey, data: Data) -> bool:
+    def put_many(self, pages: Sequence[tuple[DiskKey, Data]]) -> list[bool]:
         assert self.go.wait(5)
-        return super().put(key, data)
+        return super().put_many(pages)
 
 
 async def test_pages_not_written_when_too_many_wait_are_counted(
     nursery: trio.Nursery, tmp_path: Path,
 ) -> None:
     store = SlowStore.open(str(tmp_path), 1 << 20, page_size=PS)
+    store.go = threading.Event()
     reads = DiskReads(store, "fake://source", spawn=nursery.start_soon, deadline=5.0,
                       behind_bytes=2 * PS)
     env = Env(nursery, max_readahead=0, disk=reads)
     assert await read_all(env) == DATA  # the reader never waits for the disk
     assert reads.skipped_bytes == len(DATA) - 2 * PS
-    SlowStore.go.set()
+    store.go.set()
     await written(reads)
     assert store.counters.written_bytes > 2 * PS  # the two that waited, with their headers
     assert store.stats().pages == 2
