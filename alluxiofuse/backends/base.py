@@ -155,6 +155,13 @@ class Backend(Protocol):
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         ...
 
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        """A FIFO, socket or device node (``mode``'s type bits; ``rdev``: a device's
+        number), where ``writes.nodes``."""
+        ...
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         ...
 

@@ -94,7 +94,7 @@ class LocalUfs(UfsBackend):
             return None
         status = status_from_stat(path.rpartition("/")[2], st)
         if status is None:
-            raise NotFound(f"{path!r} is a special file, which is not served")
+            raise NotFound(f"{path!r} is of a type Linux does not make, which is not served")
         return self._reported(status)
 
     async def warm(self, reads: Sequence[tuple[str, int, int, Version]]) -> None:
@@ -149,7 +149,7 @@ class LocalUfs(UfsBackend):
             if statmod.S_ISDIR(st.st_mode):
                 self._root()
         status = status_from_stat(path.rpartition("/")[2], st)
-        if status is None:  # hidden from listings too
+        if status is None:  # a type Linux does not make; hidden from listings too
             raise NotFound(f"{path!r} is a special file, which is not served")
         return self._reported(status)
 
@@ -174,12 +174,13 @@ class LocalUfs(UfsBackend):
                     except FileNotFoundError:  # removed while listing
                         continue
                     kind = _KIND_OF_TYPE.get(statmod.S_IFMT(st.st_mode))
-                    if kind is None:  # sockets, FIFOs and devices are not served
+                    if kind is None:
                         continue
+                    rdev = st.st_rdev if statmod.S_IFMT(st.st_mode) in _DEVICES else None
                     columns.add(entry.name, kind, st.st_size,
                                 st.st_mtime_ns - st.st_mtime_ns % unit, st.st_ctime_ns,
                                 st.st_atime_ns, statmod.S_IMODE(st.st_mode), st.st_uid,
-                                st.st_gid, st.st_nlink, st.st_blocks, None)
+                                st.st_gid, st.st_nlink, st.st_blocks, rdev, None)
         finally:
             os.close(fd)
         return Listing.from_columns(columns)
@@ -313,7 +314,7 @@ class LocalUfs(UfsBackend):
 
     # -- changes: the local system calls, relative to the root descriptor
 
-    writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True,
+    writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True, nodes=True,
                           rename_noreplace=True, rename_exchange=True, needs_parent=True)
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
@@ -353,6 +354,21 @@ class LocalUfs(UfsBackend):
             self._give(path, owner)
             return self._stat_sync(path)
         return await self._call(symlink)
+
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        def mknod() -> FileStatus:
+            with self._at(path) as (fd, name):
+                os.mknod(name, mode, rdev, dir_fd=fd)
+            self._give(path, owner)
+            status = self._stat_sync(path)
+            if status.mode is not None and status.mode & 0o777 != mode & 0o777:
+                # As for mkdir: the kernel applied the caller's umask, the daemon's is not
+                # the caller's to apply.
+                return self._setattr_sync(path, Attrs(mode=status.mode & ~0o777 | mode & 0o777))
+            return status
+        return await self._call(mknod)
 
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         return await self._call(self._setattr_sync, path, attrs)
@@ -590,22 +606,24 @@ _renameat2 = _load_renameat2()
 
 
 # The kind code (listing.kind_code) of each file type served; others are not.
-_KIND_OF_TYPE = {statmod.S_IFDIR: kind_code(Kind.DIRECTORY), statmod.S_IFREG: kind_code(Kind.FILE),
-                 statmod.S_IFLNK: kind_code(Kind.SYMLINK)}
+_KINDS = {
+    statmod.S_IFDIR: Kind.DIRECTORY, statmod.S_IFREG: Kind.FILE, statmod.S_IFLNK: Kind.SYMLINK,
+    statmod.S_IFIFO: Kind.FIFO, statmod.S_IFSOCK: Kind.SOCKET, statmod.S_IFCHR: Kind.CHAR_DEVICE,
+    statmod.S_IFBLK: Kind.BLOCK_DEVICE,
+}
+_KIND_OF_TYPE = {file_type: kind_code(kind) for file_type, kind in _KINDS.items()}
+_DEVICES = (statmod.S_IFCHR, statmod.S_IFBLK)
 
 
 def status_from_stat(name: str, st: os.stat_result) -> FileStatus | None:
-    """A local ``stat`` result as a status; ``None`` for sockets, FIFOs and devices."""
-    if statmod.S_ISDIR(st.st_mode):
-        kind = Kind.DIRECTORY
-    elif statmod.S_ISREG(st.st_mode):
-        kind = Kind.FILE
-    elif statmod.S_ISLNK(st.st_mode):
-        kind = Kind.SYMLINK
-    else:
+    """A local ``stat`` result as a status; ``None`` for a type no status has (none that
+    Linux makes)."""
+    kind = _KINDS.get(statmod.S_IFMT(st.st_mode))
+    if kind is None:
         return None
     return FileStatus(
         name=name, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
         atime_ns=st.st_atime_ns, mode=statmod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
         nlink=st.st_nlink, blocks=st.st_blocks,
+        rdev=st.st_rdev if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE) else None,
     )

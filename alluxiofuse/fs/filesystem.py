@@ -287,11 +287,19 @@ class Filesystem:
         return fh, self._attributes(inode)
 
     async def mknod(
-        self, parent_ino: int, name: str, mode: int, owner: tuple[int, int],
+        self, parent_ino: int, name: str, mode: int, rdev: int, owner: tuple[int, int],
     ) -> Attributes:
-        """An empty regular file, committed at once; no other kind of node."""
+        """An empty regular file, committed at once; or a FIFO, socket or device node,
+        where the source keeps them (a local directory)."""
         if not stat.S_ISREG(mode):
-            self.refuse_write("mknod of a device, FIFO or socket")
+            self._writable()
+            if not self.backend.writes.nodes:
+                raise NotSupported(f"{self.backend.description} keeps no FIFOs, sockets or "
+                                   "devices")
+            path = self._new_path(parent_ino, name)
+            await self._must_not_exist(path)
+            status = await self.backend.mknod(path, mode, rdev, owner)
+            return self._attributes(self._made(path, status))
         fh, inode = await self._create(parent_ino, name, mode, os.O_WRONLY | os.O_EXCL, owner)
         try:
             await self.flush(fh)

@@ -471,6 +471,12 @@ class ClusterBackend:
         self._changing(path)
         return await self.ufs.symlink(path, target, owner)
 
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        self._changing(path)
+        return await self.ufs.mknod(path, mode, rdev, owner)
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         self._changing(path)
         return await self.ufs.setattr(path, attrs)
