@@ -162,6 +162,11 @@ class Backend(Protocol):
         number), where ``writes.nodes``."""
         ...
 
+    async def link(self, path: str, new: str) -> FileStatus:
+        """One more name, ``new``, for the file ``path`` (where ``writes.links``); the
+        file's status after."""
+        ...
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         ...
 

@@ -180,7 +180,7 @@ class LocalUfs(UfsBackend):
                     columns.add(entry.name, kind, st.st_size,
                                 st.st_mtime_ns - st.st_mtime_ns % unit, st.st_ctime_ns,
                                 st.st_atime_ns, statmod.S_IMODE(st.st_mode), st.st_uid,
-                                st.st_gid, st.st_nlink, st.st_blocks, rdev, None)
+                                st.st_gid, st.st_nlink, st.st_blocks, rdev, _file_id(st), None)
         finally:
             os.close(fd)
         return Listing.from_columns(columns)
@@ -315,6 +315,7 @@ class LocalUfs(UfsBackend):
     # -- changes: the local system calls, relative to the root descriptor
 
     writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True, nodes=True,
+                          links=True,
                           rename_noreplace=True, rename_exchange=True, needs_parent=True)
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
@@ -370,6 +371,14 @@ class LocalUfs(UfsBackend):
             return status
         return await self._call(mknod)
 
+    async def link(self, path: str, new: str) -> FileStatus:
+        def link() -> FileStatus:
+            with self._at(path) as (old_at, old_name), self._at(new) as (new_at, new_name):
+                os.link(old_name, new_name, src_dir_fd=old_at, dst_dir_fd=new_at,
+                        follow_symlinks=False)
+            return self._stat_sync(new)
+        return await self._call(link)
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         return await self._call(self._setattr_sync, path, attrs)
 
@@ -412,6 +421,13 @@ class LocalUfs(UfsBackend):
         owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool, ticket: int,
     ) -> Commit:
         """``_commit_local`` with ``path`` named ``name`` relative to ``root`` (``_at``)."""
+        try:
+            st = os.lstat(name, dir_fd=root)
+        except FileNotFoundError:
+            st = None
+        if st is not None and statmod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return self._commit_in_place(root, name, path, staged, mode, owner, mtime_ns,
+                                         durable, ticket)
         parent, _, _ = name.rpartition("/")
         leaf = temp_name()
         temp = f"{parent}/{leaf}" if parent else leaf
@@ -449,6 +465,37 @@ class LocalUfs(UfsBackend):
         if durable:
             _fsync_dir(parent or ".", root)
         return Commit(self._stat_sync(path), linked)
+
+    def _commit_in_place(
+        self, root: int, name: str, path: str, staged: str, mode: int | None,
+        owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool, ticket: int,
+    ) -> Commit:
+        """A file with hard links is written where it is: a new file renamed over one of
+        its names would make that name another file, and leave the others the old
+        content. Not atomic, as no write in place is: a crash in the middle leaves the
+        file part old, part new (fsync, or the close of a ``durable`` commit, says when
+        it is whole)."""
+        src = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with self._fence.publishing(path, ticket):  # never over a newer commit
+                dst = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+                try:
+                    size = os.fstat(src).st_size
+                    _copy_all(src, dst, size)
+                    os.ftruncate(dst, size)
+                    if mode is not None:
+                        os.fchmod(dst, mode)
+                    if owner is not None and os.geteuid() == 0:
+                        os.fchown(dst, *owner)
+                    if mtime_ns is not None:
+                        os.utime(dst, ns=(mtime_ns, mtime_ns))
+                    if durable:
+                        os.fsync(dst)
+                finally:
+                    os.close(dst)
+        finally:
+            os.close(src)
+        return Commit(self._stat_sync(path), False)
 
     def note_commits(self, directory: str) -> builtins.list[str]:
         removed = []
@@ -626,4 +673,13 @@ def status_from_stat(name: str, st: os.stat_result) -> FileStatus | None:
         atime_ns=st.st_atime_ns, mode=statmod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
         nlink=st.st_nlink, blocks=st.st_blocks,
         rdev=st.st_rdev if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE) else None,
+        file_id=_file_id(st),
     )
+
+
+def _file_id(st: os.stat_result) -> int | None:
+    """What identifies the file of a name that is one of its hard links (None for one
+    with a single link, and for directories, whose link count says something else)."""
+    if st.st_nlink < 2 or statmod.S_ISDIR(st.st_mode):
+        return None
+    return (st.st_dev << 48 ^ st.st_ino) & ((1 << 63) - 1)

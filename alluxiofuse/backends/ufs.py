@@ -474,6 +474,9 @@ class UfsBackend:
     ) -> FileStatus:
         raise NotSupported(f"{self.description} keeps no FIFOs, sockets or devices")
 
+    async def link(self, path: str, new: str) -> FileStatus:
+        raise NotSupported(f"{self.description} has no hard links")
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         if not self._metadata:
             raise NotSupported(f"{self.description} keeps no modes, owners or times")

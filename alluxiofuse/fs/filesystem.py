@@ -423,6 +423,12 @@ class Filesystem:
         status = await self.statuses.stat(path)
         if status.kind is Kind.DIRECTORY:
             raise IsADirectory(path)
+        inode = self.inodes.by_path(path)
+        staged = writes.get(path)
+        if inode is not None and inode.aliases and staged is not None:
+            # The file lives on under its other names: what was written through this one
+            # is theirs too, so it is committed before the name goes.
+            await self._commit(staged, durable=False)
         async with writes.removing(path) as staged:
             try:
                 await self.backend.unlink(path)
@@ -481,8 +487,30 @@ class Filesystem:
         self._dir_changed(new, kernel=True)
 
     async def link(self, ino: int, parent_ino: int, name: str) -> Attributes:
-        self._writable()
-        raise NotSupported("hard links are not supported")
+        """One more name for a file, where the source keeps hard links (a local directory):
+        both names are one inode from then on. A file being written is committed first, so
+        that the new name is of the file as it stands."""
+        writes = self._writable()
+        if not self.backend.writes.links:
+            raise NotSupported(f"{self.backend.description} has no hard links")
+        inode = self.inodes.get(ino)
+        if not self.inodes.is_linked(inode):
+            raise NotFound(f"{inode.path} was removed")
+        path = self._new_path(parent_ino, name)
+        await self._must_not_exist(path)
+        staged = writes.get(inode.path)
+        if staged is not None:
+            await self._commit(staged, durable=False)
+        status = await self.backend.link(inode.path, path)
+        for known in inode.names:  # their link count and ctime changed
+            self.statuses.changed(known)
+        self.statuses.changed(path)
+        self._dir_changed(path, kernel=True)
+        self.meta.put_status(path, status)
+        self.inodes.add_name(inode, path, status)
+        self.inodes.remember(inode)
+        inode.attrs_given()
+        return self._attributes(inode)
 
     # -- change helpers
 
@@ -564,7 +592,14 @@ class Filesystem:
         self.statuses.changed(path, tree=tree)
         self._dir_changed(path, kernel=True)
         self.meta.put_missing(path)
+        inode = self.inodes.by_path(path)
         self.inodes.unlink(path)
+        if inode is not None and self.inodes.is_linked(inode):
+            # Its other names name it still, with one link fewer and a new ctime.
+            for name in inode.names:
+                self.statuses.changed(name)
+            self._invalidate_attrs(inode.ino)
+            inode.attrs_version = None
 
     def _check_rename_flags(self, flags: int) -> None:
         support = self.backend.writes

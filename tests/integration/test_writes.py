@@ -107,7 +107,48 @@ def test_attributes_links_and_rename_flags(mount: MountFactory, tmp_path: Path) 
     renameat2(p / "x", p / "y", RENAME_EXCHANGE)
     assert ((src / "x").read_bytes(), (src / "y").read_bytes()) == (b"y", b"x")
     assert read_bytes(p / "x") == b"y"
-    assert errno_of(lambda: os.link(p / "x", p / "hard")) == errno.ENOTSUP
+
+
+def test_hard_links_on_a_local_source(mount: MountFactory, tmp_path: Path) -> None:
+    """Two names, one inode through the mount and in the source; a write through either
+    name is the file's; one name removed, the other keeps the file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old").write_bytes(b"old\n")
+    os.link(src / "old", src / "old-link")  # made behind the mount
+    p = mount(src).path
+    assert os.stat(p / "old").st_ino == os.stat(p / "old-link").st_ino
+    assert os.stat(p / "old").st_nlink == 2
+
+    (p / "a").write_bytes(b"hello\n")
+    os.mkdir(p / "d")
+    os.link(p / "a", p / "d" / "b")
+    a, b = os.stat(p / "a"), os.stat(p / "d" / "b")
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    assert os.stat(src / "a").st_ino == os.stat(src / "d" / "b").st_ino
+    with open(p / "d" / "b", "ab") as f:  # a write through one name is the file's
+        f.write(b"more\n")
+    assert read_bytes(p / "a") == (src / "a").read_bytes() == b"hello\nmore\n"
+    assert os.stat(src / "a").st_ino == os.stat(src / "d" / "b").st_ino  # still one file
+
+    # A file being written is linked as it stands, and its later writes are the link's.
+    fd = os.open(p / "w", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"first ")
+        os.link(p / "w", p / "w-link")
+        assert (src / "w-link").read_bytes() == b"first "
+        os.write(fd, b"second")
+    finally:
+        os.close(fd)
+    assert read_bytes(p / "w-link") == b"first second"
+
+    os.unlink(p / "a")
+    b = os.stat(p / "d" / "b")
+    assert b.st_nlink == 1 and read_bytes(p / "d" / "b") == b"hello\nmore\n"
+    os.rename(p / "d" / "b", p / "c")
+    assert read_bytes(p / "c") == b"hello\nmore\n"
+    assert errno_of(lambda: os.link(p / "d", p / "d2")) == errno.EPERM  # not a directory
+    assert errno_of(lambda: os.link(p / "c", p / "old")) == errno.EEXIST
 
 
 def test_special_files_on_a_local_source(mount: MountFactory, tmp_path: Path) -> None:

@@ -301,6 +301,9 @@ class ProxyBackend:
     ) -> FileStatus:
         raise NotSupported(f"{self.description} keeps no FIFOs, sockets or devices")
 
+    async def link(self, path: str, new: str) -> FileStatus:
+        raise NotSupported(f"{self.description} has no hard links")
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         if attrs.mode is not None:
             await self.client.set_attribute(self.source.path(path), mode=attrs.mode)
