@@ -423,12 +423,7 @@ class Filesystem:
         status = await self.statuses.stat(path)
         if status.kind is Kind.DIRECTORY:
             raise IsADirectory(path)
-        inode = self.inodes.by_path(path)
-        staged = writes.get(path)
-        if inode is not None and inode.aliases and staged is not None:
-            # The file lives on under its other names: what was written through this one
-            # is theirs too, so it is committed before the name goes.
-            await self._commit(staged, durable=False)
+        await self._commit_for_other_names(path)
         async with writes.removing(path) as staged:
             try:
                 await self.backend.unlink(path)
@@ -464,10 +459,13 @@ class Filesystem:
             return
         if target is None and flags & RENAME_EXCHANGE:
             raise NotFound(new)
+        replaced = None
         if target is not None and not flags & RENAME_EXCHANGE:
             if flags & RENAME_NOREPLACE:
                 raise AlreadyExists(new)
             await self._check_replace(source, target, new)
+            replaced = self.inodes.by_path(new)
+            await self._commit_for_other_names(new)
         async with writes.moving(old, new):
             await self.backend.rename(old, new, flags)
             if flags & RENAME_EXCHANGE:
@@ -485,6 +483,8 @@ class Filesystem:
         self.statuses.changed(new, tree=True)
         self._dir_changed(old, kernel=True)
         self._dir_changed(new, kernel=True)
+        if replaced is not None:
+            self._name_gone(replaced)
 
     async def link(self, ino: int, parent_ino: int, name: str) -> Attributes:
         """One more name for a file, where the source keeps hard links (a local directory):
@@ -594,8 +594,22 @@ class Filesystem:
         self.meta.put_missing(path)
         inode = self.inodes.by_path(path)
         self.inodes.unlink(path)
-        if inode is not None and self.inodes.is_linked(inode):
-            # Its other names name it still, with one link fewer and a new ctime.
+        if inode is not None:
+            self._name_gone(inode)
+
+    async def _commit_for_other_names(self, path: str) -> None:
+        """``path`` is about to go (removed, or renamed over) while its file may live on
+        under other names (hard links): what was written through it and not committed
+        yet is theirs too, so it is committed now."""
+        inode = self.inodes.by_path(path)
+        staged = self.writes.get(path) if self.writes is not None else None
+        if inode is not None and inode.aliases and staged is not None:
+            await self._commit(staged, durable=False)
+
+    def _name_gone(self, inode: Inode) -> None:
+        """One of ``inode``'s names is gone; if it has others, they name it still, with one
+        link fewer and a new ctime, which the kernel and the caches must hear of."""
+        if self.inodes.is_linked(inode):
             for name in inode.names:
                 self.statuses.changed(name)
             self._invalidate_attrs(inode.ino)

@@ -148,6 +148,14 @@ def test_hard_links_on_a_local_source(mount: MountFactory, tmp_path: Path) -> No
     os.rename(p / "d" / "b", p / "c")
     assert read_bytes(p / "c") == b"hello\nmore\n"
     assert errno_of(lambda: os.link(p / "d", p / "d2")) == errno.EPERM  # not a directory
+    # A name renamed over leaves its file to its other names, one link fewer, at once.
+    (p / "t").write_bytes(b"t")
+    os.link(p / "t", p / "t2")
+    assert os.stat(p / "t2").st_nlink == 2
+    (p / "s").write_bytes(b"s")
+    os.rename(p / "s", p / "t")
+    assert os.stat(p / "t2").st_nlink == 1 and read_bytes(p / "t2") == b"t"
+    assert read_bytes(p / "t") == b"s"
     assert errno_of(lambda: os.link(p / "c", p / "old")) == errno.EEXIST
 
 
