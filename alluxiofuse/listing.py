@@ -27,11 +27,12 @@ import trio
 
 from alluxiofuse.model import FileStatus, Kind
 
-_KINDS = (Kind.FILE, Kind.DIRECTORY, Kind.SYMLINK)
+_KINDS = (Kind.FILE, Kind.DIRECTORY, Kind.SYMLINK, Kind.FIFO, Kind.SOCKET, Kind.CHAR_DEVICE,
+          Kind.BLOCK_DEVICE)
 _KIND_CODES = {kind: code for code, kind in enumerate(_KINDS)}
 # The optional integer fields of a status, and what stands for "not known" in a column.
 _FIELDS = ("mtime_ns", "ctime_ns", "atime_ns", "mode", "uid", "gid", "nlink", "blocks",
-           "version_mtime_ns")
+           "rdev", "file_id", "version_mtime_ns")
 _ABSENT = -(1 << 63)
 
 
@@ -51,6 +52,8 @@ class Entry(NamedTuple):
     gid: int | None
     nlink: int | None
     blocks: int | None
+    rdev: int | None
+    file_id: int | None
     complete: bool
 
 
@@ -93,7 +96,8 @@ class Columns:
 
     def add_status(self, s: FileStatus) -> None:
         self.add(s.name, _KIND_CODES[s.kind], s.size, s.mtime_ns, s.ctime_ns, s.atime_ns,
-                 s.mode, s.uid, s.gid, s.nlink, s.blocks, s.version_mtime_ns,
+                 s.mode, s.uid, s.gid, s.nlink, s.blocks, s.rdev, s.file_id,
+                 s.version_mtime_ns,
                  complete=s.complete, etag=s.etag)
 
 

@@ -24,6 +24,13 @@ class Kind(enum.Enum):
     FILE = "file"
     DIRECTORY = "directory"
     SYMLINK = "symlink"
+    # Special files: only a local directory keeps them. The kernel serves their opens
+    # (a FIFO's pipe, a device's driver, a socket's connections): the daemon only makes,
+    # lists, renames and removes them.
+    FIFO = "fifo"
+    SOCKET = "socket"
+    CHAR_DEVICE = "character device"
+    BLOCK_DEVICE = "block device"
 
 
 class Version(NamedTuple):
@@ -58,6 +65,10 @@ class FileStatus:
     gid: int | None = None
     nlink: int | None = None
     blocks: int | None = None  # 512-byte blocks, when the backend knows real allocation
+    rdev: int | None = None  # a device's number
+    # Where names can be hard links (a local directory): what the source's file is, the
+    # same for all its names; given for a file with more than one link.
+    file_id: int | None = None
     etag: str | None = None
     # The content's own modification time when ``mtime_ns`` is another one (an object's
     # LastModified, when its metadata says the file's mtime, as ``cp -a`` left it): the
@@ -93,6 +104,8 @@ class WriteSupport:
     owners: bool = False  # chown
     times: bool = False  # utimens
     symlinks: bool = False
+    nodes: bool = False  # FIFOs, sockets and devices (mknod)
+    links: bool = False  # hard links
     rename_noreplace: bool = False  # RENAME_NOREPLACE, atomically
     rename_exchange: bool = False  # RENAME_EXCHANGE, atomically
     directories: bool = True  # empty directories exist on their own (else: marker objects)

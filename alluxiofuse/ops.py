@@ -215,7 +215,8 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any,
     ) -> EntryAttributes:
         with self._call("mknod"):
-            attrs = await self.fs.mknod(parent_inode, os.fsdecode(name), mode, _owner(ctx))
+            attrs = await self.fs.mknod(parent_inode, os.fsdecode(name), mode, rdev,
+                                        _owner(ctx))
             return entry_attributes(attrs)
 
     async def mkdir(

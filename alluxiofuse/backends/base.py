@@ -155,6 +155,18 @@ class Backend(Protocol):
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         ...
 
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        """A FIFO, socket or device node (``mode``'s type bits; ``rdev``: a device's
+        number), where ``writes.nodes``."""
+        ...
+
+    async def link(self, path: str, new: str) -> FileStatus:
+        """One more name, ``new``, for the file ``path`` (where ``writes.links``); the
+        file's status after."""
+        ...
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         ...
 

@@ -94,7 +94,7 @@ class LocalUfs(UfsBackend):
             return None
         status = status_from_stat(path.rpartition("/")[2], st)
         if status is None:
-            raise NotFound(f"{path!r} is a special file, which is not served")
+            raise NotFound(f"{path!r} is of a type Linux does not make, which is not served")
         return self._reported(status)
 
     async def warm(self, reads: Sequence[tuple[str, int, int, Version]]) -> None:
@@ -149,7 +149,7 @@ class LocalUfs(UfsBackend):
             if statmod.S_ISDIR(st.st_mode):
                 self._root()
         status = status_from_stat(path.rpartition("/")[2], st)
-        if status is None:  # hidden from listings too
+        if status is None:  # a type Linux does not make; hidden from listings too
             raise NotFound(f"{path!r} is a special file, which is not served")
         return self._reported(status)
 
@@ -174,12 +174,13 @@ class LocalUfs(UfsBackend):
                     except FileNotFoundError:  # removed while listing
                         continue
                     kind = _KIND_OF_TYPE.get(statmod.S_IFMT(st.st_mode))
-                    if kind is None:  # sockets, FIFOs and devices are not served
+                    if kind is None:
                         continue
+                    rdev = st.st_rdev if statmod.S_IFMT(st.st_mode) in _DEVICES else None
                     columns.add(entry.name, kind, st.st_size,
                                 st.st_mtime_ns - st.st_mtime_ns % unit, st.st_ctime_ns,
                                 st.st_atime_ns, statmod.S_IMODE(st.st_mode), st.st_uid,
-                                st.st_gid, st.st_nlink, st.st_blocks, None)
+                                st.st_gid, st.st_nlink, st.st_blocks, rdev, _file_id(st), None)
         finally:
             os.close(fd)
         return Listing.from_columns(columns)
@@ -313,7 +314,8 @@ class LocalUfs(UfsBackend):
 
     # -- changes: the local system calls, relative to the root descriptor
 
-    writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True,
+    writes = WriteSupport(modes=True, owners=True, times=True, symlinks=True, nodes=True,
+                          links=True,
                           rename_noreplace=True, rename_exchange=True, needs_parent=True)
 
     async def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None) -> FileStatus:
@@ -353,6 +355,29 @@ class LocalUfs(UfsBackend):
             self._give(path, owner)
             return self._stat_sync(path)
         return await self._call(symlink)
+
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        def mknod() -> FileStatus:
+            with self._at(path) as (fd, name):
+                os.mknod(name, mode, rdev, dir_fd=fd)
+            self._give(path, owner)
+            status = self._stat_sync(path)
+            if status.mode is not None and status.mode & 0o777 != mode & 0o777:
+                # As for mkdir: the kernel applied the caller's umask, the daemon's is not
+                # the caller's to apply.
+                return self._setattr_sync(path, Attrs(mode=status.mode & ~0o777 | mode & 0o777))
+            return status
+        return await self._call(mknod)
+
+    async def link(self, path: str, new: str) -> FileStatus:
+        def link() -> FileStatus:
+            with self._at(path) as (old_at, old_name), self._at(new) as (new_at, new_name):
+                os.link(old_name, new_name, src_dir_fd=old_at, dst_dir_fd=new_at,
+                        follow_symlinks=False)
+            return self._stat_sync(new)
+        return await self._call(link)
 
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         return await self._call(self._setattr_sync, path, attrs)
@@ -396,6 +421,13 @@ class LocalUfs(UfsBackend):
         owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool, ticket: int,
     ) -> Commit:
         """``_commit_local`` with ``path`` named ``name`` relative to ``root`` (``_at``)."""
+        try:
+            st = os.lstat(name, dir_fd=root)
+        except FileNotFoundError:
+            st = None
+        if st is not None and statmod.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return self._commit_in_place(root, name, path, staged, mode, owner, mtime_ns,
+                                         durable, ticket)
         parent, _, _ = name.rpartition("/")
         leaf = temp_name()
         temp = f"{parent}/{leaf}" if parent else leaf
@@ -433,6 +465,37 @@ class LocalUfs(UfsBackend):
         if durable:
             _fsync_dir(parent or ".", root)
         return Commit(self._stat_sync(path), linked)
+
+    def _commit_in_place(
+        self, root: int, name: str, path: str, staged: str, mode: int | None,
+        owner: tuple[int, int] | None, mtime_ns: int | None, durable: bool, ticket: int,
+    ) -> Commit:
+        """A file with hard links is written where it is: a new file renamed over one of
+        its names would make that name another file, and leave the others the old
+        content. Not atomic, as no write in place is: a crash in the middle leaves the
+        file part old, part new (fsync, or the close of a ``durable`` commit, says when
+        it is whole)."""
+        src = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with self._fence.publishing(path, ticket):  # never over a newer commit
+                dst = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+                try:
+                    size = os.fstat(src).st_size
+                    _copy_all(src, dst, size)
+                    os.ftruncate(dst, size)
+                    if mode is not None:
+                        os.fchmod(dst, mode)
+                    if owner is not None and os.geteuid() == 0:
+                        os.fchown(dst, *owner)
+                    if mtime_ns is not None:
+                        os.utime(dst, ns=(mtime_ns, mtime_ns))
+                    if durable:
+                        os.fsync(dst)
+                finally:
+                    os.close(dst)
+        finally:
+            os.close(src)
+        return Commit(self._stat_sync(path), False)
 
     def note_commits(self, directory: str) -> builtins.list[str]:
         removed = []
@@ -590,22 +653,33 @@ _renameat2 = _load_renameat2()
 
 
 # The kind code (listing.kind_code) of each file type served; others are not.
-_KIND_OF_TYPE = {statmod.S_IFDIR: kind_code(Kind.DIRECTORY), statmod.S_IFREG: kind_code(Kind.FILE),
-                 statmod.S_IFLNK: kind_code(Kind.SYMLINK)}
+_KINDS = {
+    statmod.S_IFDIR: Kind.DIRECTORY, statmod.S_IFREG: Kind.FILE, statmod.S_IFLNK: Kind.SYMLINK,
+    statmod.S_IFIFO: Kind.FIFO, statmod.S_IFSOCK: Kind.SOCKET, statmod.S_IFCHR: Kind.CHAR_DEVICE,
+    statmod.S_IFBLK: Kind.BLOCK_DEVICE,
+}
+_KIND_OF_TYPE = {file_type: kind_code(kind) for file_type, kind in _KINDS.items()}
+_DEVICES = (statmod.S_IFCHR, statmod.S_IFBLK)
 
 
 def status_from_stat(name: str, st: os.stat_result) -> FileStatus | None:
-    """A local ``stat`` result as a status; ``None`` for sockets, FIFOs and devices."""
-    if statmod.S_ISDIR(st.st_mode):
-        kind = Kind.DIRECTORY
-    elif statmod.S_ISREG(st.st_mode):
-        kind = Kind.FILE
-    elif statmod.S_ISLNK(st.st_mode):
-        kind = Kind.SYMLINK
-    else:
+    """A local ``stat`` result as a status; ``None`` for a type no status has (none that
+    Linux makes)."""
+    kind = _KINDS.get(statmod.S_IFMT(st.st_mode))
+    if kind is None:
         return None
     return FileStatus(
         name=name, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns,
         atime_ns=st.st_atime_ns, mode=statmod.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
         nlink=st.st_nlink, blocks=st.st_blocks,
+        rdev=st.st_rdev if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE) else None,
+        file_id=_file_id(st),
     )
+
+
+def _file_id(st: os.stat_result) -> int | None:
+    """What identifies the file of a name that is one of its hard links (None for one
+    with a single link, and for directories, whose link count says something else)."""
+    if st.st_nlink < 2 or statmod.S_ISDIR(st.st_mode):
+        return None
+    return (st.st_dev << 48 ^ st.st_ino) & ((1 << 63) - 1)

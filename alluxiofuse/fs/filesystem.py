@@ -287,11 +287,19 @@ class Filesystem:
         return fh, self._attributes(inode)
 
     async def mknod(
-        self, parent_ino: int, name: str, mode: int, owner: tuple[int, int],
+        self, parent_ino: int, name: str, mode: int, rdev: int, owner: tuple[int, int],
     ) -> Attributes:
-        """An empty regular file, committed at once; no other kind of node."""
+        """An empty regular file, committed at once; or a FIFO, socket or device node,
+        where the source keeps them (a local directory)."""
         if not stat.S_ISREG(mode):
-            self.refuse_write("mknod of a device, FIFO or socket")
+            self._writable()
+            if not self.backend.writes.nodes:
+                raise NotSupported(f"{self.backend.description} keeps no FIFOs, sockets or "
+                                   "devices")
+            path = self._new_path(parent_ino, name)
+            await self._must_not_exist(path)
+            status = await self.backend.mknod(path, mode, rdev, owner)
+            return self._attributes(self._made(path, status))
         fh, inode = await self._create(parent_ino, name, mode, os.O_WRONLY | os.O_EXCL, owner)
         try:
             await self.flush(fh)
@@ -415,6 +423,7 @@ class Filesystem:
         status = await self.statuses.stat(path)
         if status.kind is Kind.DIRECTORY:
             raise IsADirectory(path)
+        await self._commit_for_other_names(path)
         async with writes.removing(path) as staged:
             try:
                 await self.backend.unlink(path)
@@ -450,10 +459,13 @@ class Filesystem:
             return
         if target is None and flags & RENAME_EXCHANGE:
             raise NotFound(new)
+        replaced = None
         if target is not None and not flags & RENAME_EXCHANGE:
             if flags & RENAME_NOREPLACE:
                 raise AlreadyExists(new)
             await self._check_replace(source, target, new)
+            replaced = self.inodes.by_path(new)
+            await self._commit_for_other_names(new)
         async with writes.moving(old, new):
             await self.backend.rename(old, new, flags)
             if flags & RENAME_EXCHANGE:
@@ -471,10 +483,34 @@ class Filesystem:
         self.statuses.changed(new, tree=True)
         self._dir_changed(old, kernel=True)
         self._dir_changed(new, kernel=True)
+        if replaced is not None:
+            self._name_gone(replaced)
 
     async def link(self, ino: int, parent_ino: int, name: str) -> Attributes:
-        self._writable()
-        raise NotSupported("hard links are not supported")
+        """One more name for a file, where the source keeps hard links (a local directory):
+        both names are one inode from then on. A file being written is committed first, so
+        that the new name is of the file as it stands."""
+        writes = self._writable()
+        if not self.backend.writes.links:
+            raise NotSupported(f"{self.backend.description} has no hard links")
+        inode = self.inodes.get(ino)
+        if not self.inodes.is_linked(inode):
+            raise NotFound(f"{inode.path} was removed")
+        path = self._new_path(parent_ino, name)
+        await self._must_not_exist(path)
+        staged = writes.get(inode.path)
+        if staged is not None:
+            await self._commit(staged, durable=False)
+        status = await self.backend.link(inode.path, path)
+        for known in inode.names:  # their link count and ctime changed
+            self.statuses.changed(known)
+        self.statuses.changed(path)
+        self._dir_changed(path, kernel=True)
+        self.meta.put_status(path, status)
+        self.inodes.add_name(inode, path, status)
+        self.inodes.remember(inode)
+        inode.attrs_given()
+        return self._attributes(inode)
 
     # -- change helpers
 
@@ -556,7 +592,28 @@ class Filesystem:
         self.statuses.changed(path, tree=tree)
         self._dir_changed(path, kernel=True)
         self.meta.put_missing(path)
+        inode = self.inodes.by_path(path)
         self.inodes.unlink(path)
+        if inode is not None:
+            self._name_gone(inode)
+
+    async def _commit_for_other_names(self, path: str) -> None:
+        """``path`` is about to go (removed, or renamed over) while its file may live on
+        under other names (hard links): what was written through it and not committed
+        yet is theirs too, so it is committed now."""
+        inode = self.inodes.by_path(path)
+        staged = self.writes.get(path) if self.writes is not None else None
+        if inode is not None and inode.aliases and staged is not None:
+            await self._commit(staged, durable=False)
+
+    def _name_gone(self, inode: Inode) -> None:
+        """One of ``inode``'s names is gone; if it has others, they name it still, with one
+        link fewer and a new ctime, which the kernel and the caches must hear of."""
+        if self.inodes.is_linked(inode):
+            for name in inode.names:
+                self.statuses.changed(name)
+            self._invalidate_attrs(inode.ino)
+            inode.attrs_version = None
 
     def _check_rename_flags(self, flags: int) -> None:
         support = self.backend.writes

@@ -1,11 +1,12 @@
 """Inode table: kernel-visible inode numbers, their paths, statuses and lookup counts.
 
-An inode number is a 63-bit hash of the mount-relative path, so the same path keeps the
-same number for the mount's whole life (and across remounts), even after the kernel has
-forgotten it, without the table having to remember every path it ever saw. If two live
-paths hash alike, the later one probes on to the next free number. When a path changes
-kind (a file replaced by a directory) it gets a fresh number, because the kernel treats an
-inode whose type changes as broken.
+An inode number is a 63-bit hash of the mount-relative path (of a file with several hard
+links: of what it is in the source, so that all its names are one inode), so the same path
+keeps the same number for the mount's whole life (and across remounts), even after the
+kernel has forgotten it, without the table having to remember every path it ever saw. If
+two live paths hash alike, the later one probes on to the next free number. When a path
+changes kind (a file replaced by a directory) it gets a fresh number, because the kernel
+treats an inode whose type changes as broken.
 
 The kernel holds a reference per successful lookup (and per readdirplus entry); it gives
 them back with ``forget``. An inode leaves the table when its count reaches zero.
@@ -45,10 +46,13 @@ class _Attrs(enum.Enum):
 
 
 class Inode:
-    """One inode: its number, its path, its status, and what the kernel holds of it."""
+    """One inode: its number, its path, its status, and what the kernel holds of it.
 
-    __slots__ = ("_attrs", "_index", "_listing", "_status", "ino", "kernel_version", "lookups",
-                 "path")
+    A file with several hard links has one inode for all its names the kernel was given:
+    ``path``, the one its content is read and written by, and ``aliases``."""
+
+    __slots__ = ("_attrs", "_index", "_listing", "_status", "aliases", "ino", "kernel_version",
+                 "lookups", "path")
 
     def __init__(
         self, ino: int, path: str, status: FileStatus, lookups: int = 0, *,
@@ -56,6 +60,7 @@ class Inode:
     ) -> None:
         self.ino = ino
         self.path = path
+        self.aliases: list[str] | None = None  # its other names (hard links), if any
         self.lookups = lookups
         # The file version whose pages the kernel may still hold, for FOPEN_KEEP_CACHE.
         self.kernel_version: Version | None = None
@@ -108,6 +113,30 @@ class Inode:
     def attrs_given(self) -> None:
         """The kernel was handed this inode's status as it is now."""
         self._attrs = _Attrs.CURRENT
+
+    @property
+    def names(self) -> list[str]:
+        return [self.path, *(self.aliases or ())]
+
+    def add_name(self, path: str) -> None:
+        if path != self.path and path not in (self.aliases or ()):
+            self.aliases = [*(self.aliases or ()), path]
+
+    def rename_name(self, old: str, new: str) -> None:
+        if self.path == old:
+            self.path = new
+        elif self.aliases and old in self.aliases:
+            self.aliases = [new if name == old else name for name in self.aliases]
+
+    def drop_name(self, path: str) -> None:
+        """``path`` no longer names this inode; another of its names becomes its path.
+        Its last name stays its path: an open file that was removed is still read by it."""
+        if self.aliases and path == self.path:
+            self.path = self.aliases.pop()
+        elif self.aliases and path in self.aliases:
+            self.aliases.remove(path)
+        if not self.aliases:
+            self.aliases = None
 
     def _set(self, status: FileStatus, listed: tuple[Listing, int] | None) -> None:
         if listed is None:
@@ -245,6 +274,9 @@ class InodeTable:
         root = Inode(ROOT_INODE, "", root_status, lookups=1)
         self._by_ino: dict[int, Inode] = {ROOT_INODE: root}
         self._by_path: dict[str, Inode] = {"": root}
+        # Inodes of files with several links, by ``FileStatus.file_id``: another name of
+        # the same file is learned as one more name of the same inode.
+        self._by_file: dict[int, Inode] = {}
         self._largest = 1  # the most inodes held since the tables were last sized
         self._numbers = _NumberMap()
         self._rows: dict[int, _Rows] = {}  # by id
@@ -290,13 +322,30 @@ class InodeTable:
         of listing ``listed[0]``, if given); lookups unchanged."""
         inode = self.by_path(path)
         if inode is not None and inode.kind is status.kind:
-            inode.set_status(status, listed)
+            self._set_status(inode, status, listed)
             return inode
         if inode is not None:  # changed kind: detach the old inode, it lives on until forgotten
-            del self._by_path[path]
-        inode = Inode(self._free_number(path), path, status, listed=listed)
+            self.unlink(path)
+        linked = self._by_file.get(status.file_id) if status.file_id is not None else None
+        if linked is not None:
+            self.add_name(linked, path, status)
+            return linked
+        # A file with several links is numbered by what it is, not by one of its names:
+        # whichever name the kernel asks for first, the others get the same number.
+        key = path if status.file_id is None else f"\0file {status.file_id}"
+        inode = Inode(self._free_number(key), path, status, listed=listed)
         self._add(inode)
+        if status.file_id is not None:
+            self._by_file[status.file_id] = inode
         return inode
+
+    def add_name(self, inode: Inode, path: str, status: FileStatus) -> None:
+        """``path`` is one more name (a hard link) of ``inode``, whose status is now
+        ``status``."""
+        self.unlink(path)
+        inode.add_name(path)
+        self._set_status(inode, status)
+        self._by_path[path] = inode
 
     def hold_row(self, path: str, directory: str, listing: Listing, index: int) -> int | None:
         """Entry ``index`` of ``listing`` (of ``directory``, at ``path``) is being handed to
@@ -304,8 +353,8 @@ class InodeTable:
         (``forget`` gives it back if the kernel does not take it). None when it must be an
         object instead: an object has ``path`` or its number, or a row of another listing
         has it with a status this entry does not match."""
-        if path in self._by_path:
-            return None
+        if path in self._by_path or listing.entry(index).file_id is not None:
+            return None  # an object already, or a name of a file with several
         number = inode_number(path)
         if number in self._by_ino:
             return None
@@ -361,8 +410,12 @@ class InodeTable:
         if inode.lookups > 0 or inode.ino == ROOT_INODE:
             return
         self._by_ino.pop(inode.ino, None)
-        if self._by_path.get(inode.path) is inode:
-            del self._by_path[inode.path]
+        for name in inode.names:
+            if self._by_path.get(name) is inode:
+                del self._by_path[name]
+        file_id = inode.status.file_id
+        if file_id is not None and self._by_file.get(file_id) is inode:
+            del self._by_file[file_id]
         if self._largest >= _SHRINK_FROM and len(self._by_ino) * _SHRINK < self._largest:
             self._by_ino, self._by_path = dict(self._by_ino), dict(self._by_path)
             self._largest = len(self._by_ino)
@@ -370,8 +423,10 @@ class InodeTable:
     def unlink(self, path: str) -> None:
         """``path`` no longer names its inode; the inode lives on until forgotten (an
         open file that was removed), and a new entry at ``path`` gets a new number."""
-        self.by_path(path)  # a row becomes an object, which can outlive its name
-        self._by_path.pop(path, None)
+        inode = self.by_path(path)  # a row becomes an object, which can outlive its name
+        if inode is not None:
+            del self._by_path[path]
+            inode.drop_name(path)
 
     def rename(self, old: str, new: str) -> None:
         """``old`` and everything under it move to ``new``; what ``new`` named is unlinked."""
@@ -380,7 +435,7 @@ class InodeTable:
         if moved is None:
             return
         del self._by_path[old]
-        moved.path = new
+        moved.rename_name(old, new)
         self._by_path[new] = moved
         if moved.kind is Kind.DIRECTORY:
             prefix = old + "/"
@@ -392,8 +447,8 @@ class InodeTable:
                     self._promote(inode_number(path), rows.id << _INDEX_BITS | at)
             for path in [p for p in self._by_path if p.startswith(prefix)]:
                 inode = self._by_path.pop(path)
-                inode.path = new + path[len(old):]
-                self._by_path[inode.path] = inode
+                inode.rename_name(path, new + path[len(old):])
+                self._by_path[new + path[len(old):]] = inode
 
     def is_linked(self, inode: Inode) -> bool:
         """Whether ``inode`` is still what its path names (not removed or replaced)."""
@@ -424,6 +479,19 @@ class InodeTable:
         if not rows.live:
             del self._rows[rows.id], self._rows_of[id(rows.listing)]
 
+    def _set_status(
+        self, inode: Inode, status: FileStatus, listed: tuple[Listing, int] | None = None,
+    ) -> None:
+        """``inode.set_status``, keeping ``_by_file`` true: a file's identity changes when
+        a commit renames a new file over its name, and an identity the file system frees
+        can be given to another file later."""
+        old = inode.status.file_id
+        inode.set_status(status, listed)
+        if old != status.file_id and old is not None and self._by_file.get(old) is inode:
+            del self._by_file[old]
+        if status.file_id is not None:
+            self._by_file[status.file_id] = inode
+
     def _add(self, inode: Inode) -> None:
         self._by_ino[inode.ino] = inode
         self._by_path[inode.path] = inode
@@ -435,3 +503,4 @@ class InodeTable:
                or self._numbers.get(number) >= 0):
             probe += 1
         return number
+

@@ -17,8 +17,12 @@ from alluxiofuse.fs.metacache import MISSING_BYTES
 from alluxiofuse.listing import Entry
 from alluxiofuse.model import FileStatus, Kind
 
-_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK}
-_DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777}
+_TYPE_BITS = {Kind.FILE: stat.S_IFREG, Kind.DIRECTORY: stat.S_IFDIR, Kind.SYMLINK: stat.S_IFLNK,
+              Kind.FIFO: stat.S_IFIFO, Kind.SOCKET: stat.S_IFSOCK, Kind.CHAR_DEVICE: stat.S_IFCHR,
+              Kind.BLOCK_DEVICE: stat.S_IFBLK}
+_DEFAULT_MODES = {Kind.FILE: 0o644, Kind.DIRECTORY: 0o755, Kind.SYMLINK: 0o777,
+                  Kind.FIFO: 0o644, Kind.SOCKET: 0o755, Kind.CHAR_DEVICE: 0o644,
+                  Kind.BLOCK_DEVICE: 0o644}
 # The longest the kernel keeps the root's attributes. A stat of the mountpoint answered
 # from them would hide a daemon that died (ENOTCONN) for the whole --attr-timeout: the
 # CLI's dead-mount check and health probes stat it. Asking again costs the daemon a
@@ -111,6 +115,7 @@ class Replies:
             mtime,
             s.ctime_ns if s.ctime_ns is not None else mtime,  # st_ctime_ns
             s.atime_ns if s.atime_ns is not None else mtime,  # st_atime_ns
+            s.rdev or 0,  # st_rdev
         )
 
     def negative(self, parent_ino: int, name: str) -> NegativeEntry | None:

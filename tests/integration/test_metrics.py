@@ -143,13 +143,13 @@ def test_errors_by_op_and_errno_and_the_handle_gauges(mount: MountFactory, tmp_p
     s0 = m.scrape()
     assert not os.path.exists(m.path / "missing")  # a negative entry: not an error
     with pytest.raises(OSError, match="not supported"):
-        os.link(m.path / "f", m.path / "g")
+        os.setxattr(m.path / "f", "user.x", b"1")
     with pytest.raises(OSError, match="not empty"):
         os.rmdir(m.path / "full")
     files = [open(m.path / "f", "rb") for _ in range(3)]  # noqa: SIM115
     try:
         s1 = m.scrape()
-        assert _delta(s0, s1, "alluxiofuse_fuse_errors_total", op="link", errno="ENOTSUP") == 1
+        assert _delta(s0, s1, "alluxiofuse_fuse_errors_total", op="setxattr", errno="ENOTSUP") == 1
         assert _delta(s0, s1, "alluxiofuse_fuse_errors_total", op="rmdir", errno="ENOTEMPTY") == 1
         errors = "alluxiofuse_fuse_errors_total"
         assert s1.sum(errors) - s0.sum(errors) == 2

@@ -3,10 +3,12 @@ owners and times kept in object metadata."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -51,6 +53,19 @@ def tree(root: Path) -> dict[str, bytes | None]:
     """Every path under ``root``: a file's bytes, None for a directory."""
     return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
             for p in sorted(root.rglob("*"))}
+
+
+def test_an_object_store_refuses_special_files_and_hard_links(
+    s3: S3Server, mount: MountFactory,
+) -> None:
+    """What a bucket cannot hold is refused with ENOTSUP, and nothing is left of it."""
+    m = mount_s3(mount, s3)
+    (m.path / "f").write_bytes(b"f")
+    assert errno_of(lambda: os.mkfifo(m.path / "fifo")) == errno.ENOTSUP
+    assert errno_of(lambda: os.mknod(m.path / "null", 0o666 | stat.S_IFCHR,
+                                     os.makedev(1, 3))) == errno.ENOTSUP
+    assert errno_of(lambda: os.link(m.path / "f", m.path / "g")) == errno.ENOTSUP
+    assert keys(s3) == [f"{ROOT}/", f"{ROOT}/f"]  # the root marker, and the file
 
 
 # -- directory renames (issue 15, point 7)

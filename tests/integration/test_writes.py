@@ -12,7 +12,10 @@ import errno
 import hashlib
 import os
 import signal
+import socket
+import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -104,8 +107,118 @@ def test_attributes_links_and_rename_flags(mount: MountFactory, tmp_path: Path) 
     renameat2(p / "x", p / "y", RENAME_EXCHANGE)
     assert ((src / "x").read_bytes(), (src / "y").read_bytes()) == (b"y", b"x")
     assert read_bytes(p / "x") == b"y"
-    assert errno_of(lambda: os.link(p / "x", p / "hard")) == errno.ENOTSUP
-    assert errno_of(lambda: os.mkfifo(p / "fifo")) == errno.ENOTSUP
+
+
+def test_hard_links_on_a_local_source(mount: MountFactory, tmp_path: Path) -> None:
+    """Two names, one inode through the mount and in the source; a write through either
+    name is the file's; one name removed, the other keeps the file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "old").write_bytes(b"old\n")
+    os.link(src / "old", src / "old-link")  # made behind the mount
+    p = mount(src).path
+    assert os.stat(p / "old").st_ino == os.stat(p / "old-link").st_ino
+    assert os.stat(p / "old").st_nlink == 2
+
+    (p / "a").write_bytes(b"hello\n")
+    os.mkdir(p / "d")
+    os.link(p / "a", p / "d" / "b")
+    a, b = os.stat(p / "a"), os.stat(p / "d" / "b")
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    assert os.stat(src / "a").st_ino == os.stat(src / "d" / "b").st_ino
+    with open(p / "d" / "b", "ab") as f:  # a write through one name is the file's
+        f.write(b"more\n")
+    assert read_bytes(p / "a") == (src / "a").read_bytes() == b"hello\nmore\n"
+    assert os.stat(src / "a").st_ino == os.stat(src / "d" / "b").st_ino  # still one file
+
+    # A file being written is linked as it stands, and its later writes are the link's.
+    fd = os.open(p / "w", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"first ")
+        os.link(p / "w", p / "w-link")
+        assert (src / "w-link").read_bytes() == b"first "
+        os.write(fd, b"second")
+    finally:
+        os.close(fd)
+    assert read_bytes(p / "w-link") == b"first second"
+
+    os.unlink(p / "a")
+    b = os.stat(p / "d" / "b")
+    assert b.st_nlink == 1 and read_bytes(p / "d" / "b") == b"hello\nmore\n"
+    os.rename(p / "d" / "b", p / "c")
+    assert read_bytes(p / "c") == b"hello\nmore\n"
+    assert errno_of(lambda: os.link(p / "d", p / "d2")) == errno.EPERM  # not a directory
+    # A name renamed over leaves its file to its other names, one link fewer, at once.
+    (p / "t").write_bytes(b"t")
+    os.link(p / "t", p / "t2")
+    assert os.stat(p / "t2").st_nlink == 2
+    (p / "s").write_bytes(b"s")
+    os.rename(p / "s", p / "t")
+    assert os.stat(p / "t2").st_nlink == 1 and read_bytes(p / "t2") == b"t"
+    assert read_bytes(p / "t") == b"s"
+    assert errno_of(lambda: os.link(p / "c", p / "old")) == errno.EEXIST
+
+
+def test_special_files_on_a_local_source(mount: MountFactory, tmp_path: Path) -> None:
+    """FIFOs, sockets and devices are made in the source, listed and stat-ed with their
+    types, modes, owners and device numbers, and work through the mount (the kernel
+    serves their opens); renamed and removed like any entry."""
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "old-fifo", 0o600)
+    p = mount(src).path
+    os.mkfifo(p / "fifo", 0o640)
+    os.mknod(p / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(p / "blk", 0o600 | stat.S_IFBLK, os.makedev(7, 200))
+    os.chown(p / "fifo", 1234, 5678)
+    for name, kind in (("fifo", stat.S_IFIFO), ("null", stat.S_IFCHR), ("blk", stat.S_IFBLK),
+                       ("old-fifo", stat.S_IFIFO)):
+        there, here = os.lstat(src / name), os.lstat(p / name)
+        assert stat.S_IFMT(there.st_mode) == stat.S_IFMT(here.st_mode) == kind, name
+        assert (here.st_mode, here.st_uid, here.st_gid, here.st_rdev) == (
+            there.st_mode, there.st_uid, there.st_gid, there.st_rdev), name
+    assert stat.S_IMODE(os.lstat(p / "fifo").st_mode) == 0o640  # the caller's mode, no umask
+    assert os.lstat(p / "blk").st_rdev == os.makedev(7, 200)
+    listed = {e.name: e for e in os.scandir(p)}
+    assert listed["fifo"].stat(follow_symlinks=False).st_rdev == 0
+    assert stat.S_ISCHR(listed["null"].stat(follow_symlinks=False).st_mode)
+
+    # A FIFO made through the mount carries bytes between two of its users.
+    received: list[bytes] = []
+
+    def reader() -> None:
+        with open(p / "fifo", "rb") as f:
+            received.append(f.read())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    with open(p / "fifo", "wb") as f:
+        f.write(b"through the fifo")
+    thread.join(10)
+    assert received == [b"through the fifo"]
+    # A device node does not open its device: FUSE mounts are nodev unless mounted with
+    # `-o dev` (as root, by mount.alluxiofuse).
+    assert "nodev" in mount_options(p)
+    assert errno_of(lambda: os.open(p / "null", os.O_RDONLY)) == errno.EACCES
+
+    # A socket bound at a path in the mount is connected to through it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(p / "sock"))
+        server.listen(1)
+        assert stat.S_ISSOCK(os.lstat(src / "sock").st_mode)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            client.connect(str(p / "sock"))
+            conn, _ = server.accept()
+            with conn:
+                client.sendall(b"hello")
+                assert conn.recv(5) == b"hello"
+
+    os.rename(p / "fifo", p / "fifo2")
+    assert stat.S_ISFIFO(os.lstat(src / "fifo2").st_mode)
+    for name in ("fifo2", "null", "blk", "sock", "old-fifo"):
+        os.unlink(p / name)
+    assert os.listdir(src) == os.listdir(p) == []
 
 
 def test_open_unlinked_file_keeps_working(mount: MountFactory, tmp_path: Path) -> None:
@@ -360,3 +473,11 @@ def test_a_sparse_file_whose_commit_failed_reads_back_its_bytes(
     finally:
         os.close(fd)
     assert not (src / "sparse").exists()
+
+
+def mount_options(path: Path) -> list[str]:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(path):
+            return fields[5].split(",")
+    raise AssertionError(f"{path} is not mounted")

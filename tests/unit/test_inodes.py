@@ -362,3 +362,64 @@ def test_rows_ids_wrap_around_past_those_in_use(table: InodeTable) -> None:
     (wrapped,) = hand_out(table, "c", Listing([file("x")]))
     assert sorted(table._rows) == [0, 1, inodes._ROWS_ID]
     assert [table.get(n).path for n in (first, last, wrapped)] == ["a/x", "b/x", "c/x"]
+
+
+# -- hard links
+
+
+def linked(name: str, file_id: int, nlink: int = 2) -> FileStatus:
+    return FileStatus(name, Kind.FILE, size=1, mtime_ns=1, nlink=nlink, file_id=file_id)
+
+
+def test_names_of_one_file_are_one_inode_whichever_comes_first(table: InodeTable) -> None:
+    a = table.learn("d/a", linked("a", 7))
+    b = table.learn("e/b", linked("b", 7))
+    assert b is a and a.names == ["d/a", "e/b"]
+    assert table.by_path("e/b") is a
+    assert table.learn("c", linked("c", 8)) is not a  # another file
+    # Numbered by the file, not a name: a table that learns them the other way round
+    # gives the same number.
+    other = InodeTable(ROOT)
+    assert other.learn("e/b", linked("b", 7)).ino == a.ino != inode_number("d/a")
+
+
+def test_a_removed_name_leaves_the_file_to_its_others(table: InodeTable) -> None:
+    a = table.learn("a", file("a"))
+    table.add_name(a, "b", linked("b", 7))  # link(2) through the mount
+    a.lookups = 1
+    assert table.learn("a", linked("a", 7)) is a
+    table.unlink("a")
+    assert a.path == "b" and a.aliases is None and table.is_linked(a)
+    assert table.by_path("a") is None
+    table.rename("b", "c")
+    assert a.path == "c" and table.by_path("c") is a
+    table.unlink("c")
+    assert a.path == "c" and not table.is_linked(a)  # removed, still open: read by it
+    table.forget(a.ino, 1)
+    assert len(table) == 1
+
+
+def test_renaming_an_alias_keeps_the_path(table: InodeTable) -> None:
+    a = table.learn("a", linked("a", 7))
+    table.learn("b", linked("b", 7))
+    table.rename("b", "dir/c")
+    assert (a.path, a.aliases) == ("a", ["dir/c"])
+    a.lookups = 1
+    table.forget(a.ino, 1)  # every name goes with the inode
+    assert table.by_path("a") is None and table.by_path("dir/c") is None
+
+
+def test_an_identity_given_up_is_not_taken_for_a_later_file(table: InodeTable) -> None:
+    """A commit renames a new file over a name: the old file's identity may be reused by
+    the file system for a file made later, which is not this inode."""
+    a = table.learn("a", linked("a", 7))
+    a.lookups = 1
+    table.learn("a", linked("a", 9))  # committed: a new file under the name
+    assert table.learn("new", linked("new", 7)) is not a
+    assert table.learn("b", linked("b", 9)) is a
+
+
+def test_a_listed_name_of_a_file_with_links_is_an_object(table: InodeTable) -> None:
+    listing = Listing([linked("a", 7), file("b")])
+    assert table.hold_row("a", "", listing, 0) is None
+    assert table.hold_row("b", "", listing, 1) is not None

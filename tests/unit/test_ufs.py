@@ -188,7 +188,10 @@ def test_status_from_stat_kinds(tmp_path: Path) -> None:
     assert sd is not None and sd.kind is Kind.DIRECTORY
     sl = status_from_stat("l", os.lstat(tmp_path / "l"))
     assert sl is not None and sl.kind is Kind.SYMLINK and sl.size == 1
-    assert status_from_stat("p", os.lstat(tmp_path / "p")) is None
+    sp = status_from_stat("p", os.lstat(tmp_path / "p"))
+    assert sp is not None and (sp.kind, sp.rdev) == (Kind.FIFO, None)
+    null = status_from_stat("null", os.lstat("/dev/null"))
+    assert null is not None and (null.kind, null.rdev) == (Kind.CHAR_DEVICE, os.makedev(1, 3))
 
 
 # -- open_ufs
@@ -251,8 +254,7 @@ async def test_local_stat(tree: Path) -> None:
     assert link.kind is Kind.SYMLINK  # not followed
     with pytest.raises(NotFound):
         await backend.stat("nope")
-    with pytest.raises(NotFound):  # special files are hidden, in stat as in listings
-        await backend.stat("fifo")
+    assert (await backend.stat("fifo")).kind is Kind.FIFO  # stat-ed, never opened
     with pytest.raises(NotADirectory):
         await backend.stat("small/x")
 
@@ -260,7 +262,8 @@ async def test_local_stat(tree: Path) -> None:
 async def test_local_list(tree: Path) -> None:
     backend = open_ufs(str(tree), {}, limiter(), 5.0)
     entries = {e.name: e for e in await backend.list("")}
-    assert set(entries) == {"d", "small", "link"}  # the FIFO is not served
+    assert set(entries) == {"d", "small", "link", "fifo"}
+    assert entries["fifo"].kind is Kind.FIFO
     assert entries["d"].kind is Kind.DIRECTORY
     assert entries["small"].size == 5
     assert entries["link"].kind is Kind.SYMLINK

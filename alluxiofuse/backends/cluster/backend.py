@@ -19,6 +19,7 @@ the new one, never a mix.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import hashlib
 import logging
 import re
@@ -227,7 +228,9 @@ class ClusterBackend:
         # hold their old metadata and pages, so they are read from the under-storage.
         self._changed: LRUCache[str, bool] = LRUCache(_CACHE_ENTRIES)
         self._changed_dirs: LRUCache[str, bool] = LRUCache(_CACHE_ENTRIES)
-        self.writes: WriteSupport = ufs.writes
+        # No hard links: the workers cache each name apart, so a change through one name
+        # would leave the others' pages stale there.
+        self.writes: WriteSupport = dataclasses.replace(ufs.writes, links=False)
 
     # --- metadata ---------------------------------------------------------------------
 
@@ -470,6 +473,16 @@ class ClusterBackend:
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         self._changing(path)
         return await self.ufs.symlink(path, target, owner)
+
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        self._changing(path)
+        return await self.ufs.mknod(path, mode, rdev, owner)
+
+    async def link(self, path: str, new: str) -> FileStatus:
+        raise NotSupported(f"{self.description}: the workers cache each name of a file "
+                           "apart, so it has no hard links")
 
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         self._changing(path)

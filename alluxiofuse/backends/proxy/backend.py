@@ -296,6 +296,14 @@ class ProxyBackend:
     async def symlink(self, path: str, target: str, owner: tuple[int, int] | None) -> FileStatus:
         raise NotSupported(f"{self.description} has no symbolic links")
 
+    async def mknod(
+        self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None,
+    ) -> FileStatus:
+        raise NotSupported(f"{self.description} keeps no FIFOs, sockets or devices")
+
+    async def link(self, path: str, new: str) -> FileStatus:
+        raise NotSupported(f"{self.description} has no hard links")
+
     async def setattr(self, path: str, attrs: Attrs) -> FileStatus:
         if attrs.mode is not None:
             await self.client.set_attribute(self.source.path(path), mode=attrs.mode)
