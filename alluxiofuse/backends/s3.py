@@ -1,13 +1,18 @@
 """S3 requests that fsspec has no portable form for, on an s3fs filesystem: ranged GETs
-that check the version they read, a status from a HEAD with what the object's metadata
-keeps, and that metadata rewritten in place."""
+that check the version they read, uploads that carry their MD5 and check the ETag, a
+status from a HEAD with what the object's metadata keeps, and that metadata rewritten in
+place."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import logging
+import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 from alluxiofuse.backends.objects import (
     META_GID,
@@ -18,7 +23,14 @@ from alluxiofuse.backends.objects import (
     status_from_info,
     with_metadata,
 )
-from alluxiofuse.errors import NotFound, NotSupported, ProtocolError, StaleFile
+from alluxiofuse.errors import (
+    ContentMismatch,
+    FileTooLarge,
+    NotFound,
+    NotSupported,
+    ProtocolError,
+    StaleFile,
+)
 from alluxiofuse.model import Attrs, FileStatus, Kind, Version
 
 log = logging.getLogger(__name__)
@@ -31,6 +43,17 @@ _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)")
 # What S3 answers a read of a version that is no longer there: If-Match refused (412), or
 # a range past the end of a shorter object (416).
 _CHANGED_CODES = frozenset({"PreconditionFailed", "InvalidRange"})
+# What S3 answers a request whose body is not what its headers say was sent: Content-MD5
+# (BadDigest, InvalidDigest), a flexible checksum (BadDigest) or the signed payload hash.
+_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+# Server-side encryption under which an object's ETag is not the MD5 of its content.
+_OPAQUE_ETAG_ENCRYPTION = frozenset({"aws:kms", "aws:kms:dsse"})
+# An ETag that is an MD5: of the content (one PUT, one part), or of the parts' MD5s
+# followed by the number of parts (a multipart upload).
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+_MULTIPART_ETAG = re.compile(r"[0-9a-f]{32}-[0-9]+")
+# The most parts one multipart upload may have.
+MAX_PARTS = 10_000
 
 
 async def get_ranges(
@@ -106,6 +129,126 @@ async def get_start(fs: Any, full: str, length: int) -> tuple[Mapping[str, Any],
         return reply, await body.read()
     finally:
         body.close()
+
+
+def upload(
+    fs: Any, full: str, staged: str, part_size: int, metadata: Mapping[str, str],
+    publishing: Callable[[], contextlib.AbstractContextManager[object]],
+) -> None:
+    """Make the local file ``staged`` the object ``full``, with ``metadata``: one PUT
+    if it has at most ``part_size`` bytes, else a multipart upload in parts of
+    ``part_size`` bytes, read and sent one at a time. ``publishing()`` is around the
+    request that makes the object visible (the PUT, the completion).
+
+    Every body goes with its MD5 (Content-MD5), so the store refuses one that arrived
+    other than sent; then the ETag the store answers must be that MD5 (of a part, of one
+    PUT), or for the whole multipart upload the MD5 of the parts' MD5s and ``-`` and
+    their number, as AWS computes it. Where the ETag is not an MD5 (SSE-KMS, SSE-C,
+    another scheme), the object's size is checked instead. A mismatch is a
+    ContentMismatch (EIO): a multipart upload is aborted before anything is published
+    unless only the completion's ETag is wrong; a PUT's or completion's wrong ETag is
+    seen once the object is there, and the commit fails all the same (to be retried)."""
+    bucket, key, _ = fs.split_path(full)
+    extra: dict[str, Any] = {"Metadata": dict(metadata)} if metadata else {}
+    with open(staged, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        if size <= part_size:
+            body = src.read()
+            digest = _md5(body)
+            with publishing():
+                reply = _send(fs, full, "put_object", Bucket=bucket, Key=key, Body=body,
+                              ContentMD5=_base64(digest), **extra)
+            _check_etag(fs, full, reply, digest.hex(), len(body), multipart=False)
+        else:
+            _multipart(fs, full, src, size, part_size, extra, publishing)
+
+
+def _multipart(
+    fs: Any, full: str, src: IO[bytes], size: int, part_size: int, extra: Mapping[str, Any],
+    publishing: Callable[[], contextlib.AbstractContextManager[object]],
+) -> None:
+    """``upload`` of more than one part; aborted if anything fails before it completes."""
+    bucket, key, _ = fs.split_path(full)
+    if -(-size // part_size) > MAX_PARTS:
+        raise FileTooLarge(f"{full}: {size} bytes need more than {MAX_PARTS} parts of "
+                           f"{part_size} bytes (--upload-part-size)")
+    started = _send(fs, full, "create_multipart_upload", Bucket=bucket, Key=key, **extra)
+    upload_id = started["UploadId"]
+    # A checksum algorithm the user's options ask for: each part's is then listed too.
+    algorithm = started.get("ChecksumAlgorithm")
+    parts: list[dict[str, Any]] = []
+    digests: list[bytes] = []
+    try:
+        while chunk := src.read(part_size):
+            number = len(parts) + 1
+            digest = _md5(chunk)
+            reply = _send(fs, full, "upload_part", Bucket=bucket, Key=key,
+                          UploadId=upload_id, PartNumber=number, Body=chunk,
+                          ContentMD5=_base64(digest))
+            del chunk  # one part in memory at a time
+            _check_etag(fs, full, reply, digest.hex(), None, multipart=False,
+                        what=f"part {number}")
+            part = {"PartNumber": number, "ETag": reply["ETag"]}
+            if algorithm and f"Checksum{algorithm}" in reply:
+                part[f"Checksum{algorithm}"] = reply[f"Checksum{algorithm}"]
+            parts.append(part)
+            digests.append(digest)
+        with publishing():
+            reply = _send(fs, full, "complete_multipart_upload", Bucket=bucket, Key=key,
+                          UploadId=upload_id, MultipartUpload={"Parts": parts})
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    _check_etag(fs, full, reply, f"{_md5(b''.join(digests)).hex()}-{len(digests)}",
+                size, multipart=True)
+
+
+def _send(fs: Any, full: str, method: str, **kwargs: Any) -> dict[str, Any]:
+    """The reply to an upload's request; a body the store received other than sent is a
+    ContentMismatch (EIO, retried), not the EINVAL s3fs makes of it."""
+    try:
+        return dict(fs.call_s3(method, **kwargs))
+    except OSError as e:
+        if _s3_code(e) in _DIGEST_CODES:
+            raise ContentMismatch(f"{full}: the store received other bytes than were sent "
+                                  f"({method}: {e})") from e
+        raise
+
+
+def _check_etag(
+    fs: Any, full: str, reply: Mapping[str, Any], expected: str, size: int | None, *,
+    multipart: bool, what: str = "the object",
+) -> None:
+    """The ETag of ``reply`` is ``expected``, where the store's ETags are MD5s; else the
+    object's size is ``size`` (a part's: not checked, its object is not there yet)."""
+    etag = str(reply.get("ETag") or "").strip('"').lower()
+    shape = _MULTIPART_ETAG if multipart else _MD5_ETAG
+    opaque = (reply.get("ServerSideEncryption") in _OPAQUE_ETAG_ENCRYPTION
+              or reply.get("SSECustomerAlgorithm"))
+    if not opaque and shape.fullmatch(etag):
+        if etag != expected:
+            raise ContentMismatch(f"{full}: the store's ETag of {what} is {etag}, not "
+                                  f"{expected} as the bytes sent")
+        return
+    if size is None:
+        return
+    log.debug("%s: ETag %r is not an MD5; checking the size alone", full, etag)
+    bucket, key, _ = fs.split_path(full)
+    found = head(fs, bucket, key)
+    if found is None or (etag and str(found.get("ETag") or "").strip('"').lower() != etag):
+        return  # replaced or removed since by someone else: nothing of ours to check
+    if found.get("ContentLength") != size:
+        raise ContentMismatch(f"{full}: the store holds {found.get('ContentLength')} bytes, "
+                              f"not the {size} sent")
+
+
+def _md5(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
+
+
+def _base64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
 
 
 def head(fs: Any, bucket: str, key: str) -> Mapping[str, Any] | None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import functools
 import logging
-import os
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -122,9 +122,10 @@ def open_store(
 class UfsBackend:
     """A directory of any fsspec filesystem.
 
-    Changes: new content is written with the store's own ``open(path, "wb")`` in parts of
-    ``part_size`` bytes (a multipart upload on object stores, which replaces the object
-    only once complete); directories that a store cannot hold empty (object stores) are
+    Changes: new content is written in parts of ``part_size`` bytes, replacing the file
+    only once complete: on S3 by one PUT or a multipart upload, each body with its MD5
+    and the ETag checked (``s3.upload``); elsewhere with the store's own
+    ``open(path, "wb")``; directories that a store cannot hold empty (object stores) are
     kept as zero-byte marker objects named ``dir/``; a rename is a copy of every key and
     then the removal of the old ones (not atomic, undone if a copy fails); modes, owners
     and times are kept in object metadata on S3 alone (unless ``object_metadata`` is
@@ -542,22 +543,21 @@ class UfsBackend:
     def _commit_sync(
         self, path: str, staged: str, metadata: Mapping[str, str], ticket: int,
     ) -> FileStatus:
-        """Write with ``autocommit=False``: nothing is published until ``commit()`` (S3:
-        the multipart upload is completed only then), and ``discard()`` on any failure
-        (S3: aborted), so a failed upload never leaves part of a file behind; nor does one
-        that a newer commit of ``path`` began after (``ticket``) while it ran late. On S3
-        the object carries ``metadata`` (mode, owner, times)."""
+        """Upload ``staged`` as ``path``; nothing is published unless the whole upload
+        succeeded, nor by a commit that a newer commit of ``path`` began after
+        (``ticket``) while it ran late.
+
+        S3: one PUT or a multipart upload (aborted on any failure), each body with its
+        MD5 and each ETag checked (``s3.upload``); the object carries ``metadata``
+        (mode, owner, times). Other stores: their own writer with ``autocommit=False``,
+        published by ``commit()`` only and ``discard()``ed on any failure."""
         full = self.full_path(path)
-        if metadata and os.path.getsize(staged) == 0:
-            # s3fs publishes an empty file by a touch that drops the metadata: one PUT.
-            bucket, key, _ = self.fs.split_path(full)
-            with self._fence.publishing(path, ticket):
-                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"",
-                                Metadata=metadata)
+        if self._s3:
+            s3.upload(self.fs, full, staged, self.part_size, metadata,
+                      functools.partial(self._fence.publishing, path, ticket))
             return self._stat_sync(path)
-        extra = {"Metadata": metadata} if metadata else {}
         with open(staged, "rb") as src:
-            dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False, **extra)
+            dst = self.fs.open(full, "wb", block_size=self.part_size, autocommit=False)
             try:
                 while chunk := src.read(self.part_size):
                     dst.write(chunk)
