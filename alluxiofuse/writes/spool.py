@@ -10,7 +10,8 @@ One directory per mounted source under ``--cache-dir``, locked by the daemon tha
         journal/N.error why the last attempt at that upload failed (for ``status``)
         journal/N.unreadable  a record the next daemon could not read (torn by a disk
                         fault): set aside with a warning, never uploaded
-        orphaned/N.data the bytes of a file being written when a daemon died (never closed)
+        orphaned/N.data the bytes of a file being written when a daemon died (never closed),
+                        or of one closed with a failed upload that cannot be journaled
         commits/.alluxiofuse-*  a local commit in progress: its temporary file in the
                         source, named so that the next daemon removes what a crash left
 
@@ -229,6 +230,14 @@ class Spool:
     def create_many(self, count: int) -> list[tuple[str, int]]:
         """``count`` new data files at once (one worker-thread job for several files)."""
         return [self.create() for _ in range(count)]
+
+    def set_aside(self, name: str) -> str:
+        """Move data file ``name``, which no record names and nobody will commit, to
+        orphaned/ (its bytes kept for whoever wants them); its new path."""
+        target = os.path.join(self._orphaned, name)
+        os.rename(self.data_path(name), target)
+        _fsync_dir(self._orphaned)
+        return target
 
     def set_aside_orphans(self) -> list[str]:
         """Move data files no record names (files being written when a daemon died, never

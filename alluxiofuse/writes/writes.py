@@ -18,6 +18,7 @@ whole file, fetching first any range of the old content not yet held.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -289,11 +290,15 @@ class Writes:
                     log.warning("%s: upload owed after a failed commit; its bytes are in %s",
                                 staged.path, self.spool.data_path(staged.name))
         except AlluxioFuseError as e:
-            log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
-                      "its bytes are kept in %s", staged.path, e,
-                      self.spool.data_path(staged.name))
+            kept = self.spool.data_path(staged.name)
             if staged.handles == 0:
                 self._drop(staged, keep_data=True)
+                # Out of data/, where the next mount would take it for a file a crash
+                # left open; the spool's disk may refuse this too (it stays there then).
+                with contextlib.suppress(AlluxioFuseError):
+                    kept = await self._io(self.spool.set_aside, staged.name)
+            log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
+                      "its bytes are kept in %s", staged.path, e, kept)
             return
         if staged.handles == 0 and not self.uploader.uploading(staged.record):
             self._drop(staged)
