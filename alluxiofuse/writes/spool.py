@@ -254,11 +254,7 @@ class Spool:
         for name in sorted(os.listdir(self._data)):
             if name in named:
                 continue
-            try:
-                st = os.stat(self.data_path(name))
-            except OSError as e:  # one file the disk cannot stat costs only its tidying
-                log.warning("cannot look at %s: %s", self.data_path(name), e)
-                continue
+            st = os.stat(self.data_path(name))
             if st.st_nlink > 1:
                 log.info("%s: a data file the last daemon left is a file of the source now "
                          "(committed, linked into place): removed from the spool",
@@ -273,7 +269,6 @@ class Spool:
             _fsync_dir(self._orphaned)
             _fsync_dir(self._data)
         return moved
-
 
 
 def spool_in_use(root: str) -> bool:
