@@ -8,15 +8,21 @@ One directory per mounted source under ``--cache-dir``, locked by the daemon tha
         journal/N.json  an upload a program was told is done but the under-storage may
                         lack (ASYNC_THROUGH, or a close whose upload failed)
         journal/N.error why the last attempt at that upload failed (for ``status``)
-        orphaned/N.data the bytes of a file being written when a daemon died (never closed)
+        journal/N.unreadable  a record the next daemon could not read (torn by a disk
+                        fault): set aside with a warning, never uploaded
+        orphaned/N.data the bytes of a file being written when a daemon died (never closed),
+                        or of one closed with a failed upload that cannot be journaled
         commits/.alluxiofuse-*  a local commit in progress: its temporary file in the
                         source, named so that the next daemon removes what a crash left
 
 A journal record is written to a temporary name, fsynced and renamed into place, and the
 directory fsynced, only after its data file and data/ (the file's name there) are
 fsynced: a record that exists after a crash, a power loss too, always names complete,
-durable bytes. Every method here does blocking disk I/O: callers
-run them in a worker thread.
+durable bytes; a failure on the way removes what it wrote, so a record exists only once
+``journal`` returned. A record that cannot be read anyway (a disk that lied about a
+write) is detected by its shape (JSON of exactly the fields of :class:`Record`, naming the
+data file of its own number), skipped by every reader, and set aside at the next start.
+Every method here does blocking disk I/O: callers run them in a worker thread.
 """
 
 from __future__ import annotations
@@ -76,8 +82,9 @@ class Spool:
         self._orphaned = os.path.join(root, "orphaned")
         # Data file names are never reused while an orphan keeps one: a file set aside
         # later must not land on an older orphan's name.
-        highest = max((r.seq for r in self.records()), default=0)
-        for name in (*os.listdir(self._data), *os.listdir(self._orphaned)):
+        highest = 0
+        for name in (*os.listdir(self._journal), *os.listdir(self._data),
+                     *os.listdir(self._orphaned)):
             with contextlib.suppress(ValueError):
                 highest = max(highest, int(name.partition(".")[0]))
         self._seq = itertools.count(highest + 1)
@@ -155,12 +162,22 @@ class Spool:
         _fsync_dir(self._data)
         final = os.path.join(self._journal, f"{record.seq}.json")
         temp = final + ".tmp"
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(asdict(record), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(temp, final)
-        _fsync_dir(self._journal)
+        renamed = False
+        try:
+            with open(temp, "w", encoding="utf-8") as f:
+                json.dump(asdict(record), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(temp, final)
+            renamed = True
+            _fsync_dir(self._journal)
+        except BaseException:
+            # ENOSPC, EIO: the close that wanted this record fails, so no record may
+            # promise its upload (a half-written one would only be removed at the next
+            # start). Best effort: the disk may refuse this too.
+            with contextlib.suppress(OSError):
+                os.unlink(final if renamed else temp)
+            raise
 
     def settle(self, record: Record, *, keep_data: bool = False) -> None:
         """The upload of ``record`` is done: drop the record, then (unless ``keep_data``)
@@ -182,9 +199,45 @@ class Spool:
     def records(self) -> list[Record]:
         return [record for record, _ in read_journal(self.root)]
 
+    def set_aside_unreadable(self) -> list[tuple[str, str]]:
+        """Rename each journal record that cannot be read to ``N.unreadable``, so that no
+        reader meets it again; (its new path, why) for each. A record is written whole
+        before it is renamed into place, so one that is not whole was never promised:
+        its data file, named by no record now, is set aside as an orphan after this."""
+        moved = []
+        for name in sorted(os.listdir(self._journal)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self._journal, name)
+            try:
+                _load_record(path)
+                continue
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                why = str(e)
+            target = path[:-len(".json")] + ".unreadable"
+            try:
+                os.rename(path, target)
+            except OSError as e:
+                log.warning("cannot set aside the unreadable journal record %s: %s", path, e)
+                continue
+            moved.append((target, why))
+        if moved:
+            _fsync_dir(self._journal)
+        return moved
+
     def create_many(self, count: int) -> list[tuple[str, int]]:
         """``count`` new data files at once (one worker-thread job for several files)."""
         return [self.create() for _ in range(count)]
+
+    def set_aside(self, name: str) -> str:
+        """Move data file ``name``, which no record names and nobody will commit, to
+        orphaned/ (its bytes kept for whoever wants them); its new path."""
+        target = os.path.join(self._orphaned, name)
+        os.rename(self.data_path(name), target)
+        _fsync_dir(self._orphaned)
+        return target
 
     def set_aside_orphans(self) -> list[str]:
         """Move data files no record names (files being written when a daemon died, never
@@ -216,7 +269,6 @@ class Spool:
             _fsync_dir(self._orphaned)
             _fsync_dir(self._data)
         return moved
-
 
 
 def spool_in_use(root: str) -> bool:
@@ -276,12 +328,12 @@ def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
         if not name.endswith(".json"):
             continue
         try:
-            with open(os.path.join(journal, name), encoding="utf-8") as f:
-                record = Record(**json.load(f))
+            record = _load_record(os.path.join(journal, name))
         except FileNotFoundError:  # settled since the listing: owed no more
             continue
-        except (OSError, ValueError, TypeError) as e:
-            log.error("unreadable journal record %s: %s", os.path.join(journal, name), e)
+        except (OSError, ValueError) as e:
+            # Set aside at the next start (``Spool.set_aside_unreadable``), which says so.
+            log.debug("unreadable journal record %s: %s", os.path.join(journal, name), e)
             continue
         error = None
         with contextlib.suppress(OSError), open(
@@ -290,6 +342,36 @@ def read_journal(root: str) -> Iterator[tuple[Record, str | None]]:
             error = f.read().strip() or None
         found.append((record, error))
     yield from sorted(found, key=lambda item: item[0].seq)
+
+
+# The type of each field of a record, as JSON holds it.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "data": (str,), "path": (str,), "size": (int,), "mode": (int, type(None)),
+    "uid": (int, type(None)), "gid": (int, type(None)), "mtime_ns": (int, type(None)),
+    "closed_ns": (int,),
+}
+
+
+def _load_record(path: str) -> Record:
+    """The record in file ``path`` (``N.json``); ValueError if it is not one whole record
+    of data file ``N.data``: cut short, zeros or another file's bytes where it should be
+    (a disk that lost a write), or of a shape no version wrote."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    fields = json.loads(raw.decode("utf-8"))
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    missing = {"data", "path", "size"} - fields.keys()
+    if missing or not fields.keys() <= _FIELDS.keys():
+        raise ValueError(f"fields {sorted(fields)} are not a record's")
+    for key, value in fields.items():
+        # bool is an int to isinstance, and is never one of these.
+        if isinstance(value, bool) or not isinstance(value, _FIELDS[key]):
+            raise ValueError(f"{key} is {value!r}")
+    seq = os.path.basename(path).partition(".")[0]
+    if fields["data"] != f"{seq}.data" or not seq.isdigit() or fields["size"] < 0:
+        raise ValueError(f"a record of {fields['data']!r} of {fields['size']} bytes in {seq}.json")
+    return Record(**fields)
 
 
 def _fsync_dir(path: str) -> None:

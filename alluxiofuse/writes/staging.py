@@ -9,10 +9,16 @@ smallest size the file was truncated to) belong to the data file alone: written,
 
 Its life against the under-storage is one :data:`Life` value, changed by the methods
 named after what happened (see below).
+
+A write the spool's disk refuses (ENOSPC, EIO), or an fsync of the data file that fails,
+leaves the content incomplete: ``failed`` holds that error from then on, every commit
+raises it again and commits nothing, and the file's previous content stays in the
+under-storage, until a truncate drops every byte from the first failure on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -23,12 +29,13 @@ import trio
 
 from alluxiofuse.backends.base import run_blocking
 from alluxiofuse.backends.local import pread_all
-from alluxiofuse.errors import from_oserror
+from alluxiofuse.errors import AlluxioFuseError, from_oserror
 from alluxiofuse.model import Data, FileStatus, Kind, Version
 from alluxiofuse.writes.extents import Extents
 from alluxiofuse.writes.spool import Record, Spool
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # Bytes of the base fetched at once when a file is completed before its upload.
 _FILL_CHUNK = 4 * 1024 * 1024
 # Writes up to this size (the kernel's largest FUSE write) go to the spool's page cache
@@ -129,6 +136,10 @@ class StagedFile:
         self.handles = 0
         self.lock = trio.Lock()  # one change of the data file at a time
         self._held = 0  # bytes counted against the spool
+        # A fact about the content, whatever the life: a write to the data file failed at
+        # ``_failed_from`` (or its fsync did: from 0), so it lacks bytes a program wrote.
+        self._failed: AlluxioFuseError | None = None
+        self._failed_from = 0
 
     def status(self, name: str) -> FileStatus:
         return FileStatus(name=name, kind=Kind.FILE, size=self.size, mtime_ns=self.mtime_ns,
@@ -157,6 +168,19 @@ class StagedFile:
                 or (isinstance(life, (Committed, Unlinked)) and life.linked))
 
     @property
+    def failed(self) -> AlluxioFuseError | None:
+        """Why the content is incomplete: the spool's disk refused a write to it (or its
+        fsync), and no truncate has dropped that part since. None when it is whole."""
+        return self._failed
+
+    def check_whole(self) -> None:
+        """Before a commit: raise ``failed`` again (a new one, the same errno), if set."""
+        failed = self._failed
+        if failed is not None:
+            raise type(failed)(f"{self.path}: not committed: an earlier write to the "
+                               f"spool failed ({failed})")
+
+    @property
     def complete(self) -> bool:
         """Whether the data file holds the whole content (no base needed any more)."""
         return self.extents.covers(0, self.base_limit)
@@ -181,8 +205,10 @@ class StagedFile:
         # file has holes: none when it takes as much disk as its size (a file written
         # from the start), so an overwrite is never refused for space it already has.
         dense = self._held >= self.size
-        self._charge(min(len(data), max(0, end - self.size)) if dense else len(data))
         try:
+            # Refused by the spool's bound or by its disk, the write leaves the content
+            # without bytes the program wrote: the file is not committed (``failed``).
+            self._charge(min(len(data), max(0, end - self.size)) if dense else len(data))
             if len(data) <= _INLINE_WRITE_MAX:
                 try:
                     _pwrite(self.fd, data, offset)
@@ -190,6 +216,9 @@ class StagedFile:
                     raise from_oserror(e) from e
             else:
                 await self._io(_pwrite, self.fd, data, offset)
+        except AlluxioFuseError as e:
+            await self._write_failed(offset, e)
+            raise
         finally:
             self._account()
         if offset < self.base_limit:
@@ -201,6 +230,8 @@ class StagedFile:
         # Extending takes no disk (a hole), so nothing is charged ahead: a sparse file of
         # any size the spool's file system takes can be staged.
         await self._io(os.ftruncate, self.fd, size)
+        if size <= self._failed_from:  # the bytes a failed write lacked are gone
+            self._failed = None
         self.extents.truncate(min(size, self.base_limit))
         self.base_limit = min(self.base_limit, size)
         self.size = size
@@ -219,7 +250,14 @@ class StagedFile:
         self._account()
 
     async def sync(self) -> None:
-        await self._io(os.fsync, self.fd)
+        try:
+            await self._io(os.fsync, self.fd)
+        except AlluxioFuseError as e:
+            # After a failed fsync no byte written since the last good one can be trusted
+            # to be on the disk (the kernel may have dropped the pages it could not write):
+            # the whole content is in doubt.
+            self._fail(0, e)
+            raise
 
     async def fork(self) -> None:
         """Move to a copy of the data file, leaving this one to whoever holds it now: the
@@ -314,6 +352,27 @@ class StagedFile:
         finally:  # a failed fetch gives back what it was charged
             self._account()
 
+    async def _write_failed(self, offset: int, error: AlluxioFuseError) -> None:
+        """A write at ``offset`` failed, perhaps part-way: the content is incomplete. What
+        it appended past the end is cut off again (best effort), so that it takes no disk
+        and a later extension reads zeros there."""
+        self._fail(offset, error)
+        try:
+            if os.fstat(self.fd).st_size > self.size:
+                await self._io(os.ftruncate, self.fd, self.size)
+        except (OSError, AlluxioFuseError) as e:
+            log.debug("%s: cannot cut a failed write off %s: %s", self.path,
+                      self.spool.data_path(self.name), e)
+
+    def _fail(self, offset: int, error: AlluxioFuseError) -> None:
+        if self._failed is None:
+            log.warning("%s: a write to the spool failed (%s: %s); the file's close fails "
+                        "too and commits nothing: its previous version stays", self.path,
+                        type(error).__name__, error)
+            self._failed, self._failed_from = error, offset
+        self._failed_from = min(self._failed_from, offset)
+        self.written()  # the data file changed, in part: a close must say so
+
     def _charge(self, nbytes: int) -> None:
         """Count ``nbytes`` about to be written against the spool's limit, before they
         are: NoSpace (ENOSPC) past it."""
@@ -325,7 +384,11 @@ class StagedFile:
         nothing, so a file extended by ``truncate`` or written far past its end costs the
         spool only the bytes it holds. Never refused: those bytes are there already (a
         write was charged its length first)."""
-        held = os.fstat(self.fd).st_blocks * 512
+        try:
+            held = os.fstat(self.fd).st_blocks * 512
+        except OSError as e:  # a failing disk: the count stays as it was
+            log.debug("%s: cannot stat %s: %s", self.path, self.spool.data_path(self.name), e)
+            return
         self.spool.reserve(held - self._held, refusable=False)
         self._held = held
 

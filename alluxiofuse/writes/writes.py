@@ -18,6 +18,7 @@ whole file, fetching first any range of the old content not yet held.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -232,6 +233,7 @@ class Writes:
                 await self.backend.sync(staged.path)  # committed by a close(2) before
                 staged.synced()
             return None
+        staged.check_whole()
         await staged.fill_locked(self._fetcher(staged))
         if self.config.write_type == "ASYNC_THROUGH":
             await self._journal(staged)
@@ -275,7 +277,12 @@ class Writes:
             return
         try:
             async with staged.lock:
-                if isinstance(staged.life, Written):
+                if isinstance(staged.life, Written) and staged.failed is not None:
+                    # The spool's disk refused part of it, and the program was told so
+                    # (the write and the close failed): nothing of it is owed.
+                    log.info("%s: closed incomplete (%s): dropped, never committed; its "
+                             "previous version stays", staged.path, staged.failed)
+                elif isinstance(staged.life, Written):
                     # Its commit failed and the program was told so; the bytes still have
                     # no other home: owe them, retried in the background until they land.
                     await staged.fill_locked(self._fetcher(staged))
@@ -283,11 +290,15 @@ class Writes:
                     log.warning("%s: upload owed after a failed commit; its bytes are in %s",
                                 staged.path, self.spool.data_path(staged.name))
         except AlluxioFuseError as e:
-            log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
-                      "its bytes are kept in %s", staged.path, e,
-                      self.spool.data_path(staged.name))
+            kept = self.spool.data_path(staged.name)
             if staged.handles == 0:
                 self._drop(staged, keep_data=True)
+                # Out of data/, where the next mount would take it for a file a crash
+                # left open; the spool's disk may refuse this too (it stays there then).
+                with contextlib.suppress(AlluxioFuseError):
+                    kept = await self._io(self.spool.set_aside, staged.name)
+            log.error("%s: closed with a failed upload, and it cannot be retried (%s); "
+                      "its bytes are kept in %s", staged.path, e, kept)
             return
         if staged.handles == 0 and not self.uploader.uploading(staged.record):
             self._drop(staged)
@@ -382,12 +393,17 @@ class Writes:
     # -- start and stop
 
     async def recover(self, tidy: Callable[[], object] | None = None) -> int:
-        """Owe again the uploads a previous daemon journaled; how many. ``tidy`` first
+        """Owe again the uploads a previous daemon journaled; how many (a record that
+        cannot be read is set aside, with a warning, not owed). ``tidy`` first
         removes what a commit cut short by a crash left in the source (its temporary file,
         a second link to a data file): only then does a data file's link count say whether
         its bytes are committed, and an orphan never committed is kept, not removed."""
         if tidy is not None:
             await self._io(tidy)
+        for path, why in await self._io(self.spool.set_aside_unreadable):
+            log.warning("a journal record the last daemon left cannot be read (%s): set "
+                        "aside as %s, not uploaded; its data file, if any, is kept in "
+                        "orphaned/", why, path)
         moved = await self._io(self.spool.set_aside_orphans)
         for path in moved:
             log.warning("a file being written when the last daemon stopped was never closed; "
@@ -417,7 +433,10 @@ class Writes:
         """Unmounted: owe what is still being written, then wait (``drain_timeout``) for
         every owed upload; what is left stays journaled for the next start."""
         for staged in list(self._by_path.values()):
-            if isinstance(staged.life, Written):
+            if isinstance(staged.life, Written) and staged.failed is not None:
+                log.info("%s: open at unmount and incomplete (%s): never committed; its "
+                         "previous version stays", staged.path, staged.failed)
+            elif isinstance(staged.life, Written):
                 try:
                     async with staged.lock:
                         await staged.fill_locked(self._fetcher(staged))

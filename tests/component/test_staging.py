@@ -148,6 +148,7 @@ async def test_the_life_of_a_staged_file(spool: Spool) -> None:
     staged.close()
 
 
+@pytest.mark.expect_log(r"^n: a write to the spool failed \(NoSpace: the spool .* is full")
 async def test_spool_bound_refuses_writes_past_it(tmp_path: Path) -> None:
     spool = Spool.open(str(tmp_path), "small", limit=1000)
     staged = new_staged(spool, "n")
@@ -155,6 +156,12 @@ async def test_spool_bound_refuses_writes_past_it(tmp_path: Path) -> None:
     with pytest.raises(NoSpace):
         await staged.write(900, b"x" * 200)
     assert staged.size == 900
+    # The content lacks what the program wrote: no commit of it, until a truncate
+    # drops everything from the refused write on.
+    with pytest.raises(NoSpace, match="not committed"):
+        staged.check_whole()
+    await staged.truncate(900)
+    staged.check_whole()
     staged.close()
     assert spool.used == 0
     spool.close()
@@ -277,6 +284,7 @@ async def test_superseded_records_leave_the_journal_while_every_worker_is_busy(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.expect_log(r"^n: a write to the spool failed \(NoSpace")
 async def test_an_overwrite_takes_no_new_space_and_a_sparse_file_forks_sparse(
     tmp_path: Path,
 ) -> None:
