@@ -606,14 +606,41 @@ def pread_all(fd: int, length: int, offset: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+# copy_file_range(2) refusals that only mean "not between these two files": two file
+# systems (EXDEV, before Linux 5.3 and again since 5.19 for most pairs), or one that does
+# not offer it.
+_NO_COPY_RANGE = (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+_COPY_CHUNK = 1 << 20
+
+
 def _copy_all(src: int, dst: int, size: int) -> None:
-    """Copy ``size`` bytes from the start of ``src`` to ``dst``, inside the kernel."""
+    """Copy ``size`` bytes from the start of ``src`` to the start of ``dst``: inside the
+    kernel (copy_file_range), or by reads and writes where the kernel cannot copy between
+    the two (the spool on another file system than the source)."""
     offset = 0
     while offset < size:
-        copied = os.copy_file_range(src, dst, size - offset, offset, offset)
+        try:
+            copied = os.copy_file_range(src, dst, size - offset, offset, offset)
+        except OSError as e:
+            if e.errno not in _NO_COPY_RANGE:
+                raise
+            _copy_by_reads(src, dst, offset, size)
+            return
         if copied == 0:
             raise OSError(errno.EIO, f"staged file ended at {offset} of {size} bytes")
         offset += copied
+
+
+def _copy_by_reads(src: int, dst: int, offset: int, size: int) -> None:
+    while offset < size:
+        data = os.pread(src, min(_COPY_CHUNK, size - offset), offset)
+        if not data:
+            raise OSError(errno.EIO, f"staged file ended at {offset} of {size} bytes")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(dst, view, offset)
+            view = view[written:]
+            offset += written
 
 
 def _pieces(path: bytes) -> builtins.list[bytes]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -486,3 +487,28 @@ async def test_stores_that_cannot_be_written_say_so_before_any_write() -> None:
     backend = open_ufs("https://example.invalid/data", {}, limiter(), 5.0)
     assert not backend.writes.files
     assert open_ufs("memory://w/", {}, limiter(), 5.0).writes.files
+
+
+@pytest.mark.parametrize("linked", [False, True])
+async def test_a_local_commit_copies_a_staged_file_from_another_file_system(
+    tmp_path: Path, linked: bool,
+) -> None:
+    """The spool on another file system than the source (a tmpfs): a new file is a copy,
+    and so is a commit into a file with hard links (written in place)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    if linked:
+        (src / "f").write_bytes(b"old")
+        os.link(src / "f", src / "g")
+    backend = open_ufs(str(src), {}, limiter(), 5.0)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as spool:
+        staged = Path(spool) / "staged"
+        content = os.urandom(3 << 20 | 5)
+        staged.write_bytes(content)
+        assert os.stat(spool).st_dev != os.stat(src).st_dev
+        done = await backend.commit("f", str(staged), size=len(content))
+    assert (src / "f").read_bytes() == content
+    assert done.status.size == len(content) and not done.linked
+    if linked:
+        assert (src / "g").read_bytes() == content
+        assert os.stat(src / "g").st_ino == os.stat(src / "f").st_ino
