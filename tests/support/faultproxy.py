@@ -52,6 +52,7 @@ _HEAD_MAX = 64 << 10  # the longest request or reply head accepted
 # is closing could not be sent again (its body has gone).
 _UPSTREAM_IDLE = 1.0
 _CONNECT_TIMEOUT = 10.0
+_FAILURES_KEPT = 100
 _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError",
@@ -236,7 +237,9 @@ class FaultProxy:
         self._rates = rates or Rates()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(("requests", "connections", *KINDS), 0)
+        self._counts = dict.fromkeys(("requests", "connections", *KINDS, "upstream 5xx"), 0)
+        # The requests the upstream itself failed (5xx), the first _FAILURES_KEPT of them.
+        self.upstream_failures: list[str] = []
         self._scripted: list[_Scripted] = []
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
@@ -273,7 +276,8 @@ class FaultProxy:
             self._scripted.append(_Scripted(kind, times, method, target, header))
 
     def counts(self) -> dict[str, int]:
-        """Requests seen, connections accepted, and faults injected by kind, so far."""
+        """Requests seen, connections accepted, faults injected by kind, and replies the
+        upstream itself failed (5xx; ``upstream_failures`` names them), so far."""
         with self._lock:
             return dict(self._counts)
 
@@ -421,6 +425,13 @@ class FaultProxy:
                     return  # the upstream closed: so does the client's connection
                 reply = _Message.parse(reply_head)
                 status = int(reply.first[1])
+                if status >= 500:  # the upstream's own failure, not one injected
+                    with self._lock:
+                        self._counts["upstream 5xx"] += 1
+                        if len(self.upstream_failures) < _FAILURES_KEPT:
+                            self.upstream_failures.append(
+                                f"{' '.join(request.first[:2])} -> {' '.join(reply.first[1:])}"
+                                f" (fault: {fault})")
                 bodiless = request.first[0] == "HEAD" or status in (204, 304)
                 framed = bodiless or reply.chunked() or reply.length() is not None
                 upstream_stays = reply.keeps_alive() and framed
