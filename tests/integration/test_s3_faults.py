@@ -109,7 +109,8 @@ def populate(fs: Any, root: str, plan: Plan) -> Dataset:
     rng = random.Random(plan.seed)
     reads = {f"r/s{i:04d}.bin": rng.randbytes(rng.choice(SMALL_SIZES))
              for i in range(plan.small)}
-    reads["r/big.bin"] = rng.randbytes(plan.big)
+    reads["r/big.bin"] = b"".join(rng.randbytes(min(64 * MiB, plan.big - at))
+                                  for at in range(0, plan.big, 64 * MiB))
     writes: dict[str, Write] = {}
     for i in range(plan.writes):
         large = i < plan.large
