@@ -13,6 +13,8 @@
 #   truncate   passed on; the reply's head (its Content-Length honest) and part of its
 #              body sent, then the connection closed
 #   stall      nothing for ``stall_seconds``, then passed on
+#   nosuchupload  (only on request: ``inject``) 404 NoSuchUpload, as S3 answers a request
+#              naming a multipart upload that is over; not passed on
 #   flip       (PUT with a body only, drawn apart from the others) one byte of the body
 #              inverted on its way up: the data of the first aws-chunked chunk if the body
 #              is aws-chunked, anywhere in it otherwise
@@ -45,6 +47,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 KINDS = ("slowdown", "internal", "reset", "truncate", "stall", "flip")
+# Faults given only on request (``inject``), never at a rate.
+INJECTED_ONLY = ("nosuchupload",)
 _CHUNK = 1 << 20  # bytes moved per system call at most
 _HEAD_MAX = 64 << 10  # the longest request or reply head accepted
 # An upstream connection idle this long is replaced before it carries a request: servers
@@ -57,6 +61,11 @@ _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError",
                  "We encountered an internal error. Please try again."),
+    # What S3 answers a request naming a multipart upload that is over (a repeated
+    # CompleteMultipartUpload, say): moto answers a repeated one as the first.
+    "nosuchupload": (404, "Not Found", "NoSuchUpload",
+                     "The specified upload does not exist. The upload ID may be invalid, "
+                     "or the upload may have been aborted or completed."),
 }
 
 
@@ -237,7 +246,8 @@ class FaultProxy:
         self._rates = rates or Rates()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(("requests", "connections", *KINDS, "upstream 5xx"), 0)
+        self._counts = dict.fromkeys(
+            ("requests", "connections", *KINDS, *INJECTED_ONLY, "upstream 5xx"), 0)
         # The requests the upstream itself failed (5xx), the first _FAILURES_KEPT of them.
         self.upstream_failures: list[str] = []
         self._scripted: list[_Scripted] = []
@@ -270,8 +280,8 @@ class FaultProxy:
         """Give fault ``kind`` to the next ``times`` requests that match, whatever the rates:
         ``method`` (GET, PUT, ...), ``target`` (a regular expression searched for in the
         request's target: path and query), ``header`` (one searched for in its head)."""
-        if kind not in KINDS:
-            raise ValueError(f"no fault {kind!r}: one of {KINDS}")
+        if kind not in KINDS + INJECTED_ONLY:
+            raise ValueError(f"no fault {kind!r}: one of {KINDS + INJECTED_ONLY}")
         with self._lock:
             self._scripted.append(_Scripted(kind, times, method, target, header))
 
