@@ -332,6 +332,66 @@ def mount_behind(mount: MountFactory, s3: S3Server, proxy: FaultProxy, *options:
                                  for k, v in ufs.items()), *options)
 
 
+def test_the_proxy_passes_bodies_by_their_framing_and_flips_one_byte(s3: S3Server) -> None:
+    """The proxy itself, with a plain HTTP client: a chunked upload passes whole; a flip
+    changes exactly one byte of a body sent with a length, chunked, or aws-chunked (of its
+    data, not its framing); an error answer to ``Expect: 100-continue`` closes; and every
+    thread ends at close."""
+    import http.client
+
+    fs = s3.fs()
+    body = bytes(range(256)) * 100
+    host, _, port = s3.endpoint_url.removeprefix("http://").rpartition(":")
+
+    def differences(key: str) -> int:
+        got = bytes(fs.cat_file(f"{s3.bucket}/{key}"))
+        return len(got) - len(body) + sum(a != b for a, b in zip(got, body, strict=False))
+
+    def put_chunked(c: http.client.HTTPConnection, key: str) -> int:
+        c.putrequest("PUT", f"/{s3.bucket}/{key}")
+        c.putheader("Transfer-Encoding", "chunked")
+        c.endheaders()
+        for at in range(0, len(body), 7000):
+            c.send(b"%x\r\n%s\r\n" % (len(body[at:at + 7000]), body[at:at + 7000]))
+        c.send(b"0\r\n\r\n")
+        reply = c.getresponse()
+        reply.read()
+        return reply.status
+
+    with FaultProxy((host, int(port))) as proxy:
+        c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        assert put_chunked(c, "chunked") == 200
+        assert differences("chunked") == 0
+        proxy.inject("flip", method="PUT")
+        c.request("PUT", f"/{s3.bucket}/flipped", body=body)
+        assert (c.getresponse().read(), differences("flipped")) == (b"", 1)
+        proxy.inject("flip", method="PUT")
+        assert put_chunked(c, "flipped-chunked") == 200
+        assert differences("flipped-chunked") == 1
+        proxy.inject("flip", method="PUT")
+        signature = b"0" * 64
+        aws = (b"%x;chunk-signature=%s\r\n%s\r\n0;chunk-signature=%s\r\n\r\n"
+               % (len(body), signature, body, signature))
+        c.request("PUT", f"/{s3.bucket}/flipped-aws", body=aws, headers={
+            "Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(body)),
+            "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"})
+        reply = c.getresponse()
+        assert (reply.status, reply.read()) == (200, b"")
+        assert differences("flipped-aws") == 1
+        proxy.inject("slowdown", method="PUT")
+        c.putrequest("PUT", f"/{s3.bucket}/expecting")
+        c.putheader("Content-Length", str(len(body)))
+        c.putheader("Expect", "100-continue")
+        c.endheaders()
+        reply = c.getresponse()
+        assert (reply.status, reply.getheader("Connection")) == (503, "close")
+        assert b"<Code>SlowDown</Code>" in reply.read()
+        c.close()
+        counts = proxy.counts()
+        assert (counts["requests"], counts["flip"], counts["slowdown"]) == (5, 3, 1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("faultproxy")]
+
+
 # Bug: s3.get_start (alluxiofuse/backends/s3.py) reads the reply of a file's first status
 # read (a ranged GET from byte 0, no If-Match) unguarded: a reply cut mid-body raises
 # aiohttp's ClientPayloadError, an unexpected error: the stat fails with EIO (under
