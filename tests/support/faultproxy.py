@@ -1,7 +1,9 @@
 """A loopback HTTP proxy in front of an S3 server that injects faults at set rates."""
 
 # How it works. Each connection accepted on 127.0.0.1 gets a thread and a connection of its
-# own to the upstream server (kept alive as the client's is). The proxy reads each request's
+# own to the upstream server, made again whenever the upstream closed it or it sat idle;
+# the client's is kept alive as S3 keeps it (moto closes after every reply). The proxy
+# counts the upstream's own 5xx replies apart and names them. It reads each request's
 # head, draws one fault for it (a seeded RNG, so that a run is repeatable given the same
 # order of requests), and then either answers it itself or passes it on, streaming the
 # body both ways by its HTTP framing (Content-Length or chunked; a reply may also run to
@@ -13,11 +15,11 @@
 #   truncate   passed on; the reply's head (its Content-Length honest) and part of its
 #              body sent, then the connection closed
 #   stall      nothing for ``stall_seconds``, then passed on
-#   nosuchupload  (only on request: ``inject``) 404 NoSuchUpload, as S3 answers a request
-#              naming a multipart upload that is over; not passed on
 #   flip       (PUT with a body only, drawn apart from the others) one byte of the body
 #              inverted on its way up: the data of the first aws-chunked chunk if the body
 #              is aws-chunked, anywhere in it otherwise
+#   nosuchupload  (only on request: ``inject``) 404 NoSuchUpload, as S3 answers a request
+#              naming a multipart upload that is over; not passed on
 #
 # A reset or truncation of a reply without a body (a HEAD's, a PUT's) cuts its head
 # instead. A request that says ``Expect: 100-continue`` is answered "100 Continue" by the
