@@ -126,7 +126,10 @@ async def get_start(fs: Any, full: str, length: int) -> tuple[Mapping[str, Any],
         return None
     body = reply["Body"]
     try:
-        return reply, await body.read()
+        return reply, await _read_exactly(body, int(reply.get("ContentLength") or 0))
+    except _BodyFailed as e:  # cut short: the HEAD asks again
+        log.debug("GET of %r for its status was cut short (%s): a HEAD instead", full, e)
+        return None
     finally:
         body.close()
 
@@ -193,15 +196,26 @@ def _multipart(
                 part[f"Checksum{algorithm}"] = reply[f"Checksum{algorithm}"]
             parts.append(part)
             digests.append(digest)
+        expected = f"{_md5(b''.join(digests)).hex()}-{len(digests)}"
         with publishing():
-            reply = _send(fs, full, "complete_multipart_upload", Bucket=bucket, Key=key,
-                          UploadId=upload_id, MultipartUpload={"Parts": parts})
+            try:
+                reply = _send(fs, full, "complete_multipart_upload", Bucket=bucket, Key=key,
+                              UploadId=upload_id, MultipartUpload={"Parts": parts})
+            except OSError:
+                # The store may have completed the upload and its reply been lost: its
+                # retry is then answered NoSuchUpload (or an error). The object itself
+                # tells: if it is this upload, the commit is done.
+                found = head(fs, bucket, key)
+                if found is None or str(found.get("ETag") or "").strip('"') != expected:
+                    raise
+                log.debug("%s: the completion's reply was lost; the object is this upload",
+                          full)
+                reply = dict(found)
     except BaseException:
         with contextlib.suppress(Exception):
             fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
         raise
-    _check_etag(fs, full, reply, f"{_md5(b''.join(digests)).hex()}-{len(digests)}",
-                size, multipart=True)
+    _check_etag(fs, full, reply, expected, size, multipart=True)
 
 
 def _send(fs: Any, full: str, method: str, **kwargs: Any) -> dict[str, Any]:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import copy
 import errno
 import json
 import os
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,9 +33,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.checklogs import ExpectLog
 from tests.support.faultproxy import FaultProxy, Rates
-from tests.support.mounts import Mount, MountFactory, errno_of, read_bytes, wait_until
+from tests.support.mounts import Mount, MountFactory, errno_of, read_bytes
 from tests.support.s3server import S3Server, moto_s3
 
 pytestmark = pytest.mark.integration
@@ -396,102 +393,52 @@ def test_the_proxy_passes_bodies_by_their_framing_and_flips_one_byte(s3: S3Serve
 # read (a ranged GET from byte 0, no If-Match) unguarded: a reply cut mid-body raises
 # aiohttp's ClientPayloadError, an unexpected error: the stat fails with EIO (under
 # --strict the daemon dies) where asking again would have served it.
-BUG_STATUS_BODY = ("bug: a file's first status read (s3.get_start) whose reply is cut "
-                   "mid-body fails with an unexpected ClientPayloadError (EIO; under --strict "
-                   "the daemon dies) instead of being asked again")
-# What that bug logs; declared when it is in the log (whether a fault meets it is chance).
-_BUG_STATUS_BODY_LOGS = (
-    (r"^\w+: unexpected ClientPayloadError: Response payload is not completed", "ERROR"),
-    (r"^daemon failed: ClientPayloadError: Response payload is not completed", "ERROR"),
-    (r"^daemon failed: Response payload is not completed", "CRITICAL"),
-)
-# The request that bug fails on: a GET from byte 0 without If-Match.
+# A file's first status read: a GET from byte 0 without If-Match (small files a listing
+# named are read with their status, in one GET).
 _STATUS_READ = r"^(?![\s\S]*\r\nif-match:)[\s\S]*\r\nrange: bytes=0-"
 
 
-def declare_known_bug_logs(m: Mount, expect_log: ExpectLog,
-                           logs: tuple[tuple[str, str], ...] = _BUG_STATUS_BODY_LOGS) -> None:
-    """Declare what a known bug logged (``logs``: patterns and levels), if it did; the
-    other records stay undeclared."""
-    from tests.support.checklogs import Expected, in_log_file
-
-    records = in_log_file(m.log)
-    if logs is _BUG_STATUS_BODY_LOGS and "--strict" in m.args and any(
-            Expected(p, None, level).matches(r) for p, level in logs for r in records):
-        # That bug met under --strict kills the daemon: its last records are to come.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            m.proc.wait(10)
-        records = in_log_file(m.log)
-    for pattern, level in logs:
-        if any(Expected(pattern, None, level).matches(r) for r in records):
-            expect_log(pattern, None, level)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_STATUS_BODY)
 def test_a_status_read_cut_mid_body_is_asked_again(
-    s3: S3Server, faults: FaultProxy, mount: MountFactory, expect_log: ExpectLog,
+    s3: S3Server, faults: FaultProxy, mount: MountFactory,
 ) -> None:
-    """The smallest repro of the bug: one reply cut part-way, on the first stat of a file
-    a listing named (small files are then read with their status, in one GET)."""
+    """One reply cut part-way, on the first stat of a file a listing named: the status is
+    asked for again (a HEAD), and the read gets the right bytes."""
     data = random.Random(1).randbytes(200_000)
     s3.fs().pipe_file(f"{s3.bucket}/{ROOT}/f.bin", data)
     m = mount_behind(mount, s3, faults, "--io-timeout", "20")
     assert os.listdir(m.path) == ["f.bin"]
     faults.inject("reset", method="GET", target=r"/f\.bin", header=_STATUS_READ)
-    try:
-        assert read_bytes(m.path / "f.bin") == data
-        assert faults.counts()["reset"] == 1
-    finally:
-        declare_known_bug_logs(m, expect_log)
+    assert read_bytes(m.path / "f.bin") == data
+    assert faults.counts()["reset"] == 1
 
 
-# Bug: the reply to CompleteMultipartUpload lost after the store completed the upload
-# (a reset), botocore asks again and S3 answers NoSuchUpload (the upload is over): the
-# commit fails and close() says ENOENT (s3rver answers 500: EIO), while the bucket holds
-# the new content. moto answers a repeated Complete as the first, so the proxy answers
-# the retry as S3 would.
-BUG_COMPLETE_LOST = ("bug: when the reply to CompleteMultipartUpload is lost after the store "
-                     "completed the upload, the retry is answered NoSuchUpload and close() "
-                     "fails (ENOENT; EIO on s3rver) though the new content is in the bucket")
-_BUG_COMPLETE_LOST_LOGS = (
-    (r"^f\.bin: upload owed after a failed commit", "WARNING"),
-    (r"^upload of f\.bin failed \(NotFound: The specified upload does not exist", "WARNING"),
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_COMPLETE_LOST)
 def test_a_close_whose_upload_completed_unseen_returns_0(
-    s3: S3Server, faults: FaultProxy, mount: MountFactory, expect_log: ExpectLog,
+    s3: S3Server, faults: FaultProxy, mount: MountFactory,
 ) -> None:
-    """The smallest repro: one reply to CompleteMultipartUpload reset, the retry answered
-    NoSuchUpload (every commit is a multipart upload, however small the file)."""
+    """The reply to CompleteMultipartUpload lost after the store completed the upload: its
+    retry is answered NoSuchUpload (as S3 does), and the object, HEADed, is this upload:
+    close() returns 0 and the bucket has the new content."""
     fs = s3.fs()
     fs.pipe_file(f"{s3.bucket}/{ROOT}/f.bin", b"old" * 1000)
-    m = mount_behind(mount, s3, faults, "--io-timeout", "20")
+    m = mount_behind(mount, s3, faults, "--io-timeout", "20", "--upload-part-size", "5MiB")
     assert os.listdir(m.path) == ["f.bin"]
     faults.inject("reset", method="POST", target=r"/f\.bin\?uploadId=")
     faults.inject("nosuchupload", method="POST", target=r"/f\.bin\?uploadId=")
+    new = random.Random(2).randbytes(6 * MiB + 7)  # two parts
 
     def write() -> None:
         with open(m.path / "f.bin", "wb") as f:
-            f.write(b"new" * 1000)
+            f.write(new)
 
-    failed = errno_of(write)
-    try:
-        assert failed is None
-        assert fs.cat_file(f"{s3.bucket}/{ROOT}/f.bin") == b"new" * 1000
-    finally:
-        # The failed commit is logged as the file is released, after close() returned.
-        wait_until(lambda: "upload owed" in m.log_text(), 5 if failed else 0)
-        declare_known_bug_logs(m, expect_log, _BUG_COMPLETE_LOST_LOGS)
+    assert errno_of(write) is None
+    assert fs.cat_file(f"{s3.bucket}/{ROOT}/f.bin") == new
+    assert faults.counts()["reset"] == 1 and faults.counts()["nosuchupload"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_STATUS_BODY)
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("write_type", ["THROUGH", "ASYNC_THROUGH"])
 def test_a_mixed_workload_under_faults_loses_nothing(
-    s3: S3Server, faults: FaultProxy, mount: MountFactory, expect_log: ExpectLog,
-    write_type: str,
+    s3: S3Server, faults: FaultProxy, mount: MountFactory, write_type: str,
 ) -> None:
     plan = Plan()
     fs = s3.fs()
@@ -510,7 +457,7 @@ def test_a_mixed_workload_under_faults_loses_nothing(
         budget = m.scrape()("alluxiofuse_memory_budget_bytes")
         faults.set_rates(Rates(slowdown=0.10, reset=0.02, stall=0.01, stall_seconds=2.0))
         # Besides the rates, one reply cut on a first status read, so that every run meets
-        # that path (the bug above) rather than most.
+        # that path rather than most.
         faults.inject("reset", method="GET", target=r"/r/s\d+\.bin", header=_STATUS_READ)
         t0 = time.monotonic()
         out = run_workload(m.path, ds, plan, peek)
@@ -532,5 +479,5 @@ def test_a_mixed_workload_under_faults_loses_nothing(
         assert figures.get("files lost", 0) == 0
         assert rss <= budget + RSS_SLACK, summary
     finally:
-        declare_known_bug_logs(m, expect_log)
+        m.close()
 
