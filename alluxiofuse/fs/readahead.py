@@ -444,8 +444,9 @@ class DirectoryReadahead:
         operating system caches (a local directory) is only asked to warm the files, and
         the reads are then answered from that cache without a thread. Shuffled access
         almost never builds a streak, so it costs (almost) nothing. Only directories listed
-        recently take part: nothing here asks the backend for metadata. Pages are keyed by
-        the inode number each file has, or will get when the kernel looks it up.
+        recently take part, and only what their opens would ask the backend for is asked
+        ahead (the attributes a listing lacks, on S3). Pages are keyed by the inode number
+        each file has, or will get when the kernel looks it up.
         """
         limit = self._config.dir_readahead
         parent, name = parent_and_name(inode.path)
@@ -491,6 +492,10 @@ class DirectoryReadahead:
         for i, ((_, child, status), key) in enumerate(zip(files, keys, strict=True)):
             if not self._statuses.read_with_status(child, status):
                 plain.append(i)
+                if not status.complete and self._statuses.cached(child, attrs=True) is None:
+                    # Its open will ask for the attributes the listing lacked (S3 object
+                    # metadata): asked now, the request's wait overlaps the reads before.
+                    self._prefetcher.spawn(self._fetch_status, child)
                 continue
             job = partial(self._statuses.flights.run, child,
                           partial(self._statuses.fetch_status_and_content, child, status.size,
@@ -508,6 +513,12 @@ class DirectoryReadahead:
             taken = plain[done]
         # Had the budget run out, the next open tries again from the first file not taken.
         state.fetched_to = start + len(entries) if taken == len(files) else files[taken][0]
+
+    async def _fetch_status(self, path: str) -> None:
+        try:
+            await self._statuses.stat(path, attrs=True)
+        except Exception as e:  # the open asks again, and reports what it meets
+            log.debug("status of %s ahead of its open failed: %r", path, e)
 
     async def _read_many(
         self, reads: list[tuple[str, int, int, Version]],

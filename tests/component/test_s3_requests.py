@@ -201,6 +201,33 @@ async def test_files_fetched_ahead_in_a_directory_cost_one_request_each(
     assert per_file == {f"{ROOT}/d1/f{f}": 1 for f in range(FILES)}, seen
 
 
+async def test_statuses_of_large_files_read_in_order_are_asked_for_ahead(
+    s3: S3Server, nursery: trio.Nursery,
+) -> None:
+    """Files too large to be read with their status, read in listing order: the HEAD that
+    each open needs (a listing lacks the object metadata) is made while the files before it
+    are read, once per file, never more."""
+    fs = s3.fs()
+    for f in range(8):
+        fs.pipe_file(f"{s3.bucket}/{ROOT}/big/f{f}", bytes([f]) * 10_000)
+    m = await make(s3.url(ROOT), nursery, ufs_options=s3.ufs_options, read_only=True,
+                   page_size="4KiB")
+    m.fs.meta.put_listing("big", await m.fs.backend.list("big"))
+    seen = count_requests(m)
+    ahead = 0
+    for f in range(8):
+        ahead += seen["head_object", f"{ROOT}/big/f{f}"]  # asked for before its open
+        attrs = await look_up(m, f"big/f{f}")
+        info = await m.ops.open(attrs.st_ino, os.O_RDONLY, None)
+        try:
+            assert await m.ops.read(info.fh, 0, 1 << 20) == bytes([f]) * 10_000
+        finally:
+            await m.ops.release(info.fh)
+        await trio.sleep(0.05)  # what the open started ahead is on its way
+    assert ahead >= 5, seen  # all but the first files' (a streak takes a few opens)
+    assert all(seen["head_object", f"{ROOT}/big/f{f}"] == 1 for f in range(8)), seen
+
+
 async def test_a_small_file_listed_is_looked_up_and_read_with_one_request(
     s3: S3Server, nursery: trio.Nursery,
 ) -> None:
