@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import copy
 import errno
 import json
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 
 from tests.support.faultproxy import FaultProxy, Rates
-from tests.support.mounts import Mount, MountFactory, errno_of, read_bytes
+from tests.support.mounts import Mount, MountFactory, errno_of, read_bytes, wait_until
 from tests.support.s3server import S3Server, moto_s3
 
 pytestmark = pytest.mark.integration
@@ -433,6 +434,37 @@ def test_a_close_whose_upload_completed_unseen_returns_0(
     assert errno_of(write) is None
     assert fs.cat_file(f"{s3.bucket}/{ROOT}/f.bin") == new
     assert faults.counts()["reset"] == 1 and faults.counts()["nosuchupload"] == 1
+
+
+@pytest.mark.expect_log(r"^f\.bin: upload owed after a failed commit", count=1)
+@pytest.mark.expect_log(r"^flush: ContentMismatch: .*f\.bin: the store's ETag of", count=1)
+@pytest.mark.parametrize("size", [100_000, 6 * MiB + 7])  # one PUT; two parts
+def test_an_upload_whose_body_is_damaged_on_the_way_is_never_taken_for_good(
+    s3: S3Server, faults: FaultProxy, mount: MountFactory, size: int,
+) -> None:
+    """The proxy flips a byte of the upload's body after the client computed its MD5 and
+    checksums. The store (moto keeps what it gets) holds a damaged object only until the
+    ETag check fails the commit: close() is EIO, the bytes stay in the spool, and the
+    upload owed lands whole in the background."""
+    fs = s3.fs()
+    m = mount_behind(mount, s3, faults, "--io-timeout", "20", "--upload-part-size", "5MiB")
+    new = random.Random(3).randbytes(size)
+    faults.inject("flip", method="PUT", target=r"/f\.bin")
+
+    def write() -> None:
+        with open(m.path / "f.bin", "wb") as f:
+            f.write(new)
+
+    assert errno_of(write) == errno.EIO
+    assert faults.counts()["flip"] == 1
+    key = f"{s3.bucket}/{ROOT}/f.bin"
+
+    def landed() -> bool:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            return bool(fs.cat_file(key) == new)
+        return False
+
+    assert wait_until(landed, 30), "the upload owed never landed whole"
 
 
 @pytest.mark.timeout(150)
