@@ -440,14 +440,7 @@ class LocalUfs(UfsBackend):
             linked = self._link_or_copy(staged, src, temp, root)
             dst = src if linked else os.open(temp, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root)
             try:
-                if mode is not None:
-                    os.fchmod(dst, mode)
-                if owner is not None and os.geteuid() == 0:
-                    os.fchown(dst, *owner)
-                if mtime_ns is not None:
-                    os.utime(dst, ns=(mtime_ns, mtime_ns))
-                if durable:
-                    os.fsync(dst)
+                _finish(dst, mode, owner, mtime_ns, durable)
             finally:
                 if dst != src:
                     os.close(dst)
@@ -483,14 +476,7 @@ class LocalUfs(UfsBackend):
                     size = os.fstat(src).st_size
                     _copy_all(src, dst, size)
                     os.ftruncate(dst, size)
-                    if mode is not None:
-                        os.fchmod(dst, mode)
-                    if owner is not None and os.geteuid() == 0:
-                        os.fchown(dst, *owner)
-                    if mtime_ns is not None:
-                        os.utime(dst, ns=(mtime_ns, mtime_ns))
-                    if durable:
-                        os.fsync(dst)
+                    _finish(dst, mode, owner, mtime_ns, durable)
                 finally:
                     os.close(dst)
         finally:
@@ -604,6 +590,22 @@ def pread_all(fd: int, length: int, offset: int) -> bytes:
         offset += len(chunk)
         length -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _finish(
+    fd: int, mode: int | None, owner: tuple[int, int] | None, mtime_ns: int | None,
+    durable: bool,
+) -> None:
+    """Give a commit's file (open as ``fd``) its mode, owner (as root) and mtime, and
+    fsync it when the commit is ``durable``."""
+    if mode is not None:
+        os.fchmod(fd, mode)
+    if owner is not None and os.geteuid() == 0:
+        os.fchown(fd, *owner)
+    if mtime_ns is not None:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    if durable:
+        os.fsync(fd)
 
 
 # copy_file_range(2) refusals that only mean "not between these two files": two file
