@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.checklogs import ExpectLog
+from tests.support.disks import fill
 from tests.support.faultfs import set_faults
 from tests.support.mounts import REPO, Mount, MountFactory, fusermount_u, ismount, wait_until
 from tests.support.s3server import S3Server, moto_s3
@@ -125,20 +126,6 @@ def mount_on(mount: MountFactory, source: Source, cache: Path, write_type: str) 
 def spool_of(cache: Path) -> Path:
     (spool,) = [p for p in cache.iterdir() if p.is_dir() and (p / "journal").is_dir()]
     return spool
-
-
-def fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last byte with a file; the file."""
-    ballast = disk / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (1 << 16, 1 << 12, 1):  # to the last byte
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\1" * size):
-                    pass
-    finally:
-        os.close(fd)
-    return ballast
 
 
 def write_until_error(path: Path, chunk: bytes, count: int) -> tuple[int | None, int | None]:
