@@ -51,6 +51,7 @@ class Uploader:
         self._running: dict[str, int] = {}  # paths being uploaded now: the record's seq
         self._errors: dict[int, str] = {}
         self._superseded: list[Record] = []
+        self._urgent: dict[str, int] = {}  # paths waited for (``wait``): how many wait
         self._changed = trio.Event()  # something to do, or something done
 
     def __len__(self) -> int:
@@ -89,6 +90,8 @@ class Uploader:
     async def wait(self, path: str, within: float) -> None:
         """Wait until nothing under ``path`` is owed ("" waits for everything);
         BackendTimeout if that takes longer than ``within`` seconds."""
+        if path:  # a wait for everything (the drain) puts nothing first
+            self._urgent[path] = self._urgent.get(path, 0) + 1
         try:
             with trio.fail_after(within):
                 while self.busy(path):
@@ -96,6 +99,11 @@ class Uploader:
         except trio.TooSlowError:
             raise BackendTimeout(f"uploads of {path or 'the mount'} still pending after "
                                  f"{within}s (kept in {self._spool.root})") from None
+        finally:
+            if path:
+                self._urgent[path] -= 1
+                if not self._urgent[path]:
+                    del self._urgent[path]
 
     async def run(self) -> None:
         """Upload until cancelled."""
@@ -119,12 +127,17 @@ class Uploader:
                 self._wake()
 
     def _next(self) -> Record | None:
-        """The oldest record whose path is not being uploaded; older records of a path
-        with a newer one are dropped on the way (settled by ``_worker``)."""
+        """The oldest record whose path is not being uploaded, those under a path someone
+        waits for (``wait``: a rename, an unlink) first; older records of a path with a
+        newer one are dropped on the way (settled by ``_worker``). A rename behind a queue
+        of hundreds of uploads waited its whole drain timeout for its own."""
         newest: dict[str, int] = {}
         for seq, record in self.pending.items():
             newest[record.path] = max(seq, newest.get(record.path, seq))
-        for seq in sorted(self.pending):
+        order = sorted(self.pending)
+        if self._urgent:
+            order.sort(key=lambda seq: not self._is_urgent(self.pending[seq].path))
+        for seq in order:
             record = self.pending[seq]
             if record.path in self._running:
                 continue
@@ -133,6 +146,9 @@ class Uploader:
                 continue
             return record
         return None
+
+    def _is_urgent(self, path: str) -> bool:
+        return any(path == waited or path.startswith(waited + "/") for waited in self._urgent)
 
     async def _attempt(self, record: Record) -> None:
         delay = 1.0

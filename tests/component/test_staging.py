@@ -230,6 +230,41 @@ async def test_uploader_retries_orders_and_drops_superseded_records(spool: Spool
     assert spool.records() == []
 
 
+async def test_an_upload_waited_for_goes_before_the_queue(tmp_path: Path) -> None:
+    """A rename waits for the upload owed under its name: that one is sent next, not
+    after every upload queued before it (under faults a rename waited out its drain
+    timeout behind hundreds)."""
+    spool = Spool.open(str(tmp_path), "urgent", limit=1 << 20)
+    order: list[str] = []
+    gate = trio.Event()
+
+    async def upload(record: Record) -> Commit:
+        await gate.wait()
+        order.append(record.path)
+        await trio.sleep(0.01)
+        return Commit(FileStatus(name=record.path, kind=Kind.FILE, size=record.size))
+
+    uploader = Uploader(spool, io(), 1, upload, lambda r, s: False)
+    records = [journaled(spool, f"d/f{i}") for i in range(8)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        for r in records:
+            uploader.submit(r)
+        await trio.testing.wait_all_tasks_blocked()  # f0 taken first, held at the gate
+
+        async def rename_waits() -> None:
+            await uploader.wait("d/f6", 10)
+            assert "d/f6" in order and "d/f5" not in order
+
+        nursery.start_soon(rename_waits)
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        await uploader.wait("", 10)
+        nursery.cancel_scope.cancel()
+    assert order[:2] == ["d/f0", "d/f6"]
+    assert sorted(order) == sorted(r.path for r in records)
+
+
 async def test_reads_past_the_base_limit_are_the_data_files_own(tmp_path: Path) -> None:
     # A new file (no base at all) and a file truncated below its old size: a read that
     # starts at or past base_limit fetches nothing and returns the written bytes and zeros.
