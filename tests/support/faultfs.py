@@ -116,7 +116,7 @@ class FaultFS(pyfuse3.Operations):
         return self._entry(path)
 
     async def forget(self, inode_list: Any) -> None:
-        pass
+        """Nothing to drop: every path seen is kept (a test's tree is small)."""
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         return inode
@@ -133,7 +133,7 @@ class FaultFS(pyfuse3.Operations):
                 break
 
     async def releasedir(self, fh: int) -> None:
-        pass
+        """Nothing to close: a directory's handle is its inode number."""
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         path = self._path(fh)
