@@ -69,7 +69,7 @@ _READ_ONLY_PROTOCOLS = frozenset({"http", "https", "github", "git", "zip", "tar"
                                   "reference", "jlab", "dask", "dbfs+ro"})
 # Object stores: no empty directories, so one is kept as a zero-byte marker object "dir/".
 _MARKER_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss",
-                               "oci", "cos", "r2"})
+                               "oci", "cos", "r2", "ais"})
 # The slowest upload rate a commit is given time for, in bytes per second.
 _MIN_UPLOAD_RATE = 1024 * 1024
 # The longest key of the object stores, in bytes (S3, GCS and Azure alike).
@@ -313,7 +313,7 @@ class UfsBackend:
         ``version`` (each cut short only at the end of the file), in one request."""
         full = self.full_path(path)
         want = [max(0, min(n, version.size - start))
-                for n, start in zip(lengths, _starts(offset, lengths), strict=True)]
+                for n, start in zip(lengths, range_starts(offset, lengths), strict=True)]
         if not sum(want):
             return [b""] * len(lengths)
         return await run_on_loop(
@@ -431,7 +431,7 @@ class UfsBackend:
         """
         full = self.full_path(path)
         want = [max(0, min(n, version.size - start))
-                for n, start in zip(lengths, _starts(offset, lengths), strict=True)]
+                for n, start in zip(lengths, range_starts(offset, lengths), strict=True)]
         expected = sum(want)
         data = bytes(self.fs.cat_file(full, start=offset, end=offset + expected))
         self.fs.invalidate_cache(full)
@@ -443,7 +443,7 @@ class UfsBackend:
         # A page of its own each (a copy): a view would keep the whole run's buffer alive
         # for as long as any one of its pages stayed cached.
         return [data[start - offset:start - offset + n]
-                for n, start in zip(want, _starts(offset, want), strict=True)]
+                for n, start in zip(want, range_starts(offset, want), strict=True)]
 
     # -- changes
 
@@ -572,7 +572,7 @@ class UfsBackend:
         return self._stat_sync(path)
 
 
-def _starts(offset: int, lengths: Sequence[int]) -> Iterator[int]:
+def range_starts(offset: int, lengths: Sequence[int]) -> Iterator[int]:
     """Where each of ranges of ``lengths`` bytes laid end to end from ``offset`` starts."""
     for n in lengths:
         yield offset

@@ -1,0 +1,1 @@
+"""AIStore through its native REST API: ``ais://`` sources."""
