@@ -7,12 +7,16 @@
 - On an Alluxio 2.x namespace, through its proxy: ``free`` (evict from Alluxio storage) and
   ``setattr`` (pin, TTL, replication). They name files as ``alluxio-proxy://`` URIs or as
   paths inside an alluxiofuse mount of one.
+- On an AIStore cluster (``ais://`` URIs, or paths inside a mount of one): ``locate`` (the
+  target that holds an object), ``load`` (prefetch into the cluster) and ``free`` (evict).
+  The cluster's endpoint is ``--ufs-option endpoint=URL`` or ``$AIS_ENDPOINT``.
 - ``status``: the uploads a mount still owes its source.
 - ``cache``: what a disk page store holds, or empty it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +30,7 @@ from typing import Any, TextIO
 
 import trio
 
+from alluxiofuse.backends.ais.backend import AisBackend, open_ais
 from alluxiofuse.backends.cluster.backend import worker_source
 from alluxiofuse.backends.cluster.client import LoadProgress, WorkerClient
 from alluxiofuse.backends.cluster.membership import WorkerAddress
@@ -232,10 +237,13 @@ class ProgressBar:
         loaded = reported_size(progress.properties.get("Bytes Loaded", ""))
         files = progress.properties.get("Files Processed", progress.properties.get(
             "Files Loaded", "?"))
+        self.show(progress.state, loaded, files)
+
+    def show(self, state: str, loaded: int | None, files: int | str) -> None:
         now = self._clock()
         if self._start is None:
             self._start = now
-        line = f"{progress.state:<10} {self._bar(loaded)} {files} files"
+        line = f"{state:<10} {self._bar(loaded)} {files} files"
         if loaded and now > self._start:
             line += f", {_human(loaded / (now - self._start))}/s"
         if line == self._last:
@@ -433,3 +441,77 @@ def _describe(status: ProxyStatus) -> dict[str, Any]:
             "persisted": status.persisted, "persistence_state": status.persistence_state,
             "mode": oct(status.status.mode or 0), "length": status.status.size,
             "folder": status.status.is_dir}
+
+
+# -- AIStore
+
+
+def is_ais(path: str) -> bool:
+    return to_uri(path).startswith("ais://")
+
+
+def _ais(config: MountConfig, uri: str) -> tuple[AisBackend, str]:
+    """The backend of ``uri``'s bucket, and the object's path in it."""
+    bucket, _, key = uri.partition("://")[2].partition("/")
+    key = key.strip("/")
+    limiter = trio.CapacityLimiter(1)
+    return open_ais(f"ais://{bucket}", config.ufs_options, limiter, config.io_timeout), key
+
+
+def ais_locate(config: MountConfig, paths: list[str], out: TextIO | None = None) -> int:
+    """Print the target that holds each object, as JSON; the exit code."""
+    out = out or sys.stdout
+    report = []
+    for path in paths:
+        uri = to_uri(path)
+        backend, key = _ais(config, uri)
+        try:
+            target = backend.locate(key)
+        except AlluxioFuseError as e:
+            print(f"alluxiofuse: cannot read the cluster map: {e}", file=sys.stderr)
+            return 1
+        finally:
+            backend.client.close()
+        report.append({"path": path, "uri": uri,
+                       "owner": target.daemon_id if target else None,
+                       "url": target.url if target else None})
+    json.dump(report, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+    return 0
+
+
+def ais_job(config: MountConfig, action: str, path: str, interval: float,
+            out: TextIO | None = None) -> int:
+    """Run ``action`` (prefetch or evict) on everything under ``path``, drawing progress
+    on ``out`` (stderr unless given); Ctrl-C stops the job. The exit code: 0 done, 1
+    failed, 130 stopped."""
+    out = out or sys.stderr
+    uri = to_uri(path)
+    backend, key = _ais(config, uri)
+    bar = ProgressBar(out, uri, clock=time.monotonic)
+    job_id = ""
+    try:
+        if action == "prefetch-listrange":
+            bar.total = backend.total_size(key)
+        job_id = backend.start_job(action, key)
+        bar.note(f"job {job_id}")
+        while True:
+            status = backend.job_status(job_id)
+            state = ("FAILED" if status.error or status.aborted else
+                     "SUCCEEDED" if status.done else "RUNNING")
+            bar.show(state, status.bytes, status.objects)
+            if status.done or status.aborted:
+                bar.finish(state + (f": {status.error}" if status.error else ""))
+                return 0 if state == "SUCCEEDED" else 1
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if job_id:
+            with contextlib.suppress(AlluxioFuseError):
+                backend.client.stop_job(job_id)
+        bar.finish("stopped")
+        return 130
+    except AlluxioFuseError as e:
+        print(f"\nalluxiofuse: {action.split('-')[0]} of {uri} failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        backend.client.close()

@@ -56,16 +56,16 @@ def parser() -> argparse.ArgumentParser:
                        "--read-only)")
     _add_options(m, OPTIONS)
 
-    loc = sub.add_parser("locate", help="print each PATH's owning worker and preference list "
-                         "(JSON)")
+    loc = sub.add_parser("locate", help="print each PATH's owning worker and preference list, "
+                         "or its AIStore target (JSON)")
     loc.add_argument("paths", metavar="PATH", nargs="+",
                      help="a UFS URI, a local path, or a path inside an alluxiofuse mount")
     loc.add_argument("--count", type=int, default=3, metavar="N",
                      help="workers in each preference list (default 3)")
     _add_options(loc, _CLUSTER_OPTIONS)
 
-    ld = sub.add_parser("load", help="load PATH into the cluster's cache, showing progress; "
-                        "Ctrl-C stops the job")
+    ld = sub.add_parser("load", help="load PATH into the cluster's cache (AIStore: prefetch), "
+                        "showing progress; Ctrl-C stops the job")
     ld.add_argument("path", metavar="PATH",
                     help="a UFS URI, a local path, or a path inside an alluxiofuse mount")
     ld.add_argument("--poll", type=float, default=1.0, metavar="SECONDS",
@@ -75,13 +75,17 @@ def parser() -> argparse.ArgumentParser:
     proxy_path = ("an alluxio-proxy://HOST[:PORT]/PATH URI, or a path inside an alluxiofuse "
                   "mount of one")
     fr = sub.add_parser("free", help="evict PATH's data from Alluxio storage (Alluxio 2.x; the "
-                        "under-storage keeps it); prints each status after as JSON")
-    fr.add_argument("paths", metavar="PATH", nargs="+", help=proxy_path)
+                        "under-storage keeps it; prints each status after as JSON), or from "
+                        "an AIStore cluster (a remote bucket's objects)")
+    fr.add_argument("paths", metavar="PATH", nargs="+",
+                    help=proxy_path + "; or an ais:// URI, or a path inside a mount of one")
     fr.add_argument("-r", "--recursive", action="store_true",
                     help="free a directory and everything below it")
     fr.add_argument("--forced", action="store_true", help="free pinned files too")
     fr.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                     help="deadline of each call (default 60)")
+    _add_options(fr, tuple(o for o in OPTIONS if o.name in ("config", "ufs_option",
+                                                             "alluxio_property")))
 
     sa = sub.add_parser("setattr", help="set Alluxio attributes of PATH (Alluxio 2.x): pin, "
                         "TTL, replication; prints each status after as JSON")
@@ -211,9 +215,13 @@ def config_from_args(args: argparse.Namespace) -> MountConfig:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    paths = args.paths if args.command == "locate" else [args.path]
+    from alluxiofuse.cli import commands
+
+    if any(commands.is_ais(path) for path in paths):
+        return cmd_ais(args, config, paths)
     if not config.cluster:
         raise ConfigError("name the workers: --workers, --etcd or --load-balance-domain")
-    from alluxiofuse.cli import commands
 
     if args.command == "locate":
         if args.count < 1:
@@ -224,11 +232,34 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return commands.load(config, args.path, args.poll)
 
 
+def cmd_ais(args: argparse.Namespace, config: MountConfig, paths: list[str]) -> int:
+    """``locate``, ``load`` and ``free`` of objects of an AIStore cluster."""
+    from alluxiofuse.cli import commands
+
+    if not all(commands.is_ais(path) for path in paths):
+        raise ConfigError("give ais:// paths alone, or no ais:// path")
+    if args.command == "locate":
+        return commands.ais_locate(config, paths)
+    interval = getattr(args, "poll", 1.0)
+    if not interval > 0:
+        raise ConfigError("--poll must be positive")
+    action = "prefetch-listrange" if args.command == "load" else "evict-listrange"
+    for path in paths:
+        code = commands.ais_job(config, action, path, interval)
+        if code:
+            return code
+    return 0
+
+
 def cmd_proxy(args: argparse.Namespace) -> int:
-    """``free`` and ``setattr``: what an Alluxio 2.x proxy offers beyond POSIX."""
+    """``free`` and ``setattr``: what an Alluxio 2.x proxy offers beyond POSIX (``free``
+    of an AIStore object or prefix too)."""
     if not args.timeout > 0:
         raise ConfigError("--timeout must be positive")
     from alluxiofuse.cli import commands
+
+    if args.command == "free" and any(commands.is_ais(path) for path in args.paths):
+        return cmd_ais(args, config_from_args(args), args.paths)
 
     if args.command == "free":
         return commands.free(args.paths, recursive=args.recursive, forced=args.forced,

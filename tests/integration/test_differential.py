@@ -4,7 +4,8 @@ Hypothesis drives the same sequence of system calls (create, write at offsets, a
 truncate, rename, unlink, mkdir, rmdir, read, listdir, stat, and a file kept open across
 steps) into a writable mount and into a reference directory, and compares every result
 and every errno after each step. Run over a local under-storage, over S3 (moto on
-loopback, started by the test) and over an Alluxio 2.x proxy (tests/sim/proxy.py).
+loopback, started by the test), over an AIStore bucket (tests/sim/ais.py) and over an
+Alluxio 2.x proxy (tests/sim/proxy.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from tests.sim.ais import SimAis
 from tests.support.mounts import MountFactory, ProxySimFactory
 from tests.support.s3server import moto_s3
 
@@ -223,6 +225,19 @@ def test_s3_mount_behaves_like_a_local_directory(mount: MountFactory, tmp_path: 
         m = mount(s3.url("tree"), *options, "--attr-timeout", "0", "--entry-timeout", "0",
                   "--negative-timeout", "0", "--dir-timeout", "0")
         run_differential(m.path, ref, examples=12)
+
+
+@pytest.mark.timeout(300)
+def test_ais_mount_behaves_like_a_local_directory(mount: MountFactory, tmp_path: Path) -> None:
+    ref, root = tmp_path / "ref", tmp_path / "ais"
+    ref.mkdir()
+    root.mkdir()
+    with SimAis(root) as sim:
+        sim.create_bucket("data")
+        m = mount("ais://data", f"--ufs-option=endpoint={sim.url}", "--attr-timeout", "0",
+                  "--entry-timeout", "0", "--negative-timeout", "0", "--dir-timeout", "0")
+        run_differential(m.path, ref, examples=12)
+        m.unmount()
 
 
 @pytest.mark.timeout(300)
