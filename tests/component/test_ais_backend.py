@@ -188,3 +188,19 @@ def test_listing_times_parse_to_the_nanosecond() -> None:
     assert parse_time("2026-12-06T11:00:00.5+01:00") == 1796551200_500000000
     assert parse_time("2026-12-06T10:00:00Z") == 1796551200_000000000
     assert parse_time("") is None and parse_time("06 Dec 26 10:00 UTC") is None
+
+
+async def test_empty_objects_and_copies_larger_than_memory_holds(sim: SimAis) -> None:
+    sim.put_object("b", "empty", b"")
+    big = random.Random(2).randbytes(8 * 1024 * 1024 * 2 + 5)  # three ranged GETs
+    sim.put_object("b", "big", big)
+    be = backend(sim)
+    got = await be.stat_and_read("empty", 4096)
+    assert got is not None and got[0].size == 0 and got[1] == b""
+    await be.rename("empty", "empty2", 0)
+    assert sim.read_object("b", "empty2") == b"" and sim.meta("b", "empty") is None
+    before = sim.stats().get("get", 0)
+    await be.rename("big", "moved/big", 0)
+    assert sim.read_object("b", "moved/big") == big and sim.meta("b", "big") is None
+    assert sim.stats()["get"] - before == 3
+    await be.aclose()

@@ -241,7 +241,13 @@ class AisClient:
         """``length`` bytes from ``start`` (fewer at the end) and the object's properties
         as the target sent them with the bytes."""
         headers = {"Range": f"bytes={start}-{start + length - 1}"} if length > 0 else {}
-        reply = self._object("GET", bucket, name, headers=headers, idempotent=True)
+        reply = self._object("GET", bucket, name, headers=headers, idempotent=True,
+                             allow=(416,))
+        if reply.status_code == 416:  # from the end of the object on: nothing to send
+            props = self.head(bucket, name)
+            if start < props.size:
+                raise ProtocolError(f"{name}: range {start}- refused in {props.size} bytes")
+            return b"", props
         props = _props(reply, name)
         data = reply.content
         if reply.status_code == 206:
@@ -334,10 +340,12 @@ class AisClient:
         self, method: str, bucket: Bucket, name: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         body: Callable[[], Iterator[bytes]] | None = None, idempotent: bool,
+        allow: tuple[int, ...] = (),
     ) -> httpx.Response:
         """An object request: to its target when ``direct``, else (and when the target
         cannot be reached) through the proxy, following its redirect by hand so that a
-        body is sent once, to the target."""
+        body is sent once, to the target. Replies of the ``allow`` statuses are returned,
+        not raised."""
         path = (f"/v1/objects/{urllib.parse.quote(bucket.name, safe='')}/"
                 f"{urllib.parse.quote(name, safe='/')}")
         query = {**bucket.params, **(params or {})}
@@ -350,7 +358,7 @@ class AisClient:
             if target is not None:
                 try:
                     return self._send(method, target.url + path, params=query, headers=headers,
-                                      body=body, idempotent=idempotent, what=what)
+                                      body=body, idempotent=idempotent, what=what, allow=allow)
                 except NotFound:
                     if not self._maybe_moved():
                         raise
@@ -362,23 +370,24 @@ class AisClient:
         ask = {k: v for k, v in (headers or {}).items() if k.lower() != "content-length"}
         reply = self._send(method, self.endpoint + path, params=query, headers=ask,
                            content=b"" if body is not None else None, idempotent=idempotent,
-                           what=what, redirect=True)
+                           what=what, redirect=True, allow=allow)
         if reply.status_code not in (301, 302, 307, 308):
             return reply
         location = reply.headers.get("location", "")
         if not location.startswith(("http://", "https://")):
             raise ProtocolError(f"{what}: a redirect to {location!r}")
         return self._send(method, location, headers=headers, body=body,
-                          idempotent=idempotent, what=what)
+                          idempotent=idempotent, what=what, allow=allow)
 
     def _send(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None, content: bytes | None = None,
         body: Callable[[], Iterator[bytes]] | None = None, idempotent: bool, what: str,
-        redirect: bool = False,
+        redirect: bool = False, allow: tuple[int, ...] = (),
     ) -> httpx.Response:
         """One request, sent again while it fails in a way worth retrying (idempotent
-        calls only); an error status becomes the matching AlluxioFuseError."""
+        calls only); an error status (but those in ``allow``, and redirects with
+        ``redirect``) becomes the matching AlluxioFuseError."""
         attempt = 0
         while True:
             try:
@@ -391,7 +400,8 @@ class AisClient:
                 error: AlluxioFuseError = BackendUnavailable(
                     f"{what}: {_host(url)} cannot be reached ({type(e).__name__}: {e})")
             else:
-                if reply.status_code < 300 or (redirect and reply.status_code < 400):
+                if (reply.status_code < 300 or reply.status_code in allow
+                        or (redirect and reply.status_code < 400)):
                     return reply
                 error = _status_error(reply, what)
                 if reply.status_code not in _RETRY_STATUS:

@@ -11,7 +11,7 @@ from typing import Any
 import fsspec
 
 from alluxiofuse.backends.ais.client import AisClient, Bucket, Entry, ObjectProps
-from alluxiofuse.errors import NotFound
+from alluxiofuse.errors import NotFound, StaleFile
 
 # A copy's bytes are held in memory up to this size, in a temporary file beyond it.
 _COPY_IN_MEMORY = 8 * 1024 * 1024
@@ -149,18 +149,25 @@ class AisStore(fsspec.AbstractFileSystem):  # type: ignore[misc]
             raise FileNotFoundError(path) from None
 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
-        """A copy through this host (GET, then PUT), held in a temporary file when large:
-        one request each way, the new object published whole."""
+        """A copy through this host: ranged GETs of one version into a temporary file
+        (in memory while small), then one PUT, so the new object is published whole and
+        a large one never sits in memory."""
         bucket, key = self.bucket(path1)
         new_bucket, new_key = self.bucket(path2)
         with tempfile.SpooledTemporaryFile(max_size=_COPY_IN_MEMORY) as body:
-            try:
-                data, _ = self.client.get(bucket, key, 0, -1)
-            except NotFound:
-                raise FileNotFoundError(path1) from None
-            body.write(data)
+            first: ObjectProps | None = None
+            while first is None or body.tell() < first.size:
+                try:
+                    data, props = self.client.get(bucket, key, body.tell(), _COPY_IN_MEMORY)
+                except NotFound:
+                    raise FileNotFoundError(path1) from None
+                first = first or props
+                if (props.size, etag(props.version, props.checksum)) != (
+                        first.size, etag(first.version, first.checksum)) or (
+                        not data and props.size):
+                    raise StaleFile(f"{path1} changed while it was copied")
+                body.write(data)
             size = body.tell()
-            del data
             body.seek(0)
             self.client.put(new_bucket, new_key, body, size)
 
