@@ -106,6 +106,9 @@ def test_list_in_pages_every_object_once_with_its_props(sim: SimAis, client: Cli
         assert e.is_cached() and e.is_ok()
         atime = time.strptime(e.atime, "%d %b %y %H:%M UTC")  # Go's time.RFC822, in UTC
         assert abs(time.mktime(atime) - time.mktime(time.gmtime(before / 1e9))) < 120
+    later = client.bucket("bck").list_all_objects(prefix="data/", start_after="data/f22.bin")
+    assert [e.name for e in later] == ["data/f23.bin", "data/f24.bin", "data/sub/deeper/leaf",
+                                       "data/sub/inner.txt"]
     # without props: name and size only
     bare = client.bucket("bck").list_objects(prefix="top").entries
     assert [(e.name, e.size, e.checksum, e.version) for e in bare] == [("top.txt", 10, "", "")]
@@ -204,6 +207,13 @@ def test_head_props(sim: SimAis, client: Client) -> None:
         "xxhash2", xxhash.xxh64(OBJECTS[name]).hexdigest())
     assert attrs.obj_version == "1"
     assert attrs.access_time == str(meta.atime)
+    # a GET reports the atime it found and leaves its own (Go: set once the body is sent)
+    assert client.bucket("bck").object(name).get_reader().read_all() == OBJECTS[name]
+    after = client.bucket("bck").object(name).head(props="atime").access_time
+    assert int(after) > meta.atime
+    with httpx.Client(follow_redirects=True, timeout=10) as http:
+        got = http.get(f"{sim.url}/v1/objects/bck/{name}?provider=ais")
+    assert got.headers["ais-atime"] == after
     bare = client.bucket("bck").object(name).head()  # the SDK asks for name,size
     assert (bare.size, bare.checksum_value, bare.obj_version) == (len(OBJECTS[name]), "", "")
     with pytest.raises(AISError) as exc:  # a HEAD carries no body: the SDK cannot tell more
@@ -240,6 +250,18 @@ def test_put_content_then_read_back_with_its_checksum(tmp_path: Path, kind: str)
         assert attrs.obj_version == "3"
         assert sim.read_object("b", "put/me") == data
         assert counted(sim, "redirect:put") == 3
+
+
+def test_a_corrupted_object_reads_back_against_its_recorded_checksum(
+    sim: SimAis, client: Client,
+) -> None:
+    name = "data/f05.bin"
+    sim.corrupt("bck", name)
+    reader = client.bucket("bck").object(name).get_reader()
+    got = reader.read_all()
+    assert len(got) == len(OBJECTS[name]) and got != OBJECTS[name]
+    recorded = reader.attributes.checksum_value
+    assert recorded == xxhash.xxh64(OBJECTS[name]).hexdigest() != xxhash.xxh64(got).hexdigest()
 
 
 def test_put_with_a_wrong_client_checksum_is_rejected(sim: SimAis) -> None:
