@@ -180,6 +180,7 @@ def test_direct_get_follows_a_target_that_joined(sim: SimAis, client: Client) ->
     assert moved and all(before[n] != new for n in moved)
     assert client.cluster().get_info().version == version + 1
     name = moved[0]
+    assert sim.holder("bck", name) == new  # the rebalance moved it
     was = sim.stats()
     got = reader_client.bucket("bck").object(name).get_reader(direct=True).read_all()
     assert got == OBJECTS[name]
@@ -297,7 +298,7 @@ def test_prefetch_a_prefix_then_evict(sim: SimAis, client: Client) -> None:
     for i in range(6):
         sim.put_remote("remote", f"pre/{i}", f"remote {i}".encode() * 50, "aws")
     sim.put_remote("remote", "other/0", b"not prefetched", "aws")
-    sim.job_delay = 0.05  # long enough to see the job running
+    sim.job_delay = 0.2  # long enough to see the job running, even on a busy machine
     bck = client.bucket("remote", provider="aws")
     assert not any(e.is_cached() for e in bck.list_all_objects())
     job_id = bck.objects(obj_template="pre/").prefetch()

@@ -608,6 +608,8 @@ class SimAis:
         return self.root / "remote" / hashlib.sha1(un.encode()).hexdigest()
 
     def create_bucket(self, name: str, provider: str = "ais", checksum: str | None = None) -> None:
+        """An ais bucket, or a remote one (``aws``, ``gcp``, ...) with an empty remote store;
+        ``checksum`` defaults to the cluster's."""
         kind = checksum or self.default_checksum
         if kind not in CHECKSUMS:
             raise ValueError(f"checksum type {kind!r}")
@@ -625,6 +627,8 @@ class SimAis:
         return bck
 
     def owner(self, bucket: str, name: str, provider: str = "ais") -> str:
+        """The target HRW places the object on under the current smap (where the proxy
+        redirects, a PUT through the proxy stores it and a rebalance moves it)."""
         with self._lock:
             return hrw_target(list(self._targets), uname(provider, bucket, name))
 
@@ -635,6 +639,11 @@ class SimAis:
                 if un in objs:
                     return tid
         return None
+
+    def holder(self, bucket: str, name: str, provider: str = "ais") -> str | None:
+        """The target holding the in-cluster copy: the owner, unless a client wrote or
+        cold-read it at another target directly."""
+        return self._where(uname(provider, bucket, name))
 
     def put_object(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
         """Store an object as a client PUT leaves it (remote buckets: in the remote store too)."""
@@ -666,6 +675,7 @@ class SimAis:
         return self._remote_fqn(un).read_bytes()
 
     def is_cached(self, bucket: str, name: str, provider: str = "ais") -> bool:
+        """Whether a target holds a copy (always, for an existing object of an ais bucket)."""
         return self._where(uname(provider, bucket, name)) is not None
 
     def meta(self, bucket: str, name: str, provider: str = "ais") -> ObjMeta | None:
@@ -969,23 +979,24 @@ class SimAis:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         limit = length // 2 if truncate else length
         sent = 0
-        # local files: short blocking reads are fine in a simulator
+        # Counts and the atime change before the last byte goes out, with no await in
+        # between: a client that has the body and asks again sees them (one event loop).
+        # Local files: short blocking reads are fine in a simulator.
         with open(fqn, "rb") as f:  # noqa: ASYNC230
             f.seek(start)
-            while sent < limit:
-                piece = f.read(min(CHUNK, limit - sent))
-                if not piece:
-                    break
-                writer.write(piece)
+            while True:
+                piece = f.read(min(CHUNK, limit - sent)) if sent < limit else b""
                 sent += len(piece)
+                self._count("bytes_served", f"{node.daemon_id}:bytes_served", n=len(piece))
+                last = not piece or sent >= limit
+                if last and not truncate:
+                    with self._lock:  # as Go's getOI.expostfacto: atime set once sent
+                        meta.atime = time.time_ns()
+                writer.write(piece)
                 await writer.drain()
-        self._count("bytes_served", f"{node.daemon_id}:bytes_served", n=sent)
-        if truncate:
-            return False
-        await writer.drain()
-        with self._lock:  # as Go's getOI.expostfacto: the access time is set once sent
-            meta.atime = time.time_ns()
-        return True
+                if last:
+                    break
+        return not truncate
 
     async def _head(self, node: Node, req: Request, writer: asyncio.StreamWriter, bck: Bucket,
                     un: str, meta: ObjMeta | None) -> bool:
