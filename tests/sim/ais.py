@@ -37,18 +37,20 @@ cluster) and in-cluster cached copies. Each node keeps data files under ``<root>
   to a file, ``Content-Length`` or chunked; the bucket's checksum computed; a client
   ``Ais-Checksum-Type``/``Ais-Checksum-Value`` that does not match the data gives 400 ``BAD DATA
   CHECKSUM``; a PUT whose client checksum equals the stored one is a no-op, as in Go; otherwise
-  the version goes up by one); ``DELETE``. A GET/PUT/DELETE/HEAD updates atime as Go does on
-  GET. A target serves the objects it holds whether or not it owns them (Go's misplaced objects);
-  asked for an ais object it does not hold it answers 404 (Go without a rebalance running), so
-  the SDK's direct mode refetches the smap and retries; for a remote bucket it cold-GETs from
-  the remote store into its own store.
+  the version goes up by one); ``DELETE``. A PUT sets the atime; a GET sends the atime it
+  finds and sets it once the body is sent (Go's ``expostfacto``); HEAD leaves it. A target
+  serves the objects it holds whether or not it owns them (Go's misplaced objects); asked for
+  an ais object it does not hold it answers 404 (Go without a rebalance running), so the SDK's
+  direct mode refetches the smap and retries; for a remote bucket it cold-GETs from the remote
+  store into its own store.
 - ``POST /v1/buckets/B`` ``{"action": "prefetch-listrange", "value": {"objnames": [...]} |
   {"template": T}}`` and ``DELETE /v1/buckets/B`` ``{"action": "evict-listrange" |
   "delete-listrange", ...}`` answer a job id (text); a template with ``{a..b}`` ranges or
   ``{x,y}`` alternatives expands, any other template is a prefix ("" = all). Prefetch loads each
   missing remote object into its owning target (``job_delay`` seconds each); evict drops the
-  cached copies. ``POST /v1/buckets/B`` ``create-bck`` and ``DELETE`` without a body (destroy)
-  work too. ``GET /v1/cluster?what=status`` with ``JobArgs`` answers ``{uuid, err, end_time,
+  cached copies. ``POST /v1/buckets/B`` ``create-bck``, ``DELETE /v1/buckets/B`` with
+  ``destroy-bck`` (or no body) or ``evict-remote-bck``, and ``GET /v1/buckets/`` (the bucket
+  list) work too. ``GET /v1/cluster?what=status`` with ``JobArgs`` answers ``{uuid, err, end_time,
   aborted}`` (end_time 0 while running); ``what=qryxstats`` answers snaps per target.
 - Errors: JSON ``{"message", "method", "url_path", "remote_addr", "caller", "node", "status"}``
   as ``cmn.ErrHTTP``: ``t[ID]: ais://b/o does not exist`` for a missing object, ``bucket
@@ -63,18 +65,22 @@ Checksums as ``cmn/cos/cksum.go``: ``xxhash`` and ``xxhash2`` (XXH64 seed 0), ``
 ``sha256`` (which AIStore computes as SHA-512/256), ``sha512``, ``crc32c``; values are the hex of
 the big-endian digest; ``none`` records no checksum.
 
-Simplifications: one proxy; no namespaces, no mirroring, EC, archives, ETL, chunked objects,
-custom metadata or authentication; remote objects get versions "1", "2", ... from
-:meth:`SimAis.put_remote`; a prefix-only non-recursive listing treats the prefix as the
-directory ``prefix`` up to its last ``/``; the listing continuation token is the last name
-returned, not Go's opaque token; bucket props are a subset.
+Simplifications: one proxy; no namespaces, mirroring, EC, archives, ETL, chunked objects,
+custom metadata or authentication; a remote bucket exists only once :meth:`SimAis.create_bucket`
+names it (Go adds one its backend has on first access); remote objects get versions "1", "2",
+... from :meth:`SimAis.put_remote`; a non-recursive listing takes the prefix up to its last
+``/`` as the directory (Go's ``CheckDirNoRecurs`` for a prefix ending in ``/``); the listing
+continuation token is the last name returned, not Go's opaque token; bucket props are a subset;
+a target's file I/O blocks the event loop briefly (local files).
 
 Fault switches (:meth:`SimAis.set_faults`): ``delay`` (seconds before answering), ``stall``
 (never answer), ``status`` (answer this HTTP status with an error body), ``drop`` (close without
-a reply), ``truncate`` (close half-way through a body), each limited to ``routes`` (``smap``,
-``bucket-head``, ``list``, ``get``, ``head``, ``put``, ``delete``, ``prefetch``, ``evict``,
-``job``, ...; empty: all) and to ``nodes`` (daemon ids, ``"proxy"`` or ``"targets"``; empty:
-all), and to the next ``count`` matching requests (0: until changed). :meth:`SimAis.stats`
+a reply), ``truncate`` (close half-way through a body), each limited to ``routes`` (empty:
+all) and to ``nodes`` (daemon ids, ``"proxy"`` or ``"targets"``; empty: all), and to the next
+``count`` matching requests (0: until changed). Routes: ``smap``, ``health``, ``bucket-head``,
+``list``, ``list-buckets``, ``prefetch``, ``evict``, ``delete-objects``, ``create-bucket``,
+``destroy-bucket``, ``evict-bucket``, ``job``; objects ``get``, ``head``, ``put``, ``delete``
+(at the proxy, which redirects, as at the target, which serves). :meth:`SimAis.stats`
 counts requests by route (``get``), by node and route (``<daemon id>:get``), the redirects the
 proxy sent (``redirect:get``) against requests served by targets directly (``direct:get``: a
 target request that did not follow a redirect), and ``bytes_served`` (also per node).
@@ -86,6 +92,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -288,10 +295,11 @@ class Faults:
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 @dataclass
@@ -304,6 +312,7 @@ class Request:
     reader: asyncio.StreamReader
     remote: str
     body_read: bool = False
+    msg: dict[str, Any] = field(default_factory=dict)  # the ActionMsg of a bucket or job call
 
 
 class Node:
@@ -481,6 +490,7 @@ class SimAis:
         self._remote: dict[str, ObjMeta] = {}
         self._jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()  # set at close: ends stalled requests
         self._faults = Faults()
         self._stats: Counter[str] = Counter()
         self._requests: deque[str] = deque(maxlen=_REQUEST_LOG)
@@ -510,6 +520,7 @@ class SimAis:
             return
 
         async def stop_all() -> None:
+            self._closing.set()
             for node in [self.proxy, *self._targets.values()]:
                 await node.stop()
             for task in self._tasks:
@@ -597,6 +608,8 @@ class SimAis:
         return self.root / "remote" / hashlib.sha1(un.encode()).hexdigest()
 
     def create_bucket(self, name: str, provider: str = "ais", checksum: str | None = None) -> None:
+        """An ais bucket, or a remote one (``aws``, ``gcp``, ...) with an empty remote store;
+        ``checksum`` defaults to the cluster's."""
         kind = checksum or self.default_checksum
         if kind not in CHECKSUMS:
             raise ValueError(f"checksum type {kind!r}")
@@ -614,6 +627,8 @@ class SimAis:
         return bck
 
     def owner(self, bucket: str, name: str, provider: str = "ais") -> str:
+        """The target HRW places the object on under the current smap (where the proxy
+        redirects, a PUT through the proxy stores it and a rebalance moves it)."""
         with self._lock:
             return hrw_target(list(self._targets), uname(provider, bucket, name))
 
@@ -624,6 +639,11 @@ class SimAis:
                 if un in objs:
                     return tid
         return None
+
+    def holder(self, bucket: str, name: str, provider: str = "ais") -> str | None:
+        """The target holding the in-cluster copy: the owner, unless a client wrote or
+        cold-read it at another target directly."""
+        return self._where(uname(provider, bucket, name))
 
     def put_object(self, bucket: str, name: str, data: bytes, provider: str = "ais") -> None:
         """Store an object as a client PUT leaves it (remote buckets: in the remote store too)."""
@@ -655,13 +675,15 @@ class SimAis:
         return self._remote_fqn(un).read_bytes()
 
     def is_cached(self, bucket: str, name: str, provider: str = "ais") -> bool:
+        """Whether a target holds a copy (always, for an existing object of an ais bucket)."""
         return self._where(uname(provider, bucket, name)) is not None
 
     def meta(self, bucket: str, name: str, provider: str = "ais") -> ObjMeta | None:
+        """A copy of the in-cluster copy's metadata (None when not in the cluster)."""
         un = uname(provider, bucket, name)
         with self._lock:
             tid = self._where(un)
-            return None if tid is None else self._objs[tid][un]
+            return None if tid is None else dataclasses.replace(self._objs[tid][un])
 
     def corrupt(self, bucket: str, name: str, provider: str = "ais") -> None:
         """Flip the first byte of the stored copy; the recorded checksum stays."""
@@ -742,18 +764,25 @@ class SimAis:
         if p[0] == "buckets":
             if m == "HEAD":
                 return "bucket-head"
+            action = str(req.msg.get("action", ""))
             if m == "GET":
-                return "list"
-            if m == "POST":
-                return "prefetch"  # or another bucket action
-            if m == "DELETE":
-                return "evict"
-            return "bucket"
+                return "list" if len(p) > 1 and p[1] else "list-buckets"
+            return _ACTION_ROUTES.get(action, "bucket-" + m.lower())
         if p[0] == "objects":
             return {"GET": "get", "HEAD": "head", "PUT": "put", "DELETE": "delete"}.get(m, "object")
         return "other"
 
     async def _serve(self, node: Node, req: Request, writer: asyncio.StreamWriter) -> bool:
+        if req.path[:1] in (["buckets"], ["cluster"]) and req.method != "HEAD":
+            try:  # a small JSON ActionMsg, which names the route
+                body = await _read_all(req)
+            except HTTPError as e:  # too large: answered, and the connection closed
+                await self._send_error(node, req, writer, e)
+                return False
+            try:
+                req.msg = json.loads(body) if body.strip() else {}
+            except ValueError:
+                req.msg = {"action": "?"}
         route = self._route(req)
         with self._lock:
             self._requests.append(f"{node.daemon_id} {req.method} {req.target}")
@@ -767,7 +796,8 @@ class SimAis:
                     self._faults = Faults()
         if hit:
             if faults.stall:
-                await asyncio.Event().wait()
+                await self._closing.wait()
+                return False
             if faults.delay:
                 await asyncio.sleep(faults.delay)
             if faults.drop:
@@ -796,7 +826,8 @@ class SimAis:
                 "url_path": urllib.parse.urlsplit(req.target).path, "remote_addr": req.remote,
                 "caller": "", "node": node.name, "status": e.status}
         text = (json.dumps(body, separators=(",", ":")) + "\n").encode()
-        hdrs = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
+        hdrs = {**e.headers, "Content-Type": "application/json",
+                "X-Content-Type-Options": "nosniff"}
         if req.method == "HEAD":
             hdrs["Hdr-Error"] = text.decode().strip()
             await self._send(writer, e.status, hdrs, b"", head=True)
@@ -845,6 +876,15 @@ class SimAis:
             return True
         if p and p[0] == "buckets" and len(p) >= 2 and p[1]:
             return await self._bucket_req(node, req, writer, route, truncate)
+        if p and p[0] == "buckets" and req.method == "GET":  # list buckets
+            await self._drain(req)
+            provider = req.query.get("provider", "")
+            with self._lock:
+                bcks = [{"name": b.name, "provider": b.provider,
+                         "namespace": {"uuid": "", "name": ""}}
+                        for b in self._buckets.values() if provider in ("", b.provider)]
+            await self._send_json(writer, bcks, truncate=truncate)
+            return True
         if p and p[0] == "objects" and len(p) >= 3:
             if node.kind == "proxy":
                 return await self._redirect(node, req, writer, route)
@@ -927,36 +967,36 @@ class SimAis:
         if spec:
             rng = _parse_range(spec, size)
             if rng is None:
-                await self._send(writer, 416, {"Content-Range": f"bytes */{size}",
-                                               "Content-Type": "application/json"}, b"")
-                return True
+                raise HTTPError(416, f"size={size}: not satisfiable range [{spec}]",
+                                {"Content-Range": f"bytes */{size}"})
             start, length = rng
             status = 206
             hdrs["Accept-Ranges"] = "bytes"
             hdrs["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
-        with self._lock:
-            meta.atime = time.time_ns()
-        hdrs.update(self._obj_headers(meta))
+        hdrs.update(self._obj_headers(meta))  # the atime of the access before this one
         hdrs["Content-Length"] = str(length)
         lines = [f"HTTP/1.1 {status} {_REASONS[status]}"] + [f"{k}: {v}" for k, v in hdrs.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         limit = length // 2 if truncate else length
         sent = 0
-        # local files: short blocking reads are fine in a simulator
+        # Counts and the atime change before the last byte goes out, with no await in
+        # between: a client that has the body and asks again sees them (one event loop).
+        # Local files: short blocking reads are fine in a simulator.
         with open(fqn, "rb") as f:  # noqa: ASYNC230
             f.seek(start)
-            while sent < limit:
-                piece = f.read(min(CHUNK, limit - sent))
-                if not piece:
-                    break
-                writer.write(piece)
+            while True:
+                piece = f.read(min(CHUNK, limit - sent)) if sent < limit else b""
                 sent += len(piece)
+                self._count("bytes_served", f"{node.daemon_id}:bytes_served", n=len(piece))
+                last = not piece or sent >= limit
+                if last and not truncate:
+                    with self._lock:  # as Go's getOI.expostfacto: atime set once sent
+                        meta.atime = time.time_ns()
+                writer.write(piece)
                 await writer.drain()
-        self._count("bytes_served", f"{node.daemon_id}:bytes_served", n=sent)
-        if truncate:
-            return False
-        await writer.drain()
-        return True
+                if last:
+                    break
+        return not truncate
 
     async def _head(self, node: Node, req: Request, writer: asyncio.StreamWriter, bck: Bucket,
                     un: str, meta: ObjMeta | None) -> bool:
@@ -1065,8 +1105,7 @@ class SimAis:
                           route: str, truncate: bool) -> bool:
         provider = req.query.get("provider", "ais")
         name = req.path[1]
-        body = await _read_all(req) if req.method in ("GET", "POST", "DELETE") else b""
-        msg = json.loads(body) if body.strip() else {}
+        msg = req.msg
         action = msg.get("action", "")
         if req.method == "POST" and action == "create-bck":
             with self._lock:
@@ -1083,9 +1122,10 @@ class SimAis:
             return True
         if req.method == "GET" and action == "list":
             return await self._list(req, writer, bck, msg.get("value") or {}, truncate)
-        if req.method == "DELETE" and not action:
+        if req.method == "DELETE" and action in ("", "destroy-bck", "evict-remote-bck"):
             with self._lock:
-                del self._buckets[(provider, name)]
+                if action != "evict-remote-bck":  # evict keeps the bucket and the remote store
+                    del self._buckets[(provider, name)]
                 prefix = uname(provider, name, "")
                 for tid, objs in self._objs.items():
                     for un in [u for u in objs if u.startswith(prefix)]:
@@ -1168,9 +1208,10 @@ class SimAis:
         res_token = page[-1] if more and page else ""
         uuid = str(lso.get("uuid") or "") or secrets.token_hex(5)
         if "msgpack" in req.headers.get("accept", ""):
-            for it in items:
-                if not it.get("f"):
-                    it.pop("f", None)
+            for it in items:  # msgp omitempty: zero values are left out
+                for k in ("s", "f"):
+                    if not it.get(k):
+                        it.pop(k, None)
             body = msgpack.packb({"UUID": uuid, "ContinuationToken": res_token,
                                   "Entries": items, "Flags": 0})
             ctype = "application/msgpack"
@@ -1248,9 +1289,7 @@ class SimAis:
             job.end = time.time_ns()
 
     async def _job_req(self, req: Request, writer: asyncio.StreamWriter, truncate: bool) -> bool:
-        body = await _read_all(req)
-        args = json.loads(body) if body.strip() else {}
-        uuid = str(args.get("ID") or "")
+        uuid = str(req.msg.get("ID") or "")
         what = req.query.get("what", "")
         with self._lock:
             job = self._jobs.get(uuid)
@@ -1287,6 +1326,10 @@ def _fmt_time(ns: int, fmt: str) -> str:
 def _rfc3339(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
 
+
+_ACTION_ROUTES = {"prefetch-listrange": "prefetch", "evict-listrange": "evict",
+                  "delete-listrange": "delete-objects", "create-bck": "create-bucket",
+                  "destroy-bck": "destroy-bucket", "evict-remote-bck": "evict-bucket"}
 
 _HEAD_PROPS = {"name", "size", "version", "checksum", "atime", "copies", "ec", "custom",
                "location", "chunked", "last-modified", "etag"}
