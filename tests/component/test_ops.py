@@ -461,6 +461,11 @@ async def test_local_pages_in_the_kernel_cache_are_read_without_a_worker_thread(
         original = getattr(LocalUfs, name)
         monkeypatch.setattr(LocalUfs, name, lambda self, *a, _o=original, _n=name: (
             threaded.append(_n), _o(self, *a))[1])
+
+    async def no_warming(self: LocalUfs, reads: object) -> None:
+        """Read-ahead's POSIX_FADV_WILLNEED would race the read below into the cache."""
+
+    monkeypatch.setattr(LocalUfs, "warm", no_warming)
     fi = await m.ops.open(ino, os.O_RDONLY, None)
     got = b"".join([await m.ops.read(fi.fh, off, 65536) for off in range(0, 3 * 65536, 65536)])
     await m.ops.release(fi.fh)

@@ -62,8 +62,8 @@ up by one) and move every object whose owner changed to its new owner at once (a
 finishes before the call returns); a client holding the old smap gets 404 from the old owner.
 
 Checksums as ``cmn/cos/cksum.go``: ``xxhash`` and ``xxhash2`` (XXH64 seed 0), ``md5``,
-``sha256`` (which AIStore computes as SHA-512/256), ``sha512``, ``crc32c``; values are the hex of
-the big-endian digest; ``none`` records no checksum.
+``sha256`` (SHA-256: ``sha256.New()``, whatever the constant's comment says), ``sha512``,
+``crc32c``; values are the hex of the big-endian digest; ``none`` records no checksum.
 
 Simplifications: one proxy; no namespaces, mirroring, EC, archives, ETL, chunked objects,
 custom metadata or authentication; a remote bucket exists only once :meth:`SimAis.create_bucket`
@@ -215,7 +215,7 @@ class Hasher:
         elif kind == "md5":
             self._h = hashlib.md5()
         elif kind == "sha256":
-            self._h = hashlib.new("sha512_256")  # crypto.SHA512_256 in cos/cksum.go
+            self._h = hashlib.sha256()  # cos/cksum.go: sha256.New()
         elif kind == "sha512":
             self._h = hashlib.sha512()
         elif kind == "crc32c":

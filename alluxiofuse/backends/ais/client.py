@@ -424,7 +424,7 @@ def _status_error(reply: httpx.Response, what: str) -> AlluxioFuseError:
     """The error an AIStore error reply (JSON with a ``message``, or text) means."""
     with contextlib.suppress(Exception):
         reply.read()
-    text = reply.text.strip()
+    text = reply.text.strip() or reply.headers.get("hdr-error", "")  # HEAD: no body
     with contextlib.suppress(ValueError, AttributeError):
         parsed = json.loads(text)
         if isinstance(parsed, dict) and parsed.get("message"):
