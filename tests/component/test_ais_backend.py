@@ -204,3 +204,21 @@ async def test_empty_objects_and_copies_larger_than_memory_holds(sim: SimAis) ->
     assert sim.read_object("b", "moved/big") == big and sim.meta("b", "big") is None
     assert sim.stats()["get"] - before == 3
     await be.aclose()
+
+
+@pytest.mark.parametrize("kind", ["xxhash", "xxhash2", "md5", "sha256", "sha512"])
+@pytest.mark.expect_log(r"^f: the bytes read .*do not match", count=2)
+async def test_every_checksum_type_is_checked(tmp_path: Path, kind: str) -> None:
+    with SimAis(tmp_path, targets=2) as cluster:
+        cluster.create_bucket("b", checksum=kind)
+        data = os.urandom(7000)
+        cluster.put_object("b", "ok", data)
+        cluster.put_object("b", "f", data)
+        cluster.corrupt("b", "f")
+        be = backend(cluster)
+        ok = await be.stat("ok")
+        assert await be.read("ok", 0, 7000, ok.version) == data
+        bad = await be.stat("f")
+        with pytest.raises(ContentMismatch):
+            await be.read("f", 0, 7000, bad.version)
+        await be.aclose()
