@@ -17,9 +17,9 @@ requests where they do better than fsspec's portable calls:
 - prefetch and evict of a prefix (``alluxiofuse load`` / ``free``), and the target that
   holds an object (``alluxiofuse locate``).
 
-A file's version is its AIStore version and checksum; its mtime is AIStore's access time
-(the cluster keeps no modification time in listings), which a read may move: it never
-makes an open file stale.
+A file's version is its AIStore version (its checksum in a bucket that keeps none); its
+mtime is AIStore's access time (the cluster keeps no modification time in listings),
+which a read may move: it never makes an open file stale.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import threading
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import cachetools
@@ -38,7 +39,7 @@ import xxhash
 
 from alluxiofuse.backends.ais.client import AisClient, Bucket, JobStatus, ObjectProps
 from alluxiofuse.backends.ais.placement import Target
-from alluxiofuse.backends.ais.store import AisStore, etag, file_info
+from alluxiofuse.backends.ais.store import AisStore, children, entry_info, etag, file_info
 from alluxiofuse.backends.ufs import UfsBackend, range_starts
 from alluxiofuse.errors import ConfigError, ContentMismatch, InvalidArgument, StaleFile
 from alluxiofuse.model import Data, FileStatus, Kind, Version
@@ -49,11 +50,11 @@ log = logging.getLogger(__name__)
 _CORRUPT_TTL = 60.0
 # --ufs-option keys of an ais:// source.
 _OPTIONS = ("endpoint", "provider", "token", "direct")
-# Checksum types whose values a read can check (api cmn/cos/cksum.go): "xxhash" and
+# Checksum types whose values a read can check (AIStore's cmn/cos/cksum.go): "xxhash" and
 # "xxhash2" are both XXH64 with seed 0, in hex.
-_CHECKS = {
-    "xxhash": lambda data: xxhash.xxh64_hexdigest(data),
-    "xxhash2": lambda data: xxhash.xxh64_hexdigest(data),
+_CHECKS: dict[str, Callable[[bytes], str]] = {
+    "xxhash": xxhash.xxh64_hexdigest,
+    "xxhash2": xxhash.xxh64_hexdigest,
     "md5": lambda data: hashlib.md5(data, usedforsecurity=False).hexdigest(),
     "sha256": lambda data: hashlib.sha256(data).hexdigest(),
     "sha512": lambda data: hashlib.sha512(data).hexdigest(),
@@ -106,8 +107,10 @@ class AisBackend(UfsBackend):
         self.store = store
         self.client = store.client
         # Objects read twice with a checksum mismatch, by version: answered EIO at once.
+        # Read in worker threads, so under a lock.
         self._corrupt: cachetools.TTLCache[tuple[str, Version], bool] = cachetools.TTLCache(
             maxsize=1024, ttl=_CORRUPT_TTL)
+        self._corrupt_lock = threading.Lock()
 
     def _where(self, path: str) -> tuple[Bucket, str]:
         return self.store.bucket(self.full_path(path))
@@ -139,20 +142,8 @@ class AisBackend(UfsBackend):
                 await self.stat(path)  # NotFound unless it is an empty directory
             first, token, uuid = False, page.token, page.uuid
             entries: builtins.list[FileStatus] = []
-            seen = set()
-            for entry in page.entries:
-                name = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
-                directory = entry.is_dir or name.endswith("/")
-                name = name.rstrip("/")
-                if name in seen:  # a directory both virtual and marked
-                    continue
-                seen.add(name)
-                full = f"{bucket.name}/{prefix}{name}"
-                info = ({"name": full, "type": "directory", "size": 0} if directory else
-                        {"name": full, "type": "file", "size": entry.size,
-                         "ais_etag": etag(entry.version, entry.checksum),
-                         "atime_ns": entry.atime_ns})
-                self._listed(entries, path, name, info)
+            for name, entry in children(page.entries, prefix).items():
+                self._listed(entries, path, name, entry_info(name, entry))
             yield entries
 
     # -- reads
@@ -178,7 +169,9 @@ class AisBackend(UfsBackend):
     def _get_checked(self, path: str, bucket: Bucket, key: str, offset: int, length: int,
                      version: Version) -> bytes:
         known_bad = (path, version)
-        if known_bad in self._corrupt:  # a reader retrying costs no more GETs or log lines
+        with self._corrupt_lock:
+            corrupt = known_bad in self._corrupt
+        if corrupt:  # a reader retrying costs no more GETs or log lines
             raise ContentMismatch(f"{path}: its bytes do not match their checksum")
         for attempt in (1, 2):
             data, props = self.client.get(bucket, key, offset, length)
@@ -193,7 +186,8 @@ class AisBackend(UfsBackend):
         log.warning("%s: the bytes read twice do not match their %s checksum %s: EIO for "
                     "%gs, or until the object changes", path, props.checksum_type,
                     props.checksum, _CORRUPT_TTL)
-        self._corrupt[known_bad] = True
+        with self._corrupt_lock:
+            self._corrupt[known_bad] = True
         raise ContentMismatch(f"{path}: the bytes read twice do not match their "
                               f"{props.checksum_type} checksum")
 
@@ -204,16 +198,17 @@ class AisBackend(UfsBackend):
         open and read in one request)."""
         if length <= 0:
             return None
-        got = await self._call(self._stat_and_read_sync, path, length,
-                               limiter=self._ahead if ahead else None)
-        return got
+        return await self._call(self._stat_and_read_sync, path, length,
+                                limiter=self._ahead if ahead else None)
 
     def _stat_and_read_sync(self, path: str, length: int) -> tuple[FileStatus, Data]:
         bucket, key = self._where(path)
         data, props = self.client.get(bucket, key, 0, length)
         name = path.rpartition("/")[2]
         status = status_of(name, file_info(f"{bucket.name}/{key}", props))
-        if len(data) == props.size and _verified(data, props) is False:
+        with self._corrupt_lock:
+            corrupt = (path, status.version) in self._corrupt
+        if corrupt or (len(data) == props.size and _verified(data, props) is False):
             data = self._get_checked(path, bucket, key, 0, props.size, status.version)
         return status, data[:length]
 
@@ -259,7 +254,8 @@ class AisBackend(UfsBackend):
             return status.size
         bucket, key = self._where(path)
         prefix = key.rstrip("/") + "/" if key else ""
-        return sum(e.size for e in self.store.entries(bucket, prefix, recursive=True))
+        return sum(entry.size for page in self.store.pages(bucket, prefix, recursive=True)
+                   for entry in page.entries)
 
     def job_status(self, job_id: str) -> JobStatus:
         return self.client.job_status(job_id)

@@ -4,13 +4,14 @@ renames made of copies) serves ``ais://`` sources as it serves S3."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
 
-from alluxiofuse.backends.ais.client import AisClient, Bucket, Entry, ObjectProps
+from alluxiofuse.backends.ais.client import AisClient, Bucket, Entry, ObjectProps, Page
 from alluxiofuse.errors import NotFound, StaleFile
 
 # A copy's bytes are held in memory up to this size, in a temporary file beyond it.
@@ -84,37 +85,35 @@ class AisStore(fsspec.AbstractFileSystem):  # type: ignore[misc]
         bucket, key = self.bucket(path)
         prefix = key.rstrip("/") + "/" if key else ""
         infos = {}
-        for entry in self.entries(bucket, prefix, recursive=False):
-            if entry.name.endswith("/"):  # a subdirectory's marker: the directory
-                entry = Entry(name=entry.name.rstrip("/"), is_dir=True)
-            name = f"{bucket.name}/{prefix}{entry.name}"
-            infos[name] = entry_info(name, entry)
+        for page in self.pages(bucket, prefix, recursive=False):
+            for name, entry in children(page.entries, prefix).items():
+                full = f"{bucket.name}/{prefix}{name}"
+                infos[full] = entry_info(full, entry)
         if not infos and key:
             self.info(path)  # FileNotFoundError unless it is an empty directory
         return list(infos.values()) if detail else list(infos)
 
     def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False,
              detail: bool = False, **kwargs: Any) -> Any:
-        """Every object below ``path`` (markers ``dir/`` included), by full name."""
+        """Every object below ``path`` (markers ``dir/`` included, its own too), by full
+        name."""
         bucket, key = self.bucket(path)
         prefix = key.rstrip("/") + "/" if key else ""
         found = {}
-        for entry in self.entries(bucket, prefix, recursive=True, own_marker=True):
-            name = f"{bucket.name}/{prefix}{entry.name}"
-            found[name] = entry_info(name, entry)
+        for page in self.pages(bucket, prefix, recursive=True):
+            for entry in page.entries:
+                if entry.name.startswith(prefix):
+                    full = f"{bucket.name}/{entry.name}"
+                    found[full] = entry_info(full, entry)
         return found if detail else sorted(found)
 
-    def entries(self, bucket: Bucket, prefix: str, *, recursive: bool,
-                own_marker: bool = False) -> Iterator[Entry]:
-        """The listing of ``prefix``, page by page, names relative to it; the prefix's
-        own marker (named "") only with ``own_marker``."""
+    def pages(self, bucket: Bucket, prefix: str, *, recursive: bool) -> Iterator[Page]:
+        """The listing of ``prefix``, page by page."""
         token = uuid = ""
         while True:
             page = self.client.list_page(bucket, prefix, token=token, uuid=uuid,
                                          recursive=recursive)
-            for entry in page.entries:
-                if entry.name.startswith(prefix) and (own_marker or entry.name != prefix):
-                    yield _relative(entry, prefix)
+            yield page
             if not page.token:
                 return
             token, uuid = page.token, page.uuid
@@ -197,9 +196,18 @@ def entry_info(name: str, entry: Entry) -> dict[str, Any]:
             "cached": entry.cached}
 
 
-def _relative(entry: Entry, prefix: str) -> Entry:
-    name = entry.name[len(prefix):]
-    if entry.is_dir:
-        name = name.rstrip("/")
-    return Entry(name=name, size=entry.size, version=entry.version, checksum=entry.checksum,
-                 atime_ns=entry.atime_ns, cached=entry.cached, is_dir=entry.is_dir)
+def children(entries: Iterable[Entry], prefix: str) -> dict[str, Entry]:
+    """The entries of a non-recursive listing of ``prefix`` by their names in it: a
+    subdirectory once, whether AIStore listed it as a virtual directory or by its marker
+    object ``dir/``; the prefix's own marker left out."""
+    found = {}
+    for entry in entries:
+        if not entry.name.startswith(prefix) or entry.name == prefix:
+            continue
+        name = entry.name[len(prefix):]
+        if entry.is_dir or name.endswith("/"):
+            name = name.rstrip("/")
+            found[name] = Entry(name=name, is_dir=True)
+        else:
+            found[name] = dataclasses.replace(entry, name=name)
+    return found
