@@ -51,15 +51,11 @@ T = TypeVar("T")
 LIST_PROPS = "name,size,version,checksum,atime,cached"
 # HEAD's properties (name and size always come).
 HEAD_PROPS = "checksum,atime,version"
-# AIStore's largest listing page for its own buckets (remote ones return their backend's).
-MAX_PAGE = 10000
 # A listing's times, to the nanosecond (Go's RFC3339Nano layout; the default is RFC822,
 # to the minute).
 TIME_FORMAT = "2006-01-02T15:04:05.999999999Z07:00"
-# LsoMsg flags and LsoEnt flags (api/apc/lsmsg.go).
-LS_CACHED = 1 << 0
+# LsoMsg flags and LsoEnt flags (AIStore's api/apc/lsmsg.go).
 LS_NO_RECURSION = 1 << 11
-ENTRY_STATUS_MASK = (1 << 5) - 1
 ENTRY_IS_CACHED = 1 << 6
 ENTRY_IS_DIR = 1 << 8
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
@@ -144,7 +140,6 @@ class AisClient:
             raise InvalidArgument(f"AIStore endpoint {endpoint!r} is not an http(s):// URL")
         self.endpoint = endpoint.rstrip("/")
         self.direct = direct
-        self._timeout = timeout
         headers = {"User-Agent": "alluxiofuse"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -214,11 +209,11 @@ class AisClient:
 
     def list_page(
         self, bucket: Bucket, prefix: str, *, token: str = "", uuid: str = "",
-        page_size: int = 0, recursive: bool = False, cached_only: bool = False,
+        page_size: int = 0, recursive: bool = False,
     ) -> Page:
         """One page of the objects under ``prefix``; without ``recursive``, the entries
         directly in ``prefix`` (a directory being everything up to the next slash)."""
-        flags = (0 if recursive else LS_NO_RECURSION) | (LS_CACHED if cached_only else 0)
+        flags = 0 if recursive else LS_NO_RECURSION
         message = {"action": "list", "name": "", "value": {
             "prefix": prefix, "pagesize": page_size, "uuid": uuid, "props": LIST_PROPS,
             "continuation_token": token, "flags": str(flags), "target": "",
