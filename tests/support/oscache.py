@@ -6,6 +6,7 @@ import ctypes
 import mmap
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -63,3 +64,19 @@ def evict_from_os_cache(path: Path, attempts: int = 50) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"the kernel kept {left} of {path}'s pages cached after {attempts} tries")
+
+
+def misses_after_eviction(path: Path, probe: Callable[[], object], attempts: int = 20) -> bool:
+    """Whether ``probe()``, a cache-only read of ``path``, answers None at least once, each
+    time right after ``path`` is evicted.
+
+    One miss is the proof: a cache-only read that misses starts the kernel reading the
+    file in (``RWF_NOWAIT`` allows read-ahead), and a fast disk can finish before the read
+    gives up, so that a single try may rightly find the page. A read that blocks until it
+    has the bytes never answers None.
+    """
+    for _ in range(attempts):
+        evict_from_os_cache(path)
+        if probe() is None:
+            return True
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from alluxiofuse.backends.local_probes import CacheProbes
 from alluxiofuse.backends.source import open_ufs
 from alluxiofuse.errors import StaleFile
 from alluxiofuse.model import Kind
-from tests.support.oscache import evict_from_os_cache
+from tests.support.oscache import cached_pages, evict_from_os_cache, misses_after_eviction
 
 
 @pytest.fixture
@@ -61,8 +62,7 @@ def test_pread_answers_only_from_the_page_cache(probes: CacheProbes, tree: Path)
     assert got is not None and got[0] == data[100:1100] and got[1].st_size == len(data)
     got = probes.pread("d/f.bin", len(data) - 10, 1000)  # short only at the end of the file
     assert got is not None and got[0] == data[-10:]
-    evict_from_os_cache(path)
-    assert probes.pread("d/f.bin", 0, len(data)) is None
+    assert misses_after_eviction(path, lambda: probes.pread("d/f.bin", 0, len(data)))
 
 
 def test_probes_are_refused_where_they_could_block(tmp_path: Path) -> None:
@@ -103,14 +103,19 @@ async def test_warm_brings_files_into_the_kernel_cache_and_ignores_missing_ones(
     backend = open_ufs(str(tree), {}, trio.CapacityLimiter(1), 5.0)
     assert backend.warms
     status = await backend.stat("d/f.bin")
+    assert misses_after_eviction(tree / "d" / "f.bin", lambda: backend.read_nowait(
+        "d/f.bin", 0, status.size, status.version))
     evict_from_os_cache(tree / "d" / "f.bin")
-    assert backend.read_nowait("d/f.bin", 0, status.size, status.version) is None
     await backend.warm([("d/f.bin", 0, status.size, status.version),
                         ("gone", 0, 10, status.version)])
+    pages = -(-status.size // mmap.PAGESIZE)
     with trio.fail_after(5):  # WILLNEED starts the reads; they finish in the background
-        data = None
-        while data is None:  # nothing to wait on: poll the kernel's cache
+        # Nothing to wait on: poll the kernel's cache, asking mincore (a cache-only read
+        # would start reading the file itself).
+        while True:
             await trio.sleep(0.01)
-            data = backend.read_nowait("d/f.bin", 0, status.size, status.version)
+            if cached_pages(tree / "d" / "f.bin") == pages:
+                break
+    data = backend.read_nowait("d/f.bin", 0, status.size, status.version)
     assert data == (tree / "d" / "f.bin").read_bytes()
     await backend.aclose()
