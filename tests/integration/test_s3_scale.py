@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 # Thirty ListObjectsV2 pages: paging is what is under test. moto's cost per page grows with
 # the bucket (it walks every key for each page), so more objects cost moto time, not the
-# mount's; tests/integration/test_names.py lists 200,000 local entries.
+# mount's; tests/integration/test_names.py lists 120,000 local entries.
 OBJECTS = 30_000
 
 
