@@ -121,13 +121,13 @@ def test_directory_with_20000_entries(mount: MountFactory, tmp_path: Path) -> No
 
 
 def test_directory_larger_than_the_metadata_cache(mount: MountFactory, tmp_path: Path) -> None:
-    """200,000 entries (COCO's train2017 has 118,287 in one directory), a listing of about
-    20 MB, under a metadata cache of 8 MiB: listed whole, each name with its size, twice."""
+    """120,000 entries (COCO's train2017 has 118,287 in one directory), a listing of about
+    12 MB, under a metadata cache of 5 MiB: listed whole, each name with its size, twice."""
     src = tmp_path / "src"
     wide = src / "wide"
     wide.mkdir(parents=True)
     expected = {}
-    for i in range(200_000):
+    for i in range(120_000):
         name = f"{i:06d}.jpg"
         fd = os.open(wide / name, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -135,7 +135,7 @@ def test_directory_larger_than_the_metadata_cache(mount: MountFactory, tmp_path:
         finally:
             os.close(fd)
         expected[name] = i % 4099
-    m = mount(src, "--metadata-cache-size", "8MiB")
+    m = mount(src, "--metadata-cache-size", "5MiB")
 
     def scan() -> dict[str, int]:
         with os.scandir(m.path / "wide") as it:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,19 +74,28 @@ def moto_s3(bucket: str = "data") -> Iterator[S3Server]:
     process-wide state, so the server is reset on entry and on exit: run one of these at a
     time in a process.
     """
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
 
     # Port 0: the OS picks a free port when the server binds, so no other process can take
     # it between the choice and the bind.
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app),
+                         threaded=True, request_handler=MotoRequestHandler)
+    # Not moto's ThreadedMotoServer: its server polls for shutdown every half second, which
+    # every test using this server would wait out at its end.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              name="moto-s3", daemon=True)
     # One INFO line per request otherwise; the server's own errors are still logged.
     werkzeug_log = logging.getLogger("werkzeug")
     old_level = werkzeug_log.level
     werkzeug_log.setLevel(logging.WARNING)
     try:
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint_url = f"http://{host}:{port}"
+        thread.start()
+        endpoint_url = f"http://127.0.0.1:{server.server_address[1]}"
         ufs_options: dict[str, Any] = {
             "endpoint_url": endpoint_url,
             "key": _KEY,
@@ -114,5 +124,7 @@ def moto_s3(bucket: str = "data") -> Iterator[S3Server]:
         finally:
             _reset(endpoint_url)
     finally:
-        server.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
         werkzeug_log.setLevel(old_level)
