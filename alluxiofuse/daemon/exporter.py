@@ -28,6 +28,7 @@ StartResponse = Callable[..., Any]
 # /healthz fails once the event loop has not beaten for this long: a loop stuck this long
 # serves no request, and a restart is the only way out.
 STALL_LIMIT = 30.0
+_SHUTDOWN_POLL = 0.02  # seconds between the serving loop's looks for a shutdown
 
 
 class Health:
@@ -125,8 +126,11 @@ class Exporter:
                 raise
             self._server = make_server("0.0.0.0", port, app, server_class=_Server,
                                        handler_class=_QuietHandler)
+        # shutdown() waits for the serving loop to see it: at the default half-second
+        # poll, every unmount would wait that long to exit.
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="alluxiofuse-exporter", daemon=True)
+                                        args=(_SHUTDOWN_POLL,), name="alluxiofuse-exporter",
+                                        daemon=True)
         self._thread.start()
 
     @property
