@@ -269,35 +269,54 @@ class AisClient:
 
     def _fast_get(self, bucket: Bucket, name: str, headers: Mapping[str, str],
                   ) -> tuple[int, dict[str, str], bytes] | None:
-        """The GET at the object's target on a kept-alive ``http.client`` connection
-        (status, headers, body) when it answers 200 or 206; None for anything else, which
-        the caller sends the full way.
+        """The GET on kept-alive ``http.client`` connections: at the object's target
+        (``direct``), else at the proxy and then where it redirects. (status, headers,
+        body) when the target answers 200 or 206; None for anything else, which the
+        caller sends the full way.
 
         The bytes of reads are the hot path, and httpx's blocking client receives a body
         in 64 KiB pieces through h11: several times the CPU of ``http.client``, whose
         buffered reader takes a body whole (bench/RESULTS.md).
         """
-        if not self.direct:
-            return None
-        try:
-            target = self.owner(bucket, name)
-        except AlluxioFuseError:
-            return None
-        if target is None:
-            return None
-        parsed = urllib.parse.urlsplit(target.url)
+        url = self.endpoint
+        if self.direct:
+            try:
+                target = self.owner(bucket, name)
+            except AlluxioFuseError:
+                return None
+            if target is None:
+                return None
+            url = target.url
+        url += self._object_path(bucket, name) + "?" + urllib.parse.urlencode(bucket.params)
+        for _ in range(2):  # the proxy's redirect, then the target
+            got = self._fast_request(url, headers, f"{bucket}/{name}")
+            if got is None:
+                return None
+            status, reply_headers, _ = got
+            if status in (200, 206):
+                return got
+            url = reply_headers.get("location", "")
+            if status not in (301, 302, 307, 308) or not url.startswith("http://"):
+                return None
+        return None
+
+    def _fast_request(self, url: str, headers: Mapping[str, str], what: str,
+                      ) -> tuple[int, dict[str, str], bytes] | None:
+        """One GET of ``url`` (http://) on a kept-alive connection: None if it could not
+        be sent or answered."""
+        parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "http" or parsed.hostname is None:
             return None
         where = (parsed.hostname, parsed.port or 80)
-        path = self._object_path(bucket, name) + "?" + urllib.parse.urlencode(bucket.params)
+        target = parsed.path + (f"?{parsed.query}" if parsed.query else "")
         conn = self._idle_connection(where)
         try:
-            conn.request("GET", path, headers={**self._headers, **headers})
+            conn.request("GET", target, headers={**self._headers, **headers})
             reply = conn.getresponse()
             body = reply.read()
-        except TimeoutError:  # a stalled target costs one deadline, not two
+        except TimeoutError:  # a stalled node costs one deadline, not two
             conn.close()
-            raise BackendTimeout(f"{bucket}/{name}: no answer from {target.url}") from None
+            raise BackendTimeout(f"{what}: no answer from {parsed.netloc}") from None
         except (OSError, http.client.HTTPException):
             conn.close()
             return None
@@ -306,8 +325,6 @@ class AisClient:
         else:
             with self._lock:
                 self._idle.setdefault(where, []).append(conn)
-        if reply.status not in (200, 206):
-            return None
         return reply.status, _lower(reply.headers), body
 
     def _idle_connection(self, where: tuple[str, int]) -> http.client.HTTPConnection:
