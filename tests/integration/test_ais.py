@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,23 @@ def test_an_unreachable_cluster_or_missing_bucket_is_said_at_mount(
     no_endpoint = run([*CLI, "mount", "ais://data", str(mnt), *logs], check=False,
                       env={"AIS_ENDPOINT": ""})
     assert no_endpoint.returncode != 0 and b"AIS_ENDPOINT" in no_endpoint.stderr
+
+
+def test_a_second_epoch_is_served_by_the_kernel_cache(sim: SimAis, mount: MountFactory) -> None:
+    """Reads move AIStore's access time; that must not make the kernel drop what it cached
+    (the daemon's own cache here is too small to hold the files)."""
+    sim.create_bucket("data")
+    files = {f"e/{i:02d}.bin": random.Random(i).randbytes(256 * 1024) for i in range(40)}
+    for name, data in files.items():
+        sim.put_object("data", name, data)
+    m = mount("ais://data", f"--ufs-option=endpoint={sim.url}", "--page-cache-size", "4MiB",
+              "--attr-timeout", "0.2", "--entry-timeout", "0.2")
+    for name, data in files.items():
+        assert read_bytes(m.path / name) == data
+    first = sim.stats().get("get", 0)
+    assert first >= len(files)
+    time.sleep(0.5)  # past the attribute timeout: the next stats ask again
+    for name, data in files.items():
+        assert os.stat(m.path / name).st_size == len(data)
+        assert read_bytes(m.path / name) == data
+    assert sim.stats().get("get", 0) == first

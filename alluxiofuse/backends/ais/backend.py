@@ -17,9 +17,8 @@ requests where they do better than fsspec's portable calls:
 - prefetch and evict of a prefix (``alluxiofuse load`` / ``free``), and the target that
   holds an object (``alluxiofuse locate``).
 
-A file's version is its AIStore version (its checksum in a bucket that keeps none); its
-mtime is AIStore's access time (the cluster keeps no modification time in listings),
-which a read may move: it never makes an open file stale.
+A file's version is its AIStore version (its checksum in a bucket that keeps none). Its
+atime is AIStore's access time; its mtime is the mount's start (``status_of`` says why).
 """
 
 from __future__ import annotations
@@ -265,13 +264,14 @@ class AisBackend(UfsBackend):
 
 
 def status_of(name: str, info: Mapping[str, Any]) -> FileStatus:
-    """A status from an ``AisStore`` info dict: the version is AIStore's version and
-    checksum, never the access time shown as mtime (a read moves it)."""
+    """A status from an ``AisStore`` info dict. AIStore's access time is the atime; the
+    mtime is left to the mount (its start): AIStore lists no modification time, and its
+    access time, which every read moves, would make the kernel drop a file's cached pages
+    each time it saw it move (every epoch of a training job). The version is AIStore's."""
     if info.get("type") == "directory":
         return FileStatus(name=name, kind=Kind.DIRECTORY)
     return FileStatus(name=name, kind=Kind.FILE, size=int(info.get("size") or 0),
-                      mtime_ns=info.get("atime_ns"), etag=info.get("ais_etag"),
-                      version_mtime_ns=0)
+                      atime_ns=info.get("atime_ns"), etag=info.get("ais_etag"))
 
 
 def _verified(data: bytes, props: ObjectProps) -> bool | None:
