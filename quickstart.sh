@@ -61,7 +61,10 @@ run_tests() {
     echo "== mypy"
     .venv/bin/mypy
     echo "== pytest (unit, component, integration, deploy; import-linter contracts included)"
-    .venv/bin/python -m pytest "$@"
+    # Two processes, a test file at a time each: most tests wait (on daemons, servers,
+    # timeouts), and a file's tests share what its module sets up (a moto server, the
+    # installed mount helper).
+    .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
 }
 
 command=${1:-demo}
