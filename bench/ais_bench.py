@@ -402,8 +402,7 @@ def read_small(r: Reader, check: bool) -> float:
 
     order = sorted(range(len(ds.small)), key=lambda i: ds.small[i][0])
     with ThreadPoolExecutor(max_workers=THREADS) as ex:
-        for _ in ex.map(one, order):
-            pass
+        list(ex.map(one, order))  # each read's error, if any, raised here
     return len(order)
 
 

@@ -4,6 +4,7 @@ renames made of copies) serves ``ais://`` sources as it serves S3."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,8 @@ _COPY_IN_MEMORY = 8 * 1024 * 1024
 class AisStore(fsspec.AbstractFileSystem):  # type: ignore[misc]
     """The buckets of one provider ("ais", or a remote one AIStore fronts) of the cluster
     ``client`` talks to. Missing objects raise FileNotFoundError, as fsspec expects; every
-    other failure is the client's AlluxioFuseError."""
+    other failure is the client's AlluxioFuseError. No file objects (``open``): the
+    backend reads by range and commits whole files itself."""
 
     protocol = ("ais",)
     root_marker = ""
@@ -62,10 +64,8 @@ class AisStore(fsspec.AbstractFileSystem):  # type: ignore[misc]
                 raise FileNotFoundError(f"no bucket {bucket}") from None
             return {"name": full, "type": "directory", "size": 0}
         if not key.endswith("/"):
-            try:
+            with contextlib.suppress(NotFound):  # then perhaps a directory
                 return file_info(full, self.client.head(bucket, key))
-            except NotFound:
-                pass
         # A directory: a marker "key/" or any object below it.
         page = self.client.list_page(bucket, key.rstrip("/") + "/", page_size=1, recursive=True)
         if page.entries:
@@ -169,9 +169,6 @@ class AisStore(fsspec.AbstractFileSystem):  # type: ignore[misc]
             size = body.tell()
             body.seek(0)
             self.client.put(new_bucket, new_key, body, size)
-
-    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
-        raise NotImplementedError("ais:// files are read by range and committed whole")
 
 
 def etag(version: str, checksum: str) -> str | None:
