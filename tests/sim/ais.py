@@ -396,22 +396,23 @@ async def _body(req: Request) -> AsyncIterator[bytes]:
                 while (await req.reader.readuntil(b"\r\n")) != b"\r\n":
                     pass
                 return
-            left = size
-            while left:
-                piece = await req.reader.read(min(left, CHUNK))
-                if not piece:
-                    raise ConnectionError("body cut short")
-                left -= len(piece)
+            async for piece in _pieces(req, size):
                 yield piece
             await req.reader.readexactly(2)
     else:
-        left = int(req.headers.get("content-length", "0") or 0)
-        while left:
-            piece = await req.reader.read(min(left, CHUNK))
-            if not piece:
-                raise ConnectionError("body cut short")
-            left -= len(piece)
+        async for piece in _pieces(req, int(req.headers.get("content-length", "0") or 0)):
             yield piece
+
+
+async def _pieces(req: Request, size: int) -> AsyncIterator[bytes]:
+    """The next ``size`` bytes of the request, as they arrive."""
+    left = size
+    while left:
+        piece = await req.reader.read(min(left, CHUNK))
+        if not piece:
+            raise ConnectionError("body cut short")
+        left -= len(piece)
+        yield piece
 
 
 async def _read_all(req: Request, limit: int = 1 << 20) -> bytes:
